@@ -1,0 +1,48 @@
+# Every target depends on `setup`, so `make run` and `make test` are all a new user types.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP_STAMP := $(VENV)/.requirements-installed
+DEB_STAMP := $(VENV)/.debs-installed
+MODELS_STAMP := build/models/.built
+DEBS := glpk-utils
+
+.PHONY: setup test run bench simulate clean
+
+setup: $(PIP_STAMP) $(DEB_STAMP) $(MODELS_STAMP)
+
+$(PIP_STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	@touch $@
+
+# Debian packages: installed only when missing (apt needs root or sudo).
+$(DEB_STAMP): Makefile | $(PIP_STAMP)
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@touch $@
+
+# The shipped models are built from scikit-learn's bundled data, never downloaded.
+$(MODELS_STAMP): $(PIP_STAMP) $(wildcard modelserver/build_models.py)
+	@if [ -f modelserver/build_models.py ]; then $(PY) -m modelserver.build_models --out build/models && touch $@; fi
+
+test: setup
+	$(PY) -m pytest -q tests
+
+run: setup
+	$(PY) -m run_system
+
+bench: setup
+	$(PY) -m bench
+
+simulate: setup
+	$(PY) -m solver simulate --out build/simulation
+
+clean:
+	rm -rf build .run .pytest_cache
