@@ -36,7 +36,7 @@ test: setup
 	$(PY) -m pytest -q tests
 
 run: setup
-	$(PY) -m run_system
+	$(PY) scripts/run_system.py
 
 bench: setup
 	$(PY) -m bench
