@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from .port import ClusterError
+
 __all__ = ["ModelSpec", "Catalog", "CatalogError", "load_catalog", "DEFAULT_CATALOG"]
 
 DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "config" / "models.yaml"
@@ -18,7 +20,7 @@ DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "config" / "models.ya
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,40}[a-z0-9])?$")
 
 
-class CatalogError(ValueError):
+class CatalogError(ClusterError, ValueError):
     """The catalog file is missing, malformed or inconsistent."""
 
 
@@ -110,7 +112,7 @@ def _model(errors: list[str], source: str, index: int, entry: object) -> ModelSp
             times[str(cls)] = float(seconds)
     unknown = set(entry) - {"name", "image", "port", "model_file", "memory", "cpu", "exec_time"}
     if unknown:
-        errors.append(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+        errors.append(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
     if len(errors) > before:
         return None
     return ModelSpec(name=name, image=image, port=port, model_file=model_file,

@@ -1,0 +1,165 @@
+"""Operate the embedded local cluster: `python -m cluster status|deploy|remove|node-down|node-up|reset`.
+
+For operators and tests. Every failure is one line on stderr, never a traceback: exit 2 for bad
+input (unknown model or node, bad config or arguments), exit 1 when the cluster fails (no room,
+node down, a server that does not start, the state file unavailable).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+
+from .catalog import CatalogError
+from .local_config import LocalConfigError
+from .port import ClusterError, Deployment, Node, UnknownModel, UnknownNode
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump
+        raise _UsageError(f"{self.prog}: {message}")
+
+
+def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    # The options are accepted before and after the command; SUPPRESS keeps a later default from
+    # overwriting an earlier value.
+    default = (lambda value: value) if top else (lambda value: argparse.SUPPRESS)
+    parser.add_argument("--config", default=default("config/cluster.local.yaml"),
+                        help="local cluster description (default: config/cluster.local.yaml)")
+    parser.add_argument("--state", default=default(".run/cluster.db"),
+                        help="SQLite state file shared by every process (default: .run/cluster.db)")
+    parser.add_argument("--catalog", default=default("config/models.yaml"),
+                        help="model catalog (default: config/models.yaml)")
+    parser.add_argument("--models-dir", dest="models_dir", default=default("build/models"),
+                        help="built models (default: build/models)")
+    parser.add_argument("--json", action="store_true", default=default(False),
+                        help="print machine-readable JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the command-line parser."""
+    parser = _Parser(prog="python -m cluster", description="Operate the embedded local cluster.")
+    _common(parser, top=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
+                                     metavar="{status,deploy,remove,node-down,node-up,reset}")
+    status = commands.add_parser("status", help="nodes (memory, cpu) and deployments")
+    _common(status, top=False)
+    deploy = commands.add_parser("deploy", help="start MODEL on NODE and wait until it answers")
+    deploy.add_argument("model")
+    deploy.add_argument("node")
+    deploy.add_argument("--no-wait", action="store_true", help="return at once, before it answers")
+    deploy.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
+    _common(deploy, top=False)
+    remove = commands.add_parser("remove", help="stop MODEL on NODE")
+    remove.add_argument("model")
+    remove.add_argument("node")
+    _common(remove, top=False)
+    down = commands.add_parser("node-down", help="stop a node's servers, keeping its deployments")
+    down.add_argument("node")
+    _common(down, top=False)
+    up = commands.add_parser("node-up", help="restart a node's recorded deployments")
+    up.add_argument("node")
+    up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
+    _common(up, top=False)
+    reset = commands.add_parser("reset", help="stop every server and clear the state")
+    _common(reset, top=False)
+    return parser
+
+
+def _node_dict(node: Node) -> dict:
+    data = asdict(node)
+    data["memory_available"] = node.memory_available
+    return data
+
+
+def _print_status(nodes: list[Node], deployments: list[Deployment]) -> None:
+    print(f"{'NODE':<14} {'ADDRESS':<16} {'READY':<6} {'CLASS':<8} {'MEM USED/TOTAL KB':>20} "
+          f"{'RSS KB':>9} {'CPU USE/CAP':>12}")
+    for n in nodes:
+        print(f"{n.name:<14} {n.address:<16} {'yes' if n.ready else 'no':<6} "
+              f"{n.labels.get('node-class', ''):<8} {f'{n.memory_used}/{n.memory_total}':>20} "
+              f"{n.memory_rss if n.memory_rss is not None else '-':>9} "
+              f"{f'{n.cpu_usage:.2f}/{n.cpu_capacity:g}':>12}")
+    print()
+    if not deployments:
+        print("no deployments")
+        return
+    print(f"{'MODEL':<18} {'NODE':<14} {'ENDPOINT':<22} {'READY':<6} CREATED")
+    for d in deployments:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.created))
+        print(f"{d.model:<18} {d.node:<14} {d.endpoint:<22} {'yes' if d.ready else 'no':<6} {created}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .local import LocalCluster
+
+    cluster = LocalCluster(args.config, catalog_path=args.catalog, state_path=args.state,
+                           models_dir=args.models_dir)
+    out: object
+    if args.command == "status":
+        nodes, deployments = cluster.nodes(), cluster.deployments()
+        if not args.json:
+            _print_status(nodes, deployments)
+            return EXIT_OK
+        out = {"nodes": [_node_dict(n) for n in nodes], "deployments": [asdict(d) for d in deployments]}
+    elif args.command == "deploy":
+        d = cluster.deploy(args.model, args.node, wait=not args.no_wait, timeout=args.timeout)
+        out = asdict(d)
+        text = f"{d.model} on {d.node} at {d.endpoint} ({'ready' if d.ready else 'starting'})"
+    elif args.command == "remove":
+        cluster.remove(args.model, args.node)
+        out = {"model": args.model, "node": args.node, "removed": True}
+        text = f"{args.model} removed from {args.node}"
+    elif args.command == "node-down":
+        cluster.node_down(args.node)
+        out = {"node": args.node, "ready": False}
+        text = f"node {args.node} is down"
+    elif args.command == "node-up":
+        started = cluster.node_up(args.node, timeout=args.timeout)
+        out = {"node": args.node, "ready": True, "deployments": [asdict(d) for d in started]}
+        text = f"node {args.node} is up ({len(started)} deployment(s) restarted)"
+    else:
+        cluster.reset()
+        out = {"reset": True}
+        text = "cluster reset"
+    print(json.dumps(out, indent=2) if args.json else text)
+    return EXIT_OK
+
+
+def _fail(exc: BaseException, code: int) -> int:
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+        return _run(args)
+    except (_UsageError, UnknownModel, UnknownNode, LocalConfigError, CatalogError) as exc:
+        return _fail(exc, EXIT_USAGE)
+    except ClusterError as exc:
+        return _fail(exc, EXIT_FAILURE)
+    except BrokenPipeError:  # stdout closed early (`| head`): not an error worth a message
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return _fail(Exception("interrupted"), 130)
+    except Exception as exc:  # never a traceback to an operator
+        return _fail(Exception(f"unexpected {type(exc).__name__}: {exc}"), EXIT_FAILURE)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,308 @@
+"""The embedded local cluster: nodes are loopback addresses, instances are real model servers.
+
+Why it exists: the whole system (front-end, back-end, solver) must run and be tested on one
+machine with real processes, and nothing above the `Cluster` port may know it is not Kubernetes.
+Each node of `config/cluster.local.yaml` is one loopback address (127.0.1.1, ...); deploying a
+model starts `python -m modelserver` bound to that address on the model's catalog port.
+
+State lives in SQLite (`cluster.local_state`) so separate processes share one cluster; a
+recorded process is identified by (pid, create_time), so entries left by a crash or a reboot are
+recognised as gone and cleaned the next time anyone reads. Servers run in their own session and
+outlive the process that deployed them (the cron back-end exits right after deploying).
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+from .catalog import Catalog, ModelSpec, load_catalog
+from .local_config import LocalNodeSpec, load_local_config
+from .local_proc import (ProcessId, ProcessMeter, is_alive, last_log_line, port_in_use, probe_ready,
+                         python_command, spawn_server, stop_process)
+from .local_state import InstanceRow, StateStore
+from .port import (Cluster, ClusterError, Deployment, InsufficientMemory, Node, NodeNotReady,
+                   UnknownModel, UnknownNode)
+
+__all__ = ["LocalCluster", "REPO_ROOT"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_POLL = 0.1          # seconds between readiness checks while waiting for a server
+
+
+def _resolve(path: str | Path) -> Path:
+    path = Path(path)
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+class LocalCluster(Cluster):
+    """The `Cluster` port over loopback addresses and model-server processes on this machine."""
+
+    def __init__(self, config_path: str | Path = "config/cluster.local.yaml", *,
+                 catalog_path: str | Path = "config/models.yaml",
+                 state_path: str | Path = ".run/cluster.db",
+                 models_dir: str | Path = "build/models",
+                 stop_grace: float = 5.0,
+                 probe_timeout: float = 0.25):
+        self.config_path = _resolve(config_path)
+        self.catalog_path = _resolve(catalog_path)
+        self.state_path = _resolve(state_path)
+        self.models_dir = _resolve(models_dir)
+        self.stop_grace = stop_grace            # seconds between SIGTERM and SIGKILL
+        self.probe_timeout = probe_timeout      # seconds a read-path readiness probe may take
+        self.log_dir = self.state_path.with_name(self.state_path.stem + "-logs")
+        self.specs: list[LocalNodeSpec] = load_local_config(self.config_path)
+        self._by_name = {spec.name: spec for spec in self.specs}
+        self.catalog: Catalog = load_catalog(self.catalog_path)
+        self.store = StateStore(self.state_path)
+        self._meter = ProcessMeter()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"LocalCluster(config={str(self.config_path)!r}, state={str(self.state_path)!r})"
+
+    # ---- reads ------------------------------------------------------------------------------
+
+    def nodes(self) -> list[Node]:
+        """Return every declared node with declared and measured memory and measured CPU."""
+        rows, down = self._current()
+        groups: dict[str, list[ProcessId]] = {spec.name: [] for spec in self.specs}
+        used: dict[str, int] = {spec.name: 0 for spec in self.specs}
+        for row in rows:
+            if row.node in used:
+                used[row.node] += row.memory
+                if row.proc is not None:
+                    groups[row.node].append(row.proc)
+        usage = self._meter.measure(groups)
+        return [Node(name=spec.name, address=spec.address, ready=spec.name not in down,
+                     memory_total=spec.memory, memory_used=used[spec.name],
+                     cpu_capacity=spec.cpu, cpu_usage=usage[spec.name].cpu,
+                     labels={"node-class": spec.node_class}, memory_rss=usage[spec.name].rss)
+                for spec in self.specs]
+
+    def deployments(self) -> list[Deployment]:
+        """Return every recorded instance; ready means alive and answering its readiness check."""
+        rows, down = self._current()
+        result = []
+        for row in rows:
+            ready = row.ready and row.proc is not None and row.node not in down
+            if not row.ready and row.proc is not None and row.node not in down:
+                # Nobody may be waiting on it (deploy(wait=False)): promote it here once it answers.
+                if probe_ready(row.address, row.port, row.model, timeout=self.probe_timeout):
+                    with self.store.write() as conn:
+                        self.store.mark_ready(conn, row.model, row.node, row.proc)
+                    ready = True
+            result.append(Deployment(model=row.model, node=row.node, endpoint=row.endpoint,
+                                     ready=ready, created=row.created))
+        return result
+
+    def node(self, name: str) -> Node:
+        """Return one node by name."""
+        self._spec(name)
+        return next(n for n in self.nodes() if n.name == name)
+
+    def _current(self) -> tuple[list[InstanceRow], set[str]]:
+        """Read the state, dropping instances whose process is gone (crash, kill, reboot)."""
+        with self.store.read() as conn:
+            rows = self.store.instances(conn)
+            down = self.store.down_nodes(conn)
+        stale = [row for row in rows if row.proc is not None and not is_alive(row.proc)]
+        if stale:
+            with self.store.write() as conn:
+                for row in stale:
+                    if row.node in down:
+                        # A down node keeps its deployments; only forget the dead process.
+                        conn.execute("UPDATE instances SET pid = NULL, create_time = NULL, ready = 0 "
+                                     "WHERE model = ? AND node = ? AND pid = ? AND create_time = ?",
+                                     (row.model, row.node, row.proc[0], row.proc[1]))
+                    else:
+                        self.store.delete(conn, row.model, row.node, proc=row.proc)
+                rows = self.store.instances(conn)
+                down = self.store.down_nodes(conn)
+            rows = [r for r in rows if r.proc is None or is_alive(r.proc)]
+        return rows, down
+
+    # ---- changes ----------------------------------------------------------------------------
+
+    def deploy(self, model: str, node: str, *, wait: bool = True, timeout: float = 60.0) -> Deployment:
+        """Start `model` on `node` (idempotent); with `wait`, return once it answers."""
+        spec = self._model(model)
+        node_spec = self._spec(node)
+        base_path = self.models_dir / spec.model_file
+        if not base_path.is_dir():
+            raise ClusterError(f"model files for {model!r} not found at {base_path} "
+                               f"(build them with `make setup`)")
+        spawned = False
+        freed_by = time.monotonic() + self.stop_grace + 2.0
+        while True:
+            with self.store.write() as conn:
+                if node in self.store.down_nodes(conn):
+                    raise NodeNotReady(f"node {node!r} is down")
+                row = self.store.instance(conn, model, node)
+                if row is not None and (row.proc is None or not is_alive(row.proc)):
+                    self.store.delete(conn, model, node)
+                    row = None
+                if row is None:
+                    rows = [r for r in self.store.instances(conn, node=node)
+                            if r.proc is None or is_alive(r.proc)]
+                    used = sum(r.memory for r in rows)
+                    available = node_spec.memory - used
+                    if spec.memory > available:
+                        raise InsufficientMemory(
+                            f"cannot deploy {model!r} on node {node!r}: it needs {spec.memory} KB, "
+                            f"{max(0, available)} KB available ({used} KB of {node_spec.memory} KB used)")
+                    if port_in_use(node_spec.address, spec.port):
+                        # A server being removed may still hold the port for its grace period.
+                        if time.monotonic() < freed_by:
+                            busy = True
+                        else:
+                            raise ClusterError(f"{node_spec.address}:{spec.port} is already in use by a "
+                                               f"process this cluster does not manage")
+                    else:
+                        busy = False
+                        log_path = self.log_dir / f"{node}.{model}.log"
+                        proc = spawn_server(
+                            command=python_command(host=node_spec.address, port=spec.port, model=model,
+                                                   base_path=base_path),
+                            log_path=log_path, cwd=REPO_ROOT, env=self._server_env())
+                        row = InstanceRow(model=model, node=node, address=node_spec.address,
+                                          port=spec.port, memory=spec.memory, pid=proc[0],
+                                          create_time=proc[1], ready=False, created=time.time(),
+                                          log=str(log_path))
+                        self.store.insert(conn, row)
+                        spawned = True
+                else:
+                    busy = False
+            if not busy:
+                break
+            time.sleep(_POLL)
+        if row.ready or not wait:
+            return self._deployment(row, ready=row.ready)
+        return self._await_ready(row, timeout=timeout, owned=spawned)
+
+    def remove(self, model: str, node: str) -> None:
+        """Stop `model` on `node`: SIGTERM, then SIGKILL after the grace period; idempotent."""
+        self._spec(node)
+        with self.store.write() as conn:
+            row = self.store.instance(conn, model, node)
+            if row is None:
+                if model not in self.catalog:
+                    raise UnknownModel(f"unknown model {model!r} (catalog {self.catalog_path})")
+                return
+            self.store.delete(conn, model, node)
+        if row.proc is not None:
+            stop_process(row.proc, grace=self.stop_grace)
+
+    def node_down(self, name: str) -> None:
+        """Take a node down: stop its servers but keep its deployments recorded (not ready)."""
+        self._spec(name)
+        with self.store.write() as conn:
+            self.store.set_down(conn, name, True)
+            rows = self.store.instances(conn, node=name)
+            for row in rows:
+                if row.proc is not None:
+                    self.store.set_process(conn, row.model, row.node, None)
+        self._stop_all([row.proc for row in rows if row.proc is not None])
+
+    def node_up(self, name: str, *, wait: bool = True, timeout: float = 60.0) -> list[Deployment]:
+        """Bring a node back with the deployments it had when it went down; idempotent."""
+        node_spec = self._spec(name)
+        started: list[InstanceRow] = []
+        with self.store.write() as conn:
+            self.store.set_down(conn, name, False)
+            for row in self.store.instances(conn, node=name):
+                if row.proc is not None and is_alive(row.proc):
+                    continue
+                spec = self.catalog.models.get(row.model)
+                base_path = self.models_dir / (spec.model_file if spec else row.model)
+                proc = spawn_server(
+                    command=python_command(host=node_spec.address, port=row.port, model=row.model,
+                                           base_path=base_path),
+                    log_path=Path(row.log), cwd=REPO_ROOT, env=self._server_env())
+                self.store.set_process(conn, row.model, row.node, proc)
+                started.append(replace(row, pid=proc[0], create_time=proc[1], ready=False))
+        if not wait or not started:
+            return [self._deployment(row, ready=False) for row in started]
+        errors: list[str] = []
+        result: list[Deployment] = []
+        with ThreadPoolExecutor(max_workers=min(8, len(started))) as pool:
+            futures = [pool.submit(self._await_ready, row, timeout=timeout, owned=True) for row in started]
+            for future in futures:
+                try:
+                    result.append(future.result())
+                except ClusterError as exc:
+                    errors.append(str(exc))
+        if errors:
+            raise ClusterError("; ".join(errors))
+        return result
+
+    def reset(self) -> None:
+        """Stop every model server of this state file and forget every deployment and down node."""
+        with self.store.write() as conn:
+            rows = self.store.instances(conn)
+            self.store.clear(conn)
+        self._stop_all([row.proc for row in rows if row.proc is not None])
+
+    def close(self) -> None:
+        """Release nothing: servers outlive this object by design."""
+
+    # ---- helpers ----------------------------------------------------------------------------
+
+    def _spec(self, node: str) -> LocalNodeSpec:
+        try:
+            return self._by_name[node]
+        except (KeyError, TypeError):
+            raise UnknownNode(f"unknown node {node!r} (known: {', '.join(self._by_name)})") from None
+
+    def _model(self, model: str) -> ModelSpec:
+        if model not in self.catalog:
+            raise UnknownModel(f"unknown model {model!r} (known: {', '.join(self.catalog.names())})")
+        return self.catalog[model]
+
+    def _server_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+        return env
+
+    def _stop_all(self, procs: list[ProcessId]) -> None:
+        if not procs:
+            return
+        with ThreadPoolExecutor(max_workers=min(16, len(procs))) as pool:
+            list(pool.map(lambda proc: stop_process(proc, grace=self.stop_grace), procs))
+
+    def _deployment(self, row: InstanceRow, *, ready: bool) -> Deployment:
+        return Deployment(model=row.model, node=row.node, endpoint=row.endpoint, ready=ready,
+                          created=row.created)
+
+    def _await_ready(self, row: InstanceRow, *, timeout: float, owned: bool) -> Deployment:
+        """Wait until the server answers; clean up and raise ClusterError if it dies or times out."""
+        proc = row.proc
+        assert proc is not None
+        deadline = time.monotonic() + timeout
+        where = f"{row.model!r} on node {row.node!r} ({row.endpoint})"
+        while True:
+            if not is_alive(proc):
+                with self.store.write() as conn:
+                    current = self.store.instance(conn, row.model, row.node)
+                    if current is not None and current.node in self.store.down_nodes(conn):
+                        raise NodeNotReady(f"node {row.node!r} went down while starting {row.model!r}")
+                    self.store.delete(conn, row.model, row.node, proc=proc)
+                line = last_log_line(Path(row.log))
+                raise ClusterError(f"model server for {where} exited during start-up: "
+                                   f"{line or 'no output'} (log: {row.log})")
+            if probe_ready(row.address, row.port, row.model, timeout=1.0) and is_alive(proc):
+                with self.store.write() as conn:
+                    self.store.mark_ready(conn, row.model, row.node, proc)
+                return self._deployment(row, ready=True)
+            if time.monotonic() >= deadline:
+                if owned:
+                    with self.store.write() as conn:
+                        self.store.delete(conn, row.model, row.node, proc=proc)
+                    stop_process(proc, grace=self.stop_grace)
+                raise ClusterError(f"model server for {where} did not answer within {timeout:g} s "
+                                   f"(log: {row.log})")
+            time.sleep(_POLL)

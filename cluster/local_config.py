@@ -1,0 +1,138 @@
+"""The local cluster's node list (config/cluster.local.yaml), validated as a whole.
+
+Pure: reading and checking the file touches nothing else. Every node must sit on its own loopback
+address (127.x.x.x) so model servers on different "nodes" never collide and nothing is exposed
+beyond this machine; an operator sees every mistake at once, each naming the file, the node and
+the field.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .port import ClusterError
+
+__all__ = ["LocalNodeSpec", "LocalConfigError", "load_local_config", "parse_local_config",
+           "DEFAULT_LOCAL_CONFIG"]
+
+DEFAULT_LOCAL_CONFIG = Path(__file__).resolve().parent.parent / "config" / "cluster.local.yaml"
+# Node names appear in URLs, log file names and Kubernetes labels: DNS-1123 label alphabet.
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_FIELDS = {"name", "address", "memory", "cpu", "class"}
+_LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+
+
+class LocalConfigError(ClusterError, ValueError):
+    """The local cluster description is missing, malformed or inconsistent."""
+
+
+@dataclass(frozen=True)
+class LocalNodeSpec:
+    """One declared local node. Memory in KB, cpu in cores."""
+
+    name: str
+    address: str            # loopback IPv4 address its model servers bind to
+    memory: int             # KB available to model instances (declared, not measured)
+    cpu: float              # cores
+    node_class: str         # matches a catalog exec_time key (e.g. "small", "large")
+
+
+def _number(errors: list[str], where: str, entry: dict, key: str, kind: type):
+    value = entry.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        errors.append(f"{where}: field '{key}' must be a positive number, got {value!r}")
+        return None
+    if kind is int and not float(value).is_integer():
+        errors.append(f"{where}: field '{key}' must be an integer (KB), got {value!r}")
+        return None
+    if value <= 0:
+        errors.append(f"{where}: field '{key}' must be positive, got {value!r}")
+        return None
+    return kind(value)
+
+
+def _address(errors: list[str], where: str, value: object) -> str | None:
+    if not isinstance(value, str):
+        errors.append(f"{where}: field 'address' must be a loopback IPv4 address 127.x.x.x, got {value!r}")
+        return None
+    try:
+        address = ipaddress.IPv4Address(value.strip())
+    except ValueError:
+        errors.append(f"{where}: field 'address' must be a loopback IPv4 address 127.x.x.x, got {value!r}")
+        return None
+    if address not in _LOOPBACK or address in (_LOOPBACK.network_address, _LOOPBACK.broadcast_address):
+        errors.append(f"{where}: field 'address' must be a loopback IPv4 address 127.x.x.x, got {value!r}")
+        return None
+    return str(address)
+
+
+def _node(errors: list[str], source: str, index: int, entry: object) -> LocalNodeSpec | None:
+    where = f"{source}: nodes[{index}]"
+    if not isinstance(entry, dict):
+        errors.append(f"{where}: must be a mapping with name, address, memory, cpu, class")
+        return None
+    name = entry.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        errors.append(f"{where}: field 'name' must match {_NAME.pattern}, got {name!r}")
+        return None
+    where = f"{source}: node '{name}'"
+    before = len(errors)
+    address = _address(errors, where, entry.get("address"))
+    memory = _number(errors, where, entry, "memory", int)
+    cpu = _number(errors, where, entry, "cpu", float)
+    node_class = entry.get("class")
+    if not isinstance(node_class, str) or not node_class.strip():
+        errors.append(f"{where}: field 'class' must be a non-empty string, got {node_class!r}")
+    unknown = set(entry) - _FIELDS
+    if unknown:
+        errors.append(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
+    if len(errors) > before:
+        return None
+    return LocalNodeSpec(name=name, address=address, memory=memory, cpu=cpu,
+                         node_class=node_class.strip())
+
+
+def parse_local_config(data: object, *, source: str = "<config>") -> list[LocalNodeSpec]:
+    """Validate parsed YAML; raise LocalConfigError listing every problem."""
+    if not isinstance(data, dict) or not isinstance(data.get("nodes"), list) or not data["nodes"]:
+        raise LocalConfigError(f"{source}: must be a mapping with a non-empty 'nodes' list")
+    errors: list[str] = []
+    unknown = set(data) - {"nodes"}
+    if unknown:
+        errors.append(f"{source}: unknown top-level field(s) {', '.join(sorted(map(str, unknown)))}")
+    nodes: list[LocalNodeSpec] = []
+    names: set[str] = set()
+    addresses: dict[str, str] = {}
+    for index, entry in enumerate(data["nodes"]):
+        spec = _node(errors, source, index, entry)
+        if spec is None:
+            continue
+        if spec.name in names:
+            errors.append(f"{source}: node '{spec.name}': field 'name' duplicates an earlier node")
+            continue
+        if spec.address in addresses:
+            errors.append(f"{source}: node '{spec.name}': field 'address' {spec.address} "
+                          f"already used by node '{addresses[spec.address]}'")
+            continue
+        names.add(spec.name)
+        addresses[spec.address] = spec.name
+        nodes.append(spec)
+    if errors:
+        raise LocalConfigError("; ".join(errors))
+    return nodes
+
+
+def load_local_config(path: str | Path = DEFAULT_LOCAL_CONFIG) -> list[LocalNodeSpec]:
+    """Load and validate a local cluster description; raise LocalConfigError listing every problem."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise LocalConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise LocalConfigError(f"{path}: not valid YAML: {exc}".splitlines()[0]) from exc
+    return parse_local_config(data, source=str(path))

@@ -1,0 +1,285 @@
+"""Model-server processes of the local cluster: start, identify, probe, stop and measure them.
+
+Why a module of its own: every question the local cluster answers about a process goes through
+the (pid, create_time) pair recorded in its SQLite state, because the process that asks (a
+front-end worker, the cron back-end, the CLI) is rarely the one that started the server. A pid
+alone is not an identity after a crash or a reboot (pids are reused); the pair is.
+"""
+from __future__ import annotations
+
+import errno
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+__all__ = ["ProcessId", "spawn_server", "is_alive", "stop_process", "probe_ready", "port_in_use",
+           "last_log_line", "ProcessMeter", "Usage"]
+
+ProcessId = tuple[int, float]      # (pid, create_time): stable identity across processes
+_CREATE_TIME_SLACK = 0.05          # seconds; psutil derives create_time from boot time + ticks
+
+# Servers this process started. Kept so they can be reaped: a server killed by another process
+# (the CLI, a test) stays a zombie until its parent waits for it.
+_children: dict[int, subprocess.Popen] = {}
+_children_lock = threading.Lock()
+
+
+def _reap() -> None:
+    with _children_lock:
+        for pid, popen in list(_children.items()):
+            if popen.poll() is not None:
+                del _children[pid]
+
+
+def spawn_server(*, command: list[str], log_path: Path, cwd: Path, env: dict[str, str]) -> ProcessId:
+    """Start a detached process (own session, so it outlives the caller) logging to `log_path`."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting: {' '.join(command)}\n".encode())
+        log.flush()
+        popen = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                 cwd=cwd, env=env, start_new_session=True, close_fds=True)
+    with _children_lock:
+        _children[popen.pid] = popen
+    try:
+        create_time = psutil.Process(popen.pid).create_time()
+    except psutil.Error:
+        create_time = 0.0     # already gone: is_alive() reports it dead and the caller cleans up
+    return popen.pid, create_time
+
+
+def is_alive(proc: ProcessId) -> bool:
+    """Tell whether the process still runs and is the one recorded (not a reused pid, not a zombie)."""
+    pid, create_time = proc
+    if pid is None or pid <= 0:
+        return False
+    with _children_lock:
+        popen = _children.get(pid)
+    if popen is not None and popen.poll() is not None:
+        with _children_lock:
+            _children.pop(pid, None)
+        return False
+    try:
+        p = psutil.Process(pid)
+        with p.oneshot():
+            if abs(p.create_time() - create_time) > _CREATE_TIME_SLACK:
+                return False
+            return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def stop_process(proc: ProcessId, *, grace: float = 5.0) -> None:
+    """Send SIGTERM to the process and its descendants, then SIGKILL after `grace` seconds."""
+    if not is_alive(proc):
+        _reap()
+        return
+    pid = proc[0]
+    try:
+        leader = psutil.Process(pid)
+    except psutil.Error:
+        return
+    family = [leader] + _descendants(pid)
+    for p in family:
+        try:
+            p.send_signal(signal.SIGTERM)       # psutil checks the pid was not reused meanwhile
+        except psutil.Error:
+            pass
+    deadline = time.monotonic() + grace
+    remaining = family
+    while remaining and time.monotonic() < deadline:
+        time.sleep(0.05)
+        _reap()
+        remaining = [p for p in remaining if _running(p)]
+    for p in remaining:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    deadline = time.monotonic() + 5.0
+    while remaining and time.monotonic() < deadline:
+        time.sleep(0.05)
+        _reap()
+        remaining = [p for p in remaining if _running(p)]
+
+
+def _running(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def probe_ready(address: str, port: int, model: str, *, timeout: float = 1.0) -> bool:
+    """Return True when the model server answers GET /v1/models/<model> with 200."""
+    conn = http.client.HTTPConnection(address, port, timeout=timeout)
+    try:
+        conn.request("GET", f"/v1/models/{model}")
+        response = conn.getresponse()
+        response.read()
+        return response.status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+def port_in_use(address: str, port: int) -> bool:
+    """Tell whether something already listens on address:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        try:
+            sock.connect((address, port))
+            return True
+        except OSError as exc:
+            if exc.errno in (errno.ECONNREFUSED, errno.EADDRNOTAVAIL, errno.ENETUNREACH):
+                return False
+            return isinstance(exc, socket.timeout)
+
+
+def last_log_line(path: Path, *, limit: int = 400) -> str:
+    """Return the last non-empty line of a log file (empty when there is none)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 16384))
+            tail = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    for line in reversed(tail.splitlines()):
+        line = line.strip()
+        if line and not line.startswith("--- "):
+            return line[:limit]
+    return ""
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Measured use of a group of processes: CPU in cores, resident memory in KB."""
+
+    cpu: float
+    rss: int
+
+
+class ProcessMeter:
+    """Measure CPU (cores) and RSS (KB) of process trees from cpu_times deltas between calls.
+
+    Each call compares a process's CPU time with the previous call's sample, so a caller polling
+    every second sees load within about a second. A process seen for the first time is sampled
+    over a short window (one sleep for all of them) so the first answer is a rate, not a lifetime
+    average. Calls closer together than `min_window` reuse the last rate rather than divide by
+    a tiny interval.
+    """
+
+    def __init__(self, *, min_window: float = 0.3, first_window: float = 0.15, tree_ttl: float = 2.0):
+        self.min_window = min_window
+        self.first_window = first_window
+        self.tree_ttl = tree_ttl
+        self._lock = threading.Lock()
+        self._procs: dict[ProcessId, psutil.Process] = {}
+        self._samples: dict[ProcessId, tuple[float, float]] = {}   # id -> (cpu seconds, time)
+        self._rates: dict[ProcessId, float] = {}
+        self._trees: dict[ProcessId, tuple[float, list[ProcessId]]] = {}  # top -> (when, members)
+
+    def measure(self, groups: dict[str, list[ProcessId]]) -> dict[str, Usage]:
+        """Return the usage of each named group of top-level processes (their trees included)."""
+        with self._lock:
+            now = time.time()
+            members: dict[str, list[ProcessId]] = {name: [] for name in groups}
+            for name, tops in groups.items():
+                for top in tops:
+                    members[name].extend(self._tree(top, now))
+            seen = {m for ms in members.values() for m in ms}
+            readings = {m: self._read(m) for m in seen}
+            fresh = [m for m, r in readings.items() if r is not None and m not in self._samples]
+            if fresh:
+                first = {m: (readings[m][0], now) for m in fresh}
+                time.sleep(self.first_window)
+                now = time.time()
+                for m in fresh:
+                    readings[m] = self._read(m)
+                    if readings[m] is not None:
+                        self._samples[m] = first[m]
+            result: dict[str, Usage] = {}
+            for name, ms in members.items():
+                cpu = 0.0
+                rss = 0
+                for m in ms:
+                    reading = readings.get(m)
+                    if reading is None:
+                        continue
+                    cpu += self._rate(m, reading[0], now)
+                    rss += reading[1]
+                result[name] = Usage(cpu=round(cpu, 3), rss=rss // 1024)
+            for table in (self._procs, self._samples, self._rates):
+                for key in [k for k in table if k not in seen]:
+                    del table[key]
+            for key in [k for k in self._trees if k[0] not in {m[0] for m in seen}]:
+                del self._trees[key]
+            return result
+
+    def _tree(self, top: ProcessId, now: float) -> list[ProcessId]:
+        cached = self._trees.get(top)
+        if cached is not None and now - cached[0] < self.tree_ttl:
+            return cached[1]
+        tree = [top]
+        for child in _descendants(top[0]):
+            try:
+                tree.append((child.pid, child.create_time()))
+                self._procs.setdefault(tree[-1], child)
+            except psutil.Error:
+                pass
+        self._trees[top] = (now, tree)
+        return tree
+
+    def _read(self, key: ProcessId) -> tuple[float, int] | None:
+        proc = self._procs.get(key)
+        try:
+            if proc is None:
+                proc = psutil.Process(key[0])
+                if abs(proc.create_time() - key[1]) > _CREATE_TIME_SLACK:
+                    return None
+                self._procs[key] = proc
+            with proc.oneshot():
+                times = proc.cpu_times()
+                rss = proc.memory_info().rss
+            return times.user + times.system, rss
+        except psutil.Error:
+            self._procs.pop(key, None)
+            return None
+
+    def _rate(self, key: ProcessId, cpu: float, now: float) -> float:
+        previous = self._samples.get(key)
+        if previous is None:
+            self._samples[key] = (cpu, now)
+            return 0.0
+        elapsed = now - previous[1]
+        if elapsed < self.min_window:
+            return self._rates.get(key, 0.0)
+        rate = max(0.0, (cpu - previous[0]) / elapsed)
+        self._samples[key] = (cpu, now)
+        self._rates[key] = rate
+        return rate
+
+
+def python_command(*, host: str, port: int, model: str, base_path: Path) -> list[str]:
+    """Return the model-server command line (TF Serving's flag names)."""
+    return [sys.executable, "-m", "modelserver", "--host", host, "--rest_api_port", str(port),
+            "--model_name", model, "--model_base_path", str(base_path)]

@@ -1,0 +1,116 @@
+"""Validation of the model catalog: every error names the file, the model and the field."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cluster.catalog import DEFAULT_CATALOG, CatalogError, ModelSpec, load_catalog
+from cluster.port import ClusterError
+
+GOOD = {"name": "m1", "image": "tensorflow/serving:2.14.1", "port": 8501, "model_file": "m1",
+        "memory": 1000, "cpu": 0.1, "exec_time": {"small": 0.01, "large": 0.005}}
+
+
+def _write(tmp_path: Path, data: object) -> Path:
+    path = tmp_path / "models.yaml"
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def _error(tmp_path: Path, models: object) -> str:
+    path = _write(tmp_path, {"models": models})
+    with pytest.raises(CatalogError) as info:
+        load_catalog(path)
+    message = str(info.value)
+    assert str(path) in message
+    return message
+
+
+def test_shipped_catalog_loads():
+    catalog = load_catalog(DEFAULT_CATALOG)
+    assert {"half_plus_two", "half_plus_three", "digits_logreg", "digits_forest"} <= set(catalog.names())
+    assert len({spec.port for spec in catalog}) == len(catalog)
+    assert all(spec.memory > 0 and spec.cpu > 0 and spec.exec_time for spec in catalog)
+
+
+def test_good_catalog_parses(tmp_path):
+    catalog = load_catalog(_write(tmp_path, {"models": [GOOD]}))
+    assert catalog["m1"] == ModelSpec(name="m1", image=GOOD["image"], port=8501, model_file="m1",
+                                      memory=1000, cpu=0.1, exec_time={"small": 0.01, "large": 0.005})
+    assert "m1" in catalog and len(catalog) == 1
+
+
+def test_model_file_defaults_to_name(tmp_path):
+    entry = {k: v for k, v in GOOD.items() if k != "model_file"}
+    assert load_catalog(_write(tmp_path, {"models": [entry]}))["m1"].model_file == "m1"
+
+
+def test_exec_time_falls_back_to_slowest_class(tmp_path):
+    spec = load_catalog(_write(tmp_path, {"models": [GOOD]}))["m1"]
+    assert spec.exec_time_on("large") == 0.005
+    assert spec.exec_time_on("unknown") == 0.01
+
+
+@pytest.mark.parametrize("field, value, expect", [
+    ("image", "", "field 'image' must be a non-empty string"),
+    ("image", None, "field 'image' must be a non-empty string"),
+    ("port", 0, "field 'port' must be positive"),
+    ("port", 70000, "field 'port' must be 1..65535"),
+    ("port", "http", "field 'port' must be a number"),
+    ("port", 80.5, "field 'port' must be an integer"),
+    ("model_file", "../etc", "field 'model_file' must be a plain folder name"),
+    ("model_file", "a/b", "field 'model_file' must be a plain folder name"),
+    ("memory", -1, "field 'memory' must be positive"),
+    ("memory", True, "field 'memory' must be a number"),
+    ("cpu", 0, "field 'cpu' must be positive"),
+    ("exec_time", {}, "field 'exec_time' must map node classes to seconds"),
+    ("exec_time", [1], "field 'exec_time' must map node classes to seconds"),
+    ("exec_time", {"small": -1}, "field 'exec_time.small' must be a non-negative number"),
+    ("exec_time", {"small": "fast"}, "field 'exec_time.small' must be a non-negative number"),
+    ("flavour", 1, "unknown field(s) flavour"),
+])
+def test_each_bad_field_is_named(tmp_path, field, value, expect):
+    message = _error(tmp_path, [{**GOOD, field: value}])
+    assert "model 'm1'" in message
+    assert expect in message
+
+
+@pytest.mark.parametrize("name", [None, "", "Has Space", "UPPER", "-lead", "x" * 60])
+def test_bad_names_are_reported_by_position(tmp_path, name):
+    assert "models[1]: field 'name'" in _error(tmp_path, [GOOD, {**GOOD, "name": name, "port": 9000}])
+
+
+def test_duplicates_are_refused(tmp_path):
+    message = _error(tmp_path, [GOOD, {**GOOD, "port": 9000}, {**GOOD, "name": "m2"}])
+    assert "model 'm1': duplicate name" in message
+    assert "model 'm2': field 'port' 8501 already used by 'm1'" in message
+
+
+def test_every_error_is_reported_at_once(tmp_path):
+    message = _error(tmp_path, [{**GOOD, "memory": 0, "cpu": "x"}, {**GOOD, "name": "m2", "port": -3}])
+    assert "model 'm1': field 'memory'" in message
+    assert "model 'm1': field 'cpu'" in message
+    assert "model 'm2': field 'port'" in message
+
+
+def test_entry_not_a_mapping(tmp_path):
+    assert "models[0]: must be a mapping" in _error(tmp_path, ["m1"])
+
+
+@pytest.mark.parametrize("text", ["models: []", "models: x", "[]", ""])
+def test_bad_shapes(tmp_path, text):
+    with pytest.raises(CatalogError, match="non-empty 'models' list"):
+        load_catalog(_write(tmp_path, text))
+
+
+def test_unreadable_and_invalid_yaml(tmp_path):
+    with pytest.raises(CatalogError, match="cannot read"):
+        load_catalog(tmp_path / "missing.yaml")
+    with pytest.raises(CatalogError, match="not valid YAML"):
+        load_catalog(_write(tmp_path, "models: [unclosed"))
+
+
+def test_catalog_errors_are_cluster_errors():
+    assert issubclass(CatalogError, ClusterError) and issubclass(CatalogError, ValueError)
