@@ -1,0 +1,109 @@
+"""`python -m modelserver --host ADDR --rest_api_port PORT --model_name NAME --model_base_path DIR`
+
+TF Serving's flag names (one model per process), so the local cluster and Kubernetes start the same
+command line. Answers `GET /v1/models/NAME` with 200 once the model is loaded; exits 0 on SIGTERM.
+"""
+from __future__ import annotations
+
+import time
+
+_STARTED = time.monotonic()
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the command-line parser (TF Serving's flag names, plus a few of our own)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m modelserver",
+        description="A local stand-in for TensorFlow Serving's REST API, on ONNX Runtime.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--rest_api_port", type=int, default=8501,
+                        help="REST port (default 8501; 0 picks a free one, logged in the 'ready' line)")
+    parser.add_argument("--model_name", required=True, help="the name clients use in /v1/models/NAME")
+    parser.add_argument("--model_base_path", required=True,
+                        help="folder holding <version>/model.onnx and an optional labels.json")
+    parser.add_argument("--model_version_policy", choices=["all", "latest"], default="all",
+                        help="serve every version found (default) or only the highest")
+    parser.add_argument("--rest_api_num_threads", type=int, default=4,
+                        help="request threads (default 4)")
+    parser.add_argument("--max_body_bytes", type=int, default=32 * 1024 * 1024,
+                        help="largest request body accepted (default 32 MiB)")
+    parser.add_argument("--graceful_timeout", type=float, default=5.0,
+                        help="seconds in-flight requests get after SIGTERM (default 5)")
+    parser.add_argument("--access_log", action="store_true", help="log every request (JSON, stderr)")
+    parser.add_argument("--log_level", choices=["debug", "info", "warning", "error"], default="info")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, bind, load the model, and serve until SIGTERM."""
+    args = build_parser().parse_args(argv)
+    from .logs import configure_logging
+
+    log = configure_logging(level=args.log_level)
+
+    def fail(message: str) -> int:
+        log.error(message, extra={"fields": {"event": "startup_failed", "model": args.model_name}})
+        return 1
+
+    if not 0 <= args.rest_api_port <= 65535:
+        return fail(f"--rest_api_port must be within 0..65535, got {args.rest_api_port}")
+    if args.rest_api_num_threads < 1:
+        return fail("--rest_api_num_threads must be at least 1")
+    from .server import bind_socket
+
+    try:
+        sock = bind_socket(args.host, args.rest_api_port)
+    except OSError as exc:
+        return fail(f"cannot bind {args.host}:{args.rest_api_port}: {exc.strerror or exc}")
+    port = sock.getsockname()[1]
+
+    from .layout import LoadError, scan_layout
+
+    base_path = Path(args.model_base_path)
+    try:
+        layout = scan_layout(name=args.model_name, base_path=base_path, version_policy=args.model_version_policy)
+    except LoadError as exc:
+        sock.close()
+        return fail(str(exc))
+
+    def load_app():
+        """Load the sessions (in the worker) and build the WSGI app; exit 3 when that fails."""
+        from .app import ModelServerApp
+        from .repository import load_repository
+
+        loading = time.monotonic()
+        try:
+            repository = load_repository(name=args.model_name, base_path=base_path,
+                                         version_policy=args.model_version_policy)
+        except LoadError as exc:
+            fail(str(exc))
+            sys.exit(3)  # gunicorn's "worker failed to boot": the master stops too
+        log.info("model loaded", extra={"fields": {
+            "event": "loaded", "model": args.model_name, "base_path": str(base_path),
+            "versions": sorted(repository.servables), "labels": repository.labels,
+            "seconds": round(time.monotonic() - loading, 4)}})
+        return ModelServerApp(repository, max_body=args.max_body_bytes)
+
+    def post_worker_init(_worker) -> None:
+        log.info("ready", extra={"fields": {
+            "event": "ready", "model": args.model_name, "host": args.host, "port": port,
+            "versions": list(layout.versions),
+            "seconds_since_start": round(time.monotonic() - _STARTED, 4)}})
+
+    from .server import GunicornServer, ServerSettings
+
+    settings = ServerSettings(threads=args.rest_api_num_threads, graceful_timeout=args.graceful_timeout,
+                              access_log=args.access_log, log_level=args.log_level,
+                              proc_name=f"modelserver:{args.model_name}:{port}")
+    GunicornServer(load_app, sock=sock, settings=settings, post_worker_init=post_worker_init).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

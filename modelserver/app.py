@@ -1,0 +1,162 @@
+"""The WSGI application: TF Serving's REST routes over one `ModelRepository`.
+
+A bare WSGI callable rather than a web framework: the routes are a handful of regular
+expressions, and every import here lengthens the startup-to-ready time the project measures.
+
+Routes (TF Serving's):
+    GET  /v1/models/<name>[/versions/<v>|/labels/<l>]            model version status
+    GET  /v1/models/<name>[/versions/<v>|/labels/<l>]/metadata   signature defs
+    POST /v1/models/<name>[/versions/<v>|/labels/<l>]:predict    row or columnar format
+    POST /v1/models/<name>[/versions/<v>|/labels/<l>]:classify   tf.Example-style examples
+    POST /v1/models/<name>[/versions/<v>|/labels/<l>]:regress
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from typing import Any, Callable, Iterable
+
+from . import codec
+from .errors import ApiError, BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge
+from .repository import ModelRepository, Servable
+
+__all__ = ["ModelServerApp", "DEFAULT_MAX_BODY"]
+
+DEFAULT_MAX_BODY = 32 * 1024 * 1024
+_ROUTE = re.compile(
+    r"^/v1/models/(?P<name>[^/:]+)"
+    r"(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+    r"(?:(?P<metadata>/metadata)|:(?P<verb>predict|classify|regress))?/?$"
+)
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            413: "Payload Too Large", 500: "Internal Server Error", 501: "Not Implemented"}
+log = logging.getLogger("modelserver")
+
+
+def _dumps(payload: Any) -> bytes:
+    # allow_nan: TF Serving's JSON carries NaN/Infinity tokens, and so do we.
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+class ModelServerApp:
+    """Serve one model repository with TF Serving's REST API as a WSGI callable."""
+
+    def __init__(self, repository: ModelRepository, *, max_body: int = DEFAULT_MAX_BODY) -> None:
+        self.repository = repository
+        self.max_body = max_body
+
+    # -- WSGI ----------------------------------------------------------------------------------
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        started = time.perf_counter()
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO", "")
+        headers: list[tuple[str, str]] = [("Content-Type", "application/json")]
+        request_id = environ.get("HTTP_X_REQUEST_ID")
+        if request_id:
+            headers.append(("X-Request-Id", request_id[:200]))
+        try:
+            status, payload = 200, self.dispatch(method, path, environ)
+        except ApiError as exc:
+            status, payload = exc.status, {"error": exc.message}
+            if isinstance(exc, MethodNotAllowed):
+                headers.append(("Allow", exc.allow))
+        except Exception as exc:  # never a traceback to the client
+            log.exception("internal error", extra={"fields": {"path": path, "request_id": request_id}})
+            status, payload = 500, {"error": f"internal error: {type(exc).__name__}"}
+        body = _dumps(payload)
+        headers.append(("Content-Length", str(len(body))))
+        start_response(f"{status} {_REASONS.get(status, 'Error')}", headers)
+        if status >= 400 and log.isEnabledFor(logging.DEBUG):
+            log.debug("request failed", extra={"fields": {
+                "method": method, "path": path, "status": status, "error": payload["error"],
+                "request_id": request_id, "seconds": round(time.perf_counter() - started, 6)}})
+        return [body]
+
+    # -- routing -------------------------------------------------------------------------------
+    def dispatch(self, method: str, path: str, environ: dict) -> dict:
+        """Route one request; return the JSON payload or raise an ApiError."""
+        match = _ROUTE.match(path)
+        if match is None:
+            raise NotFound(f"Malformed request: {method} {path}")
+        name, version, label = match["name"], match["version"], match["label"]
+        verb = match["verb"]
+        if verb is not None:
+            if method != "POST":
+                raise MethodNotAllowed(f"Method {method} not allowed for :{verb}, use POST", allow="POST")
+            servable = self._servable(name, version=version, label=label, request=True)
+            body = self._json_body(environ)
+            return getattr(self, f"_{verb}")(servable, body)
+        if method not in ("GET", "HEAD"):
+            what = "model metadata" if match["metadata"] else "model status"
+            raise MethodNotAllowed(f"Method {method} not allowed for {what}, use GET", allow="GET, HEAD")
+        if match["metadata"]:
+            servable = self._servable(name, version=version, label=label, request=True)
+            return self._metadata(servable)
+        return self._status(name, version=version, label=label)
+
+    def _check_name(self, name: str, *, request: bool, version: str | None) -> None:
+        if name != self.repository.name:
+            if not request:
+                raise NotFound(f"Could not find any versions of model {name}")
+            spec = f"Specific({name}, {int(version)})" if version is not None else f"Latest({name})"
+            raise NotFound(f"Servable not found for request: {spec}")
+
+    def _servable(self, name: str, *, version: str | None, label: str | None, request: bool) -> Servable:
+        self._check_name(name, request=request, version=version)
+        return self.repository.resolve(version=version, label=label)[0]
+
+    def _json_body(self, environ: dict) -> Any:
+        length_header = environ.get("CONTENT_LENGTH") or ""
+        stream = environ["wsgi.input"]
+        if length_header:
+            try:
+                length = int(length_header)
+            except ValueError:
+                raise BadRequest("invalid Content-Length") from None
+            if length > self.max_body:
+                raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {self.max_body}")
+            raw = stream.read(length)
+        else:  # chunked
+            raw = stream.read(self.max_body + 1)
+            if len(raw) > self.max_body:
+                raise PayloadTooLarge(f"request body exceeds the limit of {self.max_body} bytes")
+        if not raw:
+            raise BadRequest("JSON Parse error: the request body is empty")
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"JSON Parse error: {exc}") from None
+        except RecursionError:
+            raise BadRequest("JSON Parse error: nested too deeply") from None
+
+    # -- handlers ------------------------------------------------------------------------------
+    def _status(self, name: str, *, version: str | None, label: str | None) -> dict:
+        self._check_name(name, request=False, version=version)
+        servables = self.repository.resolve(version=version, label=label, for_status=True)
+        return {"model_version_status": [
+            {"version": str(s.version), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+            for s in servables]}
+
+    def _metadata(self, servable: Servable) -> dict:
+        return {
+            "model_spec": {"name": self.repository.name, "signature_name": "", "version": str(servable.version)},
+            "metadata": {"signature_def": {
+                "@type": "type.googleapis.com/tensorflow.serving.SignatureDefMap",
+                "signature_def": {name: sig.to_tfs() for name, sig in servable.signatures.items()},
+            }},
+        }
+
+    def _predict(self, servable: Servable, body: Any) -> dict:
+        request = codec.parse_predict(body, signature_of=servable.signature)
+        outputs = servable.run(request.signature, request.feeds)
+        return codec.predict_response(request, outputs)
+
+    def _classify(self, servable: Servable, body: Any) -> dict:
+        signature, feeds, count = codec.parse_examples(body, method="classify", signature_of=servable.signature)
+        return codec.classify_response(signature, servable.run(signature, feeds), count)
+
+    def _regress(self, servable: Servable, body: Any) -> dict:
+        signature, feeds, count = codec.parse_examples(body, method="regress", signature_of=servable.signature)
+        return codec.regress_response(signature, servable.run(signature, feeds), count)

@@ -1,0 +1,96 @@
+"""Run the WSGI app under gunicorn (threads worker), configured in code rather than by a config file.
+
+Startup order: the port is bound first (a clash fails at once, with one line) and the layout is
+checked; then gunicorn listens and forks its one worker, which loads the ONNX sessions before it
+takes its first request, so `GET /v1/models/NAME` answers 200 only once the model is loaded (a
+connection made earlier waits in the backlog). The sessions are created in the worker, never in
+the master: ONNX Runtime's native state does not survive a fork (the forked worker aborts at exit),
+and the master stays small.
+"""
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from gunicorn.app.base import BaseApplication
+
+from .logs import JsonGunicornLogger
+
+__all__ = ["ServerSettings", "bind_socket", "GunicornServer"]
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How gunicorn runs. Seconds for timeouts."""
+
+    threads: int = 4                 # request threads in the one worker process
+    graceful_timeout: float = 5.0    # SIGTERM: seconds in-flight requests get to finish
+    keepalive: float = 5.0           # seconds an idle keep-alive connection stays open
+    timeout: float = 60.0            # a worker silent this long is restarted
+    backlog: int = 256
+    access_log: bool = False
+    log_level: str = "info"
+    proc_name: str = "modelserver"
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind (without listening) a TCP socket to host:port; raise OSError when it is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+class GunicornServer(BaseApplication):
+    """gunicorn serving the WSGI app `load_app()` builds (in the worker) on an already-bound socket."""
+
+    def __init__(self, load_app: Callable[[], Callable], *, sock: socket.socket, settings: ServerSettings,
+                 post_worker_init: Callable[[Any], None] | None = None) -> None:
+        self._load_app = load_app
+        self._sock = sock
+        self._settings = settings
+        self._post_worker_init = post_worker_init
+        super().__init__()
+
+    def load_config(self) -> None:
+        s = self._settings
+        options = {
+            "bind": [f"fd://{self._sock.fileno()}"],
+            "workers": 1,
+            "worker_class": "gthread",
+            "threads": s.threads,
+            "preload_app": False,
+            "graceful_timeout": max(1, round(s.graceful_timeout)),   # gunicorn takes whole seconds
+            "keepalive": max(1, round(s.keepalive)),
+            "timeout": max(1, round(s.timeout)),
+            "backlog": s.backlog,
+            "accesslog": "-" if s.access_log else None,
+            "errorlog": "-",
+            "loglevel": s.log_level,
+            "logger_class": JsonGunicornLogger,
+            "proc_name": s.proc_name,
+            # Many servers run side by side: no shared control socket, no config file lookups.
+            "control_socket_disable": True,
+            "worker_tmp_dir": "/dev/shm" if _is_dir("/dev/shm") else None,
+        }
+        if self._post_worker_init is not None:
+            options["post_worker_init"] = self._post_worker_init
+        for key, value in options.items():
+            if value is not None or key == "accesslog":
+                self.cfg.set(key, value)
+
+    def load(self) -> Callable:
+        return self._load_app()
+
+
+def _is_dir(path: str) -> bool:
+    import os
+
+    return os.path.isdir(path) and os.access(path, os.W_OK)
