@@ -85,10 +85,8 @@ def parse_predict(body: Any, *, signature_of) -> PredictRequest:
     name = body.get("signature_name")
     if name is not None and not isinstance(name, str):
         raise BadRequest("'signature_name' must be a string")
+    # As TF Serving's Predict, any signature runs (predict, classify or regress): its tensors by alias.
     signature = signature_of(name)
-    if signature.method_name != "tensorflow/serving/predict":
-        raise BadRequest(f"Expected prediction signature method_name to be tensorflow/serving/predict. "
-                         f"Was: {signature.method_name}")
     inputs = signature.inputs
     if has_rows:
         instances = body["instances"]
@@ -112,7 +110,7 @@ def parse_predict(body: Any, *, signature_of) -> PredictRequest:
             feeds = {info.name: _stack(instances, info, alias=alias)}
         return PredictRequest(row=True, signature=signature, feeds=feeds, batch=len(instances))
     value = body["inputs"]
-    if isinstance(value, dict) and (len(inputs) > 1 or set(value) <= set(inputs)):
+    if isinstance(value, dict):  # a tensor is never a JSON object: this is the named form
         if set(value) != set(inputs):
             raise BadRequest(f"'inputs' has {sorted(value)}, expected {sorted(inputs)}")
         feeds = {info.name: to_tensor(value[alias], info, alias=alias) for alias, info in inputs.items()}

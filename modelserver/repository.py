@@ -106,8 +106,11 @@ class Servable:
         """Run the graph for `signature` on feeds keyed by graph input name."""
         try:
             return self.session.run(signature.output_names, feeds)
-        except Exception as exc:  # ORT raises its own classes for bad shapes and types
-            raise BadRequest(f"inference failed: {_short(exc)}") from exc
+        except Exception as exc:
+            # ORT's InvalidArgument is the caller's fault (shape, type); anything else is ours: a 500.
+            if type(exc).__name__ == "InvalidArgument":
+                raise BadRequest(f"inference failed: {_short(exc)}") from exc
+            raise
 
 
 def _short(exc: Exception) -> str:
