@@ -1,0 +1,213 @@
+"""Dispatch policies and on-demand placement: pure functions over a ClusterState.
+
+A policy only *selects*; the views act on the choice. Every function here is deterministic given
+its arguments (randomness and counters are passed in), so the unit tests need no cluster.
+
+- `lowest-cpu` (default, thesis 5.2.1): among nodes running the model, the lowest CPU usage
+  (as a fraction of the node's cores); ties go to the node name, first in order.
+- `plan`: the back-end's solver weights for (model, client zone), drawn in proportion; without a
+  zone the weights of all zones are summed; falls back to lowest-cpu when no weighted node serves.
+- `nearest`: the smallest round-trip time from the client's zone (rtt table or ALTO cost map),
+  then nodes labelled with that zone, then lowest-cpu.
+- `round-robin`: candidates in node-name order, one after another.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from cluster.port import Node
+
+from .snapshot import Candidate, ClusterState
+
+__all__ = [
+    "choose", "lowest_cpu", "round_robin", "nearest", "planned", "Plan", "PlanError", "parse_plan",
+    "rtt_from_alto", "Placement", "choose_provision_node", "ZONE_LABELS",
+]
+
+ZONE_LABELS = ("zone", "topology.kubernetes.io/zone")
+
+
+def lowest_cpu(candidates: Sequence[Candidate]) -> Candidate:
+    """Return the candidate whose node uses the smallest fraction of its CPU."""
+    return min(candidates, key=lambda c: (c.node.cpu_fraction, c.node.name))
+
+
+def round_robin(candidates: Sequence[Candidate], counter: int) -> Candidate:
+    """Return the `counter`-th candidate, wrapping around."""
+    return candidates[counter % len(candidates)]
+
+
+def nearest(candidates: Sequence[Candidate], zone: str | None,
+            rtt: Mapping[str, Mapping[str, float]]) -> Candidate:
+    """Return the candidate closest to `zone` by rtt, else one labelled with it, else lowest-cpu."""
+    if zone:
+        row = rtt.get(zone)
+        if row:
+            known = [c for c in candidates if c.node.name in row]
+            if known:
+                return min(known, key=lambda c: (row[c.node.name], c.node.cpu_fraction, c.node.name))
+        local = [c for c in candidates if any(c.node.labels.get(k) == zone for k in ZONE_LABELS)]
+        if local:
+            return lowest_cpu(local)
+    return lowest_cpu(candidates)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The back-end's latest plan: weights[model][zone][node] >= 0."""
+
+    created: float
+    mode: int
+    solver: str
+    weights: dict[str, dict[str, dict[str, float]]]
+
+    def to_json(self) -> dict:
+        return {"created": self.created, "mode": self.mode, "solver": self.solver, "weights": self.weights}
+
+
+class PlanError(ValueError):
+    """The plan body is malformed; the message lists every problem."""
+
+
+def parse_plan(body: Any, *, known_models: Sequence[str]) -> Plan:
+    """Validate a PUT /plan body; raise PlanError naming every bad field."""
+    if not isinstance(body, dict):
+        raise PlanError("plan must be a JSON object")
+    errors: list[str] = []
+    created = body.get("created")
+    if isinstance(created, bool) or not isinstance(created, (int, float)) or not math.isfinite(created) or created < 0:
+        errors.append("created: must be a unix time in seconds")
+    mode = body.get("mode")
+    if mode not in (1, 2) or isinstance(mode, bool):
+        errors.append("mode: must be 1 or 2")
+    solver = body.get("solver")
+    if not isinstance(solver, str) or not solver or len(solver) > 64:
+        errors.append("solver: must be a non-empty string")
+    weights = body.get("weights")
+    clean: dict[str, dict[str, dict[str, float]]] = {}
+    if not isinstance(weights, dict):
+        errors.append("weights: must map model -> zone -> node -> weight")
+    else:
+        known = set(known_models)
+        for model, zones in weights.items():
+            if model not in known:
+                errors.append(f"weights.{model}: unknown model")
+                continue
+            if not isinstance(zones, dict):
+                errors.append(f"weights.{model}: must map zone -> node -> weight")
+                continue
+            clean[model] = {}
+            for zone, row in zones.items():
+                if not isinstance(row, dict):
+                    errors.append(f"weights.{model}.{zone}: must map node -> weight")
+                    continue
+                clean[model][str(zone)] = {}
+                for node, weight in row.items():
+                    if (isinstance(weight, bool) or not isinstance(weight, (int, float))
+                            or not math.isfinite(weight) or weight < 0):
+                        errors.append(f"weights.{model}.{zone}.{node}: must be a number >= 0")
+                        continue
+                    clean[model][str(zone)][str(node)] = float(weight)
+    unknown = set(body) - {"created", "mode", "solver", "weights"}
+    if unknown:
+        errors.append(f"unknown field(s): {', '.join(sorted(unknown))}")
+    if errors:
+        raise PlanError("; ".join(errors))
+    return Plan(created=float(created), mode=int(mode), solver=solver, weights=clean)
+
+
+def planned(candidates: Sequence[Candidate], model: str, zone: str | None, plan: Plan | None,
+            u: float) -> Candidate:
+    """Draw a candidate in proportion to the plan's weights (`u` uniform in [0, 1))."""
+    zones = plan.weights.get(model, {}) if plan else {}
+    if zone and zone in zones:
+        weights = zones[zone]
+    else:
+        weights = {}
+        for row in zones.values():
+            for node, w in row.items():
+                weights[node] = weights.get(node, 0.0) + w
+    weighted = [(c, weights.get(c.node.name, 0.0)) for c in candidates]
+    weighted = [(c, w) for c, w in weighted if w > 0]
+    if not weighted:
+        return lowest_cpu(candidates)
+    total = sum(w for _, w in weighted)
+    target = min(max(u, 0.0), 1.0 - 1e-12) * total
+    acc = 0.0
+    for cand, w in weighted:
+        acc += w
+        if target < acc:
+            return cand
+    return weighted[-1][0]
+
+
+def choose(policy: str, candidates: Sequence[Candidate], *, model: str, zone: str | None = None,
+           plan: Plan | None = None, rtt: Mapping[str, Mapping[str, float]] | None = None,
+           counter: int = 0, u: float = 0.0) -> Candidate:
+    """Pick one of `candidates` (non-empty) for `model` under `policy`."""
+    if not candidates:
+        raise ValueError("no candidates")
+    if len(candidates) == 1:
+        return candidates[0]
+    if policy == "lowest-cpu":
+        return lowest_cpu(candidates)
+    if policy == "round-robin":
+        return round_robin(candidates, counter)
+    if policy == "nearest":
+        return nearest(candidates, zone, rtt or {})
+    if policy == "plan":
+        return planned(candidates, model, zone, plan, u)
+    raise ValueError(f"unknown policy {policy!r}")
+
+
+def rtt_from_alto(doc: Any) -> dict[str, dict[str, float]]:
+    """Read an RFC 7285 cost map: {"cost-map": {src PID: {dst PID: cost}}} -> {zone: {node: cost}}."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("cost-map"), dict):
+        raise ValueError("ALTO cost map must be an object with a 'cost-map' object")
+    out: dict[str, dict[str, float]] = {}
+    for src, row in doc["cost-map"].items():
+        if not isinstance(row, dict):
+            raise ValueError(f"cost-map.{src}: must be an object")
+        out[str(src)] = {}
+        for dst, cost in row.items():
+            if isinstance(cost, bool) or not isinstance(cost, (int, float)) or cost < 0:
+                raise ValueError(f"cost-map.{src}.{dst}: must be a number >= 0")
+            out[str(src)][str(dst)] = float(cost)
+    return out
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where to provision a model on demand, or why it cannot be."""
+
+    node: Node | None
+    reason: str
+    pending: bool = False      # an instance already exists and is starting: just wait
+
+
+def choose_provision_node(state: ClusterState, model: str, memory: int) -> Placement:
+    """Pick the ready node with the most free memory that fits `memory` KB (thesis 4.5)."""
+    existing = state.deployments_of(model)
+    for dep in existing:
+        node = state.nodes_by_name.get(dep.node)
+        if not dep.ready and node is not None and node.ready:
+            return Placement(node=node, reason=f"model {model} is starting on node {node.name}", pending=True)
+    busy = {d.node for d in existing}
+    ready = [n for n in state.nodes if n.ready and n.name not in busy]
+    if not ready:
+        return Placement(node=None, reason=f"model {model} is not deployed and no ready node can take it")
+    fits = [n for n in ready if n.memory_available >= memory]
+    if not fits:
+        best = max(ready, key=lambda n: (n.memory_available, n.name))
+        return Placement(node=None, reason=(
+            f"model {model} is not deployed and no ready node has {memory} KB free "
+            f"(most free: {best.memory_available} KB on {best.name})"))
+    node = max(fits, key=lambda n: (n.memory_available, -_rank(n.name, fits)))
+    return Placement(node=node, reason=f"model {model} is being provisioned on node {node.name}")
+
+
+def _rank(name: str, nodes: Sequence[Node]) -> int:
+    """Return the position of `name` in name order (ties on memory go to the first name)."""
+    return sorted(n.name for n in nodes).index(name)

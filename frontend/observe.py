@@ -1,0 +1,75 @@
+"""Per-request bookkeeping: request id, timing, the stats row and the shared counters.
+
+Views describe the request that named a model with `note_model_request(...)`; `after_request`
+adds the status and the time taken and writes everything in one SQLite transaction, so the row,
+the per-model and per-instance counts and the Prometheus counters never disagree.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from flask import Flask, Response, g, request
+
+from . import metrics
+from .hints import parse_request_id
+from .runtime import current_runtime
+from .store import Increment, RequestRecord, label_text
+
+__all__ = ["init_app", "note_model_request"]
+
+log = logging.getLogger("frontend")
+
+
+def note_model_request(*, model: str, kind: str, zone: str | None, latency: float | None,
+                       node: str | None = None, endpoint: str | None = None, provisioned: float | None = None,
+                       cached: bool | None = None, known_model: bool = True) -> None:
+    """Remember that this request named `model`; after_request records it with its outcome."""
+    g.model_request = {"model": model, "kind": kind, "zone": zone, "latency": latency, "node": node,
+                       "endpoint": endpoint, "provisioned": provisioned, "cached": cached,
+                       "known_model": known_model}
+
+
+def update_model_request(**fields: Any) -> None:
+    """Change fields of the noted model request (e.g. the node once chosen)."""
+    noted = getattr(g, "model_request", None)
+    if noted is not None:
+        noted.update(fields)
+
+
+def init_app(app: Flask) -> None:
+    """Register the before/after request hooks."""
+
+    @app.before_request
+    def _begin() -> None:
+        g.started = time.perf_counter()
+        g.request_id = parse_request_id(request.headers.get("X-Request-Id")) or uuid.uuid4().hex[:16]
+        current_runtime().cache.ensure_running()
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        duration = time.perf_counter() - g.get("started", time.perf_counter())
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        status = response.status_code
+        increments = [Increment(metrics.HTTP_REQUESTS,
+                                label_text({"route": route, "method": request.method, "status": str(status)}))]
+        increments += metrics.observe(metrics.HTTP_DURATION, {"route": route}, duration)
+        record = None
+        noted = g.pop("model_request", None)
+        if noted is not None:
+            record = RequestRecord(time=time.time(), status=status, duration=duration,
+                                   **{**noted, "cached": bool(noted["cached"])})
+            if noted["known_model"]:
+                increments.append(Increment(metrics.MODEL_REQUESTS, label_text(
+                    {"model": noted["model"], "kind": noted["kind"], "status": str(status)})))
+                if noted["cached"] is not None:
+                    increments.append(Increment(metrics.CACHE, label_text(
+                        {"model": noted["model"], "result": "hit" if noted["cached"] else "miss"})))
+        try:
+            current_runtime().store.record(request=record, increments=increments)
+        except Exception as exc:       # statistics must never break an answer
+            log.warning("could not record request statistics", extra={"event": "stats_failed", "error": str(exc)})
+        return response

@@ -1,0 +1,102 @@
+"""On-demand provisioning (thesis 4.5): a known model with no instance is started in the background.
+
+The request that finds no instance never waits for a model server to start: it triggers at most one
+deployment (a claim in the shared database dedupes attempts across workers, a set dedupes them
+within one) and is answered 503 with Retry-After; the next call finds the instance once it is
+ready. When no ready node has room the client gets 503 and the reason straight away.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from cluster.catalog import ModelSpec
+
+from . import metrics
+from .dispatch import choose_provision_node
+from .state import StateCache
+from .store import StatsStore
+
+__all__ = ["Provisioner", "Refusal"]
+
+log = logging.getLogger("frontend.provision")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a model cannot be served right now, and when to try again (None: not soon)."""
+
+    reason: str
+    retry_after: int | None
+
+
+class Provisioner:
+    """Start missing models on the best node, one attempt at a time."""
+
+    def __init__(self, *, cache: StateCache, store: StatsStore, retry_after: int, claim_ttl: float):
+        self.cache = cache
+        self.store = store
+        self.retry_after = retry_after
+        self.claim_ttl = claim_ttl
+        self._inflight: dict[str, str] = {}          # model -> node, in this worker
+        self._lock = threading.Lock()
+        self.last_error: dict[str, str] = {}
+
+    def request(self, spec: ModelSpec) -> Refusal:
+        """Make sure `spec` is being provisioned if it can be; return what to tell the client."""
+        model = spec.name
+        with self._lock:
+            node = self._inflight.get(model)
+        if node:
+            return Refusal(f"model {model} is being provisioned on node {node}", self.retry_after)
+        placement = choose_provision_node(self.cache.state, model, spec.memory)
+        if placement.pending:
+            return Refusal(placement.reason, self.retry_after)
+        if placement.node is None:
+            reason = placement.reason
+            if model in self.last_error:
+                reason += f"; last attempt failed: {self.last_error[model]}"
+            return Refusal(reason, None)
+        target = placement.node.name
+        if not self.store.claim(model, target, now=time.time(), ttl=self.claim_ttl):
+            return Refusal(f"model {model} is being provisioned", self.retry_after)
+        with self._lock:
+            if model in self._inflight:
+                return Refusal(f"model {model} is being provisioned on node {self._inflight[model]}",
+                               self.retry_after)
+            self._inflight[model] = target
+        thread = threading.Thread(target=self._deploy, args=(model, target), daemon=True,
+                                  name=f"frontend-provision-{model}")
+        thread.start()
+        return Refusal(placement.reason, self.retry_after)
+
+    def _deploy(self, model: str, node: str) -> None:
+        started = time.monotonic()
+        outcome = "started"
+        try:
+            with self.cache.cluster_lock:
+                if self.cache.cluster is None:
+                    self.cache.cluster = self.cache._factory()
+                self.cache.cluster.deploy(model, node, wait=False)
+            self.last_error.pop(model, None)
+            log.info("provisioning on demand", extra={"event": "provision_started", "model": model, "node": node,
+                                                      "seconds": round(time.monotonic() - started, 3)})
+        except Exception as exc:
+            outcome = "failed"
+            self.last_error[model] = f"{type(exc).__name__}: {exc}"
+            log.warning("on-demand provisioning failed", extra={"event": "provision_failed", "model": model,
+                                                                 "node": node, "error": str(exc)})
+            try:
+                self.store.release(model)
+            except Exception:
+                pass
+        finally:
+            with self._lock:
+                self._inflight.pop(model, None)
+            try:
+                self.store.increment(metrics.PROVISIONS, {"model": model, "outcome": outcome})
+            except Exception:
+                pass
+            self.cache.poke()

@@ -1,0 +1,132 @@
+"""POST /services/<model>/<TF Serving path>: forward an inference to the chosen model server.
+
+Why so guarded (DESIGN section 8): the proxy holds connections into the cluster, so it only ever
+calls an endpoint the cluster reports for that very model, with a URL rebuilt from a validated TF
+Serving path; it strips hop-by-hop headers both ways, never follows redirects, bounds the body and
+both timeouts, and reports upstream trouble as 502 (failure) or 504 (timeout) JSON. A connection
+refused before anything was sent marks the endpoint bad for this worker and tries the next one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import requests
+from flask import Blueprint, Flask, Response, g, request
+
+from .errors import ApiError
+from .headers import downstream_headers, upstream_headers
+from .hints import HintError, parse_hints
+from .observe import note_model_request, update_model_request
+from .predcache import CachedAnswer, PredictionCache
+from .runtime import MODEL_NAME, current_runtime
+from .tfs import TfsPathError, parse_tfs_path
+
+__all__ = ["bp", "init_app"]
+
+log = logging.getLogger("frontend.proxy")
+bp = Blueprint("proxy", __name__)
+_HINT_KEYS = (b'"zone"', b'"latency"')
+
+
+def _body_hints(body: bytes, content_type: str | None) -> tuple[dict, bytes]:
+    """Take `zone`/`latency` out of a JSON body that carries them; return (hints, body to forward)."""
+    if not body or not any(key in body for key in _HINT_KEYS):
+        return {}, body
+    if content_type and "json" not in content_type.lower():
+        return {}, body
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return {}, body           # the model server will say what is wrong with it
+    if not isinstance(doc, dict) or not ({"zone", "latency"} & doc.keys()):
+        return {}, body
+    hints = {k: doc.pop(k) for k in ("zone", "latency") if k in doc}
+    return hints, json.dumps(doc).encode()
+
+
+@bp.route("/services/<model>/<path:tfs_path>", methods=["GET", "POST"])
+def forward(model: str, tfs_path: str):
+    """Proxy a TF Serving REST call for `model` to one of its instances."""
+    rt = current_runtime()
+    if not MODEL_NAME.fullmatch(model):
+        raise ApiError(404, f"unknown model {model!r}")
+    try:
+        path = parse_tfs_path(tfs_path, model=model)
+    except TfsPathError as exc:
+        raise ApiError(400, f"refused path: {exc}") from None
+    if request.method != path.method:
+        raise ApiError(405, f"{path.url_path()} takes {path.method}", headers={"Allow": path.method})
+    body = request.get_data(cache=False) if path.method == "POST" else b""
+    body_hints, body = _body_hints(body, request.content_type)
+    try:
+        hints = parse_hints(request.headers, body_hints)
+    except HintError as exc:
+        raise ApiError(400, str(exc)) from None
+    known = model in rt.cache.catalog
+    note_model_request(model=model, kind="proxy", zone=hints.zone, latency=hints.latency, known_model=known)
+    rt.spec(model)                                   # 404 at once for an unknown model
+
+    cache: PredictionCache = rt.predictions
+    cache_key = None
+    if cache.enabled and path.verb:
+        cache_key = PredictionCache.key(path.cache_key(), request.content_type, body)
+        generation = rt.cache.state.generation.get(model, ())
+        hit = cache.get(cache_key, generation=generation)
+        update_model_request(cached=hit is not None)
+        if hit is not None:
+            update_model_request(node=hit.node)
+            return Response(hit.body, status=hit.status, headers=list(hit.headers))
+
+    tried: set[str] = set()
+    attempts = 1 + max(0, rt.settings.proxy_retries)
+    timeout = (rt.settings.connect_timeout, rt.settings.read_timeout)
+    forward_headers = upstream_headers(request.headers.items(), request_id=g.get("request_id"),
+                                       client_addr=request.remote_addr)
+    last_error: ApiError | None = None
+    for _ in range(attempts):
+        try:
+            chosen = rt.pick(model, zone=hints.zone, exclude=frozenset(tried), provision=not tried)
+        except ApiError:
+            if last_error is not None:
+                raise last_error from None
+            raise
+        tried.add(chosen.endpoint)
+        update_model_request(node=chosen.node.name, endpoint=chosen.endpoint,
+                             provisioned=chosen.deployment.created)
+        url = f"http://{chosen.endpoint}{path.url_path()}"
+        try:
+            upstream = rt.session.request(path.method, url, data=body if path.method == "POST" else None,
+                                          headers=forward_headers, timeout=timeout, allow_redirects=False,
+                                          stream=False)
+        except requests.ConnectTimeout:
+            rt.cache.mark_bad(chosen.endpoint)
+            last_error = ApiError(504, f"timed out connecting to model {model} on node {chosen.node.name}")
+            continue
+        except requests.ConnectionError:
+            rt.cache.mark_bad(chosen.endpoint)
+            last_error = ApiError(502, f"cannot reach model {model} on node {chosen.node.name}")
+            continue
+        except requests.Timeout:
+            raise ApiError(504, f"model {model} on node {chosen.node.name} did not answer within "
+                                f"{rt.settings.read_timeout:g} s") from None
+        except requests.RequestException as exc:
+            raise ApiError(502, f"bad answer from model {model} on node {chosen.node.name}: "
+                                f"{type(exc).__name__}") from None
+        if 300 <= upstream.status_code < 400:
+            raise ApiError(502, f"model server for {model} answered with a redirect; not followed")
+        headers = downstream_headers(upstream.headers.items())
+        content = upstream.content
+        if cache_key is not None and upstream.status_code == 200:
+            cache.put(cache_key, CachedAnswer(status=200, headers=tuple(headers), body=content,
+                                              node=chosen.node.name, stored=time.monotonic(),
+                                              generation=rt.cache.state.generation.get(model, ())))
+        return Response(content, status=upstream.status_code, headers=headers)
+    assert last_error is not None
+    raise last_error
+
+
+def init_app(app: Flask) -> None:
+    """Register the proxy blueprint."""
+    app.register_blueprint(bp)

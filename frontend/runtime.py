@@ -1,0 +1,109 @@
+"""The per-process objects the views share: settings, store, state cache, provisioner, HTTP pool.
+
+One Runtime lives in `app.extensions["frontend"]`; views reach it through `current_runtime()`.
+`pick()` is the dispatch step every view uses: catalog check, candidates, policy, or refusal.
+"""
+from __future__ import annotations
+
+import itertools
+import random
+import re
+import threading
+
+import requests
+from flask import current_app
+from requests.adapters import HTTPAdapter
+
+from cluster.catalog import ModelSpec
+
+from .config import Settings
+from .dispatch import choose
+from .errors import ApiError
+from .predcache import PredictionCache
+from .provision import Provisioner
+from .snapshot import Candidate
+from .state import StateCache, make_cluster_factory
+from .store import StatsStore
+
+__all__ = ["Runtime", "current_runtime", "MODEL_NAME"]
+
+# What a model name in a URL may look like before it is even compared with the catalog.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+class Runtime:
+    """Everything one worker process needs to answer requests."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.token = settings.resolved_token()
+        self.store = StatsStore(settings.database_path)
+        self.cache = StateCache(settings=settings, store=self.store,
+                                cluster_factory=make_cluster_factory(settings))
+        self.provisioner = Provisioner(cache=self.cache, store=self.store, retry_after=settings.retry_after,
+                                       claim_ttl=settings.provision_timeout)
+        self.predictions = PredictionCache(entries=settings.prediction_cache_entries,
+                                           max_bytes=settings.prediction_cache_bytes,
+                                           ttl=settings.prediction_cache_ttl)
+        self._counters: dict[str, itertools.count] = {}
+        self._counters_lock = threading.Lock()
+        self._rng = random.Random()
+        self._local = threading.local()
+
+    # -- HTTP pool to model servers (one session per thread: Session is not promised thread-safe) --
+    @property
+    def session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.trust_env = False          # never route model-server traffic through a proxy
+            adapter = HTTPAdapter(pool_connections=16, pool_maxsize=self.settings.pool_maxsize, max_retries=0)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            self._local.session = session
+        return session
+
+    # -- dispatch ---------------------------------------------------------------------------------
+    def spec(self, model: str) -> ModelSpec:
+        """Return the catalog entry of `model` or raise 404 at once (thesis 4.5)."""
+        catalog = self.cache.catalog
+        if model not in catalog:
+            raise ApiError(404, f"unknown model {model!r}")
+        return catalog[model]
+
+    def _counter(self, model: str) -> int:
+        counter = self._counters.get(model)
+        if counter is None:
+            with self._counters_lock:
+                counter = self._counters.setdefault(model, itertools.count())
+        return next(counter)
+
+    def pick(self, model: str, *, zone: str | None = None, exclude: frozenset[str] = frozenset(),
+             provision: bool = True) -> Candidate:
+        """Choose the endpoint for `model`; raise ApiError 404/503 when there is none."""
+        spec = self.spec(model)
+        candidates = self.cache.candidates(model)
+        if exclude:
+            candidates = tuple(c for c in candidates if c.endpoint not in exclude)
+        if candidates:
+            policy = self.settings.policy
+            return choose(policy, candidates, model=model, zone=zone, plan=self.cache.plan,
+                          rtt=self.cache.rtt,
+                          counter=self._counter(model) if policy == "round-robin" else 0,
+                          u=self._rng.random() if policy == "plan" else 0.0)
+        if not provision:
+            raise ApiError(503, f"no reachable instance of model {model}")
+        refusal = self.provisioner.request(spec)
+        headers = {"Retry-After": str(refusal.retry_after)} if refusal.retry_after is not None else {}
+        raise ApiError(503, refusal.reason, headers=headers,
+                       extra={"model": model, "provisioning": refusal.retry_after is not None})
+
+    def close(self) -> None:
+        """Stop background work and close connections."""
+        self.cache.close()
+        self.store.close()
+
+
+def current_runtime() -> Runtime:
+    """Return the Runtime of the app serving the current request."""
+    return current_app.extensions["frontend"]
