@@ -1,0 +1,741 @@
+"""The Kubernetes adapter of the Cluster port: one Deployment + one NodePort Service per (model, node).
+
+This is the only module that imports the `kubernetes` client library (the kopf convention): every
+API call goes through `KubernetesCluster._call`, which checks the call against `API_PERMISSIONS`
+(the one list the RBAC manifests in k8s/ are tested against) and turns the client's exceptions
+into the port's (`ClusterError` and subclasses, raised `from` the client's exception). Rendering
+(`k8s_render`) and state conversion (`k8s_state`) are pure and live elsewhere, so they are tested
+without an API server and the client library can change without the change spreading.
+
+Reads are answered from a watch-backed cache, never a list call per question: one thread per
+resource (nodes cluster-wide; our Deployments, Services and Pods in the namespace, selected by
+`app.kubernetes.io/managed-by`) lists, then watches from the list's resourceVersion, re-lists on
+410 Gone and at least every `resync_seconds`, and backs off exponentially on errors. A further
+thread polls metrics.k8s.io for node CPU every `metrics_seconds`; when the API is not served the
+nodes' CPU is estimated from our pods' requests (k8s_state).
+
+Exception mapping::
+
+    connection refused / reset / timeout, TLS failure, 429, 5xx -> ClusterUnavailable
+    404 on a node                                                 -> UnknownNode
+    401 / 403                                                      -> ClusterError ("not permitted")
+    anything else from the API                                     -> ClusterError (with its message)
+    missing or broken kubeconfig                                   -> ClusterUnavailable
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import urllib3
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException, OpenApiException
+from kubernetes.config.config_exception import ConfigException
+
+from . import k8s_state as state
+from .catalog import DEFAULT_CATALOG, Catalog, CatalogError, load_catalog
+from .k8s_render import (MANAGED_BY_LABEL, RenderError, RenderSettings, object_name, render_instance)
+from .port import (Cluster, ClusterError, ClusterUnavailable, Deployment, InsufficientMemory, Node,
+                   NodeNotReady, UnknownModel, UnknownNode)
+
+__all__ = [
+    "KubernetesCluster", "CacheSettings", "ApiPermission", "API_PERMISSIONS", "schema_problems",
+]
+
+log = logging.getLogger("cluster.kubernetes")
+
+
+@dataclass(frozen=True)
+class ApiPermission:
+    """One kind of API call the adapter makes; k8s/rbac.yaml must grant exactly these."""
+
+    group: str                 # API group ("" is the core group)
+    resource: str              # plural resource name
+    verbs: tuple[str, ...]     # verbs used on it
+    cluster_wide: bool         # True: granted by a ClusterRole; False: a Role in our namespace
+
+
+# Every call below is checked against this list at run time, and the RBAC test compares it with
+# the Role and ClusterRole in k8s/, so the code and the manifests cannot drift apart silently.
+API_PERMISSIONS: tuple[ApiPermission, ...] = (
+    # get: deploy() on a node the cache has not seen yet (just added).
+    ApiPermission("", "nodes", ("get", "list", "watch"), cluster_wide=True),
+    ApiPermission("metrics.k8s.io", "nodes", ("list",), cluster_wide=True),
+    # get: confirm an existing object is ours before treating 409 as done or deleting it.
+    ApiPermission("apps", "deployments", ("get", "list", "watch", "create", "delete"), cluster_wide=False),
+    ApiPermission("", "services", ("get", "list", "watch", "create", "delete"), cluster_wide=False),
+    ApiPermission("", "pods", ("list", "watch"), cluster_wide=False),
+)
+_ALLOWED = {(p.group, p.resource, verb) for p in API_PERMISSIONS for verb in p.verbs}
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """How the adapter talks to the API server and keeps its cache. Times in seconds."""
+
+    namespace: str = "edge-inference"                 # namespace of our Deployments, Services, Pods
+    node_class_label: str = "edge-inference/node-class"  # node label holding the node class
+    resync_seconds: float = 300.0                     # re-list each resource at least this often
+    metrics_seconds: float = 15.0                     # metrics.k8s.io poll period
+    sync_timeout_seconds: float = 30.0                # how long a read waits for the first full list
+    backoff_initial_seconds: float = 0.5              # first wait after a failed list/watch
+    backoff_max_seconds: float = 30.0                 # longest wait between retries
+    connect_timeout_seconds: float = 5.0              # TCP/TLS connect timeout per request
+    request_timeout_seconds: float = 30.0             # read timeout of a non-watch request
+    page_size: int = 500                              # objects per list page
+
+    def __post_init__(self) -> None:
+        for name in ("resync_seconds", "metrics_seconds", "backoff_initial_seconds", "backoff_max_seconds",
+                     "connect_timeout_seconds", "request_timeout_seconds"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.sync_timeout_seconds < 0 or self.page_size < 1:
+            raise ValueError("sync_timeout_seconds must be >= 0 and page_size >= 1")
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+def _api_message(exc: ApiException) -> str:
+    body = exc.body
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    if body:
+        try:
+            message = json.loads(body).get("message")
+            if message:
+                return str(message)
+        except (ValueError, AttributeError):
+            return str(body).strip().splitlines()[0][:300] if str(body).strip() else str(exc.reason)
+    return str(exc.reason or "").strip().splitlines()[0] if exc.reason else "no details"
+
+
+def _translate(exc: BaseException, what: str, host: str) -> ClusterError:
+    if isinstance(exc, ApiException):
+        status = exc.status or 0
+        message = _api_message(exc)
+        if status == 0 or status == 429 or status >= 500:
+            return ClusterUnavailable(f"{what}: Kubernetes API at {host} unavailable ({status or 'no status'}): {message}")
+        if status in (401, 403):
+            return ClusterError(f"{what}: not permitted ({status}): {message}")
+        return ClusterError(f"{what}: {status}: {message}")
+    if isinstance(exc, (urllib3.exceptions.HTTPError, OSError)):
+        reason = getattr(exc, "reason", None) or exc
+        return ClusterUnavailable(f"{what}: cannot reach the Kubernetes API at {host}: {reason}")
+    return ClusterError(f"{what}: {exc}")
+
+
+class _Gone(Exception):
+    """The watch's resourceVersion is too old (410): re-list."""
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+def _default_kubeconfig_exists() -> bool:
+    paths = os.environ.get("KUBECONFIG", "")
+    candidates = [p for p in paths.split(os.pathsep) if p] or [os.path.expanduser("~/.kube/config")]
+    return any(os.path.exists(p) for p in candidates)
+
+
+def _api_client(*, kubeconfig: str | None, context: str | None, in_cluster: bool,
+                settings: CacheSettings) -> k8s_client.ApiClient:
+    cfg = k8s_client.Configuration()
+    try:
+        # Without an explicit choice, a pod with no kubeconfig uses its service account (as kubectl does).
+        if in_cluster or (kubeconfig is None and context is None and not _default_kubeconfig_exists()
+                          and os.environ.get("KUBERNETES_SERVICE_HOST")):
+            k8s_config.load_incluster_config(client_configuration=cfg)
+        else:
+            k8s_config.load_kube_config(config_file=str(kubeconfig) if kubeconfig else None, context=context,
+                                        client_configuration=cfg, persist_config=False)
+    except (ConfigException, OSError, ValueError, TypeError, KeyError) as exc:
+        raise ClusterUnavailable(f"cannot load the Kubernetes configuration: {exc}") from exc
+    # Retry only what is safe to retry: failures to connect, never a request already sent.
+    cfg.retries = urllib3.Retry(total=2, connect=2, read=0, status=0, redirect=0, other=0, backoff_factor=0.2)
+    cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize or 0, 16)
+    return k8s_client.ApiClient(cfg)
+
+
+# --- the watch-backed cache -------------------------------------------------------------------
+
+def _name(obj: Mapping[str, Any]) -> str:
+    return (obj.get("metadata") or {}).get("name", "")
+
+
+def _resource_version(obj: Mapping[str, Any]) -> str | None:
+    return (obj.get("metadata") or {}).get("resourceVersion") or None
+
+
+def _lines(response: Any) -> Iterator[bytes]:
+    """Yield the newline-separated JSON events of a watch response as they arrive."""
+    buffer = bytearray()
+    for chunk in response.stream(amt=None, decode_content=True):
+        buffer.extend(chunk)
+        start = 0
+        while (end := buffer.find(b"\n", start)) != -1:
+            line = bytes(buffer[start:end]).strip()
+            start = end + 1
+            if line:
+                yield line
+        del buffer[:start]
+    if buffer.strip():
+        yield bytes(buffer).strip()
+
+
+class _Reflector(threading.Thread):
+    """List, then watch one resource into a dict keyed by name; re-list on 410 and errors."""
+
+    def __init__(self, owner: "KubernetesCluster", kind: str, group: str, resource: str,
+                 list_fn: Callable[..., Any], label_selector: str | None) -> None:
+        super().__init__(name=f"k8s-watch-{kind}", daemon=True)
+        self.owner = owner
+        self.kind = kind
+        self.group = group
+        self.resource = resource
+        self.list_fn = list_fn
+        self.label_selector = label_selector
+        self.store: dict[str, dict[str, Any]] = {}
+        self.synced = threading.Event()
+        self.failures = 0                    # consecutive failed attempts
+        self.last_error: ClusterError | None = None
+        self._response: Any = None
+        self._rv: str | None = None
+
+    def stop(self) -> None:
+        response = self._response
+        if response is not None:
+            try:
+                response.shutdown()          # unblocks a read in progress in the watch thread
+            except Exception:
+                pass
+
+    def run(self) -> None:
+        owner = self.owner
+        settings = owner.settings
+        backoff = settings.backoff_initial_seconds
+        listed_at = 0.0
+        need_list = True
+        while not owner._stopping.is_set():
+            try:
+                if need_list or time.monotonic() - listed_at >= settings.resync_seconds:
+                    self._list()
+                    listed_at = time.monotonic()
+                    need_list = False
+                self._watch(max(1, int(settings.resync_seconds - (time.monotonic() - listed_at))))
+                backoff = settings.backoff_initial_seconds
+                self.failures = 0
+            except _Gone:
+                need_list = True
+            except ClusterError as exc:
+                if owner._stopping.is_set():
+                    break
+                need_list = True
+                self.failures += 1
+                self.last_error = exc
+                owner._notify()
+                log.warning("watch %s failed (attempt %d), retrying in %.1fs: %s",
+                            self.kind, self.failures, backoff, exc)
+                owner._stopping.wait(backoff * (0.8 + 0.4 * random.random()))
+                backoff = min(backoff * 2, settings.backoff_max_seconds)
+
+    def _list(self) -> None:
+        items: dict[str, dict[str, Any]] = {}
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"limit": self.owner.settings.page_size}
+            if token:
+                kwargs["_continue"] = token
+            if self.label_selector:
+                kwargs["label_selector"] = self.label_selector
+            try:
+                page = self.owner._call("list", self.group, self.resource, self.list_fn, **kwargs)
+            except ClusterError as exc:
+                if token and isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 410:
+                    items, token = {}, None          # continue token expired: start over
+                    continue
+                raise
+            for item in page.get("items") or []:
+                items[_name(item)] = item
+            meta = page.get("metadata") or {}
+            token = meta.get("continue") or None
+            if not token:
+                self._rv = meta.get("resourceVersion") or None
+                break
+        with self.owner._cond:
+            self.store = items
+            self.owner._changed()
+        self.synced.set()
+        self.last_error = None
+        self.owner._notify()
+
+    def _watch(self, seconds: int) -> None:
+        kwargs: dict[str, Any] = {"watch": True, "allow_watch_bookmarks": True, "timeout_seconds": seconds}
+        if self._rv:
+            kwargs["resource_version"] = self._rv
+        if self.label_selector:
+            kwargs["label_selector"] = self.label_selector
+        read_timeout = seconds + self.owner.settings.request_timeout_seconds
+        response = self.owner._call("watch", self.group, self.resource, self.list_fn, stream=True,
+                                    read_timeout=read_timeout, **kwargs)
+        self._response = response
+        try:
+            if self.owner._stopping.is_set():      # close() ran before the stream was registered
+                return
+            for line in _lines(response):
+                if self.owner._stopping.is_set():
+                    return
+                self._event(json.loads(line))
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            if self.owner._stopping.is_set():
+                return
+            raise _translate(exc, f"watching {self.kind}", self.owner._host) from exc
+        finally:
+            self._response = None
+            try:
+                response.release_conn()
+            except Exception:
+                pass
+
+    def _event(self, event: Mapping[str, Any]) -> None:
+        kind = event.get("type")
+        obj = event.get("object") or {}
+        if kind == "ERROR":
+            if obj.get("code") == 410:
+                raise _Gone()
+            raise ClusterError(f"watching {self.kind}: {obj.get('code')}: {obj.get('message', 'watch error')}")
+        rv = _resource_version(obj)
+        if kind == "BOOKMARK":
+            self._rv = rv or self._rv
+            return
+        with self.owner._cond:
+            if kind in ("ADDED", "MODIFIED"):
+                self.store[_name(obj)] = obj
+            elif kind == "DELETED":
+                self.store.pop(_name(obj), None)
+            else:
+                return
+            self._rv = rv or self._rv
+            self.owner._changed()
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    generation: int
+    nodes: list[Node]
+    node_by_name: dict[str, Node]
+    deployments: list[Deployment]
+    memory_used: dict[str, int]
+
+
+class KubernetesCluster(Cluster):
+    """Run model servers on a Kubernetes cluster; state from a watch-backed cache."""
+
+    def __init__(self, *, kubeconfig: str | Path | None = None, context: str | None = None,
+                 in_cluster: bool = False, namespace: str = "edge-inference",
+                 catalog_path: str | Path = DEFAULT_CATALOG,
+                 node_class_label: str = "edge-inference/node-class",
+                 resync_seconds: float = 300.0, metrics_seconds: float = 15.0,
+                 sync_timeout_seconds: float = 30.0,
+                 render: RenderSettings | None = None, cache: CacheSettings | None = None) -> None:
+        try:
+            self.catalog: Catalog = load_catalog(catalog_path)
+        except CatalogError as exc:
+            raise ClusterError(str(exc)) from exc
+        self.settings = cache or CacheSettings(namespace=namespace, node_class_label=node_class_label,
+                                               resync_seconds=resync_seconds, metrics_seconds=metrics_seconds,
+                                               sync_timeout_seconds=sync_timeout_seconds)
+        self.render_settings = dataclasses.replace(render or RenderSettings(), namespace=self.settings.namespace)
+        self._api = _api_client(kubeconfig=str(kubeconfig) if kubeconfig else None, context=context,
+                                in_cluster=in_cluster, settings=self.settings)
+        self._host = self._api.configuration.host
+        self._core = k8s_client.CoreV1Api(self._api)
+        self._apps = k8s_client.AppsV1Api(self._api)
+        self._custom = k8s_client.CustomObjectsApi(self._api)
+        self._cond = threading.Condition()
+        self._generation = 0
+        self._snapshot_cache: _Snapshot | None = None
+        self._stopping = threading.Event()
+        self._deploy_lock = threading.Lock()
+        self._pending: dict[str, tuple[str, int]] = {}      # object name -> (node, KB) created, not yet seen
+        self._metrics: dict[str, float] | None = None
+        self.metrics_served: bool | None = None              # None until the first poll
+        ns = self.settings.namespace
+        selector = f"{MANAGED_BY_LABEL}={self.render_settings.managed_by}"
+        self._reflectors = {
+            "nodes": _Reflector(self, "nodes", "", "nodes", self._core.list_node, None),
+            "deployments": _Reflector(self, "deployments", "apps", "deployments",
+                                      _bind(self._apps.list_namespaced_deployment, ns), selector),
+            "services": _Reflector(self, "services", "", "services",
+                                   _bind(self._core.list_namespaced_service, ns), selector),
+            "pods": _Reflector(self, "pods", "", "pods", _bind(self._core.list_namespaced_pod, ns), selector),
+        }
+        self._metrics_thread = threading.Thread(target=self._poll_metrics, name="k8s-metrics", daemon=True)
+        for reflector in self._reflectors.values():
+            reflector.start()
+        self._metrics_thread.start()
+
+    # --- the one door to the API ---------------------------------------------------------------
+
+    def _call(self, verb: str, group: str, resource: str, fn: Callable[..., Any], *args: Any,
+              stream: bool = False, read_timeout: float | None = None, **kwargs: Any) -> Any:
+        """Make one API call declared in API_PERMISSIONS; return parsed JSON (or the raw stream)."""
+        if (group, resource, verb) not in _ALLOWED:
+            raise AssertionError(f"undeclared API call {verb} {group or 'core'}/{resource}: add it to API_PERMISSIONS")
+        timeout = (self.settings.connect_timeout_seconds, read_timeout or self.settings.request_timeout_seconds)
+        what = f"{verb} {resource}" + (f" {args[0]}" if args and verb in ("get", "delete") else "")
+        try:
+            response = fn(*args, _preload_content=False, _request_timeout=timeout, **kwargs)
+            if stream:
+                return response
+            data = response.data
+            response.release_conn()
+        except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise _translate(exc, what, self._host) from exc
+        try:
+            return json.loads(data) if data else {}
+        except ValueError as exc:
+            raise ClusterError(f"{what}: the API server sent invalid JSON") from exc
+
+    # --- cache bookkeeping ---------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        """Record a cache change; the caller holds self._cond."""
+        self._generation += 1
+        self._cond.notify_all()
+
+    def _notify(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _synced(self) -> bool:
+        return all(r.synced.is_set() for r in self._reflectors.values())
+
+    def wait_synced(self, timeout: float | None = None) -> bool:
+        """Wait until every watched resource has been listed once; return whether it has."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._synced() or self._stopping.is_set(), timeout) and self._synced()
+
+    def _require_synced(self) -> None:
+        """Wait for the first full list; fail fast when every pending list has failed."""
+        if self._stopping.is_set():
+            raise ClusterError("the Kubernetes cluster adapter is closed")
+        if self._synced():
+            return
+
+        def settled() -> bool:
+            pending = [r for r in self._reflectors.values() if not r.synced.is_set()]
+            return not pending or self._stopping.is_set() or all(r.last_error is not None for r in pending)
+
+        with self._cond:
+            self._cond.wait_for(settled, self.settings.sync_timeout_seconds)
+        if self._synced():
+            return
+        errors = [r.last_error for r in self._reflectors.values() if not r.synced.is_set() and r.last_error]
+        if errors:
+            first = errors[0]
+            raise type(first)(str(first)) from first
+        raise ClusterUnavailable(f"the Kubernetes API at {self._host} did not answer within "
+                                 f"{self.settings.sync_timeout_seconds:g}s")
+
+    def _store(self, kind: str) -> dict[str, dict[str, Any]]:
+        return self._reflectors[kind].store
+
+    def _snapshot(self) -> _Snapshot:
+        with self._cond:
+            cached = self._snapshot_cache
+            if cached is not None and cached.generation == self._generation:
+                return cached
+            generation = self._generation
+            nodes = list(self._store("nodes").values())
+            pods = list(self._store("pods").values())
+            deployments = list(self._store("deployments").values())
+            services = dict(self._store("services"))
+            metrics = self._metrics
+        node_objects = {_name(n): n for n in nodes}
+        built_nodes = state.build_nodes(nodes, pods, deployments, metrics,
+                                        node_class_label=self.settings.node_class_label)
+        snapshot = _Snapshot(
+            generation=generation,
+            nodes=built_nodes,
+            node_by_name={n.name: n for n in built_nodes},
+            deployments=state.build_deployments(deployments, services, node_objects),
+            memory_used=state.memory_used_by_node(pods, deployments),
+        )
+        with self._cond:
+            if self._snapshot_cache is None or self._snapshot_cache.generation < generation:
+                self._snapshot_cache = snapshot
+        return snapshot
+
+    def _wait_change(self, generation: int, timeout: float) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._generation != generation or self._stopping.is_set(),
+                                max(0.0, timeout))
+
+    def _poll_metrics(self) -> None:
+        warned = False
+        while not self._stopping.is_set():
+            try:
+                data = self._call("list", "metrics.k8s.io", "nodes", self._custom.list_cluster_custom_object,
+                                  "metrics.k8s.io", "v1beta1", "nodes")
+                metrics: dict[str, float] | None = state.metrics_cpu(data.get("items") or [])
+                self.metrics_served = True
+                warned = False
+            except ClusterError as exc:
+                metrics = None
+                self.metrics_served = False
+                if not warned and not self._stopping.is_set():
+                    log.info("metrics.k8s.io not usable, estimating node cpu from pod requests: %s", exc)
+                    warned = True
+            with self._cond:
+                if metrics != self._metrics:
+                    self._metrics = metrics
+                    self._changed()
+            self._stopping.wait(self.settings.metrics_seconds)
+
+    # --- the port ------------------------------------------------------------------------------
+
+    def nodes(self) -> list[Node]:
+        """Return every node, ready or not, from the cache."""
+        self._require_synced()
+        return list(self._snapshot().nodes)
+
+    def deployments(self) -> list[Deployment]:
+        """Return every model instance (not those being deleted), from the cache."""
+        self._require_synced()
+        return list(self._snapshot().deployments)
+
+    def manifest(self, model: str, node: str) -> str:
+        """Return the YAML deploy() would send for (model, node), without calling the API."""
+        spec = self._spec(model)
+        node_obj = self._store("nodes").get(node)
+        hostname = state.node_hostname(node_obj) if node_obj else None
+        return render_instance(spec, node, self.render_settings, hostname=hostname).text
+
+    def deploy(self, model: str, node: str, *, wait: bool = True, timeout: float = 60.0) -> Deployment:
+        """Create the Deployment then the Service for (model, node); existing objects count as done."""
+        deadline = time.monotonic() + timeout
+        spec = self._spec(model)
+        self._require_synced()
+        node_obj = self._node_object(node)
+        if not state.node_ready(node_obj):
+            raise NodeNotReady(f"node {node} is not ready")
+        if not state.node_schedulable(node_obj):
+            raise NodeNotReady(f"node {node} is cordoned (unschedulable)")
+        try:
+            rendered = render_instance(spec, node, self.render_settings, hostname=state.node_hostname(node_obj))
+        except RenderError as exc:
+            raise ClusterError(f"cannot render {model} on {node}: {exc}") from exc
+        name = rendered.name
+        self._wait_not_deleting(name, (model, node), deadline)
+        with self._deploy_lock:
+            existing = self._store("deployments").get(name)
+            if existing is None or state.identity(existing) != (model, node):
+                self._check_memory(spec.memory, model, node, node_obj)
+                self._create("deployments", self._apps.create_namespaced_deployment, rendered.deployment,
+                             (model, node))
+                self._pending[name] = (node, spec.memory)
+        self._create("services", self._core.create_namespaced_service, rendered.service, (model, node))
+        if not wait:
+            return self._current(model, node) or Deployment(model=model, node=node, endpoint="", ready=False,
+                                                            created=time.time())
+        return self._wait_ready(model, node, timeout, deadline)
+
+    def remove(self, model: str, node: str) -> None:
+        """Delete the Service and the Deployment of (model, node), foreground; gone counts as done."""
+        name = object_name(model, node)
+        self._delete("services", self._core.read_namespaced_service, self._core.delete_namespaced_service,
+                     name, (model, node))
+        self._delete("deployments", self._apps.read_namespaced_deployment,
+                     self._apps.delete_namespaced_deployment, name, (model, node))
+        with self._deploy_lock:
+            self._pending.pop(name, None)
+
+    def close(self) -> None:
+        """Stop the watches and the metrics poller and release connections."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self._notify()
+        for reflector in self._reflectors.values():
+            reflector.stop()
+        for thread in [*self._reflectors.values(), self._metrics_thread]:
+            thread.join(timeout=5.0)
+        try:
+            self._api.close()
+        except Exception:
+            pass
+
+    def __enter__(self) -> "KubernetesCluster":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _spec(self, model: str):
+        if model not in self.catalog:
+            raise UnknownModel(f"unknown model {model!r} (catalog: {', '.join(self.catalog.names())})")
+        return self.catalog[model]
+
+    def _node_object(self, node: str) -> dict[str, Any]:
+        cached = self._store("nodes").get(node)
+        if cached is not None:
+            return cached
+        try:
+            return self._call("get", "", "nodes", self._core.read_node, node)
+        except ClusterError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ApiException) and cause.status == 404:
+                raise UnknownNode(f"unknown node {node!r}") from cause
+            raise
+
+    def _check_memory(self, need: int, model: str, node: str, node_obj: Mapping[str, Any]) -> None:
+        snapshot = self._snapshot()
+        deployments = self._store("deployments")
+        for name in [n for n in self._pending if n in deployments]:
+            del self._pending[name]
+        pending = sum(kb for n, (pnode, kb) in self._pending.items() if pnode == node)
+        total = state.build_node(node_obj).memory_total
+        used = snapshot.memory_used.get(node, 0) + pending
+        if total - used < need:
+            raise InsufficientMemory(f"cannot deploy {model} on {node}: needs {need} KB, "
+                                     f"{max(0, total - used)} KB of {total} KB allocatable is free")
+
+    def _owned(self, obj: Mapping[str, Any], ident: tuple[str, str]) -> bool:
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        return labels.get(MANAGED_BY_LABEL) == self.render_settings.managed_by and state.identity(obj) == ident
+
+    def _create(self, kind: str, create_fn: Callable[..., Any], body: dict[str, Any],
+                ident: tuple[str, str]) -> None:
+        group = "apps" if kind == "deployments" else ""
+        name = _name(body)
+        try:
+            self._call("create", group, kind, create_fn, self.settings.namespace, body)
+            return
+        except ClusterError as exc:
+            cause = exc.__cause__
+            if not (isinstance(cause, ApiException) and cause.status == 409):
+                raise
+        read_fn = self._apps.read_namespaced_deployment if kind == "deployments" else self._core.read_namespaced_service
+        existing = self._call("get", group, kind, read_fn, name, self.settings.namespace)
+        if not self._owned(existing, ident):
+            raise ClusterError(f"cannot create {kind[:-1]} {name} for {ident[0]} on {ident[1]}: "
+                               f"an object with that name exists and belongs to something else")
+        if (existing.get("metadata") or {}).get("deletionTimestamp"):
+            raise ClusterError(f"{kind[:-1]} {name} is still being deleted; deploy again once it is gone")
+
+    def _delete(self, kind: str, read_fn: Callable[..., Any], delete_fn: Callable[..., Any], name: str,
+                ident: tuple[str, str]) -> None:
+        group = "apps" if kind == "deployments" else ""
+        ns = self.settings.namespace
+        try:
+            existing = self._call("get", group, kind, read_fn, name, ns)
+        except ClusterError as exc:
+            if isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 404:
+                return
+            raise
+        if not self._owned(existing, ident):
+            raise ClusterError(f"refusing to delete {kind[:-1]} {name}: it does not belong to "
+                               f"{ident[0]} on {ident[1]}")
+        uid = (existing.get("metadata") or {}).get("uid")
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Foreground"}
+        if uid:
+            body["preconditions"] = {"uid": uid}
+        try:
+            self._call("delete", group, kind, delete_fn, name, ns, body=body)
+        except ClusterError as exc:
+            cause = exc.__cause__
+            # 404: already gone; 409: the uid precondition failed, someone replaced it meanwhile.
+            if isinstance(cause, ApiException) and cause.status in (404, 409):
+                return
+            raise
+
+    def _current(self, model: str, node: str) -> Deployment | None:
+        for dep in self._snapshot().deployments:
+            if dep.model == model and dep.node == node:
+                return dep
+        return None
+
+    def _wait_not_deleting(self, name: str, ident: tuple[str, str], deadline: float) -> None:
+        while True:
+            snapshot_gen = self._generation
+            busy = [obj for obj in (self._store("deployments").get(name), self._store("services").get(name))
+                    if obj is not None and (obj.get("metadata") or {}).get("deletionTimestamp")
+                    and state.identity(obj) == ident]
+            if not busy:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ClusterError(f"{ident[0]} on {ident[1]} is still being deleted")
+            self._wait_change(snapshot_gen, remaining)
+
+    def _wait_ready(self, model: str, node: str, timeout: float, deadline: float) -> Deployment:
+        while True:
+            snapshot = self._snapshot()
+            current = next((d for d in snapshot.deployments if d.model == model and d.node == node), None)
+            if current is not None and current.ready:
+                return current
+            node_state = snapshot.node_by_name.get(node)
+            if node_state is not None and not node_state.ready:
+                raise NodeNotReady(f"node {node} became not ready while {model} was starting")
+            if self._stopping.is_set():
+                raise ClusterError("the Kubernetes cluster adapter is closed")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                pods = [p for p in self._store("pods").values() if state.identity(p) == (model, node)]
+                detail = state.pod_problem(pods) or ("no pod yet" if current is not None else "not seen yet")
+                raise ClusterError(f"{model} on {node} not ready after {timeout:g}s: {detail}")
+            self._wait_change(snapshot.generation, remaining)
+
+
+def _bind(fn: Callable[..., Any], namespace: str) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return fn(namespace, *args, **kwargs)
+    return call
+
+
+def schema_problems(obj: Mapping[str, Any]) -> list[str]:
+    """Return where `obj` departs from the client's schema of its kind (unknown or mistyped fields)."""
+    api_version, kind = obj.get("apiVersion", ""), obj.get("kind", "")
+    version = str(api_version).rsplit("/", 1)[-1]
+    class_name = version[:1].upper() + version[1:] + str(kind)
+    model = getattr(k8s_client, class_name, None)
+    if model is None:
+        return [f"no schema for {api_version} {kind}"]
+    try:
+        parsed = model.from_dict(dict(obj))
+    except (ValueError, TypeError, OpenApiException) as exc:
+        return [f"{kind}: {' '.join(str(exc).split())}"]
+    back = k8s_client.ApiClient().sanitize_for_serialization(parsed)
+    problems: list[str] = []
+
+    def compare(original: Any, roundtrip: Any, path: str) -> None:
+        if isinstance(original, Mapping):
+            if not isinstance(roundtrip, Mapping):
+                problems.append(f"{path}: not an object in the schema")
+                return
+            for key, value in original.items():
+                if key not in roundtrip:
+                    problems.append(f"{path}.{key}: unknown field")
+                else:
+                    compare(value, roundtrip[key], f"{path}.{key}")
+        elif isinstance(original, list):
+            if not isinstance(roundtrip, list) or len(roundtrip) != len(original):
+                problems.append(f"{path}: not a list in the schema")
+                return
+            for index, (a, b) in enumerate(zip(original, roundtrip)):
+                compare(a, b, f"{path}[{index}]")
+        elif original != roundtrip and str(original) != str(roundtrip):
+            problems.append(f"{path}: {original!r} became {roundtrip!r}")
+
+    compare(obj, back, str(kind))
+    return problems
