@@ -12,6 +12,7 @@ outlive the process that deployed them (the cron back-end exits right after depl
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -30,6 +31,7 @@ from .port import (Cluster, ClusterError, Deployment, InsufficientMemory, Node, 
 __all__ = ["LocalCluster", "REPO_ROOT"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("cluster.local")
 _POLL = 0.1          # seconds between readiness checks while waiting for a server
 
 
@@ -54,6 +56,7 @@ class LocalCluster(Cluster):
         self.stop_grace = stop_grace            # seconds between SIGTERM and SIGKILL
         self.probe_timeout = probe_timeout      # seconds a read-path readiness probe may take
         self.log_dir = self.state_path.with_name(self.state_path.stem + "-logs")
+        self._stamp = self._stamps()
         self.specs: list[LocalNodeSpec] = load_local_config(self.config_path)
         self._by_name = {spec.name: spec for spec in self.specs}
         self.catalog: Catalog = load_catalog(self.catalog_path)
@@ -64,13 +67,44 @@ class LocalCluster(Cluster):
     def __repr__(self) -> str:
         return f"LocalCluster(config={str(self.config_path)!r}, state={str(self.state_path)!r})"
 
+    # ---- configuration ----------------------------------------------------------------------
+
+    def _stamps(self) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+        def mtime(path: Path) -> tuple[int, int] | None:
+            try:
+                stat = path.stat()
+            except OSError:
+                return None
+            return stat.st_mtime_ns, stat.st_size
+        return mtime(self.config_path), mtime(self.catalog_path)
+
+    def _refresh(self) -> None:
+        """Re-read the node list and catalog when their files change (DESIGN 7); keep the old on error."""
+        stamp = self._stamps()
+        if stamp == self._stamp:
+            return
+        with self._lock:
+            if stamp == self._stamp:
+                return
+            self._stamp = stamp
+            try:
+                specs = load_local_config(self.config_path)
+                catalog = load_catalog(self.catalog_path)
+            except ClusterError as exc:
+                log.warning("configuration change ignored: %s", exc)
+                return
+            self.specs, self._by_name, self.catalog = specs, {s.name: s for s in specs}, catalog
+            log.info("configuration reloaded: %d nodes, %d models", len(specs), len(catalog))
+
     # ---- reads ------------------------------------------------------------------------------
 
     def nodes(self) -> list[Node]:
         """Return every declared node with declared and measured memory and measured CPU."""
+        self._refresh()
+        specs = self.specs          # one snapshot: a config reload may swap the list meanwhile
         rows, down = self._current()
-        groups: dict[str, list[ProcessId]] = {spec.name: [] for spec in self.specs}
-        used: dict[str, int] = {spec.name: 0 for spec in self.specs}
+        groups: dict[str, list[ProcessId]] = {spec.name: [] for spec in specs}
+        used: dict[str, int] = {spec.name: 0 for spec in specs}
         for row in rows:
             if row.node in used:
                 used[row.node] += row.memory
@@ -81,10 +115,11 @@ class LocalCluster(Cluster):
                      memory_total=spec.memory, memory_used=used[spec.name],
                      cpu_capacity=spec.cpu, cpu_usage=usage[spec.name].cpu,
                      labels={"node-class": spec.node_class}, memory_rss=usage[spec.name].rss)
-                for spec in self.specs]
+                for spec in specs]
 
     def deployments(self) -> list[Deployment]:
         """Return every recorded instance; ready means alive and answering its readiness check."""
+        self._refresh()
         rows, down = self._current()
         result = []
         for row in rows:
@@ -129,6 +164,7 @@ class LocalCluster(Cluster):
 
     def deploy(self, model: str, node: str, *, wait: bool = True, timeout: float = 60.0) -> Deployment:
         """Start `model` on `node` (idempotent); with `wait`, return once it answers."""
+        self._refresh()
         spec = self._model(model)
         node_spec = self._spec(node)
         base_path = self.models_dir / spec.model_file
@@ -185,19 +221,22 @@ class LocalCluster(Cluster):
 
     def remove(self, model: str, node: str) -> None:
         """Stop `model` on `node`: SIGTERM, then SIGKILL after the grace period; idempotent."""
-        self._spec(node)
+        self._refresh()
         with self.store.write() as conn:
             row = self.store.instance(conn, model, node)
             if row is None:
-                if model not in self.catalog:
-                    raise UnknownModel(f"unknown model {model!r} (catalog {self.catalog_path})")
+                # Nothing recorded: already gone is success, but a name we never knew is an error.
+                self._spec(node)
+                self._model(model)
                 return
             self.store.delete(conn, model, node)
         if row.proc is not None:
             stop_process(row.proc, grace=self.stop_grace)
+        log.info("removed %s from %s", model, node)
 
     def node_down(self, name: str) -> None:
         """Take a node down: stop its servers but keep its deployments recorded (not ready)."""
+        self._refresh()
         self._spec(name)
         with self.store.write() as conn:
             self.store.set_down(conn, name, True)
@@ -206,9 +245,11 @@ class LocalCluster(Cluster):
                 if row.proc is not None:
                     self.store.set_process(conn, row.model, row.node, None)
         self._stop_all([row.proc for row in rows if row.proc is not None])
+        log.info("node %s down (%d deployment(s) kept)", name, len(rows))
 
     def node_up(self, name: str, *, wait: bool = True, timeout: float = 60.0) -> list[Deployment]:
         """Bring a node back with the deployments it had when it went down; idempotent."""
+        self._refresh()
         node_spec = self._spec(name)
         started: list[InstanceRow] = []
         with self.store.write() as conn:
@@ -245,6 +286,7 @@ class LocalCluster(Cluster):
             rows = self.store.instances(conn)
             self.store.clear(conn)
         self._stop_all([row.proc for row in rows if row.proc is not None])
+        log.info("reset: %d deployment(s) stopped", len(rows))
 
     def close(self) -> None:
         """Release nothing: servers outlive this object by design."""
@@ -297,6 +339,7 @@ class LocalCluster(Cluster):
             if probe_ready(row.address, row.port, row.model, timeout=1.0) and is_alive(proc):
                 with self.store.write() as conn:
                     self.store.mark_ready(conn, row.model, row.node, proc)
+                log.info("deployed %s on %s at %s", row.model, row.node, row.endpoint)
                 return self._deployment(row, ready=True)
             if time.monotonic() >= deadline:
                 if owned:

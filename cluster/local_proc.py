@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import http.client
+import json
 import os
 import signal
 import socket
@@ -78,11 +79,39 @@ def is_alive(proc: ProcessId) -> bool:
         return False
 
 
-def _descendants(pid: int) -> list[psutil.Process]:
+_PROC_CHILDREN = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists()
+
+
+def _child_pids(pid: int) -> list[int]:
+    # Linux lists each thread's children in /proc: a few small reads instead of psutil's scan of
+    # every process on the machine, which matters when nodes() is polled every second.
+    children: list[int] = []
     try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return []
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as fh:
+                children.extend(int(c) for c in fh.read().split())
+    except (OSError, ValueError):
+        pass
+    return children
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    """Return the process's descendants (its model-server workers)."""
+    if not _PROC_CHILDREN:
+        try:
+            return psutil.Process(pid).children(recursive=True)
+        except psutil.Error:
+            return []
+    found: list[psutil.Process] = []
+    queue = _child_pids(pid)
+    while queue and len(found) < 1000:
+        child = queue.pop()
+        try:
+            found.append(psutil.Process(child))
+        except psutil.Error:
+            continue
+        queue.extend(_child_pids(child))
+    return found
 
 
 def stop_process(proc: ProcessId, *, grace: float = 5.0) -> None:
@@ -154,20 +183,44 @@ def port_in_use(address: str, port: int) -> bool:
 
 
 def last_log_line(path: Path, *, limit: int = 400) -> str:
-    """Return the last non-empty line of a log file (empty when there is none)."""
+    """Return the log's last line, or the server's own start-up error when it logged one.
+
+    The model server logs JSON lines; its `"event": "startup_failed"` line says why better than
+    gunicorn's closing "Worker failed to boot", so it wins. JSON lines are shown as their message.
+    """
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
             size = fh.tell()
-            fh.seek(max(0, size - 16384))
+            fh.seek(max(0, size - 32768))
             tail = fh.read().decode("utf-8", "replace")
     except OSError:
         return ""
-    for line in reversed(tail.splitlines()):
-        line = line.strip()
-        if line and not line.startswith("--- "):
-            return line[:limit]
-    return ""
+    lines = [line.strip() for line in tail.splitlines()]
+    starts = [i for i, line in enumerate(lines) if line.startswith("--- ")]
+    lines = [line for line in lines[starts[-1] + 1 if starts else 0:] if line]   # this run only
+    if not lines:
+        return ""
+    last = lines[-1]
+    for line in reversed(lines):
+        record = _json_record(line)
+        if record is not None and record.get("event") == "startup_failed":
+            last = line
+            break
+    record = _json_record(last)
+    if record is not None and isinstance(record.get("message"), str):
+        last = record["message"]
+    return " ".join(last.split())[:limit]
+
+
+def _json_record(line: str) -> dict | None:
+    if not line.startswith("{"):
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 @dataclass(frozen=True)
@@ -188,7 +241,7 @@ class ProcessMeter:
     a tiny interval.
     """
 
-    def __init__(self, *, min_window: float = 0.3, first_window: float = 0.15, tree_ttl: float = 2.0):
+    def __init__(self, *, min_window: float = 0.3, first_window: float = 0.15, tree_ttl: float = 1.0):
         self.min_window = min_window
         self.first_window = first_window
         self.tree_ttl = tree_ttl
