@@ -305,7 +305,10 @@ class LocalCluster(Cluster):
         return self.catalog[model]
 
     def _server_env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        # A server started from a gunicorn worker (the front-end) must not pick up its parent's
+        # gunicorn or socket-activation settings.
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("GUNICORN_", "LISTEN_FD", "LISTEN_PID"))}
         env["PYTHONUNBUFFERED"] = "1"
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
         return env

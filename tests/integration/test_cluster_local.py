@@ -321,3 +321,22 @@ def test_config_changes_are_picked_up(local_cluster):
     path.write_text("nodes: [broken")                  # a bad edit keeps the last good config
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
     assert [n.name for n in local_cluster.nodes()][-1] == "node-new"
+
+
+def test_deploy_timeout_stops_the_server_it_started(local_cluster):
+    with pytest.raises(ClusterError, match="did not answer within"):
+        local_cluster.deploy("half_plus_two", "node-a", timeout=0.001)
+    assert local_cluster.deployments() == []
+    assert servers_on(local_cluster.specs[0].address) == []
+
+
+def test_port_held_by_a_foreign_process_is_refused(local_cluster_factory):
+    import socket
+    cluster = local_cluster_factory(stop_grace=0.2)
+    with socket.socket() as sock:
+        sock.bind((cluster.specs[0].address, 8501))
+        sock.listen()
+        with pytest.raises(ClusterError, match="already in use"):
+            cluster.deploy("half_plus_two", "node-a")
+    assert cluster.deployments() == []
+    assert servers_on(cluster.specs[0].address) == []
