@@ -1,0 +1,269 @@
+"""`python -m backend`: the provisioner, run by cron (or a CronJob) once per period, or in a loop.
+
+Every threshold comes from the command line (thesis 5.3); `--help` shows the defaults. Output: the
+run's JSON report on stdout (or --report FILE); errors as one line on stderr; with --dry-run the
+plan and the rendered YAML go to stdout and the report to --report FILE or stderr.
+Exit codes: 0 done (or another run held the lock), 1 finished with errors (failed solve or action),
+2 bad usage or configuration, 3 front-end or cluster unreachable (nothing changed), 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "build_parser", "config_from_args"]
+
+DEFAULT_ALTO = "config/alto-costmap.json"
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {'whole ' if kind is int else ''}number, got {text!r}") from None
+        if value != value or value <= 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
+        return value
+    return parse
+
+
+def _non_negative(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {'whole ' if kind is int else ''}number, got {text!r}") from None
+        if value != value or value < 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+        return value
+    return parse
+
+
+def _setting(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults, but not the empty ones (None, False, [])."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, []) or action.default is argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the command-line parser."""
+    from .build import COMPUTE_BASES, FORMULATIONS
+
+    p = argparse.ArgumentParser(
+        prog="python -m backend",
+        description="Provision models on the edge cluster from the front-end's request statistics "
+                    "(collect -> build -> solve -> plan -> apply -> report).",
+        formatter_class=_Help)
+    p.add_argument("--mode", type=int, choices=(1, 2), required=True,
+                   help="1: provision what the solver places, delete by recency/frequency, solver sees "
+                        "available memory; 2: follow the solver strictly, solver sees total memory")
+    p.add_argument("--frontend", required=True, metavar="URL", help="front-end base URL, e.g. http://127.0.0.1:5000")
+    p.add_argument("--token", help="bearer token for /stats and /plan (default: $BACKEND_TOKEN)")
+    p.add_argument("--token-file", metavar="FILE", help="read the token from the first line of FILE")
+    p.add_argument("--solver", default="ipopt", help="solver backend: ipopt, highs, ampl, glpk, search, "
+                                                     "nearest, least-loaded, greedy")
+    p.add_argument("--formulation", default="placement", choices=FORMULATIONS, help="problem formulation")
+    p.add_argument("--time-limit", type=_positive(float), default=30.0, metavar="SECONDS",
+                   help="seconds the solver may take")
+    p.add_argument("--idle-seconds", type=_non_negative(float), default=900.0, metavar="S",
+                   help="Mode 1 deletes an instance only when idle longer than this")
+    p.add_argument("--min-requests", type=_non_negative(int), default=10, metavar="K",
+                   help="... and it served fewer than K requests since it was provisioned")
+    p.add_argument("--window", type=_positive(float), default=600.0, metavar="SECONDS",
+                   help="seconds of recorded requests the problem is built from")
+    p.add_argument("--max-deletions", type=_non_negative(int), default=3, metavar="N",
+                   help="at most N deletions a run (the rest wait for the next run)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and the rendered YAML; change nothing")
+    p.add_argument("--keep-files", metavar="DIR", help="keep the solver's files (and the problem/solution JSON) in DIR")
+    p.add_argument("--wait-ready", action="store_true",
+                   help="a provision completes when the model answers, not when it was started")
+    p.add_argument("--ready-timeout", type=_positive(float), default=120.0, metavar="SECONDS",
+                   help="how long --wait-ready waits for one model")
+    p.add_argument("--concurrency", type=_positive(int), default=8, metavar="N",
+                   help="actions applied at once (1: one after another)")
+    p.add_argument("--every", type=_positive(float), metavar="SECONDS",
+                   help="run in the foreground every SECONDS until Ctrl-C (instead of once)")
+    p.add_argument("--report", metavar="FILE", help="write the JSON report to FILE instead of stdout")
+    net = p.add_argument_group("network costs and problem building")
+    net.add_argument("--alto", default=DEFAULT_ALTO, metavar="FILE",
+                     help="ALTO cost map (RFC 7285 JSON; zones -> node names, seconds); '' for none")
+    net.add_argument("--default-rtt", type=_non_negative(float), default=0.05, metavar="SECONDS",
+                     help="RTT used when neither clients nor the cost map know a (zone, node)")
+    net.add_argument("--min-exec-samples", type=_positive(int), default=5, metavar="N",
+                     help="measured proxy times needed before they replace the catalog's execution time")
+    net.add_argument("--compute", choices=COMPUTE_BASES, default="average",
+                     help="cpu per request: 'average' cores over the window (Little's law) or the "
+                          "thesis's literal 'per-request' cores")
+    cl = p.add_argument_group("cluster")
+    cl.add_argument("--cluster", choices=("local", "kubernetes"), default=os.environ.get("BACKEND_CLUSTER", "local"),
+                    help="cluster adapter ($BACKEND_CLUSTER when set)")
+    cl.add_argument("--cluster-config", metavar="FILE", help="local cluster description (default config/cluster.local.yaml)")
+    cl.add_argument("--cluster-state", metavar="FILE", help="local cluster state file (default .run/cluster.db)")
+    cl.add_argument("--models-dir", metavar="DIR", help="local model files (default build/models)")
+    cl.add_argument("--catalog", default="config/models.yaml", metavar="FILE", help="model catalog")
+    cl.add_argument("--cluster-setting", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                    help="extra keyword for the cluster adapter (repeatable; VALUE parsed as JSON when it can be)")
+    cl.add_argument("--lock", default=".run/backend.lock", metavar="FILE", help="run lock file")
+    cl.add_argument("--http-timeout", type=_positive(float), default=10.0, metavar="SECONDS",
+                    help="timeout of each call to the front-end")
+    return p
+
+
+def config_from_args(args: argparse.Namespace):
+    """Return the RunConfig for parsed arguments (raise UsageError on inconsistent ones)."""
+    from .apply import ExecSettings
+    from .build import BuildSettings
+    from .pipeline import RunConfig, UsageError
+    from .plan import Thresholds
+
+    token = args.token or os.environ.get("BACKEND_TOKEN") or None
+    if args.token_file:
+        try:
+            lines = Path(args.token_file).read_text().strip().splitlines()
+        except OSError as exc:
+            raise UsageError(f"--token-file {args.token_file}: cannot read: {exc.strerror}") from None
+        token = lines[0].strip() if lines else None
+    settings: dict[str, Any] = {}
+    if args.cluster == "local":
+        if args.cluster_config:
+            settings["config_path"] = args.cluster_config
+        if args.cluster_state:
+            settings["state_path"] = args.cluster_state
+        if args.models_dir:
+            settings["models_dir"] = args.models_dir
+        settings["catalog_path"] = args.catalog
+    elif args.cluster_config or args.cluster_state or args.models_dir:
+        raise UsageError("--cluster-config, --cluster-state and --models-dir apply to --cluster local only")
+    settings.update(dict(args.cluster_setting))
+    return RunConfig(
+        mode=args.mode, frontend=args.frontend, token=token, solver=args.solver, time_limit=args.time_limit,
+        build=BuildSettings(mode=args.mode, formulation=args.formulation, window=args.window,
+                            default_rtt=args.default_rtt, min_exec_samples=args.min_exec_samples,
+                            compute=args.compute),
+        thresholds=Thresholds(idle_seconds=args.idle_seconds, min_requests=args.min_requests),
+        execution=ExecSettings(max_deletions=args.max_deletions, concurrency=args.concurrency,
+                               wait_ready=args.wait_ready, ready_timeout=args.ready_timeout,
+                               dry_run=args.dry_run),
+        keep_files=args.keep_files, alto=args.alto or None, alto_required=args.alto != DEFAULT_ALTO,
+        catalog=args.catalog, cluster_kind=args.cluster, cluster_settings=settings,
+        lock_path=args.lock, http_timeout=args.http_timeout)
+
+
+def _emit(outcome, args, *, compact: bool) -> None:
+    from .report import write_report
+
+    if outcome.dry_run_text:
+        sys.stdout.write(outcome.dry_run_text)
+    if outcome.report is not None:
+        text = outcome.report.to_json(indent=None if compact else 2)
+        if args.report:
+            try:
+                write_report(outcome.report.to_json(), args.report)
+            except OSError as exc:
+                print(f"backend: cannot write --report {args.report}: {exc.strerror}", file=sys.stderr)
+        elif args.dry_run:
+            print(text, file=sys.stderr)
+        else:
+            print(text)
+    sys.stdout.flush()
+    if outcome.message:
+        print(outcome.message, file=sys.stderr, flush=True)
+
+
+def _summary(outcome) -> str:
+    if outcome.report is None:
+        return outcome.message or "backend: skipped"
+    doc = outcome.report.to_dict()
+    s = doc["summary"]
+    solver = doc.get("solver") or {}
+    return (f"backend: {time.strftime('%H:%M:%S')} mode {doc['mode']}: {doc['inputs'].get('requests', 0)} requests, "
+            f"solve {solver.get('status', '-')} ({solver.get('name', '-')}, {solver.get('seconds', 0):.3f} s), "
+            f"{s['provisioned']} provisioned, {s['deleted']} deleted, {s['failed']} failed, {s['skipped']} skipped, "
+            f"provisioning {doc['provisioning_latency_ms'] or 0:.0f} ms")
+
+
+def _loop(cfg, args) -> int:
+    from .pipeline import run_once
+
+    stop = threading.Event()
+    previous = {}
+
+    def on_signal(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, on_signal)
+    try:
+        while not stop.is_set():
+            began = time.monotonic()
+            try:
+                outcome = run_once(cfg, stop=stop)
+            except Exception as exc:  # keep looping: the next run may succeed
+                print(f"backend: internal error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                stop.wait(args.every)
+                continue
+            _emit(outcome, args, compact=True)
+            if outcome.report is not None:
+                print(_summary(outcome), file=sys.stderr, flush=True)
+            stop.wait(max(0.0, args.every - (time.monotonic() - began)))
+        print("backend: stopped", file=sys.stderr, flush=True)
+        return 0
+    except KeyboardInterrupt:
+        print("backend: interrupted", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the back-end once (or every --every seconds); return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .pipeline import UsageError, run_once
+
+    try:
+        cfg = config_from_args(args)
+    except (UsageError, ValueError) as exc:
+        print(f"backend: {exc}", file=sys.stderr)
+        return 2
+    if args.every is not None:
+        return _loop(cfg, args)
+    try:
+        outcome = run_once(cfg)
+    except KeyboardInterrupt:
+        print("backend: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # last resort: one line, never a traceback
+        print(f"backend: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    _emit(outcome, args, compact=False)
+    return outcome.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""The back-end's client of the front-end's statistics API (thesis 5.2.3-5.2.5, 5.7).
+
+Why over HTTP: the front-end alone owns its statistics files; the back-end reads them the way a
+client would (`GET /stats/requests`, `/stats/models`, `/stats/memory` with the bearer token) and
+hands the solver's dispatch weights back with `PUT /plan`. Everything here is I/O; the answers are
+validated and turned into the plain dataclasses below, which the pure steps (build, plan) consume.
+
+Exception tree::
+
+    FrontendError           the front-end could not be reached or gave an unusable answer
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+__all__ = [
+    "FrontendError", "RequestStat", "InstanceStat", "ModelStat", "NodeMemory", "Observed",
+    "FrontendClient", "collect", "parse_requests", "parse_models", "parse_memory",
+]
+
+PAGE = 100_000          # rows asked for per /stats/requests call (the front-end's maximum)
+MAX_PAGES = 50          # a window bigger than 5 million rows is cut (and said so in the report)
+
+
+class FrontendError(Exception):
+    """The front-end could not be reached, refused us, or answered something unusable."""
+
+
+@dataclass(frozen=True)
+class RequestStat:
+    """One recorded client request. Times are unix seconds, latency and duration seconds."""
+
+    time: float
+    model: str
+    zone: str | None
+    latency: float | None        # what the client reported (X-Client-Latency), seconds
+    node: str | None             # node chosen for it, when one was
+    status: int | None
+    duration: float | None       # the proxy's measured time for the model server's answer, seconds
+    kind: str | None = None      # "proxy" or "lookup" (GET /services) when the front-end says so
+    cached: bool = False         # answered from the front-end's prediction cache
+
+
+@dataclass(frozen=True)
+class InstanceStat:
+    """Requests one deployed instance served since it was provisioned."""
+
+    node: str
+    provisioned: float | None
+    count: int
+    last_requested: float | None
+
+
+@dataclass(frozen=True)
+class ModelStat:
+    model: str
+    count: int
+    last_requested: float | None
+    instances: tuple[InstanceStat, ...] = ()
+
+
+@dataclass(frozen=True)
+class NodeMemory:
+    """A node as /stats/memory reports it. Memory in KB, cpu in cores."""
+
+    node: str
+    ready: bool
+    node_class: str | None
+    total: int
+    used: int
+    available: int
+    cpu_capacity: float
+    cpu_usage: float
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything the back-end read from the front-end for one run."""
+
+    requests: list[RequestStat]
+    models: list[ModelStat]
+    nodes: list[NodeMemory]
+    since: float                 # start of the window, unix seconds
+    collected: float             # when the reads finished, unix seconds
+    truncated: bool = False      # the window held more rows than were read
+    warnings: list[str] = field(default_factory=list)
+
+
+# ---- parsing (pure) ----------------------------------------------------------------------------
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def parse_requests(doc: Any) -> tuple[list[RequestStat], int, int | None]:
+    """Return (rows, rows skipped as malformed, last row id) from a /stats/requests answer."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("requests"), list):
+        raise FrontendError("/stats/requests: expected an object with a 'requests' list")
+    rows: list[RequestStat] = []
+    skipped = 0
+    last_id: int | None = None
+    for item in doc["requests"]:
+        if not isinstance(item, dict):
+            skipped += 1
+            continue
+        if isinstance(item.get("id"), int):
+            last_id = item["id"]
+        t = _num(item.get("time"))
+        model = item.get("model")
+        if t is None or not isinstance(model, str) or not model:
+            skipped += 1
+            continue
+        zone = item.get("zone")
+        node = item.get("node")
+        status = item.get("status")
+        latency = _num(item.get("latency"))
+        duration = _num(item.get("duration"))
+        rows.append(RequestStat(
+            time=t, model=model, zone=zone if isinstance(zone, str) and zone else None,
+            latency=latency if latency is not None and latency >= 0 else None,
+            node=node if isinstance(node, str) and node else None,
+            status=status if isinstance(status, int) and not isinstance(status, bool) else None,
+            duration=duration if duration is not None and duration >= 0 else None,
+            kind=item.get("kind") if isinstance(item.get("kind"), str) else None,
+            cached=bool(item.get("cached", False))))
+    return rows, skipped, last_id
+
+
+def parse_models(doc: Any) -> list[ModelStat]:
+    """Return the per-model statistics of a /stats/models answer."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("models"), list):
+        raise FrontendError("/stats/models: expected an object with a 'models' list")
+    out = []
+    for item in doc["models"]:
+        if not isinstance(item, dict) or not isinstance(item.get("model"), str):
+            raise FrontendError("/stats/models: every entry needs a 'model' name")
+        instances = []
+        for inst in item.get("instances") or []:
+            if not isinstance(inst, dict) or not isinstance(inst.get("node"), str):
+                raise FrontendError(f"/stats/models: model {item['model']}: malformed instance")
+            count = inst.get("count")
+            instances.append(InstanceStat(
+                node=inst["node"], provisioned=_num(inst.get("provisioned")),
+                count=count if isinstance(count, int) and not isinstance(count, bool) else 0,
+                last_requested=_num(inst.get("last_requested"))))
+        count = item.get("count")
+        out.append(ModelStat(model=item["model"],
+                             count=count if isinstance(count, int) and not isinstance(count, bool) else 0,
+                             last_requested=_num(item.get("last_requested")),
+                             instances=tuple(instances)))
+    return out
+
+
+def parse_memory(doc: Any) -> list[NodeMemory]:
+    """Return the nodes of a /stats/memory answer."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("nodes"), list):
+        raise FrontendError("/stats/memory: expected an object with a 'nodes' list")
+    out = []
+    for item in doc["nodes"]:
+        if not isinstance(item, dict) or not isinstance(item.get("node"), str):
+            raise FrontendError("/stats/memory: every entry needs a 'node' name")
+        total = _num(item.get("total"))
+        used = _num(item.get("used"))
+        available = _num(item.get("available"))
+        if total is None or total < 0:
+            raise FrontendError(f"/stats/memory: node {item['node']}: 'total' must be a number of KB")
+        used = used if used is not None and used >= 0 else 0.0
+        if available is None or available < 0:
+            available = max(0.0, total - used)
+        cls = item.get("class")
+        out.append(NodeMemory(node=item["node"], ready=bool(item.get("ready", True)),
+                              node_class=cls if isinstance(cls, str) and cls else None,
+                              total=int(total), used=int(used), available=int(available),
+                              cpu_capacity=_num(item.get("cpu_capacity")) or 0.0,
+                              cpu_usage=_num(item.get("cpu_usage")) or 0.0))
+    return out
+
+
+# ---- HTTP (I/O) --------------------------------------------------------------------------------
+
+def _error_text(response: requests.Response) -> str:
+    try:
+        doc = response.json()
+        if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+            return doc["error"]
+    except ValueError:
+        pass
+    text = (response.text or "").strip()
+    return text.splitlines()[0][:200] if text else str(response.reason)
+
+
+class FrontendClient:
+    """Talk to one front-end over HTTP with the bearer token; raise FrontendError on any failure."""
+
+    def __init__(self, base_url: str, *, token: str | None = None, timeout: float = 10.0):
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.session.trust_env = False          # never route loopback calls through a proxy
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self.session.close()
+
+    def _call(self, method: str, path: str, **kwargs) -> Any:
+        url = self.base_url + path
+        try:
+            response = self.session.request(method, url, timeout=self.timeout, allow_redirects=False, **kwargs)
+        except requests.RequestException as exc:
+            reason = type(exc).__name__
+            if isinstance(exc, requests.ConnectionError):
+                reason = "connection failed"
+            elif isinstance(exc, requests.Timeout):
+                reason = f"no answer within {self.timeout:g} s"
+            raise FrontendError(f"front-end {self.base_url} unreachable ({method} {path}: {reason})") from None
+        if response.status_code in (401, 403):
+            raise FrontendError(f"front-end {self.base_url} refused {method} {path} "
+                                f"({response.status_code}: {_error_text(response)}); check --token")
+        if response.status_code >= 400:
+            raise FrontendError(f"front-end {self.base_url}: {method} {path} -> "
+                                f"{response.status_code}: {_error_text(response)}")
+        try:
+            return response.json()
+        except ValueError:
+            raise FrontendError(f"front-end {self.base_url}: {method} {path} did not answer JSON") from None
+
+    def requests_since(self, since: float) -> tuple[list[RequestStat], bool, int]:
+        """Return (requests with time >= since, whether the read was cut short, malformed rows)."""
+        rows: list[RequestStat] = []
+        skipped = 0
+        params: dict[str, Any] = {"since": f"{since:.6f}", "limit": PAGE}
+        for _ in range(MAX_PAGES):
+            page, bad, last_id = parse_requests(self._call("GET", "/stats/requests", params=params))
+            rows.extend(page)
+            skipped += bad
+            if len(page) + bad < PAGE or last_id is None:
+                return rows, False, skipped
+            params = {"since": f"{since:.6f}", "after": last_id, "limit": PAGE}
+        return rows, True, skipped
+
+    def models(self) -> list[ModelStat]:
+        """Return /stats/models."""
+        return parse_models(self._call("GET", "/stats/models"))
+
+    def memory(self) -> list[NodeMemory]:
+        """Return /stats/memory."""
+        return parse_memory(self._call("GET", "/stats/memory"))
+
+    def put_plan(self, plan: dict) -> None:
+        """Store the dispatch plan with PUT /plan."""
+        self._call("PUT", "/plan", json=plan)
+
+
+def collect(client: FrontendClient, *, window: float, now: float | None = None) -> Observed:
+    """Read the recent window of requests, the model statistics and node memory."""
+    now = time.time() if now is None else now
+    since = max(0.0, now - window)
+    rows, truncated, skipped = client.requests_since(since)
+    models = client.models()
+    nodes = client.memory()
+    warnings = []
+    if skipped:
+        warnings.append(f"{skipped} malformed request rows ignored")
+    if truncated:
+        warnings.append(f"the window held more than {PAGE * MAX_PAGES} requests; the rest were ignored")
+    return Observed(requests=rows, models=models, nodes=nodes, since=since, collected=time.time(),
+                    truncated=truncated, warnings=warnings)

@@ -1,0 +1,105 @@
+"""The command line: defaults, validation, one-line errors, the lock, an unreachable front-end."""
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from backend.__main__ import build_parser, config_from_args, main
+from backend.lock import RunLock
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_defaults_follow_the_issue():
+    args = build_parser().parse_args(["--mode", "1", "--frontend", "http://127.0.0.1:5000"])
+    cfg = config_from_args(args)
+    assert cfg.solver == "ipopt" and cfg.build.formulation == "placement"
+    assert cfg.execution.max_deletions == 3 and not cfg.execution.dry_run and not cfg.execution.wait_ready
+    assert cfg.build.mode == 1 and cfg.thresholds.idle_seconds == 900 and cfg.thresholds.min_requests == 10
+    assert cfg.cluster_kind == "local" and cfg.lock_path == ".run/backend.lock"
+
+
+def test_every_flag_of_the_issue_is_accepted(tmp_path):
+    argv = ["--mode", "2", "--frontend", "http://x", "--token", "T", "--solver", "highs",
+            "--formulation", "thesis", "--idle-seconds", "30", "--min-requests", "2", "--window", "60",
+            "--max-deletions", "1", "--dry-run", "--keep-files", str(tmp_path), "--wait-ready",
+            "--every", "5", "--report", str(tmp_path / "r.json")]
+    args = build_parser().parse_args(argv)
+    cfg = config_from_args(args)
+    assert (cfg.mode, cfg.token, cfg.solver, cfg.build.formulation) == (2, "T", "highs", "thesis")
+    assert cfg.thresholds.idle_seconds == 30 and cfg.thresholds.min_requests == 2 and cfg.build.window == 60
+    assert cfg.execution.max_deletions == 1 and cfg.execution.dry_run and cfg.execution.wait_ready
+    assert args.every == 5 and cfg.keep_files == str(tmp_path)
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "(default: ipopt)" in out and "(default: placement)" in out and "--max-deletions" in out
+
+
+@pytest.mark.parametrize("argv", [
+    ["--mode", "3", "--frontend", "u"],
+    ["--mode", "1"],
+    ["--mode", "1", "--frontend", "u", "--window", "-5"],
+    ["--mode", "1", "--frontend", "u", "--max-deletions", "x"],
+    ["--mode", "1", "--frontend", "u", "--every", "nan"],
+])
+def test_bad_arguments_exit_2_without_traceback(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "error:" in err
+
+
+def test_token_file_and_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("BACKEND_TOKEN", "from-env")
+    args = build_parser().parse_args(["--mode", "1", "--frontend", "u"])
+    assert config_from_args(args).token == "from-env"
+    (tmp_path / "tok").write_text("from-file\n")
+    args = build_parser().parse_args(["--mode", "1", "--frontend", "u", "--token-file", str(tmp_path / "tok")])
+    assert config_from_args(args).token == "from-file"
+
+
+def test_missing_token_file_is_a_usage_error(tmp_path, capsys):
+    code = main(["--mode", "1", "--frontend", "u", "--token-file", str(tmp_path / "nope")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "cannot read" in err
+
+
+def test_unreachable_frontend_is_one_line_and_exit_3(tmp_path, capsys):
+    url = f"http://127.0.0.1:{free_port()}"
+    code = main(["--mode", "1", "--frontend", url, "--lock", str(tmp_path / "l"),
+                 "--cluster-state", str(tmp_path / "c.db"), "--report", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert err.count("\n") == 1 and "unreachable" in err and "Traceback" not in err
+    assert not (tmp_path / "c.db").exists()           # the cluster was never touched
+
+
+def test_second_run_while_the_lock_is_held_says_so_and_exits_0(tmp_path, capsys):
+    lock = RunLock(tmp_path / "backend.lock")
+    assert lock.acquire()
+    try:
+        code = main(["--mode", "1", "--frontend", "http://127.0.0.1:1", "--lock", str(tmp_path / "backend.lock")])
+    finally:
+        lock.release()
+    captured = capsys.readouterr()
+    assert code == 0 and "another run holds" in captured.err and captured.out == ""
+
+
+def test_bad_alto_file_is_a_usage_error(tmp_path, capsys):
+    bad = tmp_path / "alto.json"
+    bad.write_text('{"cost-map": {"z": {"a": -1}}}')
+    code = main(["--mode", "1", "--frontend", "http://127.0.0.1:1", "--lock", str(tmp_path / "l"),
+                 "--alto", str(bad)])
+    err = capsys.readouterr().err
+    assert code == 2 and "cost-map.z.a" in err and err.count("\n") == 1

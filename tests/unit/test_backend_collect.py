@@ -1,0 +1,59 @@
+"""Parsing the front-end's /stats answers into the back-end's dataclasses; the report document."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from backend.collect import FrontendError, parse_memory, parse_models, parse_requests
+from backend.report import RunReport, write_report
+
+
+def test_requests_are_parsed_and_malformed_rows_counted():
+    doc = {"requests": [
+        {"id": 1, "time": 10.0, "model": "m", "zone": "z1", "latency": 0.02, "node": "a", "status": 200,
+         "duration": 0.004, "kind": "proxy", "cached": False},
+        {"id": 2, "time": 11.0, "model": "m", "zone": None, "latency": None, "node": None, "status": 503,
+         "duration": None},
+        {"id": 3, "time": "later", "model": "m"},
+        "junk",
+        {"id": 4, "time": 12.0, "model": "m", "latency": -3, "duration": float("inf"), "status": True},
+    ]}
+    rows, skipped, last_id = parse_requests(doc)
+    assert skipped == 2 and last_id == 4 and len(rows) == 3
+    assert rows[0].zone == "z1" and rows[0].latency == 0.02 and rows[0].kind == "proxy"
+    assert rows[1].zone is None and rows[1].status == 503
+    assert rows[2].latency is None and rows[2].duration is None and rows[2].status is None
+    with pytest.raises(FrontendError):
+        parse_requests({"rows": []})
+
+
+def test_models_and_memory():
+    models = parse_models({"models": [{"model": "m", "count": 5, "last_requested": 9.0, "instances": [
+        {"node": "a", "provisioned": 1.0, "count": 3, "last_requested": 8.0}]}, {"model": "n"}]})
+    assert models[0].instances[0].count == 3 and models[1].count == 0 and models[1].instances == ()
+    nodes = parse_memory({"nodes": [{"node": "a", "ready": True, "class": "small", "total": 100, "used": 40,
+                                     "available": 60, "cpu_capacity": 4, "cpu_usage": 0.5},
+                                    {"node": "b", "ready": False, "total": 50, "used": 10}]})
+    assert nodes[0].available == 60 and nodes[0].node_class == "small"
+    assert nodes[1].available == 40 and not nodes[1].ready and nodes[1].node_class is None
+    with pytest.raises(FrontendError, match="total"):
+        parse_memory({"nodes": [{"node": "a"}]})
+    with pytest.raises(FrontendError):
+        parse_models({"models": [{"count": 1}]})
+
+
+def test_report_document_counts_actions_and_is_strict_json(tmp_path):
+    r = RunReport(mode=2, started=1.0, frontend="http://f")
+    r.actions = [{"kind": "provision", "model": "m", "node": "a", "ok": True},
+                 {"kind": "delete", "model": "m", "node": "b", "ok": True},
+                 {"kind": "delete", "model": "n", "node": "b", "ok": False, "error": "x"},
+                 {"kind": "delete", "model": "o", "node": "b", "ok": False, "skipped": "cap"}]
+    r.provisioning_seconds = 1.2345
+    doc = json.loads(r.to_json())
+    assert doc["summary"] == {"provisioned": 1, "deleted": 1, "failed": 1, "skipped": 1}
+    assert doc["provisioning_latency_ms"] == 1234.5
+    for key in ("inputs", "solver", "plan", "actions", "errors", "exit_code", "timings_ms"):
+        assert key in doc
+    write_report(r.to_json(), tmp_path / "sub" / "r.json")
+    assert json.loads((tmp_path / "sub" / "r.json").read_text())["mode"] == 2
