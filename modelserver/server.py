@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers.gthread import ThreadWorker
 
 from .logs import JsonGunicornLogger
 
-__all__ = ["ServerSettings", "bind_socket", "GunicornServer"]
+__all__ = ["ServerSettings", "bind_socket", "GunicornServer", "QuickStopWorker"]
 
 
 @dataclass(frozen=True)
@@ -26,12 +27,43 @@ class ServerSettings:
 
     threads: int = 4                 # request threads in the one worker process
     graceful_timeout: float = 5.0    # SIGTERM: seconds in-flight requests get to finish
-    keepalive: float = 5.0           # seconds an idle keep-alive connection stays open
+    keepalive: float = 2.0           # seconds an idle keep-alive connection stays open
     timeout: float = 60.0            # a worker silent this long is restarted
     backlog: int = 256
     access_log: bool = False
     log_level: str = "info"
     proc_name: str = "modelserver"
+
+
+# After SIGTERM, idle connections get this long (seconds) before they are closed.
+STOP_LINGER = 0.5
+
+
+class QuickStopWorker(ThreadWorker):
+    """gunicorn's threads worker, but idle connections do not hold up a stop.
+
+    On SIGTERM the stock worker keeps idle keep-alive connections up to 2 s and connections that have
+    sent nothing yet for the whole keep-alive time; a cluster removing a model would wait for them.
+    Here both get STOP_LINGER seconds, and a fresh connection holds a thread at most STOP_LINGER
+    seconds waiting for its first bytes before it is parked on the poller (stock: 5 s, which a stop
+    also waits for). Requests in flight still get the graceful timeout.
+    """
+
+    def init_process(self) -> None:
+        from gunicorn.workers import gthread
+
+        # A module constant of the pinned gunicorn; read at call time, in this worker process only.
+        gthread.DEFAULT_WORKER_DATA_TIMEOUT = STOP_LINGER
+        super().init_process()
+
+    def _cap_keepalive(self, deadline: float) -> None:
+        import time
+
+        deadline = min(deadline, time.monotonic() + STOP_LINGER)
+        super()._cap_keepalive(deadline)
+        # pending_conns is sorted by timeout; capping all at one deadline keeps it sorted.
+        for conn in getattr(self, "pending_conns", ()):
+            conn.timeout = min(conn.timeout, deadline)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -64,7 +96,7 @@ class GunicornServer(BaseApplication):
         options = {
             "bind": [f"fd://{self._sock.fileno()}"],
             "workers": 1,
-            "worker_class": "gthread",
+            "worker_class": "modelserver.server.QuickStopWorker",
             "threads": s.threads,
             "preload_app": False,
             "graceful_timeout": max(1, round(s.graceful_timeout)),   # gunicorn takes whole seconds
