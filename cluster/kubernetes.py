@@ -691,7 +691,8 @@ class KubernetesCluster(Cluster):
                 raise ClusterError("the Kubernetes cluster adapter is closed")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                pods = [p for p in self._store("pods").values() if state.identity(p) == (model, node)]
+                with self._cond:
+                    pods = [p for p in self._store("pods").values() if state.identity(p) == (model, node)]
                 detail = state.pod_problem(pods) or ("no pod yet" if current is not None else "not seen yet")
                 raise ClusterError(f"{model} on {node} not ready after {timeout:g}s: {detail}")
             self._wait_change(snapshot.generation, remaining)
