@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-__all__ = ["ApiError", "init_app", "error_response"]
+__all__ = ["ApiError", "init_app", "error_response", "read_body"]
 
 log = logging.getLogger("frontend")
 
@@ -31,6 +31,32 @@ def error_response(status: int, message: str, *, headers: dict[str, str] | None 
     for key, value in (headers or {}).items():
         response.headers[key] = value
     return response
+
+
+def read_body() -> bytes:
+    """Return the request body, at most MAX_CONTENT_LENGTH bytes, chunked bodies included (413 past it)."""
+    limit = request.max_content_length
+    if request.content_length is not None:
+        if limit is not None and request.content_length > limit:
+            raise RequestEntityTooLarge()
+        return request.get_data(cache=True)
+    # No Content-Length (chunked): Werkzeug hands over the raw stream, so count the bytes here.
+    cached = getattr(request, "_frontend_body", None)
+    if cached is not None:
+        return cached
+    chunks, size = [], 0
+    stream = request.stream
+    while True:
+        chunk = stream.read(65536)
+        if not chunk:
+            break
+        size += len(chunk)
+        if limit is not None and size > limit:
+            raise RequestEntityTooLarge()
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    request._frontend_body = body       # type: ignore[attr-defined]
+    return body
 
 
 def init_app(app: Flask) -> None:

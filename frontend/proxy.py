@@ -15,7 +15,7 @@ import time
 import requests
 from flask import Blueprint, Flask, Response, g, request
 
-from .errors import ApiError
+from .errors import ApiError, read_body
 from .headers import downstream_headers, upstream_headers
 from .hints import HintError, parse_hints
 from .observe import note_model_request, update_model_request
@@ -52,13 +52,16 @@ def forward(model: str, tfs_path: str):
     rt = current_runtime()
     if not MODEL_NAME.fullmatch(model):
         raise ApiError(404, f"unknown model {model!r}")
+    raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or ""
+    if "%" in raw.split("?", 1)[0]:
+        raise ApiError(400, "refused path: percent-encoded characters are not allowed")
     try:
         path = parse_tfs_path(tfs_path, model=model)
     except TfsPathError as exc:
         raise ApiError(400, f"refused path: {exc}") from None
     if request.method != path.method:
         raise ApiError(405, f"{path.url_path()} takes {path.method}", headers={"Allow": path.method})
-    body = request.get_data(cache=False) if path.method == "POST" else b""
+    body = read_body() if path.method == "POST" else b""
     body_hints, body = _body_hints(body, request.content_type)
     try:
         hints = parse_hints(request.headers, body_hints)

@@ -1,11 +1,12 @@
 """GET /services and GET /services/<model>: where to run an inference (thesis 5.2.1)."""
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from flask import Blueprint, Flask, request
 
-from .errors import ApiError
+from .errors import ApiError, read_body
 from .hints import HintError, parse_hints
 from .observe import note_model_request, update_model_request
 from .runtime import MODEL_NAME, current_runtime
@@ -17,12 +18,12 @@ bp = Blueprint("services", __name__)
 
 def read_json_body() -> dict[str, Any]:
     """Return the request's JSON object body, {} when there is none; 400 when malformed."""
-    raw = request.get_data(cache=True)
+    raw = read_body()
     if not raw.strip():
         return {}
     try:
-        body = request.get_json(force=True, silent=False, cache=True)
-    except Exception:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")

@@ -1,0 +1,381 @@
+"""The front-end over real HTTP on loopback, on a local cluster running real model servers."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import requests
+
+from conftest_frontend import AUTH, TOKEN, make_frontend, predict_body, raw_request, wait_for  # noqa: F401
+
+TWO_NODES = [{"name": "node-a"}, {"name": "node-b"}]
+HP2 = "half_plus_two"
+
+
+def dep_of(cluster, model, node):
+    return next(d for d in cluster.deployments() if d.model == model and d.node == node)
+
+
+# ---- lookups --------------------------------------------------------------------------------------
+
+def test_lookup_one_and_all(make_frontend):
+    fe = make_frontend(TWO_NODES, deploy=((HP2, "node-a"), ("digits_logreg", "node-b")))
+    hp2 = dep_of(fe.cluster, HP2, "node-a")
+    expected = {"model": HP2, "node": "node-a", "endpoint": hp2.endpoint,
+                "url": f"http://{hp2.endpoint}/v1/models/{HP2}"}
+    listing = requests.get(f"{fe.url}/services", timeout=10)
+    assert listing.status_code == 200
+    assert sorted(s["model"] for s in listing.json()["services"]) == ["digits_logreg", HP2]
+    assert expected in listing.json()["services"]
+    assert requests.get(f"{fe.url}/services/{HP2}", timeout=10).json() == expected
+    assert requests.get(f"{fe.url}/services", params={"model": HP2}, timeout=10).json() == expected
+    assert requests.get(f"{fe.url}/services", json={"model": HP2}, timeout=10).json() == expected
+    # the URL handed out really is the model on that node
+    assert requests.get(expected["url"], timeout=10).status_code == 200
+
+
+def test_unknown_model_is_404_at_once(make_frontend):
+    fe = make_frontend(TWO_NODES, deploy=((HP2, "node-a"),))
+    for answer in (requests.get(f"{fe.url}/services/no_such_model", timeout=10),
+                   requests.get(f"{fe.url}/services", json={"model": "no_such_model"}, timeout=10),
+                   requests.post(f"{fe.url}/services/no_such_model/v1/models/no_such_model:predict",
+                                 data=predict_body([1.0]), timeout=10)):
+        assert answer.status_code == 404 and "unknown model" in answer.json()["error"]
+    assert not [d for d in fe.cluster.deployments() if d.model == "no_such_model"]
+
+
+# ---- proxy ------------------------------------------------------------------------------------------
+
+def test_proxy_returns_the_model_servers_answer_unchanged(make_frontend):
+    fe = make_frontend(TWO_NODES, deploy=((HP2, "node-a"), ("digits_logreg", "node-b")))
+    answer = requests.post(f"{fe.url}/services/{HP2}/v1/models/{HP2}:predict",
+                           data=predict_body([1.0, 2.0, 5.0]), headers={"Content-Type": "application/json"},
+                           timeout=10)
+    assert answer.status_code == 200 and answer.json() == {"predictions": [2.5, 3.0, 4.5]}
+    assert answer.headers["X-Request-Id"]
+    assert "Keep-Alive" not in answer.headers
+
+    from modelserver.build_models import digits_split
+    _, _, x_test, _ = digits_split()
+    logreg = dep_of(fe.cluster, "digits_logreg", "node-b")
+    for path in ("v1/models/digits_logreg:predict", "v1/models/digits_logreg/labels/stable:predict",
+                 "v1/models/digits_logreg/versions/1:predict"):
+        body = json.dumps({"instances": x_test[:5].tolist()}).encode()
+        direct = requests.post(f"http://{logreg.endpoint}/{path}", data=body, timeout=10)
+        proxied = requests.post(f"{fe.url}/services/digits_logreg/{path}", data=body, timeout=10)
+        assert proxied.status_code == direct.status_code == 200
+        assert proxied.content == direct.content
+        assert proxied.headers["Content-Type"] == direct.headers["Content-Type"]
+        assert len(proxied.json()["predictions"]) == 5
+    # status and metadata are GETs; errors of the model server come back unchanged too
+    for path in ("v1/models/digits_logreg", "v1/models/digits_logreg/metadata",
+                 "v1/models/digits_logreg/versions/7"):
+        direct = requests.get(f"http://{logreg.endpoint}/{path}", timeout=10)
+        proxied = requests.get(f"{fe.url}/services/digits_logreg/{path}", timeout=10)
+        assert (proxied.status_code, proxied.content) == (direct.status_code, direct.content)
+    bad = b'{"instances": [[0.0, 1.0]]}'
+    direct = requests.post(f"http://{logreg.endpoint}/v1/models/digits_logreg:predict", data=bad, timeout=10)
+    proxied = requests.post(f"{fe.url}/services/digits_logreg/v1/models/digits_logreg:predict", data=bad,
+                            timeout=10)
+    assert direct.status_code == 400 and (proxied.status_code, proxied.content) == (400, direct.content)
+
+
+def test_refused_paths_never_reach_a_model_server(make_frontend):
+    fe = make_frontend(TWO_NODES, deploy=((HP2, "node-a"),))
+    body = predict_body([1.0])
+    ok = raw_request(fe.url, "POST", f"/services/{HP2}/v1/models/{HP2}:predict", body=body)
+    assert ok[0] == 200
+    refused = [
+        f"/services/{HP2}/v1/models/../../stats/requests",
+        f"/services/{HP2}/v1/models/{HP2}/../{HP2}:predict",
+        f"/services/{HP2}/v1/models/%2e%2e/{HP2}:predict",
+        f"/services/{HP2}/v1/models/%252e%252e/{HP2}:predict",
+        f"/services/{HP2}/http://127.0.0.1:1/v1/models/{HP2}:predict",
+        f"/services/{HP2}//127.0.0.1:1/v1/models/{HP2}:predict",
+        f"/services/{HP2}/v1/models/{HP2}%3Apredict",
+        f"/services/{HP2}/v1/models/{HP2}:shutdown",
+        f"/services/{HP2}/admin",
+        f"/services/{HP2}/v1/models/half_plus_three:predict",
+        f"/services/{HP2}/v1/models/{HP2}/versions/x:predict",
+    ]
+    for path in refused:
+        status, headers, content = raw_request(fe.url, "POST", path, body=body)
+        assert status in (400, 404), (path, status, content)
+        assert headers["content-type"] == "application/json" and "error" in json.loads(content), path
+    # an absolute URL as the request target is not proxied either
+    status, _, content = raw_request(fe.url, "POST", f"http://127.0.0.1:1/v1/models/{HP2}:predict", body=body)
+    assert status in (400, 404)
+    # TF Serving verbs need POST, status/metadata need GET
+    status, headers, _ = raw_request(fe.url, "GET", f"/services/{HP2}/v1/models/{HP2}:predict")
+    assert status == 405 and headers["allow"] == "POST"
+    status, _, _ = raw_request(fe.url, "POST", f"/services/{HP2}/v1/models/{HP2}/metadata", body=body)
+    assert status == 405
+
+
+def test_bodies_malformed_and_oversize(make_frontend):
+    fe = make_frontend(TWO_NODES, deploy=((HP2, "node-a"),), max_body=2048)
+    big = predict_body([1.0] * 1000)
+    assert len(big) > 2048
+    answer = requests.post(f"{fe.url}/services/{HP2}/v1/models/{HP2}:predict", data=big, timeout=10)
+    assert answer.status_code == 413 and "larger than 2048" in answer.json()["error"]
+
+    def chunks():
+        for _ in range(10):
+            yield b" " * 1000
+    answer = requests.post(f"{fe.url}/services/{HP2}/v1/models/{HP2}:predict", data=chunks(), timeout=10)
+    assert answer.status_code == 413
+    answer = requests.get(f"{fe.url}/services", data=b'{"model": "' + b"x" * 3000 + b'"}', timeout=10)
+    assert answer.status_code == 413
+    for body, fragment in ((b"{not json", "not valid JSON"), (b"[1, 2]", "JSON object"),
+                           (b'{"model": 5}', "string"), (b'{"model": "half_plus_two", "latency": -3}', "latency")):
+        answer = requests.get(f"{fe.url}/services", data=body, timeout=10)
+        assert answer.status_code == 400 and fragment in answer.json()["error"], body
+    for headers in ({"X-Client-Latency": "soon"}, {"X-Client-Zone": "bad zone!"}):
+        for url in (f"{fe.url}/services/{HP2}", f"{fe.url}/services/{HP2}/v1/models/{HP2}:predict"):
+            method = requests.get if url.endswith(HP2) else requests.post
+            answer = method(url, headers=headers, data=predict_body([1.0]), timeout=10)
+            assert answer.status_code == 400, (url, headers)
+    # a body the model server cannot parse is its business: its 400 comes back
+    answer = requests.post(f"{fe.url}/services/{HP2}/v1/models/{HP2}:predict", data=b"{oops", timeout=10)
+    assert answer.status_code == 400 and "error" in answer.json()
+
+
+# ---- token ---------------------------------------------------------------------------------------
+
+def test_back_end_routes_need_the_token(make_frontend):
+    fe = make_frontend(TWO_NODES)
+    plan = {"created": time.time(), "mode": 1, "solver": "highs", "weights": {HP2: {"z1": {"node-a": 1}}}}
+    routes = [("GET", "/stats/requests", None), ("GET", "/stats/models", None), ("GET", "/stats/memory", None),
+              ("PUT", "/plan", plan), ("GET", "/plan", None)]
+    for method, path, body in routes:
+        missing = requests.request(method, fe.url + path, json=body, timeout=10)
+        assert missing.status_code == 401 and missing.headers["WWW-Authenticate"].startswith("Bearer")
+        wrong = requests.request(method, fe.url + path, json=body, timeout=10,
+                                 headers={"Authorization": "Bearer not-the-token"})
+        assert wrong.status_code == 403 and "error" in wrong.json()
+        basic = requests.request(method, fe.url + path, json=body, timeout=10,
+                                 headers={"Authorization": f"Basic {TOKEN}"})
+        assert basic.status_code == 401
+        right = requests.request(method, fe.url + path, json=body, headers=AUTH, timeout=10)
+        assert right.status_code == 200, (path, right.text)
+    assert requests.get(f"{fe.url}/healthz", timeout=10).status_code == 200
+    assert requests.get(f"{fe.url}/metrics", timeout=10).status_code == 200
+
+
+# ---- statistics ------------------------------------------------------------------------------------
+
+def test_statistics_are_recorded(make_frontend):
+    fe = make_frontend(TWO_NODES, deploy=((HP2, "node-a"),))
+    start = time.time()
+    requests.get(f"{fe.url}/services/{HP2}", headers={"X-Client-Zone": "zone-1", "X-Client-Latency": "0.042"},
+                 timeout=10)
+    requests.get(f"{fe.url}/services", json={"model": HP2, "zone": "zone-2", "latency": 0.5}, timeout=10)
+    requests.post(f"{fe.url}/services/{HP2}/v1/models/{HP2}:predict", headers={"X-Client-Zone": "zone-3"},
+                  data=json.dumps({"instances": [1.0], "latency": 0.07}), timeout=10)
+    requests.get(f"{fe.url}/services/no_such_model", timeout=10)
+    requests.get(f"{fe.url}/services", timeout=10)       # names no model: not a row
+    rows = requests.get(f"{fe.url}/stats/requests", params={"since": start}, headers=AUTH, timeout=10).json()["requests"]
+    assert [(r["model"], r["zone"], r["latency"], r["node"], r["status"], r["kind"]) for r in rows] == [
+        (HP2, "zone-1", 0.042, "node-a", 200, "lookup"),
+        (HP2, "zone-2", 0.5, "node-a", 200, "lookup"),
+        (HP2, "zone-3", 0.07, "node-a", 200, "proxy"),
+        ("no_such_model", None, None, None, 404, "lookup"),
+    ]
+    assert all(start <= r["time"] <= time.time() and 0 < r["duration"] < 30 for r in rows)
+    assert requests.get(f"{fe.url}/stats/requests", params={"since": time.time() + 60}, headers=AUTH,
+                        timeout=10).json() == {"requests": []}
+    assert len(requests.get(f"{fe.url}/stats/requests", params={"limit": 2}, headers=AUTH,
+                            timeout=10).json()["requests"]) == 2
+    for bad in ({"since": "yesterday"}, {"limit": 0}, {"limit": "many"}, {"since": "nan"}):
+        assert requests.get(f"{fe.url}/stats/requests", params=bad, headers=AUTH, timeout=10).status_code == 400
+
+    models = {m["model"]: m for m in requests.get(f"{fe.url}/stats/models", headers=AUTH, timeout=10).json()["models"]}
+    assert set(models) == {"half_plus_two", "half_plus_three", "digits_logreg", "digits_forest"}
+    hp2 = models[HP2]
+    created = dep_of(fe.cluster, HP2, "node-a").created
+    assert hp2["count"] == 3 and hp2["last_requested"] >= start
+    assert [(i["node"], i["provisioned"], i["count"]) for i in hp2["instances"]] == [("node-a", created, 3)]
+    assert models["digits_forest"] == {**models["digits_forest"], "count": 0, "last_requested": None, "instances": []}
+
+    # a re-provisioned instance counts from zero
+    fe.cluster.remove(HP2, "node-a")
+    fe.cluster.deploy(HP2, "node-a")
+    new_created = dep_of(fe.cluster, HP2, "node-a").created
+
+    def provisioned():
+        models = requests.get(f"{fe.url}/stats/models", headers=AUTH, timeout=10).json()["models"]
+        return [i["provisioned"] for i in models[0]["instances"]]
+    wait_for(lambda: provisioned() == [new_created], what="new instance in /stats/models")
+    wait_for(lambda: requests.get(f"{fe.url}/services/{HP2}", timeout=10).status_code == 200, what="served again")
+    hp2 = next(m for m in requests.get(f"{fe.url}/stats/models", headers=AUTH, timeout=10).json()["models"]
+               if m["model"] == HP2)
+    assert hp2["count"] >= 4 and hp2["instances"][0]["count"] >= 1
+    assert hp2["instances"][0]["count"] == hp2["count"] - 3
+
+    nodes = {n["node"]: n for n in requests.get(f"{fe.url}/stats/memory", headers=AUTH, timeout=10).json()["nodes"]}
+    assert set(nodes) == {"node-a", "node-b"}
+    assert nodes["node-a"]["total"] == 250000 and nodes["node-a"]["used"] == 60000
+    assert nodes["node-a"]["available"] == 190000 and nodes["node-b"]["used"] == 0
+    assert nodes["node-a"]["ready"] and nodes["node-a"]["class"] == "small" and nodes["node-a"]["cpu_capacity"] == 2.0
+
+
+def test_metrics_count_model_requests(make_frontend):
+    fe = make_frontend(TWO_NODES, deploy=((HP2, "node-a"),))
+    for _ in range(3):
+        requests.get(f"{fe.url}/services/{HP2}", timeout=10)
+    text = requests.get(f"{fe.url}/metrics", timeout=10)
+    assert text.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    assert f'frontend_model_requests_total{{kind="lookup",model="{HP2}",status="200"}} 3' in text.text
+    assert 'frontend_http_requests_total{method="GET",route="/services/<model>",status="200"} 3' in text.text
+    assert 'frontend_http_request_duration_seconds_count{route="/services/<model>"} 3' in text.text
+    assert 'frontend_cluster_nodes{ready="true"} 2' in text.text
+
+
+# ---- dispatch policies -----------------------------------------------------------------------------
+
+def _load(endpoint: str, stop: threading.Event) -> None:
+    from modelserver.build_models import digits_split
+    _, _, x_test, _ = digits_split()
+    body = json.dumps({"instances": x_test[:64].tolist()}).encode()
+    with requests.Session() as session:
+        while not stop.is_set():
+            try:
+                session.post(f"http://{endpoint}/v1/models/digits_forest:predict", data=body, timeout=10)
+            except requests.RequestException:
+                time.sleep(0.05)
+
+
+def _chosen(fe, model):
+    return requests.get(f"{fe.url}/services/{model}", timeout=10).json()["node"]
+
+
+def test_lowest_cpu_picks_the_less_loaded_node(make_frontend):
+    model = "digits_forest"
+    fe = make_frontend(TWO_NODES, deploy=((model, "node-a"), (model, "node-b")), refresh_interval=0.3)
+    for busy, idle in (("node-a", "node-b"), ("node-b", "node-a")):
+        stop = threading.Event()
+        endpoint = dep_of(fe.cluster, model, busy).endpoint
+        loaders = [threading.Thread(target=_load, args=(endpoint, stop), daemon=True) for _ in range(3)]
+        for thread in loaders:
+            thread.start()
+        try:
+            def memory():
+                nodes = requests.get(f"{fe.url}/stats/memory", headers=AUTH, timeout=10).json()["nodes"]
+                return {n["node"]: n["cpu_usage"] for n in nodes}
+            wait_for(lambda: memory()[busy] > memory()[idle] + 0.2, what=f"{busy} to be busier than {idle}")
+            # while the load lasts, every answer is the idle node
+            wait_for(lambda: all(_chosen(fe, model) == idle for _ in range(5)), what=f"{idle} chosen")
+        finally:
+            stop.set()
+            for thread in loaders:
+                thread.join(15)
+
+
+def test_round_robin_alternates(make_frontend):
+    fe = make_frontend(TWO_NODES, deploy=((HP2, "node-a"), (HP2, "node-b")), policy="round-robin")
+    picks = [_chosen(fe, HP2) for _ in range(6)]
+    assert picks == ["node-a", "node-b"] * 3
+
+
+def test_nearest_uses_the_client_zone(make_frontend):
+    rtt = {"zone-b": {"node-a": 0.040, "node-b": 0.002}, "zone-a": {"node-a": 0.001, "node-b": 0.030}}
+    fe = make_frontend(TWO_NODES, deploy=((HP2, "node-a"), (HP2, "node-b")), policy="nearest", rtt=rtt)
+    get = lambda zone: requests.get(f"{fe.url}/services/{HP2}", headers={"X-Client-Zone": zone}, timeout=10)
+    assert {get("zone-b").json()["node"] for _ in range(3)} == {"node-b"}
+    assert {get("zone-a").json()["node"] for _ in range(3)} == {"node-a"}
+    body = requests.get(f"{fe.url}/services", json={"model": HP2, "zone": "zone-b"}, timeout=10).json()
+    assert body["node"] == "node-b"
+
+
+def test_plan_policy_follows_the_stored_plan(make_frontend):
+    fe = make_frontend(TWO_NODES, deploy=((HP2, "node-a"), (HP2, "node-b")), policy="plan")
+    plan = {"created": time.time(), "mode": 1, "solver": "highs",
+            "weights": {HP2: {"zone-1": {"node-b": 1.0, "node-a": 0.0}, "zone-2": {"node-a": 2.0}}}}
+    assert requests.put(f"{fe.url}/plan", json=plan, headers=AUTH, timeout=10).json() == {"ok": True}
+    stored = requests.get(f"{fe.url}/plan", headers=AUTH, timeout=10).json()
+    assert stored["weights"] == plan["weights"] and stored["mode"] == 1 and stored["received"] >= plan["created"]
+    zone = lambda z: requests.get(f"{fe.url}/services/{HP2}", headers={"X-Client-Zone": z}, timeout=10).json()["node"]
+    assert {zone("zone-1") for _ in range(8)} == {"node-b"}
+    assert {zone("zone-2") for _ in range(8)} == {"node-a"}
+    bad = requests.put(f"{fe.url}/plan", json={**plan, "mode": 7, "weights": {"ghost": {}}}, headers=AUTH, timeout=10)
+    assert bad.status_code == 400 and "mode" in bad.json()["error"] and "ghost" in bad.json()["error"]
+    assert requests.get(f"{fe.url}/plan", headers=AUTH, timeout=10).json()["mode"] == 1     # unchanged
+
+
+# ---- failures and on-demand provisioning ---------------------------------------------------------------
+
+def test_a_node_taken_down_is_skipped(make_frontend):
+    # A long refresh interval: the proxy must notice the dead endpoint itself, not wait for a refresh.
+    fe = make_frontend(TWO_NODES, deploy=((HP2, "node-a"), (HP2, "node-b")), refresh_interval=30.0)
+    assert _chosen(fe, HP2) == "node-a"          # idle tie: first name
+    fe.cluster.node_down("node-a")
+    answer = requests.post(f"{fe.url}/services/{HP2}/v1/models/{HP2}:predict", data=predict_body([4.0]), timeout=10)
+    assert answer.status_code == 200 and answer.json() == {"predictions": [4.0]}
+    rows = requests.get(f"{fe.url}/stats/requests", headers=AUTH, timeout=10).json()["requests"]
+    assert rows[-1]["node"] == "node-b" and rows[-1]["kind"] == "proxy"
+    assert {_chosen(fe, HP2) for _ in range(5)} == {"node-b"}
+    listing = requests.get(f"{fe.url}/services", timeout=10).json()["services"]
+    assert [s["node"] for s in listing] == ["node-b"]
+    fe.cluster.node_up("node-a")
+    health = requests.get(f"{fe.url}/healthz", timeout=10).json()
+    assert health["cluster"]["nodes_ready"] in (1, 2)
+
+
+def test_last_node_down_gives_502_or_503_never_a_dead_endpoint(make_frontend):
+    fe = make_frontend(TWO_NODES, deploy=((HP2, "node-a"),), refresh_interval=0.2)
+    fe.cluster.node_down("node-a")
+    wait_for(lambda: requests.get(f"{fe.url}/healthz", timeout=10).json()["cluster"]["nodes_ready"] == 1,
+             what="node-a seen down")
+    # the model is re-provisioned on the remaining node (thesis 4.5: redeploy elsewhere when needed)
+    answer = requests.get(f"{fe.url}/services/{HP2}", timeout=10)
+    assert answer.status_code in (200, 503)
+    if answer.status_code == 200:
+        assert answer.json()["node"] == "node-b"
+    served = wait_for(lambda: (r := requests.get(f"{fe.url}/services/{HP2}", timeout=10)).status_code == 200 and r.json(),
+                      what="served from node-b")
+    assert served["node"] == "node-b"
+
+
+def test_on_demand_provisioning(make_frontend):
+    fe = make_frontend(TWO_NODES, deploy=(("digits_forest", "node-b"),))     # node-a has the most room
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(requests.get(f"{fe.url}/services/{HP2}", timeout=10)))
+               for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    first = answers[0]
+    assert {a.status_code for a in answers} == {503}
+    assert all(a.headers["Retry-After"] == "2" for a in answers)
+    assert "node-a" in first.json()["error"] and first.json()["provisioning"] is True
+    served = wait_for(lambda: (r := requests.get(f"{fe.url}/services/{HP2}", timeout=10)).status_code == 200 and r.json(),
+                      what="the new instance served")
+    assert served["node"] == "node-a"
+    assert sorted((d.model, d.node) for d in fe.cluster.deployments()) == [("digits_forest", "node-b"), (HP2, "node-a")]
+    text = requests.get(f"{fe.url}/metrics", timeout=10).text
+    assert f'frontend_provisions_total{{model="{HP2}",outcome="started"}} 1' in text
+
+
+def test_no_room_is_503_with_the_reason(make_frontend):
+    small = [{"name": "node-a", "memory": 100000}, {"name": "node-b", "memory": 100000}]
+    fe = make_frontend(small)
+    answer = requests.get(f"{fe.url}/services/digits_forest", timeout=10)
+    assert answer.status_code == 503 and "Retry-After" not in answer.headers
+    assert "no ready node has 120000 KB free" in answer.json()["error"]
+    assert fe.cluster.deployments() == []
+
+
+def test_prediction_cache(make_frontend):
+    fe = make_frontend(TWO_NODES, deploy=((HP2, "node-a"),), prediction_cache_entries=16)
+    url = f"{fe.url}/services/{HP2}/v1/models/{HP2}:predict"
+    first = requests.post(url, data=predict_body([3.0]), timeout=10)
+    second = requests.post(url, data=predict_body([3.0]), timeout=10)
+    other = requests.post(url, data=predict_body([5.0]), timeout=10)
+    assert first.json() == second.json() == {"predictions": [3.5]} and other.json() == {"predictions": [4.5]}
+    rows = requests.get(f"{fe.url}/stats/requests", headers=AUTH, timeout=10).json()["requests"]
+    assert [r["cached"] for r in rows] == [False, True, False]
+    text = requests.get(f"{fe.url}/metrics", timeout=10).text
+    assert f'frontend_prediction_cache_total{{model="{HP2}",result="hit"}} 1' in text
+    assert f'frontend_prediction_cache_total{{model="{HP2}",result="miss"}} 2' in text

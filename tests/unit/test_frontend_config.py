@@ -1,0 +1,69 @@
+"""Front-end settings from a mapping, a file and FRONTEND_* variables."""
+import json
+
+import pytest
+
+from frontend.config import REPO_ROOT, ConfigError, Settings, load_settings, settings_from_mapping
+
+
+def test_defaults():
+    s = Settings()
+    assert s.policy == "lowest-cpu" and s.refresh_interval == 1.0 and s.prediction_cache_entries == 0
+    assert s.catalog_path == REPO_ROOT / "config" / "models.yaml"
+    assert s.database_path == REPO_ROOT / ".run" / "frontend.db"
+
+
+def test_mapping_overlays_defaults_and_reports_every_error():
+    s = settings_from_mapping({"policy": "round-robin", "max-body": 1024, "token": "t"})
+    assert s.policy == "round-robin" and s.max_body == 1024 and s.token == "t"
+    with pytest.raises(ConfigError) as info:
+        settings_from_mapping({"policy": "best", "refresh_interval": -1, "max_body": 1.5, "colour": "red",
+                               "rtt": {"z": {"n": "far"}}})
+    text = str(info.value)
+    for part in ("policy", "refresh_interval", "max_body", "colour: unknown setting", "rtt.z"):
+        assert part in text
+
+
+def test_catalog_follows_cluster_settings():
+    s = settings_from_mapping({"cluster_settings": {"catalog_path": "/tmp/cat.yaml"}})
+    assert str(s.catalog_path) == "/tmp/cat.yaml"
+    s = settings_from_mapping({"catalog": "x.yaml", "cluster_settings": {"catalog_path": "/tmp/cat.yaml"}})
+    assert s.catalog_path == REPO_ROOT / "x.yaml"
+
+
+def test_file_then_environment(tmp_path):
+    path = tmp_path / "frontend.yaml"
+    path.write_text("policy: nearest\nrefresh_interval: 2.5\nrtt: {z1: {n1: 0.01}}\n")
+    env = {"FRONTEND_CONFIG": str(path), "FRONTEND_REFRESH_INTERVAL": "0.5", "FRONTEND_TOKEN": "abc",
+           "FRONTEND_CLUSTER_SETTINGS": json.dumps({"state_path": "/tmp/s.db"}),
+           # Kubernetes service links for a Service named "frontend" must not break start-up
+           "FRONTEND_PORT": "tcp://10.0.0.1:5000", "FRONTEND_SERVICE_HOST": "10.0.0.1",
+           "FRONTEND_WORKERS": "3"}
+    s = load_settings(env)
+    assert s.policy == "nearest" and s.refresh_interval == 0.5 and s.token == "abc"
+    assert s.rtt == {"z1": {"n1": 0.01}} and s.cluster_settings == {"state_path": "/tmp/s.db"}
+
+
+def test_bad_file_and_bad_variables(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("policy: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings({"FRONTEND_CONFIG": str(path)})
+    path.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_settings({"FRONTEND_CONFIG": str(path)})
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings({"FRONTEND_CONFIG": str(tmp_path / "missing.yaml")})
+    with pytest.raises(ConfigError, match="FRONTEND_READ_TIMEOUT"):
+        load_settings({"FRONTEND_READ_TIMEOUT": "soon"})
+    with pytest.raises(ConfigError, match="FRONTEND_RTT"):
+        load_settings({"FRONTEND_RTT": "{not json"})
+
+
+def test_token_file(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    assert settings_from_mapping({"token_file": str(token)}).resolved_token() == "s3cret"
+    assert settings_from_mapping({"token_file": str(token), "token": "x"}).resolved_token() == "x"
+    with pytest.raises(ConfigError):
+        settings_from_mapping({"token_file": str(tmp_path / "nope")}).resolved_token()

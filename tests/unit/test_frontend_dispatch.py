@@ -1,0 +1,146 @@
+"""Dispatch policies, plan validation and on-demand placement, as pure functions of a state."""
+import pytest
+
+from cluster.port import Deployment, Node
+from frontend.dispatch import (Plan, PlanError, choose, choose_provision_node, lowest_cpu, nearest, parse_plan,
+                               planned, round_robin, rtt_from_alto)
+from frontend.snapshot import ClusterState
+
+
+def node(name, *, cpu=0.0, capacity=2.0, ready=True, total=250000, used=0, labels=None):
+    return Node(name=name, address="127.0.0.1", ready=ready, memory_total=total, memory_used=used,
+                cpu_capacity=capacity, cpu_usage=cpu, labels={"node-class": "small", **(labels or {})})
+
+
+def dep(model, node_name, *, ready=True, port=8501, created=100.0):
+    return Deployment(model=model, node=node_name, endpoint=f"127.0.0.{ord(node_name[-1]) % 200}:{port}",
+                      ready=ready, created=created)
+
+
+def state(nodes, deps):
+    return ClusterState.build(nodes, deps, fetched=1.0)
+
+
+def test_state_keeps_only_ready_deployments_on_ready_nodes():
+    s = state([node("n-a"), node("n-b", ready=False), node("n-c")],
+              [dep("m", "n-a"), dep("m", "n-b"), dep("m", "n-c", ready=False), dep("x", "n-b")])
+    assert [c.node.name for c in s.serving["m"]] == ["n-a"]
+    assert "x" not in s.serving
+    assert len(s.deployments_of("m")) == 3
+
+
+def test_lowest_cpu_uses_fraction_of_capacity():
+    s = state([node("n-a", cpu=1.0, capacity=2.0), node("n-b", cpu=1.5, capacity=4.0)],
+              [dep("m", "n-a"), dep("m", "n-b")])
+    assert lowest_cpu(s.serving["m"]).node.name == "n-b"
+    s = state([node("n-a", cpu=0.1), node("n-b", cpu=0.9)], [dep("m", "n-a"), dep("m", "n-b")])
+    assert choose("lowest-cpu", s.serving["m"], model="m").node.name == "n-a"
+
+
+def test_lowest_cpu_ties_go_to_the_first_name():
+    s = state([node("n-b"), node("n-a")], [dep("m", "n-b"), dep("m", "n-a")])
+    assert lowest_cpu(s.serving["m"]).node.name == "n-a"
+
+
+def test_round_robin_cycles_in_name_order():
+    s = state([node("n-a"), node("n-b"), node("n-c")], [dep("m", n) for n in ("n-c", "n-a", "n-b")])
+    picks = [round_robin(s.serving["m"], i).node.name for i in range(6)]
+    assert picks == ["n-a", "n-b", "n-c", "n-a", "n-b", "n-c"]
+
+
+def test_nearest_by_rtt_then_zone_label_then_cpu():
+    s = state([node("n-a", cpu=0.5, labels={"zone": "z2"}), node("n-b", cpu=1.0), node("n-c", cpu=0.1)],
+              [dep("m", n) for n in ("n-a", "n-b", "n-c")])
+    cands = s.serving["m"]
+    rtt = {"z1": {"n-a": 0.030, "n-b": 0.002, "n-c": 0.040}}
+    assert nearest(cands, "z1", rtt).node.name == "n-b"
+    assert nearest(cands, "z2", rtt).node.name == "n-a"          # by label
+    assert nearest(cands, None, rtt).node.name == "n-c"          # lowest cpu
+    assert nearest(cands, "z9", rtt).node.name == "n-c"
+
+
+def test_plan_weights_are_followed_for_the_zone():
+    s = state([node("n-a"), node("n-b")], [dep("m", "n-a"), dep("m", "n-b")])
+    plan = Plan(created=1, mode=1, solver="highs", weights={"m": {"z1": {"n-a": 0, "n-b": 3}, "z2": {"n-a": 1}}})
+    cands = s.serving["m"]
+    assert {planned(cands, "m", "z1", plan, u).node.name for u in (0.0, 0.5, 0.99)} == {"n-b"}
+    assert {planned(cands, "m", "z2", plan, u).node.name for u in (0.0, 0.5, 0.99)} == {"n-a"}
+    # no zone: weights summed over zones (n-a 1, n-b 3)
+    assert planned(cands, "m", None, plan, 0.1).node.name == "n-a"
+    assert planned(cands, "m", None, plan, 0.5).node.name == "n-b"
+
+
+def test_plan_falls_back_to_lowest_cpu():
+    s = state([node("n-a", cpu=1.0), node("n-b", cpu=0.2), node("n-c")],
+              [dep("m", "n-a"), dep("m", "n-b")])
+    cands = s.serving["m"]
+    plan = Plan(created=1, mode=1, solver="s", weights={"m": {"z1": {"n-c": 1.0}}})   # n-c runs nothing
+    assert planned(cands, "m", "z1", plan, 0.3).node.name == "n-b"
+    assert planned(cands, "m", "z1", None, 0.3).node.name == "n-b"
+    assert choose("plan", cands, model="m", zone="z1", plan=plan, u=0.3).node.name == "n-b"
+
+
+def test_choose_rejects_unknown_policy_and_empty_candidates():
+    s = state([node("n-a"), node("n-b")], [dep("m", "n-a"), dep("m", "n-b")])
+    with pytest.raises(ValueError):
+        choose("random", s.serving["m"], model="m")
+    with pytest.raises(ValueError):
+        choose("lowest-cpu", (), model="m")
+
+
+def test_parse_plan_accepts_the_contract_shape():
+    plan = parse_plan({"created": 5, "mode": 2, "solver": "ipopt", "weights": {"a": {"z": {"n1": 0.5, "n2": 1}}}},
+                      known_models=["a", "b"])
+    assert plan.weights == {"a": {"z": {"n1": 0.5, "n2": 1.0}}} and plan.mode == 2
+
+
+def test_parse_plan_reports_every_error():
+    with pytest.raises(PlanError) as info:
+        parse_plan({"created": -1, "mode": 3, "solver": "", "weights": {"zz": {}, "a": {"z": {"n": -2}}}, "x": 1},
+                   known_models=["a"])
+    message = str(info.value)
+    for part in ("created", "mode", "solver", "weights.zz: unknown model", "weights.a.z.n", "unknown field"):
+        assert part in message
+    with pytest.raises(PlanError):
+        parse_plan([1, 2], known_models=["a"])
+
+
+def test_rtt_from_alto_cost_map():
+    doc = {"meta": {"cost-type": {"cost-mode": "numerical", "cost-metric": "routingcost"}},
+           "cost-map": {"zone-1": {"n-a": 1, "n-b": 5}, "zone-2": {"n-a": 7}}}
+    assert rtt_from_alto(doc) == {"zone-1": {"n-a": 1.0, "n-b": 5.0}, "zone-2": {"n-a": 7.0}}
+    with pytest.raises(ValueError):
+        rtt_from_alto({"cost-map": {"z": {"n": -1}}})
+    with pytest.raises(ValueError):
+        rtt_from_alto({"nope": 1})
+
+
+def test_provision_picks_ready_node_with_most_free_memory():
+    s = state([node("n-a", used=100000), node("n-b", used=50000), node("n-c", ready=False, used=0)], [])
+    placement = choose_provision_node(s, "m", 60000)
+    assert placement.node.name == "n-b" and not placement.pending
+
+
+def test_provision_refuses_when_nothing_fits():
+    s = state([node("n-a", used=200000), node("n-b", used=240000)], [])
+    placement = choose_provision_node(s, "m", 60000)
+    assert placement.node is None and "no ready node has 60000 KB free" in placement.reason
+    assert "50000 KB on n-a" in placement.reason
+
+
+def test_provision_waits_for_an_instance_that_is_starting():
+    s = state([node("n-a"), node("n-b")], [dep("m", "n-a", ready=False)])
+    placement = choose_provision_node(s, "m", 60000)
+    assert placement.pending and placement.node.name == "n-a"
+
+
+def test_provision_avoids_a_down_node_that_holds_the_model():
+    s = state([node("n-a", ready=False), node("n-b", used=10000), node("n-c", used=20000)],
+              [dep("m", "n-a", ready=False)])
+    placement = choose_provision_node(s, "m", 60000)
+    assert not placement.pending and placement.node.name == "n-b"
+
+
+def test_provision_ties_go_to_the_first_name():
+    s = state([node("n-c"), node("n-b"), node("n-a", used=1)], [])
+    assert choose_provision_node(s, "m", 10).node.name == "n-b"
