@@ -124,12 +124,19 @@ def stop_process(proc: ProcessId, *, grace: float = 5.0) -> None:
         leader = psutil.Process(pid)
     except psutil.Error:
         return
+    # Servers run in their own session, so their process group also holds a worker forked after
+    # this snapshot (a server stopped while still starting up), which the list alone would orphan.
+    try:
+        group = pid if os.getpgid(pid) == pid else None
+    except OSError:
+        group = None
     family = [leader] + _descendants(pid)
     for p in family:
         try:
             p.send_signal(signal.SIGTERM)       # psutil checks the pid was not reused meanwhile
         except psutil.Error:
             pass
+    _signal_group(group, signal.SIGTERM)
     deadline = time.monotonic() + grace
     remaining = family
     while remaining and time.monotonic() < deadline:
@@ -141,11 +148,41 @@ def stop_process(proc: ProcessId, *, grace: float = 5.0) -> None:
             p.kill()
         except psutil.Error:
             pass
+    _signal_group(group, signal.SIGKILL)
     deadline = time.monotonic() + 5.0
-    while remaining and time.monotonic() < deadline:
+    while (remaining or _group_alive(group)) and time.monotonic() < deadline:
         time.sleep(0.05)
         _reap()
         remaining = [p for p in remaining if _running(p)]
+
+
+def _signal_group(group: int | None, sig: int) -> None:
+    if group is not None:
+        try:
+            os.killpg(group, sig)
+        except OSError:
+            pass
+
+
+def _group_alive(group: int | None) -> bool:
+    """Tell whether a live (non-zombie) process is left in the process group."""
+    if group is None:
+        return False
+    try:
+        os.killpg(group, 0)
+    except OSError:
+        return False
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            return True
+    return False
 
 
 def _running(p: psutil.Process) -> bool:
