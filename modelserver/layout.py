@@ -28,6 +28,11 @@ class Layout:
     base_path: Path
     versions: tuple[int, ...]
     labels: dict[str, int] = field(default_factory=dict)
+    folders: dict[int, str] = field(default_factory=dict)   # version -> folder name ("00000123" is 123)
+
+    def path_of(self, version: int) -> Path:
+        """Return the folder of `version`."""
+        return self.base_path / self.folders.get(version, str(version))
 
 
 def _read_labels(path: Path) -> dict[str, int]:
@@ -50,8 +55,14 @@ def scan_layout(*, name: str, base_path: Path, version_policy: str = "all") -> L
     base = Path(base_path)
     if not base.is_dir():
         raise LoadError(f"model base path {base} does not exist or is not a directory")
-    found = sorted(int(p.name) for p in base.iterdir()
-                   if p.is_dir() and p.name.isdigit() and (p / MODEL_FILE).is_file())
+    folders: dict[int, str] = {}
+    for p in sorted(base.iterdir()):
+        if p.is_dir() and p.name.isdigit() and (p / MODEL_FILE).is_file():
+            version = int(p.name)
+            if version in folders:
+                raise LoadError(f"{base}: folders {folders[version]} and {p.name} are both version {version}")
+            folders[version] = p.name
+    found = sorted(folders)
     if not found:
         raise LoadError(f"No versions of servable {name} found under base path {base}")
     if version_policy == "latest":
@@ -67,4 +78,4 @@ def scan_layout(*, name: str, base_path: Path, version_policy: str = "all") -> L
             raise LoadError(f"{labels_path}: labels point to versions that are not served: {missing}")
         # With the "latest" policy, labels of versions not loaded are dropped, as TF Serving does.
         labels = {label: v for label, v in labels.items() if v in found}
-    return Layout(base, tuple(found), labels)
+    return Layout(base, tuple(found), labels, {v: folders[v] for v in found})

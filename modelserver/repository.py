@@ -211,5 +211,5 @@ def _load_version(path: Path, version: int) -> Servable:
 def load_repository(*, name: str, base_path: Path, version_policy: str = "all") -> ModelRepository:
     """Load the versions of `name` under `base_path` (policy "all" or "latest") and its labels."""
     layout = scan_layout(name=name, base_path=base_path, version_policy=version_policy)
-    servables = {v: _load_version(layout.base_path / str(v), v) for v in layout.versions}
+    servables = {v: _load_version(layout.path_of(v), v) for v in layout.versions}
     return ModelRepository(name, layout.base_path, servables, dict(layout.labels))

@@ -149,6 +149,20 @@ def test_layout_errors(tmp_path, versions, labels, message):
         scan_layout(name="m", base_path=base)
 
 
+def test_layout_reads_zero_padded_versions_as_tf_serving_does(tmp_path, models):
+    base = tmp_path / "m"
+    (base / "00000123").mkdir(parents=True)
+    (base / "00000123" / "model.onnx").write_bytes((models / "half_plus_two" / "1" / "model.onnx").read_bytes())
+    layout = scan_layout(name="m", base_path=base)
+    assert layout.versions == (123,) and layout.path_of(123) == base / "00000123"
+    repository = load_repository(name="m", base_path=base)
+    assert repository.latest == 123
+    (base / "123").mkdir()
+    (base / "123" / "model.onnx").write_bytes(b"")
+    with pytest.raises(LoadError, match="both version 123"):
+        scan_layout(name="m", base_path=base)
+
+
 def test_layout_of_a_missing_folder(tmp_path):
     with pytest.raises(LoadError, match="does not exist"):
         scan_layout(name="m", base_path=tmp_path / "nope")
