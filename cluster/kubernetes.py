@@ -145,8 +145,7 @@ def _default_kubeconfig_exists() -> bool:
     return any(os.path.exists(p) for p in candidates)
 
 
-def _api_client(*, kubeconfig: str | None, context: str | None, in_cluster: bool,
-                settings: CacheSettings) -> k8s_client.ApiClient:
+def _api_client(*, kubeconfig: str | None, context: str | None, in_cluster: bool) -> k8s_client.ApiClient:
     cfg = k8s_client.Configuration()
     try:
         # Without an explicit choice, a pod with no kubeconfig uses its service account (as kubectl does).
@@ -229,15 +228,24 @@ class _Reflector(threading.Thread):
                     self._list()
                     listed_at = time.monotonic()
                     need_list = False
-                self._watch(max(1, int(settings.resync_seconds - (time.monotonic() - listed_at))))
+                started = time.monotonic()
+                self._watch(max(1, int(settings.resync_seconds - (started - listed_at))))
                 backoff = settings.backoff_initial_seconds
                 self.failures = 0
+                if time.monotonic() - started < 1.0:     # a server closing at once must not spin us
+                    owner._stopping.wait(settings.backoff_initial_seconds)
             except _Gone:
                 need_list = True
-            except ClusterError as exc:
+            except Exception as exc:      # noqa: BLE001 - the cache must outlive any single failure
                 if owner._stopping.is_set():
                     break
                 need_list = True
+                cause = exc.__cause__
+                if isinstance(cause, ApiException) and cause.status == 410:
+                    continue
+                if not isinstance(exc, ClusterError):
+                    log.exception("watch %s: unexpected error", self.kind)
+                    exc = ClusterError(f"watching {self.kind}: {exc}")
                 self.failures += 1
                 self.last_error = exc
                 owner._notify()
@@ -354,7 +362,7 @@ class KubernetesCluster(Cluster):
                                                sync_timeout_seconds=sync_timeout_seconds)
         self.render_settings = dataclasses.replace(render or RenderSettings(), namespace=self.settings.namespace)
         self._api = _api_client(kubeconfig=str(kubeconfig) if kubeconfig else None, context=context,
-                                in_cluster=in_cluster, settings=self.settings)
+                                in_cluster=in_cluster)
         self._host = self._api.configuration.host
         self._core = k8s_client.CoreV1Api(self._api)
         self._apps = k8s_client.AppsV1Api(self._api)

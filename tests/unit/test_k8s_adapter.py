@@ -84,7 +84,7 @@ class FakeApiServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     # --- test controls --------------------------------------------------------------------------
@@ -367,10 +367,11 @@ def test_nodes_come_from_the_cache_with_fallback_cpu(fake, connect):
     assert nodes["nano-1"].memory_total == 1024 * 1024 and nodes["nano-2"].memory_total == 2048 * 1024
     assert nodes["nano-1"].labels["node-class"] == "small" and nodes["nano-2"].labels["node-class"] == "unknown"
     assert nodes["nano-1"].cpu_capacity == 4.0 and nodes["nano-1"].cpu_usage == 0.0
-    lists = sum(1 for verb, _, res in fake.verbs() if verb == "list" and res == "nodes")
+    calls = len([c for c in fake.calls if c[1] != "metrics.k8s.io"])
     for _ in range(20):
-        cluster.nodes()
-    assert sum(1 for c in fake.calls if c[0] == "list" and c[2] == "nodes") - lists < 20   # metrics polls only
+        assert len(cluster.nodes()) == 2
+        cluster.deployments()
+    assert len([c for c in fake.calls if c[1] != "metrics.k8s.io"]) == calls     # answered from the cache
 
 
 def test_metrics_replace_the_estimate_when_served(fake, connect):
@@ -445,11 +446,11 @@ def test_a_node_added_after_start_is_found(fake, connect):
 def test_watch_recovers_from_410_and_sees_what_it_missed(fake, connect):
     fake.add_node("a")
     cluster = connect()
-    lists_before = sum(1 for c in fake.calls if c[0] == "list" and c[2] == "nodes")
+    lists_before = fake.calls.count(("list", "", "nodes"))
     fake.expire_watches()
     fake.add_node("b", ready=False)
     _wait(lambda: {n.name for n in cluster.nodes()} == {"a", "b"})
-    _wait(lambda: sum(1 for c in fake.calls if c[0] == "list" and c[2] == "nodes") > lists_before)
+    _wait(lambda: fake.calls.count(("list", "", "nodes")) > lists_before)
     fake.set_ready("b", True)
     _wait(lambda: all(n.ready for n in cluster.nodes()))
 

@@ -146,9 +146,10 @@ def test_backend_cronjob_passes_the_mode_flag_and_reaches_the_frontend():
     assert args[args.index("--mode") + 1] in ("1", "2")
     service = one("Service", "frontend")
     assert args[args.index("--frontend") + 1] == f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
-    token = args[args.index("--token") + 1]
-    env_names = {e["name"] for e in container["env"]}
-    assert re.fullmatch(r"\$\((\w+)\)", token).group(1) in env_names
+    assert args[args.index("--cluster") + 1] == "kubernetes"
+    assert "--token" not in args                      # never in the process arguments
+    env = {e["name"]: e for e in container["env"]}
+    assert env["BACKEND_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "token"
 
 
 def test_the_token_secret_is_referenced_consistently():
@@ -200,3 +201,24 @@ def test_only_the_adapter_imports_the_kubernetes_client():
         if pattern.search(path.read_text(errors="replace")) and rel != Path("cluster/kubernetes.py"):
             offenders.append(str(rel))
     assert offenders == []
+
+
+def test_the_backend_cli_accepts_the_cronjob_arguments():
+    from backend.__main__ import build_parser, config_from_args
+
+    (container,) = one("CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    config = config_from_args(build_parser().parse_args(container["args"]))
+    assert config.cluster_kind == "kubernetes" and config.mode in (1, 2)
+    assert config.frontend == "http://frontend:5000"
+
+
+def test_the_frontend_settings_accept_the_deployment_environment():
+    from frontend.config import load_settings
+
+    (container,) = one("Deployment", "frontend")["spec"]["template"]["spec"]["containers"]
+    settings = load_settings({e["name"]: e["value"] for e in container["env"] if "value" in e})
+    assert settings.cluster == "kubernetes" and settings.cluster_settings == {"namespace": NS}
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert str(Path(settings.token_file).parent) in mounts
+    assert str(Path(settings.database).parent) in mounts
+    assert str(Path(settings.alto_cost_map).parent) in mounts
