@@ -61,6 +61,9 @@ class Settings:
     refresh_interval: float = 1.0
     # Seconds request rows are kept in the database; 0 keeps them forever. Default 7 days.
     stats_retention: float = 7 * 24 * 3600.0
+    # Seconds a worker buffers statistics before writing them in one transaction (0 = write each
+    # request at once). Reads of /stats and /metrics flush the answering worker first. Default 0.05.
+    stats_flush_interval: float = 0.05
     # Largest request body accepted, in bytes (larger gets 413). Default 10 MiB.
     max_body: int = 10 * 1024 * 1024
     # Proxy: seconds to connect to a model server (default 1.0) and to wait for its answer (30.0).
@@ -116,7 +119,7 @@ class Settings:
 _FIELDS = {f.name: f for f in fields(Settings)}
 _INTS = {"max_body", "pool_maxsize", "proxy_retries", "retry_after", "prediction_cache_entries",
          "prediction_cache_bytes"}
-_FLOATS = {"refresh_interval", "stats_retention", "connect_timeout", "read_timeout",
+_FLOATS = {"refresh_interval", "stats_retention", "stats_flush_interval", "connect_timeout", "read_timeout",
            "bad_endpoint_seconds", "provision_timeout", "prediction_cache_ttl"}
 _STRINGS = {"cluster", "database", "policy", "log_level"}
 _OPTIONAL_STRINGS = {"catalog", "token", "token_file", "alto_cost_map"}

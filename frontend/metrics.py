@@ -7,6 +7,7 @@ bucket it falls in (not cumulative) plus its sum; rendering accumulates the buck
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import re
 from typing import Iterable
@@ -41,12 +42,18 @@ def _le_text(bound: float) -> str:
     return "+Inf" if math.isinf(bound) else repr(bound)
 
 
+@functools.lru_cache(maxsize=4096)
+def _series(name: str, labels: tuple[tuple[str, str], ...], index: int) -> tuple[str, str, str, str]:
+    bound = BUCKETS[index] if index < len(BUCKETS) else math.inf
+    return (f"{name}_bucket", label_text(dict(labels) | {"le": _le_text(bound)}), f"{name}_sum",
+            label_text(dict(labels)))
+
+
 def observe(name: str, labels: dict[str, str], value: float) -> list[Increment]:
     """Return the increments that record one histogram observation."""
-    index = bisect.bisect_left(BUCKETS, value)
-    bound = BUCKETS[index] if index < len(BUCKETS) else math.inf
-    return [Increment(f"{name}_bucket", label_text({**labels, "le": _le_text(bound)})),
-            Increment(f"{name}_sum", label_text(labels), value)]
+    bucket, bucket_labels, total, total_labels = _series(name, tuple(sorted(labels.items())),
+                                                         bisect.bisect_left(BUCKETS, value))
+    return [Increment(bucket, bucket_labels), Increment(total, total_labels, value)]
 
 
 def _number(value: float) -> str:

@@ -6,9 +6,11 @@ the per-model and per-instance counts and the Prometheus counters never disagree
 """
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
+import os
 import time
-import uuid
 from typing import Any
 
 from flask import Flask, Response, g, request
@@ -21,6 +23,20 @@ from .store import Increment, RequestRecord, label_text
 __all__ = ["init_app", "note_model_request"]
 
 log = logging.getLogger("frontend")
+# Request ids: a random per-process prefix and a counter (no syscall per request, unlike uuid4).
+_ID_PREFIX = {"pid": 0, "prefix": ""}
+_ID_COUNTER = itertools.count(1)
+
+
+def _new_request_id() -> str:
+    if _ID_PREFIX["pid"] != os.getpid():
+        _ID_PREFIX.update(pid=os.getpid(), prefix=os.urandom(5).hex())
+    return f"{_ID_PREFIX['prefix']}{next(_ID_COUNTER):06x}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _labels(*pairs: tuple[str, str]) -> str:
+    return label_text(pairs)
 
 
 def note_model_request(*, model: str, kind: str, zone: str | None, latency: float | None,
@@ -45,7 +61,7 @@ def init_app(app: Flask) -> None:
     @app.before_request
     def _begin() -> None:
         g.started = time.perf_counter()
-        g.request_id = parse_request_id(request.headers.get("X-Request-Id")) or uuid.uuid4().hex[:16]
+        g.request_id = parse_request_id(request.headers.get("X-Request-Id")) or _new_request_id()
         current_runtime().cache.ensure_running()
 
     @app.after_request
@@ -55,7 +71,7 @@ def init_app(app: Flask) -> None:
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
         status = response.status_code
         increments = [Increment(metrics.HTTP_REQUESTS,
-                                label_text({"route": route, "method": request.method, "status": str(status)}))]
+                                _labels(("method", request.method), ("route", route), ("status", str(status))))]
         increments += metrics.observe(metrics.HTTP_DURATION, {"route": route}, duration)
         record = None
         noted = g.pop("model_request", None)
@@ -63,8 +79,8 @@ def init_app(app: Flask) -> None:
             record = RequestRecord(time=time.time(), status=status, duration=duration,
                                    **{**noted, "cached": bool(noted["cached"])})
             if noted["known_model"]:
-                increments.append(Increment(metrics.MODEL_REQUESTS, label_text(
-                    {"model": noted["model"], "kind": noted["kind"], "status": str(status)})))
+                increments.append(Increment(metrics.MODEL_REQUESTS, _labels(
+                    ("kind", noted["kind"]), ("model", noted["model"]), ("status", str(status)))))
                 if noted["cached"] is not None:
                     increments.append(Increment(metrics.CACHE, label_text(
                         {"model": noted["model"], "result": "hit" if noted["cached"] else "miss"})))

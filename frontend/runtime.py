@@ -37,7 +37,7 @@ class Runtime:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.token = settings.resolved_token()
-        self.store = StatsStore(settings.database_path)
+        self.store = StatsStore(settings.database_path, flush_interval=settings.stats_flush_interval)
         self.cache = StateCache(settings=settings, store=self.store,
                                 cluster_factory=make_cluster_factory(settings))
         self.provisioner = Provisioner(cache=self.cache, store=self.store, retry_after=settings.retry_after,

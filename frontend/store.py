@@ -12,6 +12,8 @@ one thread (gthread workers serve requests on several threads).
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
 import threading
 import time
@@ -20,6 +22,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 __all__ = ["StatsStore", "RequestRecord", "Increment", "label_text"]
+
+log = logging.getLogger("frontend.store")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -95,9 +99,19 @@ class Increment:
 class StatsStore:
     """Thread-safe access to the front-end database (one connection per thread)."""
 
-    def __init__(self, path: str | Path, *, busy_timeout: float = 10.0):
+    def __init__(self, path: str | Path, *, busy_timeout: float = 10.0, flush_interval: float = 0.0,
+                 max_buffer: int = 2000):
         self.path = Path(path)
         self.busy_timeout = busy_timeout
+        self.flush_interval = flush_interval     # seconds; 0 writes every record at once
+        self.max_buffer = max_buffer             # records that trigger an early flush
+        self._buffer: list[tuple[RequestRecord | None, list[Increment]]] = []
+        self._buffer_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._flusher: threading.Thread | None = None
+        self._flusher_pid = 0
+        self._flush_stop = threading.Event()
+        self._flush_wake = threading.Event()
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -136,7 +150,16 @@ class StatsStore:
             self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
 
     def close(self) -> None:
-        """Close every connection this store opened (call once the app stops)."""
+        """Flush the buffer, stop the writer and close every connection (call once the app stops)."""
+        self._flush_stop.set()
+        self._flush_wake.set()
+        flusher = self._flusher
+        if flusher is not None and flusher.is_alive() and flusher is not threading.current_thread():
+            flusher.join(timeout=5)
+        try:
+            self.flush()
+        except Exception:
+            log.exception("final stats flush failed", extra={"event": "stats_flush_failed"})
         with self._lock:
             conns, self._all = self._all, []
         for conn in conns:
@@ -148,34 +171,106 @@ class StatsStore:
 
     # -- writes ------------------------------------------------------------------------------
     def record(self, *, request: RequestRecord | None, increments: list[Increment]) -> None:
-        """Write one request's row, its per-model/instance counts and counter increments at once."""
+        """Record one request's row, its per-model/instance counts and counter increments.
+
+        With a flush interval the record joins this process's buffer, written by a background
+        thread in one transaction per interval; without one it is written at once."""
+        if self.flush_interval <= 0:
+            self._write_batch([(request, increments)])
+            return
+        with self._buffer_lock:
+            self._buffer.append((request, increments))
+            pending = len(self._buffer)
+        self._ensure_flusher()
+        if pending >= self.max_buffer:
+            self._flush_wake.set()
+
+    def flush(self) -> None:
+        """Write everything buffered by this process now."""
+        with self._flush_lock:
+            with self._buffer_lock:
+                batch, self._buffer = self._buffer, []
+            if not batch:
+                return
+            try:
+                self._write_batch(batch)
+            except sqlite3.Error as exc:
+                with self._buffer_lock:
+                    if len(self._buffer) + len(batch) <= self.max_buffer * 100:
+                        self._buffer[:0] = batch          # keep them for the next attempt
+                        kept = "kept for the next attempt"
+                    else:
+                        kept = "dropped"
+                log.warning("could not write request statistics", extra={
+                    "event": "stats_write_failed", "error": str(exc), "records": len(batch), "outcome": kept})
+
+    def _ensure_flusher(self) -> None:
+        thread = self._flusher
+        if thread is not None and thread.is_alive() and self._flusher_pid == os.getpid():
+            return
+        with self._lock:
+            if self._flusher is not None and self._flusher.is_alive() and self._flusher_pid == os.getpid():
+                return
+            self._flusher_pid = os.getpid()
+            self._flush_stop = threading.Event()
+            self._flush_wake = threading.Event()
+            self._flusher = threading.Thread(target=self._flush_loop, name="frontend-stats-writer", daemon=True)
+            self._flusher.start()
+
+    def _flush_loop(self) -> None:
+        while not self._flush_stop.is_set():
+            self._flush_wake.wait(self.flush_interval)
+            self._flush_wake.clear()
+            try:
+                self.flush()
+            except Exception:
+                log.exception("stats writer failed", extra={"event": "stats_writer_failed"})
+
+    def _write_batch(self, batch: list[tuple[RequestRecord | None, list[Increment]]]) -> None:
+        """Write a batch in one transaction, summing counts so each key is written once."""
+        rows: list[tuple] = []
+        models: dict[str, list] = {}
+        instances: dict[tuple, list] = {}
+        counters: dict[tuple[str, str], float] = {}
+        for r, increments in batch:
+            if r is not None:
+                rows.append((r.time, r.model, r.kind, r.zone, r.latency, r.node, r.endpoint, r.status,
+                             r.duration, int(r.cached)))
+                if r.known_model:
+                    m = models.setdefault(r.model, [0, r.time])
+                    m[0] += 1
+                    m[1] = max(m[1], r.time)
+                    if r.node is not None and r.provisioned is not None:
+                        i = instances.setdefault((r.model, r.node, r.provisioned), [0, r.time])
+                        i[0] += 1
+                        i[1] = max(i[1], r.time)
+            for inc in increments:
+                key = (inc.name, inc.labels)
+                counters[key] = counters.get(key, 0.0) + inc.value
         conn = self._conn()
         with self._write(conn):
-            if request is not None:
-                r = request
-                conn.execute(
+            if rows:
+                conn.executemany(
                     "INSERT INTO requests (time, model, kind, zone, latency, node, endpoint, status, duration, cached)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (r.time, r.model, r.kind, r.zone, r.latency, r.node, r.endpoint, r.status, r.duration,
-                     int(r.cached)))
-                if r.known_model:
-                    conn.execute(
-                        "INSERT INTO model_counts (model, count, last_requested) VALUES (?, 1, ?)"
-                        " ON CONFLICT (model) DO UPDATE SET count = count + 1,"
-                        " last_requested = max(coalesce(last_requested, 0), excluded.last_requested)",
-                        (r.model, r.time))
-                    if r.node is not None and r.provisioned is not None:
-                        conn.execute(
-                            "INSERT INTO instance_counts (model, node, provisioned, count, last_requested)"
-                            " VALUES (?, ?, ?, 1, ?) ON CONFLICT (model, node, provisioned) DO UPDATE SET"
-                            " count = count + 1,"
-                            " last_requested = max(coalesce(last_requested, 0), excluded.last_requested)",
-                            (r.model, r.node, r.provisioned, r.time))
-            for inc in increments:
-                conn.execute(
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            if models:
+                conn.executemany(
+                    "INSERT INTO model_counts (model, count, last_requested) VALUES (?, ?, ?)"
+                    " ON CONFLICT (model) DO UPDATE SET count = count + excluded.count,"
+                    " last_requested = max(coalesce(last_requested, 0), excluded.last_requested)",
+                    [(m, c, t) for m, (c, t) in models.items()])
+            if instances:
+                conn.executemany(
+                    "INSERT INTO instance_counts (model, node, provisioned, count, last_requested)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (model, node, provisioned) DO UPDATE SET"
+                    " count = count + excluded.count,"
+                    " last_requested = max(coalesce(last_requested, 0), excluded.last_requested)",
+                    [(m, n, p, c, t) for (m, n, p), (c, t) in instances.items()])
+            if counters:
+                conn.executemany(
                     "INSERT INTO counters (name, labels, value) VALUES (?, ?, ?)"
                     " ON CONFLICT (name, labels) DO UPDATE SET value = value + excluded.value",
-                    (inc.name, inc.labels, inc.value))
+                    [(n, l, v) for (n, l), v in counters.items()])
 
     def increment(self, name: str, labels: dict[str, str], value: float = 1.0) -> None:
         """Add `value` to one counter."""
@@ -191,6 +286,7 @@ class StatsStore:
     # -- reads -------------------------------------------------------------------------------
     def requests(self, *, since: float | None = None, limit: int = 1000, after_id: int | None = None) -> list[dict]:
         """Return request rows with time >= since (and id > after_id), oldest first."""
+        self.flush()
         sql = ("SELECT id, time, model, kind, zone, latency, node, endpoint, status, duration, cached"
                " FROM requests WHERE 1=1")
         args: list[Any] = []
@@ -209,21 +305,25 @@ class StatsStore:
 
     def model_counts(self) -> dict[str, tuple[int, float | None]]:
         """Return model -> (requests ever, last requested time)."""
+        self.flush()
         rows = self._conn().execute("SELECT model, count, last_requested FROM model_counts").fetchall()
         return {m: (c, t) for m, c, t in rows}
 
     def instance_counts(self) -> dict[tuple[str, str, float], tuple[int, float | None]]:
         """Return (model, node, provisioned) -> (requests served, last requested time)."""
+        self.flush()
         rows = self._conn().execute(
             "SELECT model, node, provisioned, count, last_requested FROM instance_counts").fetchall()
         return {(m, n, p): (c, t) for m, n, p, c, t in rows}
 
     def counters(self) -> list[tuple[str, str, float]]:
         """Return every counter as (name, labels text, value)."""
+        self.flush()
         return self._conn().execute("SELECT name, labels, value FROM counters ORDER BY name, labels").fetchall()
 
     def request_rows(self) -> int:
         """Return how many request rows are stored."""
+        self.flush()
         return self._conn().execute("SELECT count(*) FROM requests").fetchone()[0]
 
     # -- plan --------------------------------------------------------------------------------
