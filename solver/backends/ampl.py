@@ -1,0 +1,112 @@
+"""`ampl`: the thesis's own toolchain. Renders the model, data and run files (5.3.1), runs the run
+file in AMPL with Ipopt through amplpy, then rounds and repairs the relaxed answer like `ipopt`.
+
+AMPL is commercial and not installable from the package registries this project uses, so the
+backend is only `available()` where an AMPL installation is found (on PATH, or amplpy modules);
+otherwise it answers with status `error` and says what to install (the CLI exits with status 3).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from solver import status as st
+from solver.backends.base import Backend
+from solver.backends.files import rendered_files
+from solver.backends.ipopt import Relaxation, solution_from_relaxation
+from solver.data import Arrays
+from solver.formulation import LinearModel, build_model
+from solver.native import silenced
+from solver.problem import Problem, Solution
+
+INSTALL_HINT = ("AMPL is not installed: install AMPL with the Ipopt solver and put its directory on PATH "
+                "(or `python -m amplpy.modules install ipopt` with an AMPL licence); "
+                "--solver ipopt runs the same relaxation without AMPL")
+
+_available: bool | None = None
+
+
+def ampl_available() -> bool:
+    """Return True when amplpy can start an AMPL process here (checked once per process)."""
+    global _available
+    if _available is None:
+        try:
+            from amplpy import AMPL
+
+            with silenced():
+                AMPL().close()
+            _available = True
+        except Exception:  # ImportError, or RuntimeError("AMPL could not be started")
+            _available = False
+    return _available
+
+
+class AmplBackend(Backend):
+    """AMPL + Ipopt on the rendered files (through amplpy)."""
+
+    name = "ampl"
+    description = "AMPL + Ipopt on the rendered model/data/run files (needs an AMPL installation)"
+
+    def available(self) -> bool:
+        return ampl_available()
+
+    def unavailable_reason(self) -> str:
+        return INSTALL_HINT
+
+    def _solve(self, problem: Problem, arrays: Arrays, *, time_limit: float | None,
+               keep_files: str | None) -> Solution:
+        from amplpy import AMPL
+
+        model = build_model(arrays)
+        log: list[str] = []
+        with rendered_files(problem, keep_files=keep_files, time_limit=time_limit, prefix="solver-ampl-") as paths:
+            ampl = AMPL()
+            try:
+                ampl.set_output_handler(_Collector(log))
+                ampl.cd(str(paths["run"].parent))
+                ampl.read(str(paths["run"]))
+                result = str(ampl.get_value("solve_result"))
+                objective = float(ampl.get_objective("latency").value())
+                x = _columns(problem, arrays, model, ampl)
+            finally:
+                ampl.close()
+        if result == "failure":
+            return Solution(status=st.ERROR, objective=None, bound=None, solver=self.name, seconds=0.0,
+                            message=f"AMPL solve failed: {' '.join(log)[-300:]}")
+        relaxed = Relaxation(status="infeasible" if result == "infeasible" else result,
+                             success=result == "solved", x=x, objective=objective)
+        return solution_from_relaxation(problem, arrays, model, relaxed, solver=self.name)
+
+
+class _Collector:
+    """amplpy output handler that keeps AMPL's console output off our stdout."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def output(self, kind: object, msg: str) -> None:
+        self.log.append(msg.strip())
+
+
+def _columns(problem: Problem, arrays: Arrays, model: LinearModel, ampl: object) -> np.ndarray:
+    """Return AMPL's variable values as the LinearModel's column vector."""
+    node_index = {n: j for j, n in enumerate(arrays.node_names)}
+    column = {(int(g), int(j)): k for k, (g, j) in enumerate(zip(model.pair_g, model.pair_j))}
+    x = np.zeros(model.n_cols)
+    if problem.formulation == "thesis":
+        group_of: list[int] = []
+        for g, group in enumerate(problem.requests):
+            group_of.extend([g] * group.count)
+        for i, node, value in ampl.get_variable("I").get_values().to_list():  # type: ignore[attr-defined]
+            x[column[(group_of[int(i) - 1], node_index[node])]] += float(value)
+    else:
+        for g, node, value in ampl.get_variable("x").get_values().to_list():  # type: ignore[attr-defined]
+            key = (int(g) - 1, node_index[node])
+            if key in column:
+                x[column[key]] = float(value)
+        y_column = {(int(m), int(j)): model.n_x + k for k, (m, j) in enumerate(zip(model.y_m, model.y_j))}
+        model_index = {m: k for k, m in enumerate(arrays.model_names)}
+        for m, node, value in ampl.get_variable("y").get_values().to_list():  # type: ignore[attr-defined]
+            key = (model_index[m], node_index[node])
+            if key in y_column:
+                x[y_column[key]] = float(value)
+    return x

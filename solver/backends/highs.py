@@ -1,0 +1,125 @@
+"""`highs`: the exact MILP of either formulation, solved by HiGHS through highspy."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from solver import status as st
+from solver.backends.base import Backend
+from solver.check import explain_infeasible
+from solver.data import Arrays
+from solver.formulation import LinearModel, build_model
+from solver.native import new_highs
+from solver.packing import Packer
+from solver.problem import Problem, Solution
+
+
+@dataclass
+class HighsResult:
+    """What one HiGHS run returned."""
+
+    status: str                 # HiGHS model status name: "kOptimal", "kInfeasible", "kTimeLimit", ...
+    has_solution: bool
+    x: np.ndarray               # column values (empty without a solution)
+    objective: float | None
+    bound: float | None         # MIP dual bound (MILP) or the LP optimum (LP)
+    gap: float | None
+    row_dual: np.ndarray        # LP only: row duals (empty otherwise)
+
+
+def run_highs(model: LinearModel, *, time_limit: float | None = None, integral: bool = True,
+              mip_gap: float | None = None, threads: int | None = None) -> HighsResult:
+    """Solve a LinearModel (as a MILP, or its LP relaxation) with HiGHS, silently."""
+    import highspy
+
+    h = new_highs()
+    h.setOptionValue("output_flag", False)
+    if time_limit is not None:
+        h.setOptionValue("time_limit", float(max(time_limit, 0.01)))
+    if mip_gap is not None:
+        h.setOptionValue("mip_rel_gap", float(mip_gap))
+    if threads is not None:
+        h.setOptionValue("threads", int(threads))
+    lp = highspy.HighsLp()
+    lp.num_col_ = model.n_cols
+    lp.num_row_ = model.A.shape[0]
+    lp.col_cost_ = model.c
+    lp.col_lower_ = model.lb
+    lp.col_upper_ = model.ub
+    inf = highspy.kHighsInf
+    lp.row_lower_ = np.where(np.isinf(model.row_lb), -inf, model.row_lb)
+    lp.row_upper_ = np.where(np.isinf(model.row_ub), inf, model.row_ub)
+    csc = model.A.tocsc()
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.start_ = csc.indptr
+    lp.a_matrix_.index_ = csc.indices
+    lp.a_matrix_.value_ = csc.data
+    lp.a_matrix_.num_col_ = model.n_cols
+    lp.a_matrix_.num_row_ = model.A.shape[0]
+    if integral:
+        lp.integrality_ = [highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous
+                           for i in model.integer.tolist()]
+    h.passModel(lp)
+    h.run()
+    native = h.getModelStatus()
+    info = h.getInfo()
+    has_solution = info.primal_solution_status == 2          # kSolutionStatusFeasible
+    solution = h.getSolution()
+    x = np.asarray(solution.col_value) if has_solution else np.zeros(0)
+    objective = float(info.objective_function_value) if has_solution else None
+    if integral:
+        bound = float(info.mip_dual_bound) if np.isfinite(info.mip_dual_bound) else None
+        gap = float(info.mip_gap) if has_solution and np.isfinite(info.mip_gap) else None
+        row_dual = np.zeros(0)
+    else:
+        bound = objective if native == highspy.HighsModelStatus.kOptimal else None
+        gap = None
+        row_dual = np.asarray(solution.row_dual) if solution.dual_valid else np.zeros(0)
+    return HighsResult(status=native.name, has_solution=has_solution, x=x,
+                       objective=objective, bound=bound, gap=gap, row_dual=row_dual)
+
+
+def packer_from_columns(arrays: Arrays, model: LinearModel, x: np.ndarray) -> Packer:
+    """Return the integral assignment of a MILP solution's x columns (values rounded to integers)."""
+    packer = Packer(arrays)
+    units = np.rint(x[: model.n_x]).astype(np.int64)
+    for k in np.flatnonzero(units > 0).tolist():
+        g = int(model.pair_g[k])
+        packer.add(g, int(model.pair_j[k]), int(min(units[k], packer.remaining[g])))
+    if not packer.feasible():
+        packer.shed_overload()          # integrality tolerance left a row a hair over
+    if not packer.complete:
+        packer.fill_cheapest()
+    return packer
+
+
+_STOPS = {"kTimeLimit": "time limit", "kIterationLimit": "iteration limit", "kSolutionLimit": "solution limit",
+          "kInterrupt": "interrupted", "kMemoryLimit": "memory limit"}
+
+
+class HighsBackend(Backend):
+    """Exact MILP with HiGHS."""
+
+    name = "highs"
+    description = "exact MILP (HiGHS); honours --time-limit and reports the gap when stopped early"
+
+    def _solve(self, problem: Problem, arrays: Arrays, *, time_limit: float | None,
+               keep_files: str | None) -> Solution:
+        model = build_model(arrays)
+        result = run_highs(model, time_limit=time_limit)
+        if result.status == "kInfeasible":
+            return Solution(status=st.INFEASIBLE, objective=None, bound=None, solver=self.name, seconds=0.0,
+                            message=explain_infeasible(problem))
+        if not result.has_solution:
+            return Solution(status=st.ERROR, objective=None, bound=result.bound, solver=self.name, seconds=0.0,
+                            message=f"HiGHS stopped ({result.status}) without a feasible assignment")
+        packer = packer_from_columns(arrays, model, result.x)
+        optimal = result.status == "kOptimal"
+        message = "optimal" if optimal else (
+            f"stopped ({_STOPS.get(result.status, result.status)}): gap {100 * (result.gap or 0):.2f}% to the bound {result.bound:.6g}"
+            if result.bound is not None else f"stopped ({_STOPS.get(result.status, result.status)})")
+        return Solution(status=st.OPTIMAL if optimal else st.FEASIBLE, objective=packer.objective(),
+                        bound=result.bound, solver=self.name, seconds=0.0,
+                        assignment=packer.assignment(), placement=packer.placement(),
+                        message=message)

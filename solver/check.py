@@ -1,0 +1,148 @@
+"""An independent feasibility checker and an explanation of infeasible problems.
+
+The checker reads only the Problem's own fields (no arrays, no formulation matrices), so a bug
+in the formulation or in a backend cannot hide from it. The objective is recomputed exactly with
+rational arithmetic; capacities are compared with a relative tolerance of 1e-9 (decimal
+capacities like 0.1 cores are not exact in binary floating point).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Iterable
+
+from solver.problem import Assignment, Problem
+
+TOLERANCE = 1e-9
+
+
+def fits(used: float, capacity: float) -> bool:
+    """Return True when `used` is within `capacity` (relative tolerance 1e-9)."""
+    return used <= capacity + TOLERANCE * max(1.0, abs(capacity))
+
+
+@dataclass
+class CheckResult:
+    """The checker's verdict on one assignment."""
+
+    ok: bool
+    violations: list[str] = field(default_factory=list)
+    objective: float = 0.0                 # exact value of the assignment, rounded once to float
+    memory_used: dict[str, float] = field(default_factory=dict)
+    cpu_used: dict[str, float] = field(default_factory=dict)
+
+    def summary(self, limit: int = 3) -> str:
+        """Return the first violations on one line."""
+        more = f" (and {len(self.violations) - limit} more)" if len(self.violations) > limit else ""
+        return "; ".join(self.violations[:limit]) + more
+
+
+def check_assignment(problem: Problem, assignment: Iterable[Assignment]) -> CheckResult:
+    """Check an integral assignment against every constraint and recompute its objective exactly."""
+    violations: list[str] = []
+    nodes = {n.name: n for n in problem.nodes}
+    models = {m.name: m for m in problem.models}
+    placed: dict[tuple[int, str], int] = {}
+    for a in assignment:
+        if isinstance(a.request, bool) or not isinstance(a.request, int) or not 0 <= a.request < len(problem.requests):
+            violations.append(f"assignment: request index {a.request!r} out of range")
+            continue
+        if a.node not in nodes:
+            violations.append(f"assignment: unknown node {a.node!r}")
+            continue
+        if isinstance(a.count, bool) or not isinstance(a.count, int) or a.count < 0:
+            violations.append(f"assignment: count {a.count!r} of request {a.request} is not a non-negative integer")
+            continue
+        if a.count:
+            placed[(a.request, a.node)] = placed.get((a.request, a.node), 0) + a.count
+
+    total = [0] * len(problem.requests)
+    objective = Fraction(0)
+    memory = {n: Fraction(0) for n in nodes}
+    cpu = {n: Fraction(0) for n in nodes}
+    instances: set[tuple[str, str]] = set()
+    for (k, node), count in placed.items():
+        group = problem.requests[k]
+        model = models[group.model]
+        total[k] += count
+        if problem.formulation == "thesis" and count > group.count:
+            violations.append(f"requests[{k}]: {count} of its {group.count} requests on {node} (I is binary)")
+        objective += count * (Fraction(group.rtt[node]) + Fraction(problem.exec_time[group.model][node]))
+        cpu[node] += count * Fraction(model.cpu)
+        if problem.formulation == "thesis":
+            memory[node] += count * model.memory
+        else:
+            instances.add((group.model, node))
+    if problem.formulation == "placement":
+        deployed = set(map(tuple, problem.deployed))
+        for model_name, node in instances:
+            if (model_name, node) not in deployed:
+                memory[node] += models[model_name].memory
+    for k, group in enumerate(problem.requests):
+        if problem.formulation == "thesis" and total[k] < group.count:
+            violations.append(f"requests[{k}]: {total[k]} of {group.count} requests placed")
+        elif problem.formulation == "placement" and total[k] != group.count:
+            violations.append(f"requests[{k}]: {total[k]} requests dispatched, count is {group.count}")
+    for name, node in nodes.items():
+        if not fits(float(memory[name]), node.memory):
+            violations.append(f"memory[{name}]: {float(memory[name]):g} KB used > {node.memory} KB "
+                              f"({float(memory[name]) / node.memory:.2f}x)" if node.memory else
+                              f"memory[{name}]: {float(memory[name]):g} KB used > 0 KB")
+        if not fits(float(cpu[name]), node.cpu):
+            ratio = f" ({float(cpu[name]) / node.cpu:.2f}x)" if node.cpu else ""
+            violations.append(f"compute[{name}]: {float(cpu[name]):g} cores used > {node.cpu:g} cores{ratio}")
+    return CheckResult(ok=not violations, violations=violations, objective=float(objective),
+                       memory_used={n: float(v) for n, v in memory.items()},
+                       cpu_used={n: float(v) for n, v in cpu.items()})
+
+
+def explain_infeasible(problem: Problem) -> str:
+    """Return which capacity cannot be met, by the simplest argument that shows it."""
+    nodes = problem.nodes
+    models = {m.name: m for m in problem.models}
+    deployed = set(map(tuple, problem.deployed)) if problem.formulation == "placement" else set()
+    reasons: list[str] = []
+    for k, group in enumerate(problem.requests):
+        if group.count <= 0:
+            continue
+        model = models[group.model]
+        if not any(_one_fits(model, node, (group.model, node.name) in deployed) for node in nodes):
+            biggest = max(nodes, key=lambda n: n.memory)
+            fastest = max(nodes, key=lambda n: n.cpu)
+            reasons.append(f"requests[{k}] (model {group.model}): no node has room for one request "
+                           f"(needs {model.memory} KB and {model.cpu:g} cores; largest memory "
+                           f"{biggest.memory} KB on {biggest.name}, largest cpu {fastest.cpu:g} on {fastest.name})")
+    if reasons:
+        return _join(reasons)
+    cpu_need = math.fsum(g.count * models[g.model].cpu for g in problem.requests)
+    cpu_have = math.fsum(n.cpu for n in nodes)
+    if not fits(cpu_need, cpu_have):
+        reasons.append(f"compute: the requests need {cpu_need:g} cores in total, the nodes have {cpu_have:g}")
+    mem_have = sum(n.memory for n in nodes)
+    if problem.formulation == "thesis":
+        mem_need = sum(g.count * models[g.model].memory for g in problem.requests)
+        if mem_need > mem_have:
+            reasons.append(f"memory: the requests need {mem_need} KB in total (memory is charged per request), "
+                           f"the nodes have {mem_have} KB")
+    else:
+        wanted = {g.model for g in problem.requests if g.count > 0}
+        missing = sorted(m for m in wanted if not any(dm == m for dm, _ in deployed))
+        mem_need = sum(models[m].memory for m in missing)
+        if mem_need > mem_have:
+            reasons.append(f"memory: one instance each of {', '.join(missing)} needs {mem_need} KB, "
+                           f"the nodes have {mem_have} KB")
+    if reasons:
+        return _join(reasons)
+    return ("memory and compute: the requests cannot be packed onto the nodes within both capacities "
+            "(each fits somewhere and the totals suffice, but no assignment satisfies every node)")
+
+
+def _one_fits(model: object, node: object, deployed: bool) -> bool:
+    memory_ok = deployed or fits(model.memory, node.memory)  # type: ignore[attr-defined]
+    return memory_ok and fits(model.cpu, node.cpu)  # type: ignore[attr-defined]
+
+
+def _join(reasons: list[str], limit: int = 3) -> str:
+    more = f" (and {len(reasons) - limit} more)" if len(reasons) > limit else ""
+    return "; ".join(reasons[:limit]) + more

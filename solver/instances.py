@@ -1,0 +1,107 @@
+"""Random problem instances: thesis Table 6.1's simulation world, and large zoned instances.
+
+Table 6.1 fixes the number of requests (25), nodes (10) and models (4), the execution time
+(U(0.1, 0.8) s per model and node), the round-trip time (U(0.1, 0.5) s per request and node) and
+each node's RAM: U(10,000, 500,000) KB available in Mode 1, U(30,000, 800,000) KB total in Mode 2.
+It leaves out model memory, cpu and node cpu; the choices here (documented in the README) are:
+
+- model memory 10,000, 20,000, 30,000, 40,000 KB (charged per request in the thesis formulation,
+  so a node's RAM holds 0 to 50 requests, and the capacities bind on the smaller nodes);
+- cpu 0.1, 0.2, 0.3, 0.4 cores per request and 4 cores per node (a Jetson Nano has 4 cores).
+
+Each request draws its model uniformly. The world is drawn once per seed, for the largest sweep
+(50 requests, 20 nodes); smaller instances are its prefixes, so when one parameter varies every
+other value stays the same, as the thesis's simulation held them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from solver.problem import ModelReq, NodeCap, Problem, RequestGroup
+
+MODEL_MEMORY_KB = (10_000, 20_000, 30_000, 40_000)
+MODEL_CPU = (0.1, 0.2, 0.3, 0.4)
+NODE_CPU = 4.0
+EXEC_RANGE = (0.1, 0.8)
+RTT_RANGE = (0.1, 0.5)
+RAM_MODE1 = (10_000, 500_000)
+RAM_MODE2 = (30_000, 800_000)
+
+
+@dataclass(frozen=True)
+class World:
+    """Everything random in one simulation seed, drawn for the largest instance."""
+
+    exec_time: np.ndarray       # (models, nodes)
+    rtt: np.ndarray             # (requests, nodes)
+    request_model: np.ndarray   # (requests,)
+    ram_mode1: np.ndarray       # (nodes,) KB available
+    ram_mode2: np.ndarray       # (nodes,) KB total
+
+
+def draw_world(seed: int, *, max_requests: int = 50, max_nodes: int = 20, n_models: int = 4) -> World:
+    """Draw the Table 6.1 world of one seed."""
+    rng = np.random.default_rng(seed)
+    return World(
+        exec_time=rng.uniform(*EXEC_RANGE, size=(n_models, max_nodes)),
+        rtt=rng.uniform(*RTT_RANGE, size=(max_requests, max_nodes)),
+        request_model=rng.integers(0, n_models, size=max_requests),
+        ram_mode1=rng.integers(RAM_MODE1[0], RAM_MODE1[1] + 1, size=max_nodes),
+        ram_mode2=rng.integers(RAM_MODE2[0], RAM_MODE2[1] + 1, size=max_nodes),
+    )
+
+
+def thesis_problem(world: World, *, n_requests: int = 25, n_nodes: int = 10, mode: int = 1,
+                   formulation: str = "thesis") -> Problem:
+    """Return the instance with the first n_requests and n_nodes of a world, in Mode 1 or 2."""
+    n_models = world.exec_time.shape[0]
+    nodes = [f"s{j + 1}" for j in range(n_nodes)]
+    models = [f"m{k + 1}" for k in range(n_models)]
+    ram = world.ram_mode1 if mode == 1 else world.ram_mode2
+    return Problem(
+        formulation=formulation,
+        nodes=[NodeCap(name=nodes[j], memory=int(ram[j]), cpu=NODE_CPU) for j in range(n_nodes)],
+        models=[ModelReq(name=models[k], memory=MODEL_MEMORY_KB[k % 4], cpu=MODEL_CPU[k % 4]) for k in range(n_models)],
+        requests=[RequestGroup(model=models[int(world.request_model[i])], count=1,
+                               rtt={nodes[j]: float(world.rtt[i, j]) for j in range(n_nodes)})
+                  for i in range(n_requests)],
+        exec_time={models[k]: {nodes[j]: float(world.exec_time[k, j]) for j in range(n_nodes)}
+                   for k in range(n_models)},
+    )
+
+
+def random_problem(seed: int, *, formulation: str = "thesis", n_groups: int = 4, n_nodes: int = 3,
+                   n_models: int = 2, max_count: int = 2, tightness: float = 1.0,
+                   deployed: int = 0) -> Problem:
+    """Return a small random instance (tests: brute force, conformance); tighter with larger tightness."""
+    rng = np.random.default_rng(seed)
+    nodes = [f"n{j + 1}" for j in range(n_nodes)]
+    models = [f"m{k + 1}" for k in range(n_models)]
+    mem = rng.integers(1, 5, size=n_models) * 10_000
+    cpu = np.round(rng.uniform(0.1, 1.0, size=n_models), 2)
+    counts = rng.integers(1, max_count + 1, size=n_groups)
+    group_model = rng.integers(0, n_models, size=n_groups)
+    # capacities scaled so the whole demand needs roughly `tightness` of the cluster
+    need_mem = float((mem[group_model] * counts).sum()) if formulation == "thesis" else float(mem.sum()) * 1.5
+    need_cpu = float((cpu[group_model] * counts).sum())
+    share = rng.uniform(0.5, 1.5, size=n_nodes)
+    share /= share.sum()
+    mem_cap = np.maximum(0, np.round(share * need_mem * 1.3 / tightness)).astype(int)
+    cpu_cap = np.round(share * need_cpu * 1.3 / tightness, 2)
+    pairs = []
+    for _ in range(deployed):
+        pair = (models[int(rng.integers(n_models))], nodes[int(rng.integers(n_nodes))])
+        if pair not in pairs:
+            pairs.append(pair)
+    return Problem(
+        formulation=formulation,
+        nodes=[NodeCap(name=nodes[j], memory=int(mem_cap[j]), cpu=float(cpu_cap[j])) for j in range(n_nodes)],
+        models=[ModelReq(name=models[k], memory=int(mem[k]), cpu=float(cpu[k])) for k in range(n_models)],
+        requests=[RequestGroup(model=models[int(group_model[g])], count=int(counts[g]),
+                               rtt={n: float(np.round(rng.uniform(0.01, 0.5), 3)) for n in nodes})
+                  for g in range(n_groups)],
+        exec_time={m: {n: float(np.round(rng.uniform(0.1, 0.8), 3)) for n in nodes} for m in models},
+        deployed=pairs if formulation == "placement" else [],
+    )

@@ -1,0 +1,371 @@
+"""The solver's data: the problem file (issue 2's exact JSON format) and the Solution it answers.
+
+This is the boundary other components code against (backend builds a `Problem`, reads a
+`Solution`), so everything entering here is validated once, with every error reported on one
+line as `field path: reason`, and nothing past this module has to re-check shapes or names.
+
+Units: memory in KB (integers), cpu in cores (a model's cpu is per request), times in seconds.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+__all__ = [
+    "FORMULATIONS", "NodeCap", "ModelReq", "RequestGroup", "Problem", "Assignment", "Solution",
+    "ProblemError", "load_problem",
+]
+
+FORMULATIONS = ("thesis", "placement")
+STATUSES = ("optimal", "feasible", "infeasible", "error")
+# Names end up quoted in AMPL/MathProg data files and in Kubernetes object names: keep them plain.
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,99}$")
+
+
+class ProblemError(ValueError):
+    """A problem file or object that is malformed; `errors` holds every `field path: reason`."""
+
+    def __init__(self, errors: str | list[str]) -> None:
+        self.errors = [errors] if isinstance(errors, str) else list(errors)
+        super().__init__("; ".join(self.errors))
+
+
+@dataclass(frozen=True)
+class NodeCap:
+    """A node and what the solver may use on it: memory (KB) and cpu (cores)."""
+
+    name: str
+    memory: int
+    cpu: float
+
+
+@dataclass(frozen=True)
+class ModelReq:
+    """A model: memory per instance (KB) and cpu per request (cores)."""
+
+    name: str
+    memory: int
+    cpu: float
+
+
+@dataclass(frozen=True)
+class RequestGroup:
+    """`count` identical requests for `model`, with their round-trip time (s) to every node."""
+
+    model: str
+    count: int
+    rtt: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One provisioning and dispatch problem (thesis chapter 3, or the `placement` variant)."""
+
+    formulation: str
+    nodes: list[NodeCap]
+    models: list[ModelReq]
+    requests: list[RequestGroup]
+    exec_time: dict[str, dict[str, float]]
+    deployed: list[tuple[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Problem:
+        """Build a validated Problem from the problem-file JSON; raise ProblemError naming the field."""
+        errors: list[str] = []
+        problem = _parse(d, errors)
+        if problem is not None and not errors:
+            problem._check(errors)
+        if errors or problem is None:
+            raise ProblemError(errors or ["problem: invalid"])
+        return problem
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the problem-file JSON form."""
+        return {
+            "formulation": self.formulation,
+            "nodes": [{"name": n.name, "memory": n.memory, "cpu": n.cpu} for n in self.nodes],
+            "models": [{"name": m.name, "memory": m.memory, "cpu": m.cpu} for m in self.models],
+            "requests": [{"model": r.model, "count": r.count, "rtt": dict(r.rtt)} for r in self.requests],
+            "exec_time": {m: dict(row) for m, row in self.exec_time.items()},
+            "deployed": [{"model": m, "node": n} for m, n in self.deployed],
+        }
+
+    def validate(self) -> None:
+        """Check a Problem built in code (names, signs, coverage); raise ProblemError on the first pass."""
+        errors: list[str] = []
+        self._check(errors)
+        if errors:
+            raise ProblemError(errors)
+
+    def _check(self, errors: list[str]) -> None:
+        if self.formulation not in FORMULATIONS:
+            errors.append(f"formulation: must be one of {', '.join(FORMULATIONS)}, not {self.formulation!r}")
+        node_names = _check_named("nodes", self.nodes, errors)
+        model_names = _check_named("models", self.models, errors)
+        if not self.nodes:
+            errors.append("nodes: at least one node is needed")
+        for kind, items in (("nodes", self.nodes), ("models", self.models)):
+            for k, item in enumerate(items):
+                _check_int(f"{kind}[{k}].memory", item.memory, errors)
+                _check_number(f"{kind}[{k}].cpu", item.cpu, errors)
+        node_set = set(node_names)
+        checked: set[int] = set()             # groups often share one rtt mapping: check each once
+        for k, group in enumerate(self.requests):
+            where = f"requests[{k}]"
+            if group.model not in model_names:
+                errors.append(f"{where}.model: unknown model {group.model!r}")
+            _check_int(f"{where}.count", group.count, errors)
+            if not isinstance(group.rtt, Mapping):
+                errors.append(f"{where}.rtt: must be an object mapping node names to seconds")
+            elif id(group.rtt) not in checked:
+                checked.add(id(group.rtt))
+                _check_row(f"{where}.rtt", group.rtt, node_names, node_set, errors)
+        if not isinstance(self.exec_time, Mapping):
+            errors.append("exec_time: must be an object mapping model names to {node: seconds}")
+        else:
+            for name in self.exec_time:
+                if name not in model_names:
+                    errors.append(f"exec_time.{name}: unknown model {name!r}")
+            for name in model_names:
+                row = self.exec_time.get(name)
+                if row is None:
+                    errors.append(f"exec_time.{name}: missing (every model needs an execution time on every node)")
+                elif not isinstance(row, Mapping):
+                    errors.append(f"exec_time.{name}: must be an object mapping node names to seconds")
+                else:
+                    _check_row(f"exec_time.{name}", row, node_names, node_set, errors)
+        for k, pair in enumerate(self.deployed):
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+                errors.append(f"deployed[{k}]: must be a (model, node) pair")
+                continue
+            model, node = pair
+            if model not in model_names:
+                errors.append(f"deployed[{k}].model: unknown model {model!r}")
+            if node not in node_set:
+                errors.append(f"deployed[{k}].node: unknown node {node!r}")
+
+    @property
+    def total_requests(self) -> int:
+        """Return the number of individual requests (sum of the groups' counts)."""
+        return sum(g.count for g in self.requests)
+
+
+@dataclass
+class Assignment:
+    """`count` requests of group `request` (an index into Problem.requests) served on `node`."""
+
+    request: int
+    node: str
+    count: int
+
+
+@dataclass
+class Solution:
+    """A solver's answer; `objective` is always the value of the integral `assignment` returned."""
+
+    status: str
+    objective: float | None
+    bound: float | None
+    solver: str
+    seconds: float
+    assignment: list[Assignment] = field(default_factory=list)
+    placement: dict[str, dict[str, float]] = field(default_factory=dict)
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the Solution JSON of issue 2."""
+        return {
+            "status": self.status,
+            "objective": _finite(self.objective),
+            "bound": _finite(self.bound),
+            "solver": self.solver,
+            "seconds": round(self.seconds, 6),
+            "assignment": [{"request": a.request, "node": a.node, "count": a.count} for a in self.assignment],
+            "placement": {m: dict(row) for m, row in self.placement.items()},
+            "message": self.message,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Solution:
+        """Build a Solution from its JSON form (as printed by `python -m solver solve`)."""
+        return cls(status=d["status"], objective=d.get("objective"), bound=d.get("bound"),
+                   solver=d.get("solver", ""), seconds=float(d.get("seconds", 0.0)),
+                   assignment=[Assignment(int(a["request"]), str(a["node"]), int(a["count"]))
+                               for a in d.get("assignment", [])],
+                   placement={m: {n: float(v) for n, v in row.items()} for m, row in d.get("placement", {}).items()},
+                   message=d.get("message", ""))
+
+    @property
+    def ok(self) -> bool:
+        """Return True when the solution carries a usable assignment (optimal or feasible)."""
+        return self.status in ("optimal", "feasible")
+
+    def pairs(self, problem: Problem) -> set[tuple[str, str]]:
+        """Return the (model, node) pairs this solution sends traffic to."""
+        return {(problem.requests[a.request].model, a.node) for a in self.assignment if a.count > 0}
+
+
+def load_problem(path: str) -> Problem:
+    """Read and validate a problem file (`-` reads standard input); raise ProblemError on any fault."""
+    import sys
+
+    try:
+        if path == "-":
+            text = sys.stdin.read()
+        else:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+    except OSError as exc:
+        raise ProblemError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise ProblemError(f"{path}: not UTF-8 text") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProblemError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    return Problem.from_dict(data)
+
+
+# --- parsing (pure) ---------------------------------------------------------------------------
+
+_TOP = {"formulation", "nodes", "models", "requests", "exec_time", "deployed"}
+
+
+def _parse(d: Any, errors: list[str]) -> Problem | None:
+    if not isinstance(d, Mapping):
+        errors.append("problem: must be a JSON object")
+        return None
+    for key in d:
+        if key not in _TOP:
+            errors.append(f"{key}: unknown field (expected {', '.join(sorted(_TOP))})")
+    for key in ("formulation", "nodes", "models", "requests", "exec_time"):
+        if key not in d:
+            errors.append(f"{key}: missing")
+    if errors:
+        return None
+    formulation = d["formulation"]
+    if not isinstance(formulation, str):
+        errors.append("formulation: must be a string")
+        return None
+    nodes = [NodeCap(**fields) for fields in _parse_items("nodes", d["nodes"], ("name", "memory", "cpu"), errors)]
+    models = [ModelReq(**fields) for fields in _parse_items("models", d["models"], ("name", "memory", "cpu"), errors)]
+    requests: list[RequestGroup] = []
+    if not isinstance(d["requests"], list):
+        errors.append("requests: must be a list")
+    else:
+        for k, item in enumerate(d["requests"]):
+            where = f"requests[{k}]"
+            if not _expect_keys(where, item, ("model", "count", "rtt"), errors):
+                continue
+            if not isinstance(item["model"], str):
+                errors.append(f"{where}.model: must be a string")
+                continue
+            rtt = item["rtt"]
+            if not isinstance(rtt, Mapping):
+                errors.append(f"{where}.rtt: must be an object mapping node names to seconds")
+                continue
+            requests.append(RequestGroup(model=item["model"], count=item["count"], rtt=dict(rtt)))
+    exec_time = d["exec_time"]
+    if not isinstance(exec_time, Mapping) or not all(isinstance(v, Mapping) for v in exec_time.values()):
+        errors.append("exec_time: must be an object mapping model names to {node: seconds}")
+        return None
+    deployed: list[tuple[str, str]] = []
+    raw = d.get("deployed", [])
+    if not isinstance(raw, list):
+        errors.append("deployed: must be a list of {\"model\": ..., \"node\": ...}")
+    else:
+        for k, item in enumerate(raw):
+            if _expect_keys(f"deployed[{k}]", item, ("model", "node"), errors):
+                pair = (item["model"], item["node"])
+                if not all(isinstance(p, str) for p in pair):
+                    errors.append(f"deployed[{k}]: model and node must be strings")
+                elif pair not in deployed:
+                    deployed.append(pair)
+    if errors:
+        return None
+    return Problem(formulation=formulation, nodes=nodes, models=models, requests=requests,
+                   exec_time={m: dict(row) for m, row in exec_time.items()}, deployed=deployed)
+
+
+def _parse_items(kind: str, raw: Any, keys: tuple[str, ...], errors: list[str]) -> list[dict[str, Any]]:
+    if not isinstance(raw, list):
+        errors.append(f"{kind}: must be a list")
+        return []
+    out = []
+    for k, item in enumerate(raw):
+        if _expect_keys(f"{kind}[{k}]", item, keys, errors):
+            out.append({key: item[key] for key in keys})
+    return out
+
+
+def _expect_keys(where: str, item: Any, keys: tuple[str, ...], errors: list[str]) -> bool:
+    if not isinstance(item, Mapping):
+        errors.append(f"{where}: must be an object with {', '.join(keys)}")
+        return False
+    ok = True
+    for key in keys:
+        if key not in item:
+            errors.append(f"{where}.{key}: missing")
+            ok = False
+    for key in item:
+        if key not in keys:
+            errors.append(f"{where}.{key}: unknown field")
+            ok = False
+    return ok
+
+
+def _check_named(kind: str, items: Iterable[Any], errors: list[str]) -> list[str]:
+    names: list[str] = []
+    seen: set[str] = set()
+    for k, item in enumerate(items):
+        name = item.name
+        if not isinstance(name, str) or not _NAME.match(name):
+            errors.append(f"{kind}[{k}].name: {name!r} is not a valid name "
+                          "(1-100 letters, digits, '_', '.', ':', '/', '-'; not starting with a symbol)")
+        elif name in seen:
+            errors.append(f"{kind}[{k}].name: duplicate name {name!r}")
+        else:
+            seen.add(name)
+        names.append(name)
+    return names
+
+
+def _check_int(where: str, value: Any, errors: list[str]) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            errors.append(f"{where}: must be an integer, not {value!r}")
+        else:
+            errors.append(f"{where}: must be a non-negative integer, not {value!r}")
+    elif value < 0:
+        errors.append(f"{where}: must not be negative ({value})")
+
+
+def _check_number(where: str, value: Any, errors: list[str]) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        errors.append(f"{where}: must be a number, not {value!r}")
+    elif not math.isfinite(value):
+        errors.append(f"{where}: must be finite, not {value!r}")
+    elif value < 0:
+        errors.append(f"{where}: must not be negative ({value})")
+
+
+def _check_row(where: str, row: Mapping[str, Any], node_names: list[str], node_set: set[str],
+               errors: list[str]) -> None:
+    for name, value in row.items():
+        if name not in node_set:
+            errors.append(f"{where}.{name}: unknown node {name!r}")
+        else:
+            _check_number(f"{where}.{name}", value, errors)
+    missing = [n for n in node_names if n not in row]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        errors.append(f"{where}: missing node(s) {', '.join(repr(n) for n in missing[:3])}{more}")
+
+
+def _finite(value: float | None) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)

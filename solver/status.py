@@ -1,0 +1,22 @@
+"""The one status vocabulary every backend translates its native status into (PuLP's convention).
+
+- `optimal`: the returned assignment is proven optimal for its formulation.
+- `feasible`: the assignment satisfies every constraint; optimality is not proven (heuristics,
+  rounded relaxations, a MILP stopped by its time limit).
+- `infeasible`: no assignment satisfies the capacities (or, for the iterative-search baseline,
+  the one it returns does not); the message says which capacity cannot be met.
+- `error`: the backend failed or is unavailable; the message says why.
+"""
+from __future__ import annotations
+
+OPTIMAL = "optimal"
+FEASIBLE = "feasible"
+INFEASIBLE = "infeasible"
+ERROR = "error"
+ALL = (OPTIMAL, FEASIBLE, INFEASIBLE, ERROR)
+
+# Exit statuses of `python -m solver solve`.
+EXIT_OK = 0            # optimal or feasible
+EXIT_NO_SOLUTION = 1   # infeasible, or the backend failed to produce an assignment
+EXIT_BAD_INPUT = 2     # malformed file, unknown names, negative numbers, bad arguments
+EXIT_UNAVAILABLE = 3   # the requested backend is not installed (e.g. AMPL)
