@@ -153,9 +153,9 @@ def config_from_args(args: argparse.Namespace):
             settings["state_path"] = args.cluster_state
         if args.models_dir:
             settings["models_dir"] = args.models_dir
-        settings["catalog_path"] = args.catalog
     elif args.cluster_config or args.cluster_state or args.models_dir:
         raise UsageError("--cluster-config, --cluster-state and --models-dir apply to --cluster local only")
+    settings["catalog_path"] = args.catalog
     settings.update(dict(args.cluster_setting))
     return RunConfig(
         mode=args.mode, frontend=args.frontend, token=token, solver=args.solver, time_limit=args.time_limit,
@@ -189,7 +189,7 @@ def _emit(outcome, args, *, compact: bool) -> None:
             print(text)
     sys.stdout.flush()
     if outcome.message:
-        print(outcome.message, file=sys.stderr, flush=True)
+        print(" ".join(outcome.message.split()), file=sys.stderr, flush=True)
 
 
 def _summary(outcome) -> str:

@@ -151,6 +151,13 @@ def _run_locked(cfg: RunConfig, *, stop: threading.Event | None) -> RunOutcome:
 
     # --- configuration (before touching anything) ---------------------------------------------
     try:
+        from solver import backend_names
+        names = backend_names()
+    except Exception as exc:  # the solver package itself is broken: nothing can be planned
+        return finish(EXIT_USAGE, f"backend: the solver package cannot be loaded: {exc}")
+    if cfg.solver not in names:
+        return finish(EXIT_USAGE, f"backend: unknown solver {cfg.solver!r}; choose from {', '.join(names)}")
+    try:
         catalog = load_catalog(_resolve(cfg.catalog))
     except CatalogError as exc:
         return finish(EXIT_USAGE, f"backend: {exc}")
