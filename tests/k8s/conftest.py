@@ -21,7 +21,7 @@ sys.path.insert(0, str(HERE))
 import k8s_tools as build  # noqa: E402
 import controlplane  # noqa: E402
 from controlplane import ControlPlane, ControlPlaneError  # noqa: E402
-from k8s_support import CATALOG, KubeEnv, _suffix, wait_for  # noqa: E402,F401
+from k8s_support import CATALOG, FRONTEND_TOKEN, KubeEnv, _suffix, wait_for  # noqa: E402,F401
 
 REPO_ROOT = HERE.parent.parent
 _BUILD_ERROR: list[str] = []
@@ -127,3 +127,31 @@ def standin_factory(kube: KubeEnv, built_models: Path) -> Iterator[Callable]:
     yield make
     for harness in made:
         harness.stop()
+
+
+
+
+
+@pytest.fixture
+def frontend_factory(kube: KubeEnv) -> Iterator[Callable]:
+    """Yield make(**settings) -> a started GunicornServer whose cluster is the test's namespace."""
+    from frontend.serving import GunicornServer
+
+    made: list[GunicornServer] = []
+
+    def make(*, workers: int = 2, **settings) -> GunicornServer:
+        config = {
+            "cluster": "kubernetes",
+            "cluster_settings": {"kubeconfig": str(kube.kubeconfig), "namespace": kube.namespace,
+                                 "catalog_path": str(CATALOG), "node_class_label": "edge-inference/node-class"},
+            "database": str(kube.tmp_path / f"frontend-{len(made)}.db"),
+            "token": FRONTEND_TOKEN, "refresh_interval": 0.2, **settings,
+        }
+        server = GunicornServer(config, workers=workers, threads=4,
+                                log_path=kube.tmp_path / f"frontend-{len(made)}.log")
+        made.append(server)
+        return server.start(timeout=90)
+
+    yield make
+    for server in made:
+        server.cleanup()

@@ -13,6 +13,7 @@ from controlplane import ControlPlane, node_manifest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CATALOG = REPO_ROOT / "config" / "models.yaml"
 NODE_CLASS_LABEL = "edge-inference/node-class"
+FRONTEND_TOKEN = "k8s-test-token-0123456789"
 
 
 def _suffix(length: int = 5) -> str:
