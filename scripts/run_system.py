@@ -172,11 +172,32 @@ class System:
                 say(f"stopping {name} left by an earlier run (pid {proc.pid})")
                 _stop_tree(proc, grace=10)
         self.pids_file.unlink(missing_ok=True)
+        for proc in self._ours_by_state():      # run.pids lost or never written: find them by their state
+            say(f"stopping {proc.name()} left by an earlier run (pid {proc.pid})")
+            _stop_tree(proc, grace=10)
         holder = _listener(self.args.host, self.args.port)
         if holder is not None and _ours(holder):
             say(f"stopping an orphaned front-end holding port {self.args.port} (pid {holder.pid})")
             _stop_tree(holder, grace=10)
         self._kill_orphan_servers()
+
+    def _ours_by_state(self) -> list[psutil.Process]:
+        """Front-ends and back-ends of ours that use this state directory (session leaders only)."""
+        database = str(self.state / "frontend.db")
+        lock = str(self.state / "backend.lock")
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            cmd = proc.info.get("cmdline") or []
+            try:
+                if proc.pid == os.getpid() or os.getsid(proc.pid) != proc.pid:
+                    continue
+                if "-m" in cmd and "backend" in cmd and "--lock" in cmd and lock in cmd:
+                    found.append(proc)
+                elif "frontend:create_app()" in cmd and proc.environ().get("FRONTEND_DATABASE") == database:
+                    found.append(proc)
+            except (psutil.Error, OSError):
+                continue
+        return found
 
     def _addresses(self) -> set[str]:
         try:
@@ -284,7 +305,7 @@ class System:
         node = nodes[0].name
         self.cluster.deploy(INITIAL_MODEL, node, wait=True, timeout=60)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:       # the front-end's cache sees it within a second
+        while time.monotonic() < deadline:
             try:
                 listing = requests.get(f"{self.url}/services", timeout=5).json()
                 if any(s.get("model") == INITIAL_MODEL for s in listing.get("services", [])):
@@ -292,7 +313,26 @@ class System:
             except (requests.RequestException, ValueError):
                 pass
             time.sleep(0.1)
+        # One worker has seen it; every worker refreshes its view of the cluster within
+        # FRONTEND_REFRESH_INTERVAL (1 s), so after that the printed curl works whichever answers.
+        time.sleep(1.5)
         return node
+
+    def check_prediction(self) -> str:
+        """Send the banner's request once; return the answer (proof the whole path works)."""
+        url = f"{self.url}/services/{INITIAL_MODEL}/v1/models/{INITIAL_MODEL}:predict"
+        deadline = time.monotonic() + 30
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                answer = requests.post(url, data=EXAMPLE_BODY, timeout=10)
+                if answer.status_code == 200:
+                    return answer.text.strip()
+                last = f"{answer.status_code} {answer.text.strip()}"
+            except requests.RequestException as exc:
+                last = type(exc).__name__
+            time.sleep(0.5)
+        raise StartError(f"the example prediction does not work ({last}); see {self.state / 'frontend.log'}")
 
     def start_backend(self, token: Path) -> None:
         a = self.args
@@ -344,7 +384,7 @@ class System:
         return 0
 
 
-def banner(system: System, node: str, token: Path) -> str:
+def banner(system: System, node: str, token: Path, answer: str) -> str:
     url = system.url
     curl = (f"curl -s -X POST {url}/services/{INITIAL_MODEL}/v1/models/{INITIAL_MODEL}:predict "
             f"-d '{EXAMPLE_BODY}'")
@@ -359,6 +399,7 @@ def banner(system: System, node: str, token: Path) -> str:
         "",
         "Get a prediction through the proxy:",
         f"  {curl}",
+        f"  -> {answer}",
         "Ask where a model runs (add -H 'X-Client-Zone: zone-1' -H 'X-Client-Latency: 0.02' to report where you are):",
         f"  curl -s {url}/services/{INITIAL_MODEL}",
         "Statistics (admin token):",
@@ -412,9 +453,10 @@ def main(argv: list[str] | None = None) -> int:
         token = system.token()
         system.start_frontend(token)
         node = system.deploy_initial()
+        answer = system.check_prediction()
         system.start_backend(token)
         if not system.stop.is_set():
-            say(banner(system, node, token))
+            say(banner(system, node, token, answer))
             code = system.watch()
     except StartError as exc:
         print(f"run_system: {exc}", file=sys.stderr)

@@ -40,6 +40,7 @@ def test_mode1_provision_one_model(make_system):
     # the dispatch plan reached the front-end: zone z-a's requests for HP2 go to node-a
     assert report["plan_pushed"] and system.plan()["weights"] == {HP2: {"z-a": {A: 1.0}}}
     # and the model answers through the proxy again
+    system.settle()
     assert system.request(HP2, "z-a").json() == {"predictions": [2.5, 3.0, 4.5]}
 
 

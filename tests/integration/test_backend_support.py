@@ -56,7 +56,7 @@ class System:
     tmp: Path
     alto: Path
     runs: int = 0
-    extra: list[str] = field(default_factory=lambda: ["--solver", "highs"])
+    extra: list[str] = field(default_factory=list)
 
     # -- cluster and front-end state ------------------------------------------------------------
     def pairs(self) -> set[tuple[str, str]]:
