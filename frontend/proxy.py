@@ -12,8 +12,10 @@ import json
 import logging
 import time
 
-import requests
 from flask import Blueprint, Flask, Response, g, request
+
+from urllib3.exceptions import (ConnectTimeoutError, HTTPError, NewConnectionError, ProtocolError,
+                                ReadTimeoutError)
 
 from .errors import ApiError, read_body
 from .headers import downstream_headers, upstream_headers
@@ -84,7 +86,6 @@ def forward(model: str, tfs_path: str):
 
     tried: set[str] = set()
     attempts = 1 + max(0, rt.settings.proxy_retries)
-    timeout = (rt.settings.connect_timeout, rt.settings.read_timeout)
     forward_headers = upstream_headers(request.headers.items(), request_id=g.get("request_id"),
                                        client_addr=request.remote_addr)
     last_error: ApiError | None = None
@@ -98,36 +99,51 @@ def forward(model: str, tfs_path: str):
         tried.add(chosen.endpoint)
         update_model_request(node=chosen.node.name, endpoint=chosen.endpoint,
                              provisioned=chosen.deployment.created)
-        url = f"http://{chosen.endpoint}{path.url_path()}"
+        where = f"model {model} on node {chosen.node.name}"
         try:
-            upstream = rt.session.request(path.method, url, data=body if path.method == "POST" else None,
-                                          headers=forward_headers, timeout=timeout, allow_redirects=False,
-                                          stream=False)
-        except requests.ConnectTimeout:
+            upstream = _call(rt.pool(chosen.endpoint), path.method, path.url_path(), body, forward_headers)
+        except NewConnectionError:
             rt.cache.mark_bad(chosen.endpoint)
-            last_error = ApiError(504, f"timed out connecting to model {model} on node {chosen.node.name}")
+            last_error = ApiError(502, f"cannot reach {where}")
             continue
-        except requests.ConnectionError:
+        except ConnectTimeoutError:
             rt.cache.mark_bad(chosen.endpoint)
-            last_error = ApiError(502, f"cannot reach model {model} on node {chosen.node.name}")
+            last_error = ApiError(504, f"timed out connecting to {where}")
             continue
-        except requests.Timeout:
-            raise ApiError(504, f"model {model} on node {chosen.node.name} did not answer within "
-                                f"{rt.settings.read_timeout:g} s") from None
-        except requests.RequestException as exc:
-            raise ApiError(502, f"bad answer from model {model} on node {chosen.node.name}: "
-                                f"{type(exc).__name__}") from None
-        if 300 <= upstream.status_code < 400:
+        except ReadTimeoutError:
+            raise ApiError(504, f"{where} did not answer within {rt.settings.read_timeout:g} s") from None
+        except ProtocolError:
+            rt.cache.mark_bad(chosen.endpoint)
+            last_error = ApiError(502, f"{where} dropped the connection")
+            continue
+        except HTTPError as exc:
+            raise ApiError(502, f"bad answer from {where}: {type(exc).__name__}") from None
+        if 300 <= upstream.status < 400:
             raise ApiError(502, f"model server for {model} answered with a redirect; not followed")
         headers = downstream_headers(upstream.headers.items())
-        content = upstream.content
-        if cache_key is not None and upstream.status_code == 200:
+        content = upstream.data
+        if cache_key is not None and upstream.status == 200:
             cache.put(cache_key, CachedAnswer(status=200, headers=tuple(headers), body=content,
                                               node=chosen.node.name, stored=time.monotonic(),
                                               generation=rt.cache.state.generation.get(model, ())))
-        return Response(content, status=upstream.status_code, headers=headers)
+        return Response(content, status=upstream.status, headers=headers)
     assert last_error is not None
     raise last_error
+
+
+def _call(pool, method: str, path: str, body: bytes, headers: dict[str, str]):
+    """Send one request on a pooled connection; retry once when a kept-alive connection was stale."""
+    for attempt in (1, 2):
+        try:
+            return pool.urlopen(method, path, body=body if method == "POST" else None, headers=headers,
+                                redirect=False, retries=False, preload_content=True, decode_content=False,
+                                assert_same_host=False)
+        except ProtocolError:
+            # The server may have closed an idle keep-alive connection just as it was reused; a
+            # model call is idempotent, so one fresh connection is tried before giving up.
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def init_app(app: Flask) -> None:

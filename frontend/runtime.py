@@ -10,9 +10,8 @@ import random
 import re
 import threading
 
-import requests
+import urllib3
 from flask import current_app
-from requests.adapters import HTTPAdapter
 
 from cluster.catalog import ModelSpec
 
@@ -48,20 +47,36 @@ class Runtime:
         self._counters: dict[str, itertools.count] = {}
         self._counters_lock = threading.Lock()
         self._rng = random.Random()
-        self._local = threading.local()
+        self._pools: dict[str, urllib3.HTTPConnectionPool] = {}
+        self._pools_lock = threading.Lock()
+        self.cache.add_listener(self._drop_pools)
 
-    # -- HTTP pool to model servers (one session per thread: Session is not promised thread-safe) --
-    @property
-    def session(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
-            session.trust_env = False          # never route model-server traffic through a proxy
-            adapter = HTTPAdapter(pool_connections=16, pool_maxsize=self.settings.pool_maxsize, max_retries=0)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            self._local.session = session
-        return session
+    # -- HTTP pools to model servers ---------------------------------------------------------------
+    # urllib3's pools (the transport under requests) are used directly: requests' per-call
+    # machinery cost about 1 ms per proxied call on the benchmark machine (bench/RESULTS.md).
+    def pool(self, endpoint: str) -> urllib3.HTTPConnectionPool:
+        """Return this worker's keep-alive connection pool to `endpoint` ("host:port")."""
+        pool = self._pools.get(endpoint)
+        if pool is None:
+            host, _, port = endpoint.rpartition(":")
+            with self._pools_lock:
+                pool = self._pools.get(endpoint)
+                if pool is None:
+                    pool = urllib3.HTTPConnectionPool(
+                        host, int(port), maxsize=self.settings.pool_maxsize, block=False, retries=False,
+                        timeout=urllib3.Timeout(connect=self.settings.connect_timeout,
+                                                read=self.settings.read_timeout))
+                    self._pools[endpoint] = pool
+        return pool
+
+    def _drop_pools(self, old, new) -> None:
+        """Close pools to endpoints the cluster no longer reports."""
+        live = {d.endpoint for d in new.deployments}
+        with self._pools_lock:
+            gone = [e for e in self._pools if e not in live]
+            pools = [self._pools.pop(e) for e in gone]
+        for pool in pools:
+            pool.close()
 
     # -- dispatch ---------------------------------------------------------------------------------
     def spec(self, model: str) -> ModelSpec:
@@ -102,6 +117,10 @@ class Runtime:
         """Stop background work and close connections."""
         self.cache.close()
         self.store.close()
+        with self._pools_lock:
+            pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            pool.close()
 
 
 def current_runtime() -> Runtime:

@@ -285,7 +285,7 @@ class StatsStore:
 
     # -- reads -------------------------------------------------------------------------------
     def requests(self, *, since: float | None = None, limit: int = 1000, after_id: int | None = None) -> list[dict]:
-        """Return request rows with time >= since (and id > after_id), oldest first."""
+        """Return request rows with time >= since (and id > after_id) in the order they were stored."""
         self.flush()
         sql = ("SELECT id, time, model, kind, zone, latency, node, endpoint, status, duration, cached"
                " FROM requests WHERE 1=1")
@@ -296,7 +296,7 @@ class StatsStore:
         if after_id is not None:
             sql += " AND id > ?"
             args.append(after_id)
-        sql += " ORDER BY time, id LIMIT ?"
+        sql += " ORDER BY id LIMIT ?"
         args.append(limit)
         rows = self._conn().execute(sql, args).fetchall()
         return [{"id": i, "time": t, "model": m, "kind": k, "zone": z, "latency": lat, "node": n,
