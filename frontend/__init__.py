@@ -40,6 +40,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     proxy.init_app(app)
     stats.init_app(app)
     health.init_app(app)
+    runtime.cache.open()             # a misconfigured cluster adapter fails here, at start-up
     runtime.cache.refresh()          # start with a picture of the cluster when it can be read
     runtime.cache.ensure_running()
     atexit.register(runtime.close)

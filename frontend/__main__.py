@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import sys
 
 __all__ = ["main"]
@@ -28,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CatalogError) as exc:
         print(f"frontend: bad configuration: {exc}", file=sys.stderr)
         return 2
+    except (sqlite3.Error, OSError) as exc:
+        print(f"frontend: cannot open the statistics database: {exc}", file=sys.stderr)
+        return 1
     try:
         app.run(host=args.host, port=args.port, threaded=True, use_reloader=False)
     except OSError as exc:

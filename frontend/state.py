@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from cluster import open_cluster
 from cluster.catalog import Catalog, CatalogError, load_catalog
-from cluster.port import Cluster, ClusterError
+from cluster.port import Cluster, ClusterError, ClusterUnavailable
 
 from . import metrics
 from .config import ConfigError, Settings
@@ -136,6 +136,21 @@ class StateCache:
     def add_listener(self, listener: Callable[[ClusterState, ClusterState], None]) -> None:
         """Call `listener(old, new)` after each successful refresh."""
         self._listeners.append(listener)
+
+    def open(self) -> None:
+        """Open the cluster adapter now: a misconfigured adapter fails start-up, an unreachable one
+        (ClusterUnavailable) is retried by the refresh thread."""
+        with self.cluster_lock:
+            if self.cluster is not None:
+                return
+            try:
+                self.cluster = self._factory()
+            except ClusterUnavailable as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("cluster unreachable at start-up; will retry",
+                            extra={"event": "cluster_unavailable", "error": self.last_error})
+            except (ClusterError, TypeError, ValueError) as exc:
+                raise ConfigError(f"cluster {self.settings.cluster!r}: {exc}") from exc
 
     def refresh(self) -> bool:
         """Read the cluster now; on failure keep the last good state. Return success."""
