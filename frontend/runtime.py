@@ -6,6 +6,7 @@ One Runtime lives in `app.extensions["frontend"]`; views reach it through `curre
 from __future__ import annotations
 
 import itertools
+import math
 import random
 import re
 import threading
@@ -108,6 +109,12 @@ class Runtime:
                           u=self._rng.random() if policy == "plan" else 0.0)
         if not provision:
             raise ApiError(503, f"no reachable instance of model {model}")
+        if self.cache.state.serving.get(model):
+            # Instances exist but each refused a connection lately: wait for them (or for the next
+            # refresh to report them gone), do not start another one.
+            wait = max(1, math.ceil(self.cache.bad_for(model)))
+            raise ApiError(503, f"no reachable instance of model {model}: its instances refused connections",
+                           headers={"Retry-After": str(wait)}, extra={"model": model, "provisioning": False})
         refusal = self.provisioner.request(spec)
         headers = {"Retry-After": str(refusal.retry_after)} if refusal.retry_after is not None else {}
         raise ApiError(503, refusal.reason, headers=headers,

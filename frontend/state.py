@@ -35,6 +35,7 @@ __all__ = ["StateCache", "make_cluster_factory"]
 
 log = logging.getLogger("frontend.state")
 PRUNE_EVERY = 60.0   # seconds between two retention passes
+STARTING_INTERVAL = 0.25   # seconds between reads while an instance is starting
 
 
 def make_cluster_factory(settings: Settings) -> Callable[[], Cluster]:
@@ -207,11 +208,21 @@ class StateCache:
         if removed:
             log.info("pruned old request rows", extra={"event": "pruned", "rows": removed})
 
+    def _starting(self) -> bool:
+        """Tell whether an instance on a ready node is still starting (worth watching closely)."""
+        state = self.state
+        return any(not d.ready and state.nodes_by_name.get(d.node) is not None and state.nodes_by_name[d.node].ready
+                   for d in state.deployments)
+
     def _run(self) -> None:
         while not self._stop.is_set():
             self.refresh()
             self._housekeeping()
-            self._wake.wait(self.settings.refresh_interval)
+            # A new instance is served as soon as it is ready: look more often while one starts.
+            interval = self.settings.refresh_interval
+            if self._starting():
+                interval = min(interval, STARTING_INTERVAL)
+            self._wake.wait(interval)
             self._wake.clear()
 
     def ensure_running(self) -> None:
@@ -255,6 +266,12 @@ class StateCache:
             now = time.monotonic()
             return tuple(c for c in found if self._bad.get(c.endpoint, 0.0) <= now)
         return found
+
+    def bad_for(self, model: str) -> float:
+        """Return seconds until the first of `model`'s skipped endpoints may be used again."""
+        now = time.monotonic()
+        waits = [self._bad.get(c.endpoint, now) - now for c in self.state.serving.get(model, ())]
+        return max(0.0, min(waits)) if waits else 0.0
 
     def mark_bad(self, endpoint: str) -> None:
         """Keep `endpoint` out of this worker's answers for bad_endpoint_seconds."""

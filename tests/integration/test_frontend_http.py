@@ -386,3 +386,40 @@ def test_prediction_cache(make_frontend):
     text = requests.get(f"{fe.url}/metrics", timeout=10).text
     assert f'frontend_prediction_cache_total{{model="{HP2}",result="hit"}} 1' in text
     assert f'frontend_prediction_cache_total{{model="{HP2}",result="miss"}} 2' in text
+
+
+def _kill_model_server(endpoint: str) -> None:
+    import psutil
+    host, port = endpoint.rsplit(":", 1)
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if "modelserver" in cmdline and host in cmdline and port in cmdline:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_upstream_failures_are_json_502_and_504(make_frontend):
+    # a forest over 1,000 digits takes milliseconds: far longer than a 0.5 ms read timeout
+    from modelserver.build_models import digits_split
+    _, _, x_test, _ = digits_split()
+    rows = (x_test.tolist() * 4)[:1000]
+    fe = make_frontend([{"name": "node-a"}], deploy=(("digits_forest", "node-a"),), read_timeout=0.0005,
+                       refresh_interval=30.0)
+    answer = requests.post(f"{fe.url}/services/digits_forest/v1/models/digits_forest:predict",
+                           data=json.dumps({"instances": rows}), timeout=10)
+    assert answer.status_code == 504 and "did not answer" in answer.json()["error"]
+
+    fe2 = make_frontend([{"name": "node-a"}], deploy=((HP2, "node-a"),), refresh_interval=30.0)
+    url = f"{fe2.url}/services/{HP2}/v1/models/{HP2}:predict"
+    assert requests.post(url, data=predict_body([1.0]), timeout=10).status_code == 200
+    _kill_model_server(dep_of(fe2.cluster, HP2, "node-a").endpoint)
+    answer = requests.post(url, data=predict_body([1.0]), timeout=10)
+    assert answer.status_code == 502 and answer.json()["error"].startswith(("cannot reach", f"model {HP2}"))
+    # the dead instance is never handed out; the model comes back (re-provisioned) and is served
+    for _ in range(3):
+        lookup = requests.get(f"{fe2.url}/services/{HP2}", timeout=10)
+        assert lookup.status_code in (200, 503)
+        if lookup.status_code == 503:
+            assert "Retry-After" in lookup.headers
+    wait_for(lambda: requests.post(url, data=predict_body([2.0]), timeout=10).status_code == 200,
+             what="the model served again")
