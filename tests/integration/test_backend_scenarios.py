@@ -119,3 +119,17 @@ def test_memory_is_freed_before_it_is_needed_on_the_same_node(make_system):
     assert by_kind["provision"].get("waited_for_deletions") is True
     assert by_kind["provision"]["start_ms"] >= by_kind["delete"]["start_ms"] + by_kind["delete"]["ms"] - 1
     assert system.pairs() == {(LOGREG, A)}
+
+
+def test_solvers_and_formulations_agree_on_a_clear_case(make_system):
+    """Each zone's demand goes next to it, whichever solver or formulation decides (dry runs)."""
+    system = make_system()
+    system.seed_demand({(HP2, "z-a"): 3, (LOGREG, "z-b"): 2})
+    expected = [[LOGREG, B], [HP2, A]]
+    for solver, formulation in (("ipopt", "placement"), ("highs", "placement"), ("glpk", "placement"),
+                                ("ipopt", "thesis"), ("highs", "thesis")):
+        code, report = system.backend(1, "--dry-run", "--solver", solver, "--formulation", formulation)
+        assert code == 0, (solver, formulation, report["errors"])
+        assert sorted(report["plan"]["desired"]) == sorted(expected), (solver, formulation)
+        assert report["solver"]["formulation"] == formulation and report["solver"]["requested"] == solver
+    assert system.pairs() == set()
