@@ -373,6 +373,7 @@ class KubernetesCluster(Cluster):
         self._stopping = threading.Event()
         self._deploy_lock = threading.Lock()
         self._pending: dict[str, tuple[str, int]] = {}      # object name -> (node, KB) created, not yet seen
+        self._removing: dict[str, tuple[str, float]] = {}   # object name -> (node, monotonic time) deleted by us
         self._metrics: dict[str, float] | None = None
         self.metrics_served: bool | None = None              # None until the first poll
         ns = self.settings.namespace
@@ -543,13 +544,25 @@ class KubernetesCluster(Cluster):
             raise ClusterError(f"cannot render {model} on {node}: {exc}") from exc
         name = rendered.name
         self._wait_not_deleting(name, (model, node), deadline)
-        with self._deploy_lock:
-            existing = self._store("deployments").get(name)
-            if existing is None or state.identity(existing) != (model, node):
-                self._check_memory(spec.memory, model, node, node_obj)
-                self._create("deployments", self._apps.create_namespaced_deployment, rendered.deployment,
-                             (model, node))
-                self._pending[name] = (node, spec.memory)
+        while True:
+            with self._deploy_lock:
+                existing = self._store("deployments").get(name)
+                if existing is not None and state.identity(existing) == (model, node):
+                    break
+                generation = self._generation
+                try:
+                    self._check_memory(spec.memory, model, node, node_obj)
+                except InsufficientMemory:
+                    # A removal on this node frees memory only once its pods are gone (Foreground
+                    # deletion): wait for that, as the local adapter's synchronous remove does.
+                    if not self._freeing(node) or time.monotonic() >= deadline:
+                        raise
+                else:
+                    self._create("deployments", self._apps.create_namespaced_deployment, rendered.deployment,
+                                 (model, node))
+                    self._pending[name] = (node, spec.memory)
+                    break
+            self._wait_change(generation, min(1.0, deadline - time.monotonic()))
         self._create("services", self._core.create_namespaced_service, rendered.service, (model, node))
         if not wait:
             return self._current(model, node) or Deployment(model=model, node=node, endpoint="", ready=False,
@@ -565,6 +578,7 @@ class KubernetesCluster(Cluster):
                      self._apps.delete_namespaced_deployment, name, (model, node))
         with self._deploy_lock:
             self._pending.pop(name, None)
+            self._removing[name] = (node, time.monotonic())
 
     def close(self) -> None:
         """Stop the watches and the metrics poller and release connections."""
@@ -605,6 +619,22 @@ class KubernetesCluster(Cluster):
             if isinstance(cause, ApiException) and cause.status == 404:
                 raise UnknownNode(f"unknown node {node!r}") from cause
             raise
+
+    def _freeing(self, node: str) -> bool:
+        """Return True while an instance of ours on `node` is being deleted (its memory is coming back)."""
+        now = time.monotonic()
+        with self._cond:
+            deployments = self._store("deployments")
+            for name, (pnode, since) in list(self._removing.items()):
+                # Gone from the cache (and long enough for the watch to have caught up): done.
+                if name not in deployments and now - since > 2.0:
+                    del self._removing[name]
+            if any(pnode == node for pnode, _ in self._removing.values()):
+                return True
+            objects = [(d, state.identity(d)) for d in deployments.values()]
+            objects += [(p, (None, state.pod_node(p))) for p in self._store("pods").values()]
+        return any((obj.get("metadata") or {}).get("deletionTimestamp") and ident and ident[1] == node
+                   for obj, ident in objects)
 
     def _check_memory(self, need: int, model: str, node: str, node_obj: Mapping[str, Any]) -> None:
         snapshot = self._snapshot()

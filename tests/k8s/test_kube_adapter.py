@@ -5,7 +5,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from cluster.k8s_render import object_name
-from cluster.port import NodeNotReady, UnknownModel, UnknownNode
+from cluster.port import InsufficientMemory, NodeNotReady, UnknownModel, UnknownNode
 from k8s_support import wait_for
 
 MODEL = "half_plus_two"
@@ -146,3 +146,17 @@ def test_unknown_model_and_node_are_refused(kube):
     with pytest.raises(UnknownNode):
         cluster.deploy(MODEL, "no-such-node-xyz")
     assert kube.apps.list_namespaced_deployment(kube.namespace).items == []
+
+
+def test_deploy_after_remove_on_a_full_node_waits_for_the_memory(kube):
+    # 60000 of 130000 KB in use: digits_logreg (80000) fits only once half_plus_two is gone, and
+    # Kubernetes frees it only when the pod is deleted, a moment after remove() returned.
+    node_a = kube.add_node("a", memory_kb=130_000)
+    cluster = kube.cluster()
+    cluster.deploy(MODEL, node_a)
+    with pytest.raises(InsufficientMemory):
+        cluster.deploy("digits_logreg", node_a, timeout=5)   # nothing is being freed: refused at once
+    cluster.remove(MODEL, node_a)
+    dep = cluster.deploy("digits_logreg", node_a, timeout=60)
+    assert dep.ready
+    assert [(d.model, d.node) for d in cluster.deployments()] == [("digits_logreg", node_a)]
