@@ -14,9 +14,6 @@ import time
 
 from flask import Blueprint, Flask, Response, g, request
 
-from urllib3.exceptions import (ConnectTimeoutError, HTTPError, NewConnectionError, ProtocolError,
-                                ReadTimeoutError)
-
 from .errors import ApiError, read_body
 from .headers import downstream_headers, upstream_headers
 from .hints import HintError, parse_hints
@@ -24,6 +21,8 @@ from .observe import note_model_request, update_model_request
 from .predcache import CachedAnswer, PredictionCache
 from .runtime import MODEL_NAME, current_runtime
 from .tfs import TfsPathError, parse_tfs_path
+from .upstream import (UpstreamConnectTimeout, UpstreamError, UpstreamProtocolError, UpstreamReadTimeout,
+                       UpstreamRefused)
 
 __all__ = ["bp", "init_app"]
 
@@ -101,27 +100,28 @@ def forward(model: str, tfs_path: str):
                              provisioned=chosen.deployment.created)
         where = f"model {model} on node {chosen.node.name}"
         try:
-            upstream = _call(rt.pool(chosen.endpoint), path.method, path.url_path(), body, forward_headers)
-        except NewConnectionError:
+            upstream = rt.pool(chosen.endpoint).request(path.method, path.url_path(), headers=forward_headers,
+                                                        body=body)
+        except UpstreamRefused:
             rt.cache.mark_bad(chosen.endpoint)
             last_error = ApiError(502, f"cannot reach {where}")
             continue
-        except ConnectTimeoutError:
+        except UpstreamConnectTimeout:
             rt.cache.mark_bad(chosen.endpoint)
             last_error = ApiError(504, f"timed out connecting to {where}")
             continue
-        except ReadTimeoutError:
+        except UpstreamReadTimeout:
             raise ApiError(504, f"{where} did not answer within {rt.settings.read_timeout:g} s") from None
-        except ProtocolError:
+        except UpstreamProtocolError as exc:
             rt.cache.mark_bad(chosen.endpoint)
-            last_error = ApiError(502, f"{where} dropped the connection")
+            last_error = ApiError(502, f"bad answer from {where}: {exc}")
             continue
-        except HTTPError as exc:
-            raise ApiError(502, f"bad answer from {where}: {type(exc).__name__}") from None
+        except UpstreamError as exc:
+            raise ApiError(502, f"bad answer from {where}: {exc}") from None
         if 300 <= upstream.status < 400:
             raise ApiError(502, f"model server for {model} answered with a redirect; not followed")
-        headers = downstream_headers(upstream.headers.items())
-        content = upstream.data
+        headers = downstream_headers(upstream.headers)
+        content = upstream.body
         if cache_key is not None and upstream.status == 200:
             cache.put(cache_key, CachedAnswer(status=200, headers=tuple(headers), body=content,
                                               node=chosen.node.name, stored=time.monotonic(),
@@ -129,21 +129,6 @@ def forward(model: str, tfs_path: str):
         return Response(content, status=upstream.status, headers=headers)
     assert last_error is not None
     raise last_error
-
-
-def _call(pool, method: str, path: str, body: bytes, headers: dict[str, str]):
-    """Send one request on a pooled connection; retry once when a kept-alive connection was stale."""
-    for attempt in (1, 2):
-        try:
-            return pool.urlopen(method, path, body=body if method == "POST" else None, headers=headers,
-                                redirect=False, retries=False, preload_content=True, decode_content=False,
-                                assert_same_host=False)
-        except ProtocolError:
-            # The server may have closed an idle keep-alive connection just as it was reused; a
-            # model call is idempotent, so one fresh connection is tried before giving up.
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
 
 
 def init_app(app: Flask) -> None:

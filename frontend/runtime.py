@@ -11,7 +11,6 @@ import random
 import re
 import threading
 
-import urllib3
 from flask import current_app
 
 from cluster.catalog import ModelSpec
@@ -24,6 +23,7 @@ from .provision import Provisioner
 from .snapshot import Candidate
 from .state import StateCache, make_cluster_factory
 from .store import StatsStore
+from .upstream import UpstreamPool
 
 __all__ = ["Runtime", "current_runtime", "MODEL_NAME"]
 
@@ -48,14 +48,12 @@ class Runtime:
         self._counters: dict[str, itertools.count] = {}
         self._counters_lock = threading.Lock()
         self._rng = random.Random()
-        self._pools: dict[str, urllib3.HTTPConnectionPool] = {}
+        self._pools: dict[str, UpstreamPool] = {}
         self._pools_lock = threading.Lock()
         self.cache.add_listener(self._drop_pools)
 
     # -- HTTP pools to model servers ---------------------------------------------------------------
-    # urllib3's pools (the transport under requests) are used directly: requests' per-call
-    # machinery cost about 1 ms per proxied call on the benchmark machine (bench/RESULTS.md).
-    def pool(self, endpoint: str) -> urllib3.HTTPConnectionPool:
+    def pool(self, endpoint: str) -> UpstreamPool:
         """Return this worker's keep-alive connection pool to `endpoint` ("host:port")."""
         pool = self._pools.get(endpoint)
         if pool is None:
@@ -63,10 +61,8 @@ class Runtime:
             with self._pools_lock:
                 pool = self._pools.get(endpoint)
                 if pool is None:
-                    pool = urllib3.HTTPConnectionPool(
-                        host, int(port), maxsize=self.settings.pool_maxsize, block=False, retries=False,
-                        timeout=urllib3.Timeout(connect=self.settings.connect_timeout,
-                                                read=self.settings.read_timeout))
+                    pool = UpstreamPool(host, int(port), connect_timeout=self.settings.connect_timeout,
+                                        read_timeout=self.settings.read_timeout, maxsize=self.settings.pool_maxsize)
                     self._pools[endpoint] = pool
         return pool
 
