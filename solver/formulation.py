@@ -36,6 +36,7 @@ class LinearModel:
     pair_j: np.ndarray          # node of each x column
     y_m: np.ndarray             # model of each y column (after the x columns; placement only)
     y_j: np.ndarray             # node of each y column
+    n_slack: int                # unserved[g] columns at the end (0 unless slack_cost was given)
     rows: dict[str, slice]      # constraint family -> its rows
 
     @property
@@ -72,8 +73,13 @@ def all_pairs(arrays: Arrays) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_model(arrays: Arrays, *, pairs: tuple[np.ndarray, np.ndarray] | None = None,
-                linking: str = LINK_GROUP) -> LinearModel:
-    """Build the MILP of the problem's formulation over the given candidate pairs (default: all)."""
+                linking: str = LINK_GROUP, slack_cost: float | None = None) -> LinearModel:
+    """Build the MILP of the problem's formulation over the given candidate pairs (default: all).
+
+    With `slack_cost`, every group also gets a continuous column `unserved[g]` of that unit cost in
+    its demand row (after the x and y columns), so a model restricted to candidate pairs always
+    has a solution; a positive value says the candidates were not enough.
+    """
     g, j = all_pairs(arrays) if pairs is None else pairs
     g = np.asarray(g, dtype=np.int64)
     j = np.asarray(j, dtype=np.int64)
@@ -93,12 +99,15 @@ def build_model(arrays: Arrays, *, pairs: tuple[np.ndarray, np.ndarray] | None =
         y_m = y_j = x_to_y = np.zeros(0, dtype=np.int64)
         y_deployed = np.zeros(0, dtype=bool)
     n_y = len(y_m)
-    c = np.concatenate([arrays.rtt[g, j] + arrays.exec_time[m, j], np.zeros(n_y)])
-    lb = np.concatenate([np.zeros(n_x), y_deployed.astype(float)])
-    ub = np.concatenate([count[g], np.ones(n_y)])
-    integer = np.ones(n_x + n_y, dtype=bool)
+    n_s = n_groups if slack_cost is not None else 0
+    c = np.concatenate([arrays.rtt[g, j] + arrays.exec_time[m, j], np.zeros(n_y), np.full(n_s, slack_cost or 0.0)])
+    lb = np.concatenate([np.zeros(n_x), y_deployed.astype(float), np.zeros(n_s)])
+    ub = np.concatenate([count[g], np.ones(n_y), count[:n_s]])
+    integer = np.concatenate([np.ones(n_x + n_y, dtype=bool), np.zeros(n_s, dtype=bool)])
     x_cols = np.arange(n_x)
     y_cols = n_x + np.arange(n_y)
+    s_cols = n_x + n_y + np.arange(n_s)
+    s_rows = np.arange(n_s)
 
     rows_i: list[np.ndarray] = []
     cols_i: list[np.ndarray] = []
@@ -122,8 +131,9 @@ def build_model(arrays: Arrays, *, pairs: tuple[np.ndarray, np.ndarray] | None =
 
     inf = np.full(n_groups, np.inf)
     if arrays.placement:
-        # demand[g]: sum_j x[g,j] = count[g]
-        family("demand", n_groups, g, x_cols, np.ones(n_x), count, count)
+        # demand[g]: sum_j x[g,j] (+ unserved[g]) = count[g]
+        family("demand", n_groups, np.concatenate([g, s_rows]), np.concatenate([x_cols, s_cols]),
+               np.ones(n_x + n_s), count, count)
         if linking == LINK_GROUP:
             # link[g,j]: x[g,j] - count[g] * y[m,j] <= 0
             r = np.arange(n_x)
@@ -138,8 +148,9 @@ def build_model(arrays: Arrays, *, pairs: tuple[np.ndarray, np.ndarray] | None =
         family("memory", n_nodes, y_j, y_cols, np.where(y_deployed, 0.0, arrays.mem[y_m]),
                np.full(n_nodes, -np.inf), arrays.mem_cap.astype(float))
     else:
-        # select[g]: sum_j x[g,j] >= count[g]   (every request placed at least once)
-        family("select", n_groups, g, x_cols, np.ones(n_x), count, inf)
+        # select[g]: sum_j x[g,j] (+ unserved[g]) >= count[g]   (every request placed at least once)
+        family("select", n_groups, np.concatenate([g, s_rows]), np.concatenate([x_cols, s_cols]),
+               np.ones(n_x + n_s), count, inf)
         # memory[j]: sum_g mem[m] * x[g,j] <= mem_cap[j]   (memory summed per request, chapter 3)
         family("memory", n_nodes, j, x_cols, arrays.mem[m], np.full(n_nodes, -np.inf),
                arrays.mem_cap.astype(float))
@@ -147,6 +158,7 @@ def build_model(arrays: Arrays, *, pairs: tuple[np.ndarray, np.ndarray] | None =
     family("compute", n_nodes, j, x_cols, arrays.cpu[m], np.full(n_nodes, -np.inf), arrays.cpu_cap.astype(float))
 
     A = sp.csr_matrix((np.concatenate(vals_i), (np.concatenate(rows_i), np.concatenate(cols_i))),
-                      shape=(next_row, n_x + n_y))
+                      shape=(next_row, n_x + n_y + n_s))
     return LinearModel(c=c, lb=lb, ub=ub, integer=integer, A=A, row_lb=np.concatenate(row_lb),
-                       row_ub=np.concatenate(row_ub), pair_g=g, pair_j=j, y_m=y_m, y_j=y_j, rows=families)
+                       row_ub=np.concatenate(row_ub), pair_g=g, pair_j=j, y_m=y_m, y_j=y_j, n_slack=n_s,
+                       rows=families)

@@ -124,3 +124,47 @@ def random_problem(seed: int, *, formulation: str = "thesis", n_groups: int = 4,
         exec_time={m: {n: float(np.round(rng.uniform(0.1, 0.8), 3)) for n in nodes} for m in models},
         deployed=pairs if formulation == "placement" else [],
     )
+
+
+def zoned_problem(seed: int, *, n_nodes: int = 1000, n_models: int = 50, n_zones: int = 100,
+                  n_requests: int = 100_000, load: float = 0.6) -> Problem:
+    """Return a large `placement` instance: requests in (model, zone) groups on a geographic cluster.
+
+    Zones and nodes lie in a unit square (nodes near zones, as edge sites are); RTT grows with
+    distance (5 ms + 150 ms per unit, +-10% jitter); nodes differ in speed (x0.5..x2), memory
+    (4-16 GB) and cores (4-16); models in base execution time (20-300 ms), memory (100 MB-1.5 GB)
+    and cpu per request. Model popularity is Zipf-like; every (model, zone) group has requests.
+    Total cpu demand is `load` times the cluster's cores, so capacity shapes the answer. The
+    groups of one zone share one rtt mapping (cheap to build and to convert).
+    """
+    rng = np.random.default_rng(seed)
+    zones_xy = rng.uniform(0, 1, size=(n_zones, 2))
+    home = rng.integers(0, n_zones, size=n_nodes)
+    nodes_xy = np.clip(zones_xy[home] + rng.normal(0, 0.05, size=(n_nodes, 2)), 0, 1)
+    distance = np.linalg.norm(zones_xy[:, None, :] - nodes_xy[None, :, :], axis=2)
+    rtt = (0.005 + 0.15 * distance) * rng.uniform(0.9, 1.1, size=distance.shape)
+    speed = rng.uniform(0.5, 2.0, size=n_nodes)
+    base_exec = rng.uniform(0.02, 0.3, size=n_models)
+    exec_time = base_exec[:, None] / speed[None, :]
+    popularity = 1.0 / np.arange(1, n_models + 1) ** 0.8
+    rng.shuffle(popularity)
+    weights = (popularity[:, None] * rng.uniform(0.5, 1.5, size=n_zones)[None, :]).ravel()
+    counts = 1 + rng.multinomial(n_requests - n_models * n_zones, weights / weights.sum())
+    node_cpu = rng.integers(4, 17, size=n_nodes).astype(float)
+    model_cpu = rng.uniform(0.5, 1.5, size=n_models)
+    demand = float((counts.reshape(n_models, n_zones).sum(axis=1) * model_cpu).sum())
+    model_cpu *= load * node_cpu.sum() / demand
+    node_names = [f"node-{j:04d}" for j in range(n_nodes)]
+    model_names = [f"model-{k:02d}" for k in range(n_models)]
+    zone_rtt = [{node_names[j]: float(rtt[z, j]) for j in range(n_nodes)} for z in range(n_zones)]
+    return Problem(
+        formulation="placement",
+        nodes=[NodeCap(name=node_names[j], memory=int(rng.integers(4_000_000, 16_000_001)), cpu=float(node_cpu[j]))
+               for j in range(n_nodes)],
+        models=[ModelReq(name=model_names[k], memory=int(rng.integers(100_000, 1_500_001)),
+                         cpu=float(round(model_cpu[k], 6))) for k in range(n_models)],
+        requests=[RequestGroup(model=model_names[k], count=int(counts[k * n_zones + z]), rtt=zone_rtt[z])
+                  for k in range(n_models) for z in range(n_zones)],
+        exec_time={model_names[k]: {node_names[j]: float(exec_time[k, j]) for j in range(n_nodes)}
+                   for k in range(n_models)},
+    )

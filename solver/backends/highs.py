@@ -15,6 +15,9 @@ from solver.packing import Packer
 from solver.problem import Problem, Solution
 
 
+SMALL_MODEL = 20_000     # columns; measured on the thesis-scale instances (bench/solver.py)
+
+
 @dataclass
 class HighsResult:
     """What one HiGHS run returned."""
@@ -41,6 +44,8 @@ def run_highs(model: LinearModel, *, time_limit: float | None = None, integral: 
         h.setOptionValue("mip_rel_gap", float(mip_gap))
     if threads is not None:
         h.setOptionValue("threads", int(threads))
+    if model.n_cols <= SMALL_MODEL:
+        h.setOptionValue("presolve", "off")          # on thesis-scale models presolve costs more than it saves
     lp = highspy.HighsLp()
     lp.num_col_ = model.n_cols
     lp.num_row_ = model.A.shape[0]
