@@ -5,7 +5,6 @@ import json
 import logging
 import os
 import sys
-import time
 
 from flask import Flask, g, has_request_context
 
@@ -49,8 +48,3 @@ def init_app(app: Flask, *, level: str = "INFO") -> None:
         logger.propagate = False
     app.logger.handlers = logger.handlers
     app.logger.setLevel(logger.level)
-
-
-def monotonic() -> float:
-    """Return the clock used for durations."""
-    return time.perf_counter()

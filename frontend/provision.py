@@ -76,10 +76,7 @@ class Provisioner:
         started = time.monotonic()
         outcome = "started"
         try:
-            with self.cache.cluster_lock:
-                if self.cache.cluster is None:
-                    self.cache.cluster = self.cache._factory()
-                self.cache.cluster.deploy(model, node, wait=False)
+            self.cache.deploy(model, node)
             self.last_error.pop(model, None)
             log.info("provisioning on demand", extra={"event": "provision_started", "model": model, "node": node,
                                                       "seconds": round(time.monotonic() - started, 3)})

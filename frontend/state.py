@@ -29,7 +29,7 @@ from . import metrics
 from .config import ConfigError, Settings
 from .dispatch import Plan, rtt_from_alto
 from .snapshot import EMPTY_STATE, Candidate, ClusterState
-from .store import StatsStore, label_text
+from .store import StatsStore
 
 __all__ = ["StateCache", "make_cluster_factory"]
 
@@ -152,6 +152,13 @@ class StateCache:
                             extra={"event": "cluster_unavailable", "error": self.last_error})
             except (ClusterError, TypeError, ValueError) as exc:
                 raise ConfigError(f"cluster {self.settings.cluster!r}: {exc}") from exc
+
+    def deploy(self, model: str, node: str) -> None:
+        """Ask the cluster to start `model` on `node` without waiting for it to be ready."""
+        with self.cluster_lock:
+            if self.cluster is None:
+                self.cluster = self._factory()
+            self.cluster.deploy(model, node, wait=False)
 
     def refresh(self) -> bool:
         """Read the cluster now; on failure keep the last good state. Return success."""
@@ -306,8 +313,3 @@ class StateCache:
             "last_error": self.last_error,
             "bad_endpoints": sorted(self._bad),
         }
-
-
-def gauge_labels(**labels: str) -> str:
-    """Render gauge labels the same way counters are rendered."""
-    return label_text(labels)

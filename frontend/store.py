@@ -16,7 +16,6 @@ import logging
 import os
 import sqlite3
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -367,8 +366,3 @@ class StatsStore:
     def claims(self) -> dict[str, tuple[str, float]]:
         """Return model -> (node, claimed time) for every claim."""
         return {m: (n, t) for m, n, t in self._conn().execute("SELECT model, node, claimed FROM claims")}
-
-
-def now() -> float:
-    """Return the wall-clock time stored in rows (unix seconds)."""
-    return time.time()
