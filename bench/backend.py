@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
 import statistics
 import sys
@@ -280,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         print(line, file=sys.stderr, flush=True)
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)     # no access log lines between results
+    load_before = os.getloadavg()[0]
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-backend-") as tmp:
         bench = Bench(Path(tmp), solver=args.solver)
@@ -292,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
             bench.close()
     text = "\n".join([
         f"Provisioning latency, median of {repeat} run(s) per cell, solver {args.solver}, "
-        f"{len(NODES)}-node local cluster ({time.monotonic() - started:.0f} s in all):", "",
+        f"{len(NODES)}-node local cluster ({time.monotonic() - started:.0f} s in all); host: {os.cpu_count()} cores, "
+        f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
+        "(every local node shares the host's cores, so concurrent model-server start-ups compete for them):", "",
         table(results), "", *[f"- {line}" for line in ratios(results)]])
     print(text)
     mismatches = [f"{r.scenario.key} {m}" for r in results for m in r.mismatches]
