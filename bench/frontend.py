@@ -206,6 +206,41 @@ def load(url: str, *, tool: str, method: str = "GET", body: str | None = None, c
     return runner(url, method=method, body=body, connections=connections, seconds=seconds)
 
 
+# ---- CPU accounting: busy machines distort wall-clock figures, CPU per request much less -----------------
+
+def _procs_of(pid: int) -> list:
+    import psutil
+    root = psutil.Process(pid)
+    return [root] + root.children(recursive=True)
+
+
+def _cpu_seconds(procs: list) -> float:
+    import psutil
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def _server_procs(address: str) -> list:
+    """Return the model-server processes bound to `address` (for their CPU per request)."""
+    import psutil
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if "modelserver" in cmdline and address in cmdline:
+            found.append(proc)
+    return found
+
+
+def _machine_load() -> float:
+    return os.getloadavg()[0]
+
+
 # ---- scenarios -----------------------------------------------------------------------------------------
 
 def _free_prefix() -> str:
@@ -239,14 +274,18 @@ def _cluster_read_ms(cluster, repeats: int = 15) -> float:
     return statistics.median(times)
 
 
-def _measure_lookups(url: str, model: str, args, tool: str) -> dict[str, Any]:
+def _measure_lookups(server, model: str, args, tool: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    procs = _procs_of(server.proc.pid)
     for key, path in (("one", f"/services/{model}"), ("all", "/services")):
-        single = load(url + path, tool=tool, connections=1, seconds=args.duration)
-        loaded = load(url + path, tool=tool, connections=args.connections, seconds=args.duration)
+        single = load(server.url + path, tool=tool, connections=1, seconds=args.duration)
+        before = _cpu_seconds(procs)
+        loaded = load(server.url + path, tool=tool, connections=args.connections, seconds=args.duration)
+        cpu_us = (_cpu_seconds(procs) - before) / max(1, loaded.requests) * 1e6
         out[key] = {"p50_ms": single.p50_ms, "p99_ms": single.p99_ms, "rps": loaded.rps,
-                    "loaded_p50_ms": loaded.p50_ms, "loaded_p99_ms": loaded.p99_ms,
+                    "loaded_p50_ms": loaded.p50_ms, "loaded_p99_ms": loaded.p99_ms, "cpu_us": cpu_us,
                     "errors": single.errors + loaded.errors}
+    out["load_average"] = _machine_load()
     return out
 
 
@@ -272,10 +311,10 @@ def run(args) -> dict[str, Any]:
                 read_ms = _cluster_read_ms(cluster)
                 server = _serve({"cluster": "local", "cluster_settings": cluster_settings}, args, tmp, f"real-{count}")
                 try:
-                    figures = _measure_lookups(server.url, "half_plus_two", args, tool)
+                    figures = _measure_lookups(server, "half_plus_two", args, tool)
                     figures["cluster_read_ms"] = read_ms
                     if count == 1:
-                        results["proxy"] = _measure_proxy(server.url, cluster, args, tool)
+                        results["proxy"] = _measure_proxy(server, cluster, args, tool)
                 finally:
                     server.cleanup()
             finally:
@@ -289,7 +328,7 @@ def run(args) -> dict[str, Any]:
                         "catalog": str(catalog)}
             server = _serve(settings, args, tmp, f"synthetic-{count}")
             try:
-                figures = _measure_lookups(server.url, _synthetic_name(count // 2), args, tool)
+                figures = _measure_lookups(server, _synthetic_name(count // 2), args, tool)
             finally:
                 server.cleanup()
             results["synthetic"][count] = figures
@@ -297,20 +336,32 @@ def run(args) -> dict[str, Any]:
     return results
 
 
-def _measure_proxy(url: str, cluster, args, tool: str) -> dict[str, Any]:
+def _measure_proxy(server, cluster, args, tool: str) -> dict[str, Any]:
     endpoint = next(d.endpoint for d in cluster.deployments() if d.model == "half_plus_two")
     body = json.dumps({"instances": [1.0, 2.0, 5.0]})
     direct_url = f"http://{endpoint}/v1/models/half_plus_two:predict"
-    proxy_url = f"{url}/services/half_plus_two/v1/models/half_plus_two:predict"
-    out = {}
+    proxy_url = f"{server.url}/services/half_plus_two/v1/models/half_plus_two:predict"
+    frontend_procs = _procs_of(server.proc.pid)
+    model_procs = _server_procs(endpoint.rsplit(":", 1)[0])
+    out: dict[str, Any] = {}
     for key, target in (("direct", direct_url), ("proxied", proxy_url)):
         single = load(target, tool=tool, method="POST", body=body, connections=1, seconds=args.duration)
+        front0, model0 = _cpu_seconds(frontend_procs), _cpu_seconds(model_procs)
         loaded = load(target, tool=tool, method="POST", body=body, connections=args.connections,
                       seconds=args.duration)
+        n = max(1, loaded.requests)
         out[key] = {"p50_ms": single.p50_ms, "p99_ms": single.p99_ms, "rps": loaded.rps,
-                    "loaded_p50_ms": loaded.p50_ms, "errors": single.errors + loaded.errors}
+                    "loaded_p50_ms": loaded.p50_ms, "errors": single.errors + loaded.errors,
+                    "frontend_cpu_us": (_cpu_seconds(frontend_procs) - front0) / n * 1e6,
+                    "modelserver_cpu_us": (_cpu_seconds(model_procs) - model0) / n * 1e6}
     out["added_p50_ms"] = out["proxied"]["p50_ms"] - out["direct"]["p50_ms"]
     out["throughput_ratio"] = out["proxied"]["rps"] / out["direct"]["rps"] if out["direct"]["rps"] else 0.0
+    d, p = out["direct"], out["proxied"]
+    # Both share this machine's cores: what would the ratio be if the CPU were the only limit?
+    direct_cpu = d["modelserver_cpu_us"]
+    proxied_cpu = p["modelserver_cpu_us"] + p["frontend_cpu_us"]
+    out["cpu_ratio"] = direct_cpu / proxied_cpu if proxied_cpu else 0.0
+    out["load_average"] = _machine_load()
     _progress("proxy vs direct", out)
     return out
 
@@ -341,21 +392,28 @@ def report(results: dict[str, Any]) -> str:
             lines.append(f"| {kind} | {count} | {one['p50_ms']:.2f} / {one['p99_ms']:.2f} | {one['rps']:.0f} | "
                          f"{t_one or '-'} | {ratio_one} | {every['p50_ms']:.2f} / {every['p99_ms']:.2f} | "
                          f"{every['rps']:.0f} | {t_all or '-'} | {ratio_all} | {read} |")
-    lines += ["", "Under load (C connections): p50 / p99 ms", "",
-              "| cluster | models | one-model | all-models | errors |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines += ["", "Under load (C connections): p50 / p99 ms, and the front-end's CPU per request (all gunicorn "
+                  "processes; req/s on N idle cores would be about N / CPU per request)", "",
+              "| cluster | models | one-model | one-model CPU us/req | all-models | all-models CPU us/req | errors | load avg |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for kind in ("real", "synthetic"):
         for count, f in sorted(results[kind].items(), key=lambda kv: int(kv[0])):
             lines.append(f"| {kind} | {count} | {f['one']['loaded_p50_ms']:.2f} / {f['one']['loaded_p99_ms']:.2f} | "
-                         f"{f['all']['loaded_p50_ms']:.2f} / {f['all']['loaded_p99_ms']:.2f} | "
-                         f"{f['one']['errors'] + f['all']['errors']} |")
+                         f"{f['one']['cpu_us']:.0f} | "
+                         f"{f['all']['loaded_p50_ms']:.2f} / {f['all']['loaded_p99_ms']:.2f} | {f['all']['cpu_us']:.0f} | "
+                         f"{f['one']['errors'] + f['all']['errors']} | {f['load_average']:.1f} |")
     proxy = results.get("proxy")
     if proxy:
         d, p = proxy["direct"], proxy["proxied"]
-        lines += ["", "| POST :predict (half_plus_two) | p50 ms | p99 ms | req/s | errors |", "| --- | ---: | ---: | ---: | ---: |",
-                  f"| direct to the model server | {d['p50_ms']:.2f} | {d['p99_ms']:.2f} | {d['rps']:.0f} | {d['errors']} |",
-                  f"| through the front-end | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} | {p['rps']:.0f} | {p['errors']} |",
+        lines += ["", "| POST :predict (half_plus_two) | p50 ms | p99 ms | req/s | front-end CPU us/req | "
+                      "model-server CPU us/req | errors |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+                  f"| direct to the model server | {d['p50_ms']:.2f} | {d['p99_ms']:.2f} | {d['rps']:.0f} | - | "
+                  f"{d['modelserver_cpu_us']:.0f} | {d['errors']} |",
+                  f"| through the front-end | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} | {p['rps']:.0f} | "
+                  f"{p['frontend_cpu_us']:.0f} | {p['modelserver_cpu_us']:.0f} | {p['errors']} |",
                   "", f"proxy adds {proxy['added_p50_ms']:.2f} ms at p50 and keeps "
-                      f"{proxy['throughput_ratio'] * 100:.0f} % of direct throughput"]
+                      f"{proxy['throughput_ratio'] * 100:.0f} % of direct throughput (CPU-bound estimate: "
+                      f"{proxy['cpu_ratio'] * 100:.0f} %; load average {proxy['load_average']:.1f})"]
     lines += ["", "targets (issue 4): " + _verdicts(results)]
     return "\n".join(lines)
 

@@ -49,6 +49,7 @@ class Runtime:
         self._counters_lock = threading.Lock()
         self._rng = random.Random()
         self._pools: dict[str, UpstreamPool] = {}
+        self._listing: tuple[tuple, list[dict]] | None = None
         self._pools_lock = threading.Lock()
         self.cache.add_listener(self._drop_pools)
 
@@ -115,6 +116,28 @@ class Runtime:
         headers = {"Retry-After": str(refusal.retry_after)} if refusal.retry_after is not None else {}
         raise ApiError(503, refusal.reason, headers=headers,
                        extra={"model": model, "provisioning": refusal.retry_after is not None})
+
+    def listing(self, *, zone: str | None) -> list[dict]:
+        """Return one service object per catalog model with a ready instance (GET /services).
+
+        Under the deterministic policies the list depends only on the cluster picture (and the zone
+        for nearest), so it is built once per refresh instead of once per request (the thesis's
+        list cost grew with every model: Table 6.6)."""
+        policy = self.settings.policy
+        key = None
+        if policy in ("lowest-cpu", "nearest") and not self.cache.has_bad:
+            key = (self.cache.version, id(self.cache.catalog), zone if policy == "nearest" else None)
+            cached = self._listing
+            if cached is not None and cached[0] == key:
+                return cached[1]
+        catalog = self.cache.catalog
+        services = []
+        for name in self.cache.state.serving:
+            if name in catalog and self.cache.candidates(name):
+                services.append(self.pick(name, zone=zone, provision=False).to_json())
+        if key is not None:
+            self._listing = (key, services)
+        return services
 
     def close(self) -> None:
         """Stop background work and close connections."""

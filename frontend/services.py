@@ -56,17 +56,11 @@ def list_services():
         model = body["model"]
     if model is not None:
         return _one(model, body)
-    rt = current_runtime()
-    catalog = rt.cache.catalog
     try:
         hints = parse_hints(request.headers, body)
     except HintError as exc:
         raise ApiError(400, str(exc)) from None
-    services = []
-    for name in rt.cache.state.serving:
-        if name in catalog and rt.cache.candidates(name):
-            services.append(rt.pick(name, zone=hints.zone, provision=False).to_json())
-    return {"services": services}
+    return {"services": current_runtime().listing(zone=hints.zone)}
 
 
 @bp.get("/services/<model>")

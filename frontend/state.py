@@ -69,6 +69,7 @@ class StateCache:
         self.cluster: Cluster | None = None
         self.cluster_lock = threading.Lock()     # adapters are not promised to be thread-safe
         self.state: ClusterState = EMPTY_STATE
+        self.version = 0                           # bumped at every successful refresh
         self.last_error: str | None = None
         self.last_attempt = 0.0
         self.catalog: Catalog = load_catalog(settings.catalog_path)
@@ -180,6 +181,7 @@ class StateCache:
             return False
         old, new = self.state, ClusterState.build(nodes, deployments, fetched=time.time())
         self.state = new
+        self.version += 1
         self.last_error = None
         self._forget_bad(new)
         for listener in self._listeners:
@@ -273,6 +275,11 @@ class StateCache:
             now = time.monotonic()
             return tuple(c for c in found if self._bad.get(c.endpoint, 0.0) <= now)
         return found
+
+    @property
+    def has_bad(self) -> bool:
+        """Tell whether this worker currently skips any endpoint."""
+        return bool(self._bad)
 
     def bad_for(self, model: str) -> float:
         """Return seconds until the first of `model`'s skipped endpoints may be used again."""

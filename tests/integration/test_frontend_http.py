@@ -361,6 +361,8 @@ def test_on_demand_provisioning(make_frontend):
                       what="the new instance served")
     assert served["node"] == "node-a"
     assert sorted((d.model, d.node) for d in fe.cluster.deployments()) == [("digits_forest", "node-b"), (HP2, "node-a")]
+    listing = requests.get(f"{fe.url}/services", timeout=10).json()["services"]
+    assert sorted((s["model"], s["node"]) for s in listing) == [("digits_forest", "node-b"), (HP2, "node-a")]
     text = requests.get(f"{fe.url}/metrics", timeout=10).text
     assert f'frontend_provisions_total{{model="{HP2}",outcome="started"}} 1' in text
 
