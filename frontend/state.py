@@ -210,7 +210,7 @@ class StateCache:
     def _prune(self) -> None:
         retention = self.settings.stats_retention
         now = time.time()
-        if retention <= 0 or now - self._last_prune < PRUNE_EVERY:
+        if retention <= 0 or now - self._last_prune < min(PRUNE_EVERY, max(1.0, retention / 10)):
             return
         self._last_prune = now
         removed = self.store.prune(older_than=now - retention)

@@ -425,3 +425,26 @@ def test_upstream_failures_are_json_502_and_504(make_frontend):
             assert "Retry-After" in lookup.headers
     wait_for(lambda: requests.post(url, data=predict_body([2.0]), timeout=10).status_code == 200,
              what="the model served again")
+
+
+def test_retention_and_catalog_reload(make_frontend, tmp_path):
+    import shutil
+    from cluster.catalog import DEFAULT_CATALOG
+    catalog = tmp_path / "models.yaml"
+    shutil.copy(DEFAULT_CATALOG, catalog)
+    fe = make_frontend(TWO_NODES, deploy=((HP2, "node-a"),), stats_retention=1.0, catalog=str(catalog))
+    assert requests.get(f"{fe.url}/services/{HP2}", timeout=10).status_code == 200
+    rows = lambda: requests.get(f"{fe.url}/stats/requests", headers=AUTH, timeout=10).json()["requests"]
+    assert len(rows()) == 1
+    wait_for(lambda: rows() == [], timeout=30, what="old rows pruned")
+    models = requests.get(f"{fe.url}/stats/models", headers=AUTH, timeout=10).json()["models"]
+    assert next(m for m in models if m["model"] == HP2)["count"] == 1       # counts outlive the rows
+    # the catalog is re-read when it changes: a model taken out of it is unknown from then on
+    import yaml
+    doc = yaml.safe_load(catalog.read_text())
+    doc["models"] = [m for m in doc["models"] if m["name"] != "digits_forest"]
+    catalog.write_text(yaml.safe_dump(doc))
+    names = lambda: {m["model"] for m in requests.get(f"{fe.url}/stats/models", headers=AUTH, timeout=10).json()["models"]}
+    wait_for(lambda: "digits_forest" not in names(), what="catalog reloaded")
+    assert requests.get(f"{fe.url}/services/digits_forest", timeout=10).status_code == 404
+    assert requests.get(f"{fe.url}/services/{HP2}", timeout=10).status_code == 200
