@@ -23,7 +23,8 @@ def test_loadgen_sends_the_requested_mix_with_zone_and_latency_hints(make_system
     rows = requests.get(f"{system.url}/stats/requests", headers=AUTH, timeout=10).json()["requests"]
     assert len(rows) == 40 and {r["zone"] for r in rows} == {"z-a", "z-b"}
     reported = [r for r in rows if r["latency"] is not None]
-    assert len(reported) >= 38                     # all but each zone's first request carry a latency
+    # a zone reports once one of its requests has come back (up to 4 are in flight before that)
+    assert len(reported) >= 40 - 2 * 4 and {r["zone"] for r in reported} == {"z-a", "z-b"}
     assert min(r["latency"] for r in reported if r["zone"] == "z-b") >= 0.05
 
 
