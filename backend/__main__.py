@@ -21,6 +21,7 @@ from typing import Any
 __all__ = ["main", "build_parser", "config_from_args"]
 
 DEFAULT_ALTO = "config/alto-costmap.json"
+DEFAULT_LOCK = ".run/backend.lock"
 
 
 def _positive(kind):
@@ -125,10 +126,22 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--catalog", default="config/models.yaml", metavar="FILE", help="model catalog")
     cl.add_argument("--cluster-setting", type=_setting, action="append", default=[], metavar="KEY=VALUE",
                     help="extra keyword for the cluster adapter (repeatable; VALUE parsed as JSON when it can be)")
-    cl.add_argument("--lock", default=".run/backend.lock", metavar="FILE", help="run lock file")
+    cl.add_argument("--lock", default=DEFAULT_LOCK, metavar="FILE", help="run lock file")
     cl.add_argument("--http-timeout", type=_positive(float), default=10.0, metavar="SECONDS",
                     help="timeout of each call to the front-end")
     return p
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _path(value: str | None, default: str | None = None) -> str | None:
+    """Resolve a path flag: the built-in default against the repository, a user's against the cwd."""
+    if value is None or value == "":
+        return value
+    if default is not None and value == default:
+        return str(REPO_ROOT / value)
+    return str(Path(value).expanduser().absolute())
 
 
 def config_from_args(args: argparse.Namespace):
@@ -145,17 +158,18 @@ def config_from_args(args: argparse.Namespace):
         except OSError as exc:
             raise UsageError(f"--token-file {args.token_file}: cannot read: {exc.strerror}") from None
         token = lines[0].strip() if lines else None
+    catalog = _path(args.catalog, "config/models.yaml")
     settings: dict[str, Any] = {}
     if args.cluster == "local":
         if args.cluster_config:
-            settings["config_path"] = args.cluster_config
+            settings["config_path"] = _path(args.cluster_config)
         if args.cluster_state:
-            settings["state_path"] = args.cluster_state
+            settings["state_path"] = _path(args.cluster_state)
         if args.models_dir:
-            settings["models_dir"] = args.models_dir
+            settings["models_dir"] = _path(args.models_dir)
     elif args.cluster_config or args.cluster_state or args.models_dir:
         raise UsageError("--cluster-config, --cluster-state and --models-dir apply to --cluster local only")
-    settings["catalog_path"] = args.catalog
+    settings["catalog_path"] = catalog
     settings.update(dict(args.cluster_setting))
     return RunConfig(
         mode=args.mode, frontend=args.frontend, token=token, solver=args.solver, time_limit=args.time_limit,
@@ -166,9 +180,9 @@ def config_from_args(args: argparse.Namespace):
         execution=ExecSettings(max_deletions=args.max_deletions, concurrency=args.concurrency,
                                wait_ready=args.wait_ready, ready_timeout=args.ready_timeout,
                                dry_run=args.dry_run),
-        keep_files=args.keep_files, alto=args.alto or None, alto_required=args.alto != DEFAULT_ALTO,
-        catalog=args.catalog, cluster_kind=args.cluster, cluster_settings=settings,
-        lock_path=args.lock, http_timeout=args.http_timeout)
+        keep_files=_path(args.keep_files), alto=_path(args.alto, DEFAULT_ALTO) or None,
+        alto_required=args.alto != DEFAULT_ALTO, catalog=catalog, cluster_kind=args.cluster,
+        cluster_settings=settings, lock_path=_path(args.lock, DEFAULT_LOCK), http_timeout=args.http_timeout)
 
 
 def _emit(outcome, args, *, compact: bool) -> None:

@@ -94,7 +94,8 @@ def _solve(problem, cfg: RunConfig) -> _Solved:
     started = time.perf_counter()
     try:
         from solver import solve
-        solution = solve(problem, solver=cfg.solver, time_limit=cfg.time_limit, keep_files=cfg.keep_files)
+        keep = str(_resolve(cfg.keep_files)) if cfg.keep_files else None
+        solution = solve(problem, solver=cfg.solver, time_limit=cfg.time_limit, keep_files=keep)
     except Exception as exc:  # the solver must not take the run down: report and delete nothing
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return _Solved("error", None, None, cfg.solver, time.perf_counter() - started, [], text)

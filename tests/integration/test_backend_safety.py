@@ -54,7 +54,8 @@ def test_dry_run_changes_nothing(make_system, capsys):
     system.seed_demand({(HP2, "z-a"): 5})
     system.deploy([(HP3, B), (LOGREG, C)])
     before = system.pairs()
-    code, report = system.backend(2, "--dry-run")
+    keep = system.tmp / "kept"
+    code, report = system.backend(2, "--dry-run", "--keep-files", str(keep))
     out = capsys.readouterr().out
     assert code == 0 and report["dry_run"] is True
     assert actions(report, "provision", done=False) == {(HP2, A)}
@@ -64,6 +65,11 @@ def test_dry_run_changes_nothing(make_system, capsys):
     # the plan and the rendered Kubernetes objects are printed
     assert f"# provision {HP2} on {A}" in out and f"# delete {HP3} on {B}" in out
     assert "kind: Deployment" in out and "kind: Service" in out and 'kubernetes.io/hostname: "node-a"' in out
+    # --keep-files leaves the problem and solution behind, in the solver's own file format
+    from solver import Problem
+    problem = Problem.from_dict(json.loads((keep / "backend-problem.json").read_text()))
+    assert problem.total_requests == 5 and problem.deployed == []
+    assert json.loads((keep / "backend-solution.json").read_text())["status"] == report["solver"]["status"]
 
 
 def test_both_modes_give_the_same_placement_when_nothing_is_deployed(make_system):

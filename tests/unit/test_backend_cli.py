@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +22,18 @@ def test_defaults_follow_the_issue():
     assert cfg.solver == "ipopt" and cfg.build.formulation == "placement"
     assert cfg.execution.max_deletions == 3 and not cfg.execution.dry_run and not cfg.execution.wait_ready
     assert cfg.build.mode == 1 and cfg.thresholds.idle_seconds == 900 and cfg.thresholds.min_requests == 10
-    assert cfg.cluster_kind == "local" and cfg.lock_path == ".run/backend.lock"
+    repo = Path(__file__).resolve().parents[2]
+    assert cfg.cluster_kind == "local" and cfg.lock_path == str(repo / ".run" / "backend.lock")
+    assert cfg.catalog == str(repo / "config" / "models.yaml") and cfg.alto == str(repo / "config" / "alto-costmap.json")
+
+
+def test_user_paths_are_relative_to_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["--mode", "1", "--frontend", "u", "--lock", "l.lock", "--alto", "a.json",
+                                      "--cluster-state", "s.db", "--keep-files", "keep"])
+    cfg = config_from_args(args)
+    assert cfg.lock_path == str(tmp_path / "l.lock") and cfg.alto == str(tmp_path / "a.json")
+    assert cfg.cluster_settings["state_path"] == str(tmp_path / "s.db") and cfg.keep_files == str(tmp_path / "keep")
 
 
 def test_every_flag_of_the_issue_is_accepted(tmp_path):
