@@ -58,9 +58,9 @@ def check_assignment(problem: Problem, assignment: Iterable[Assignment]) -> Chec
             placed[(a.request, a.node)] = placed.get((a.request, a.node), 0) + a.count
 
     total = [0] * len(problem.requests)
-    objective = Fraction(0)
-    memory = {n: Fraction(0) for n in nodes}
-    cpu = {n: Fraction(0) for n in nodes}
+    terms: list[tuple[int, float]] = []
+    memory = dict.fromkeys(nodes, 0)
+    cpu: dict[str, list[float]] = {n: [] for n in nodes}
     instances: set[tuple[str, str]] = set()
     for (k, node), count in placed.items():
         group = problem.requests[k]
@@ -68,8 +68,9 @@ def check_assignment(problem: Problem, assignment: Iterable[Assignment]) -> Chec
         total[k] += count
         if problem.formulation == "thesis" and count > group.count:
             violations.append(f"requests[{k}]: {count} of its {group.count} requests on {node} (I is binary)")
-        objective += count * (Fraction(group.rtt[node]) + Fraction(problem.exec_time[group.model][node]))
-        cpu[node] += count * Fraction(model.cpu)
+        terms.append((count, group.rtt[node]))
+        terms.append((count, problem.exec_time[group.model][node]))
+        cpu[node].append(count * model.cpu)
         if problem.formulation == "thesis":
             memory[node] += count * model.memory
         else:
@@ -84,17 +85,27 @@ def check_assignment(problem: Problem, assignment: Iterable[Assignment]) -> Chec
             violations.append(f"requests[{k}]: {total[k]} of {group.count} requests placed")
         elif problem.formulation == "placement" and total[k] != group.count:
             violations.append(f"requests[{k}]: {total[k]} requests dispatched, count is {group.count}")
+    used_cpu = {n: math.fsum(v) for n, v in cpu.items()}
     for name, node in nodes.items():
         if not fits(float(memory[name]), node.memory):
             violations.append(f"memory[{name}]: {float(memory[name]):g} KB used > {node.memory} KB "
                               f"({float(memory[name]) / node.memory:.2f}x)" if node.memory else
                               f"memory[{name}]: {float(memory[name]):g} KB used > 0 KB")
-        if not fits(float(cpu[name]), node.cpu):
-            ratio = f" ({float(cpu[name]) / node.cpu:.2f}x)" if node.cpu else ""
-            violations.append(f"compute[{name}]: {float(cpu[name]):g} cores used > {node.cpu:g} cores{ratio}")
-    return CheckResult(ok=not violations, violations=violations, objective=float(objective),
-                       memory_used={n: float(v) for n, v in memory.items()},
-                       cpu_used={n: float(v) for n, v in cpu.items()})
+        if not fits(used_cpu[name], node.cpu):
+            ratio = f" ({used_cpu[name] / node.cpu:.2f}x)" if node.cpu else ""
+            violations.append(f"compute[{name}]: {used_cpu[name]:g} cores used > {node.cpu:g} cores{ratio}")
+    return CheckResult(ok=not violations, violations=violations, objective=exact_sum(terms),
+                       memory_used={n: float(v) for n, v in memory.items()}, cpu_used=used_cpu)
+
+
+def exact_sum(terms: Iterable[tuple[int, float]]) -> float:
+    """Return sum(count * value) computed exactly (floats are dyadic rationals), rounded once."""
+    ratios = [(count, *float(value).as_integer_ratio()) for count, value in terms]
+    if not ratios:
+        return 0.0
+    scale = max(d for _, _, d in ratios)            # every denominator is a power of two
+    total = sum(count * n * (scale // d) for count, n, d in ratios)
+    return float(Fraction(total, scale))
 
 
 def explain_infeasible(problem: Problem) -> str:

@@ -16,6 +16,7 @@ from solver.problem import Problem, Solution
 
 
 SMALL_MODEL = 20_000     # columns; measured on the thesis-scale instances (bench/solver.py)
+EXACT_GAP = 1e-6         # relative gap at which `highs` calls a solution optimal (HiGHS's default: 1e-4)
 
 
 @dataclass
@@ -112,7 +113,7 @@ class HighsBackend(Backend):
     def _solve(self, problem: Problem, arrays: Arrays, *, time_limit: float | None,
                keep_files: str | None) -> Solution:
         model = build_model(arrays)
-        result = run_highs(model, time_limit=time_limit)
+        result = run_highs(model, time_limit=time_limit, mip_gap=EXACT_GAP)
         if result.status == "kInfeasible":
             return Solution(status=st.INFEASIBLE, objective=None, bound=None, solver=self.name, seconds=0.0,
                             message=explain_infeasible(problem))
