@@ -115,3 +115,16 @@ def test_bad_alto_file_is_a_usage_error(tmp_path, capsys):
                  "--alto", str(bad)])
     err = capsys.readouterr().err
     assert code == 2 and "cost-map.z.a" in err and err.count("\n") == 1
+
+
+def test_native_solver_output_never_reaches_the_report_stream():
+    import subprocess
+    import sys
+    code = ("import os\nfrom backend.pipeline import _StdoutToStderr\nprint('{}', flush=True)\n"
+            "with _StdoutToStderr():\n    os.write(1, b'native banner\\n')\n    print('python print')\n"
+            "print('{\"report\": 1}')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["{}", '{"report": 1}']
+    assert "native banner" in done.stderr and "python print" in done.stderr
