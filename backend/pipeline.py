@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from cluster import open_cluster
 from cluster.catalog import CatalogError, load_catalog
@@ -149,7 +149,7 @@ def _open_cluster(cfg: RunConfig) -> Cluster:
         raise UsageError(f"cluster settings: {exc}") from None
 
 
-def run_once(cfg: RunConfig, *, stop: threading.Event | None = None, out: TextIO | None = None) -> RunOutcome:
+def run_once(cfg: RunConfig, *, stop: threading.Event | None = None) -> RunOutcome:
     """Run the pipeline once under the lock; return the report and the exit code."""
     lock = RunLock(_resolve(cfg.lock_path))
     try:

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from test_backend_support import (FOREST, HP2, HP3, LOGREG, TOKEN, actions, make_system,  # noqa: F401
+from test_backend_support import (FOREST, HP2, HP3, LOGREG, actions, make_system,  # noqa: F401
                                   wait_for)
 
 A, B, C = "node-a", "node-b", "node-c"
