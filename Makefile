@@ -10,7 +10,7 @@ DEBS := glpk-utils
 
 .PHONY: setup test run bench simulate clean
 
-setup: $(PIP_STAMP) $(DEB_STAMP) $(MODELS_STAMP)
+setup: $(PIP_STAMP) $(DEB_STAMP) $(MODELS_STAMP) k8s-tools
 
 $(PIP_STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,13 @@ $(DEB_STAMP): Makefile | $(PIP_STAMP)
 # The shipped models are built from scikit-learn's bundled data, never downloaded.
 $(MODELS_STAMP): $(PIP_STAMP) $(wildcard modelserver/build_models.py)
 	@if [ -f modelserver/build_models.py ]; then $(PY) -m modelserver.build_models --out build/models && touch $@; fi
+
+# The Kubernetes control plane tests/k8s runs against (kube-apiserver, kube-controller-manager,
+# kube-scheduler, kubectl, etcd, kwok): compiled from Go modules with the local Go toolchain into
+# $${XDG_CACHE_HOME:-~/.cache}/edge-inference/k8s/<version>/bin, only when missing (first run ~15 min).
+# Without Go it warns and goes on (make run needs no Go); the tests in tests/k8s then fail.
+k8s-tools: | $(PIP_STAMP)
+	@$(PY) tests/k8s/k8s_tools.py --missing-go-ok
 
 test: setup
 	$(PY) -m pytest -q tests
