@@ -25,6 +25,7 @@ from solver.problem import ProblemError, Solution, load_problem
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
         self.exit(st.EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
 
 
