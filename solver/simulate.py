@@ -200,7 +200,7 @@ def report(rows: list[Row], *, seeds: int, solvers: list[str], exec_per: str, se
         thesis_gain = 1 - avg[0] / avg[2]
         w(f"\nThe thesis's Mode 1 average is {100 * thesis_gain:.1f}% below its search average; here the optimum "
           f"is {_pct(a.get('g'))} below search on average (paired per seed, Mode 1 and 2).\n")
-        w(f"All solvers, Mode 1 (mean total latency; in brackets the mean excess over the optimum):\n")
+        w("All solvers, Mode 1 (mean total latency; in brackets the mean excess over the optimum):\n")
         present = [s for s in solvers if select(rows, solver=s)]
         w(f"| {key} | " + " | ".join(present) + " |")
         w("|---:|" + "---:|" * len(present))

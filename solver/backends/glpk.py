@@ -10,7 +10,6 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
 from solver import status as st
 from solver.backends.base import Backend
