@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from .yamlcheck import number_field, read_yaml
 
 from .port import ClusterError
 
@@ -64,20 +64,6 @@ class Catalog:
         return list(self.models)
 
 
-def _number(errors: list[str], where: str, entry: dict, key: str, kind: type, *, positive: bool = True):
-    value = entry.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        errors.append(f"{where}: field '{key}' must be a number, got {value!r}")
-        return None
-    if kind is int and not float(value).is_integer():
-        errors.append(f"{where}: field '{key}' must be an integer, got {value!r}")
-        return None
-    if value < 0 or (positive and value == 0):
-        errors.append(f"{where}: field '{key}' must be {'positive' if positive else 'non-negative'}, got {value!r}")
-        return None
-    return kind(value)
-
-
 def _model(errors: list[str], source: str, index: int, entry: object) -> ModelSpec | None:
     where = f"{source}: models[{index}]"
     if not isinstance(entry, dict):
@@ -92,14 +78,14 @@ def _model(errors: list[str], source: str, index: int, entry: object) -> ModelSp
     image = entry.get("image")
     if not isinstance(image, str) or not image.strip():
         errors.append(f"{where}: field 'image' must be a non-empty string")
-    port = _number(errors, where, entry, "port", int)
+    port = number_field(errors, where, entry, "port", int)
     if port is not None and not 1 <= port <= 65535:
         errors.append(f"{where}: field 'port' must be 1..65535, got {port}")
     model_file = entry.get("model_file", name)
     if not isinstance(model_file, str) or not model_file or "/" in model_file or model_file.startswith("."):
         errors.append(f"{where}: field 'model_file' must be a plain folder name, got {model_file!r}")
-    memory = _number(errors, where, entry, "memory", int)
-    cpu = _number(errors, where, entry, "cpu", float)
+    memory = number_field(errors, where, entry, "memory", int, unit="KB")
+    cpu = number_field(errors, where, entry, "cpu", float)
     exec_time = entry.get("exec_time", {})
     if not isinstance(exec_time, dict) or not exec_time:
         errors.append(f"{where}: field 'exec_time' must map node classes to seconds")
@@ -122,12 +108,7 @@ def _model(errors: list[str], source: str, index: int, entry: object) -> ModelSp
 def load_catalog(path: str | Path = DEFAULT_CATALOG) -> Catalog:
     """Load and validate the catalog; raise CatalogError listing every problem."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise CatalogError(f"{path}: cannot read: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise CatalogError(f"{path}: not valid YAML: {exc}".splitlines()[0]) from exc
+    data = read_yaml(path, CatalogError)
     if not isinstance(data, dict) or not isinstance(data.get("models"), list) or not data["models"]:
         raise CatalogError(f"{path}: must be a mapping with a non-empty 'models' list")
     errors: list[str] = []

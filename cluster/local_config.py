@@ -12,9 +12,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from .port import ClusterError
+from .yamlcheck import number_field, read_yaml
 
 __all__ = ["LocalNodeSpec", "LocalConfigError", "load_local_config", "parse_local_config",
            "DEFAULT_LOCAL_CONFIG"]
@@ -39,20 +38,6 @@ class LocalNodeSpec:
     memory: int             # KB available to model instances (declared, not measured)
     cpu: float              # cores
     node_class: str         # matches a catalog exec_time key (e.g. "small", "large")
-
-
-def _number(errors: list[str], where: str, entry: dict, key: str, kind: type):
-    value = entry.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        errors.append(f"{where}: field '{key}' must be a positive number, got {value!r}")
-        return None
-    if kind is int and not float(value).is_integer():
-        errors.append(f"{where}: field '{key}' must be an integer (KB), got {value!r}")
-        return None
-    if value <= 0:
-        errors.append(f"{where}: field '{key}' must be positive, got {value!r}")
-        return None
-    return kind(value)
 
 
 def _address(errors: list[str], where: str, value: object) -> str | None:
@@ -82,8 +67,8 @@ def _node(errors: list[str], source: str, index: int, entry: object) -> LocalNod
     where = f"{source}: node '{name}'"
     before = len(errors)
     address = _address(errors, where, entry.get("address"))
-    memory = _number(errors, where, entry, "memory", int)
-    cpu = _number(errors, where, entry, "cpu", float)
+    memory = number_field(errors, where, entry, "memory", int, unit="KB")
+    cpu = number_field(errors, where, entry, "cpu", float)
     node_class = entry.get("class")
     if not isinstance(node_class, str) or not node_class.strip():
         errors.append(f"{where}: field 'class' must be a non-empty string, got {node_class!r}")
@@ -129,10 +114,5 @@ def parse_local_config(data: object, *, source: str = "<config>") -> list[LocalN
 def load_local_config(path: str | Path = DEFAULT_LOCAL_CONFIG) -> list[LocalNodeSpec]:
     """Load and validate a local cluster description; raise LocalConfigError listing every problem."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise LocalConfigError(f"{path}: cannot read: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise LocalConfigError(f"{path}: not valid YAML: {exc}".splitlines()[0]) from exc
+    data = read_yaml(path, LocalConfigError)
     return parse_local_config(data, source=str(path))
