@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP_STAMP := $(VENV)/.requirements-installed
 DEB_STAMP := $(VENV)/.debs-installed
 MODELS_STAMP := build/models/.built
-DEBS := glpk-utils
+DEBS := glpk-utils wrk
 
 .PHONY: setup test run bench simulate clean
 
