@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .port import ClusterUnavailable
+from .sqlite_wal import enable_wal
 
 __all__ = ["InstanceRow", "StateStore"]
 
@@ -75,7 +76,7 @@ class StateStore:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._connect() as conn:
-                conn.execute("PRAGMA journal_mode=WAL")
+                enable_wal(conn, timeout=self.busy_timeout)
                 conn.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise ClusterUnavailable(f"{self.path}: cannot open the cluster state: {exc}") from exc

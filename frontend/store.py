@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from cluster.sqlite_wal import enable_wal
+
 __all__ = ["StatsStore", "RequestRecord", "Increment", "label_text"]
 
 log = logging.getLogger("frontend.store")
@@ -116,7 +118,7 @@ class StatsStore:
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._conn()
-        conn.execute("PRAGMA journal_mode=WAL")
+        enable_wal(conn, timeout=self.busy_timeout)
         with self._write(conn):
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
