@@ -10,7 +10,7 @@ import importlib
 import sys
 import time
 
-BENCHMARKS = ["solver", "modelserver", "frontend", "backend"]
+BENCHMARKS = ["solver", "modelserver", "frontend", "backend", "k8s_scale"]
 
 
 def main(argv: list[str] | None = None) -> int:

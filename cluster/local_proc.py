@@ -156,6 +156,24 @@ def stop_process(proc: ProcessId, *, grace: float = 5.0) -> None:
         remaining = [p for p in remaining if _running(p)]
 
 
+def stop_group(proc: subprocess.Popen, *, grace: float = 15.0) -> None:
+    """SIGTERM the process group `proc` leads, SIGKILL what is left after `grace` s, reap `proc`.
+
+    For children started with start_new_session=True, so their own children (gunicorn workers,
+    model servers) go with them."""
+    if proc.poll() is None:
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    _signal_group(proc.pid, signal.SIGKILL)          # whatever of the group is left
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 def _signal_group(group: int | None, sig: int) -> None:
     if group is not None:
         try:

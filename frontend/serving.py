@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +21,8 @@ from typing import Any, Mapping
 
 from flask import Flask
 from werkzeug.serving import BaseWSGIServer, make_server
+
+from cluster.local_proc import stop_group
 
 __all__ = ["ServerThread", "GunicornServer", "wait_healthy"]
 
@@ -130,21 +131,8 @@ class GunicornServer:
             return ""
 
     def _terminate(self, *, timeout: float = 15.0) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=5)
+        if self.proc is not None:
+            stop_group(self.proc, grace=timeout)
 
     def stop(self, *, timeout: float = 15.0) -> None:
         """Stop gunicorn (SIGTERM: graceful; SIGKILL to the group after `timeout`) and free the port."""

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cluster.local_proc import stop_group
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_ANNOTATION = "edge-inference/model"
 NODE_ANNOTATION = "edge-inference/node"
@@ -211,23 +213,7 @@ class ModelServerStandIn:
 
 
 def _kill(server: Server, grace: float = 3.0) -> None:
-    import os
-
-    try:
-        os.killpg(server.process.pid, signal.SIGTERM)
-        server.process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    except ProcessLookupError:
-        pass
-    try:
-        os.killpg(server.process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
-        server.process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
+    stop_group(server.process, grace=grace)
 
 
 _LIVE: set[ModelServerStandIn] = set()
