@@ -156,6 +156,7 @@ class ControlPlane:
     components: dict[str, Component] = field(default_factory=dict)
     owns_run_dir: bool = False
     detached: bool = False              # True for the CLI: processes outlive this Python process
+    extra_args: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def kubeconfig(self) -> Path:
@@ -172,8 +173,12 @@ class ControlPlane:
     @classmethod
     def start(cls, *, run_dir: str | Path | None = None, bin_dir: str | Path | None = None,
               detached: bool = False, timeout: float = 120.0, kwok_options: dict | None = None,
+              extra_args: dict[str, list[str]] | None = None,
               log: "callable | None" = None) -> "ControlPlane":
-        """Start etcd, the API server, the controller-manager, the scheduler and kwok; wait until ready."""
+        """Start etcd, the API server, the controller-manager, the scheduler and kwok; wait until ready.
+
+        `kwok_options` overrides kwok's KwokConfiguration options (e.g. nodeLeaseDurationSeconds);
+        `extra_args` adds command-line flags per component name (e.g. {"kube-apiserver": [...]})."""
         bin_path = Path(bin_dir) if bin_dir else build.bin_dir()
         missing = [name for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
                    if not (bin_path / name).is_file()]
@@ -184,6 +189,10 @@ class ControlPlane:
         directory = Path(tempfile.mkdtemp(prefix="edge-k8s-")) if owns else Path(run_dir)
         directory.mkdir(parents=True, exist_ok=True)
         plane = cls(run_dir=directory.resolve(), bin_dir=bin_path, owns_run_dir=owns, detached=detached)
+        plane.extra_args = {name: list(flags) for name, flags in (extra_args or {}).items()}
+        unknown = set(plane.extra_args) - set(COMPONENTS)
+        if unknown:
+            raise ControlPlaneError(f"extra_args for unknown components: {', '.join(sorted(unknown))}")
         _LIVE.add(plane)
         say = log or (lambda message: None)
         try:
@@ -287,6 +296,7 @@ class ControlPlane:
 
     def _spawn(self, name: str) -> None:
         component = self.components[name]
+        component.argv = [*component.argv, *self.extra_args.get(name, [])]
         handle = open(component.log, "ab")
         env = {key: value for key, value in os.environ.items() if not key.startswith(("KUBECONFIG", "ETCD"))}
         env["HOME"] = str(self.run_dir)      # kwok and kubectl look for ~/.kube and ~/.kwok
@@ -330,6 +340,19 @@ class ControlPlane:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         return context
+
+    def client_kubeconfig(self, user: str, *, group: str = "system:masters") -> Path:
+        """Write a kubeconfig for a new client certificate (CN=user, O=group); return its path."""
+        pki = self.run_dir / "pki"
+        key, cert = f"{user}.key", f"{user}.crt"
+        _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                 "-keyout", key, "-out", cert, "-days", "3", "-CA", "ca.crt", "-CAkey", "ca.key",
+                 "-subj", f"/O={group}/CN={user}", "-addext", "extendedKeyUsage=clientAuth",
+                 "-addext", "basicConstraints=critical,CA:FALSE", cwd=pki)
+        (pki / key).chmod(0o600)
+        path = self.run_dir / f"{user}.kubeconfig"
+        write_kubeconfig(path, server=self.server, ca=pki / "ca.crt", cert=pki / cert, key=pki / key, user=user)
+        return path
 
     def _write_state(self) -> None:
         state = {"kubeconfig": str(self.kubeconfig), "server": self.server, "ports": self.ports,
