@@ -544,6 +544,7 @@ class KubernetesCluster(Cluster):
             raise ClusterError(f"cannot render {model} on {node}: {exc}") from exc
         name = rendered.name
         self._wait_not_deleting(name, (model, node), deadline)
+        reserved = False
         while True:
             with self._deploy_lock:
                 existing = self._store("deployments").get(name)
@@ -558,10 +559,18 @@ class KubernetesCluster(Cluster):
                     if not self._freeing(node) or time.monotonic() >= deadline:
                         raise
                 else:
+                    # Reserve the memory, then create outside the lock so deploys run in parallel.
+                    self._pending[name] = (node, spec.memory)
+                    reserved = True
+            if reserved:
+                try:
                     self._create("deployments", self._apps.create_namespaced_deployment, rendered.deployment,
                                  (model, node))
-                    self._pending[name] = (node, spec.memory)
-                    break
+                except BaseException:
+                    with self._deploy_lock:
+                        self._pending.pop(name, None)
+                    raise
+                break
             self._wait_change(generation, min(1.0, deadline - time.monotonic()))
         self._create("services", self._core.create_namespaced_service, rendered.service, (model, node))
         if not wait:
@@ -637,13 +646,17 @@ class KubernetesCluster(Cluster):
                    for obj, ident in objects)
 
     def _check_memory(self, need: int, model: str, node: str, node_obj: Mapping[str, Any]) -> None:
-        snapshot = self._snapshot()
-        deployments = self._store("deployments")
-        for name in [n for n in self._pending if n in deployments]:
-            del self._pending[name]
+        # Only this node's objects: rebuilding the whole snapshot here (under the deploy lock)
+        # made each deploy cost ~0.3 s at 1,000 nodes and 2,000 pods.
+        with self._cond:
+            deployments = self._store("deployments")
+            for name in [n for n in self._pending if n in deployments]:
+                del self._pending[name]
+            pods = [p for p in self._store("pods").values() if state.pod_node(p) == node]
+            ours = [d for d in deployments.values() if (state.identity(d) or ("", ""))[1] == node]
         pending = sum(kb for n, (pnode, kb) in self._pending.items() if pnode == node)
         total = state.build_node(node_obj).memory_total
-        used = snapshot.memory_used.get(node, 0) + pending
+        used = state.memory_used_by_node(pods, ours).get(node, 0) + pending
         if total - used < need:
             raise InsufficientMemory(f"cannot deploy {model} on {node}: needs {need} KB, "
                                      f"{max(0, total - used)} KB of {total} KB allocatable is free")
@@ -698,10 +711,17 @@ class KubernetesCluster(Cluster):
             raise
 
     def _current(self, model: str, node: str) -> Deployment | None:
-        for dep in self._snapshot().deployments:
-            if dep.model == model and dep.node == node:
-                return dep
-        return None
+        """The instance (model, node) as deployments() would show it, built from its objects alone."""
+        name = object_name(model, node)
+        with self._cond:
+            dep = self._store("deployments").get(name)
+            service = self._store("services").get(name)
+            node_obj = self._store("nodes").get(node)
+        if dep is None:
+            return None
+        built = state.build_deployments([dep], {name: service} if service else {},
+                                        {node: node_obj} if node_obj else {})
+        return next((d for d in built if d.model == model and d.node == node), None)
 
     def _wait_not_deleting(self, name: str, ident: tuple[str, str], deadline: float) -> None:
         while True:
@@ -718,12 +738,13 @@ class KubernetesCluster(Cluster):
 
     def _wait_ready(self, model: str, node: str, timeout: float, deadline: float) -> Deployment:
         while True:
-            snapshot = self._snapshot()
-            current = next((d for d in snapshot.deployments if d.model == model and d.node == node), None)
+            generation = self._generation
+            current = self._current(model, node)
             if current is not None and current.ready:
                 return current
-            node_state = snapshot.node_by_name.get(node)
-            if node_state is not None and not node_state.ready:
+            with self._cond:
+                node_obj = self._store("nodes").get(node)
+            if node_obj is not None and not state.node_ready(node_obj):
                 raise NodeNotReady(f"node {node} became not ready while {model} was starting")
             if self._stopping.is_set():
                 raise ClusterError("the Kubernetes cluster adapter is closed")
@@ -733,7 +754,7 @@ class KubernetesCluster(Cluster):
                     pods = [p for p in self._store("pods").values() if state.identity(p) == (model, node)]
                 detail = state.pod_problem(pods) or ("no pod yet" if current is not None else "not seen yet")
                 raise ClusterError(f"{model} on {node} not ready after {timeout:g}s: {detail}")
-            self._wait_change(snapshot.generation, remaining)
+            self._wait_change(generation, remaining)
 
 
 def _bind(fn: Callable[..., Any], namespace: str) -> Callable[..., Any]:

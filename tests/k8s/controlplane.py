@@ -157,6 +157,7 @@ class ControlPlane:
     owns_run_dir: bool = False
     detached: bool = False              # True for the CLI: processes outlive this Python process
     extra_args: dict[str, list[str]] = field(default_factory=dict)
+    kwok_stages: str | None = None      # kwok Stage documents replacing kwok-stages.yaml
 
     @property
     def kubeconfig(self) -> Path:
@@ -173,12 +174,13 @@ class ControlPlane:
     @classmethod
     def start(cls, *, run_dir: str | Path | None = None, bin_dir: str | Path | None = None,
               detached: bool = False, timeout: float = 120.0, kwok_options: dict | None = None,
-              extra_args: dict[str, list[str]] | None = None,
+              extra_args: dict[str, list[str]] | None = None, kwok_stages: str | None = None,
               log: "callable | None" = None) -> "ControlPlane":
         """Start etcd, the API server, the controller-manager, the scheduler and kwok; wait until ready.
 
         `kwok_options` overrides kwok's KwokConfiguration options (e.g. nodeLeaseDurationSeconds);
-        `extra_args` adds command-line flags per component name (e.g. {"kube-apiserver": [...]})."""
+        `extra_args` adds command-line flags per component name (e.g. {"kube-apiserver": [...]});
+        `kwok_stages` replaces the Stage documents of kwok-stages.yaml (e.g. to add start delays)."""
         bin_path = Path(bin_dir) if bin_dir else build.bin_dir()
         missing = [name for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
                    if not (bin_path / name).is_file()]
@@ -190,6 +192,7 @@ class ControlPlane:
         directory.mkdir(parents=True, exist_ok=True)
         plane = cls(run_dir=directory.resolve(), bin_dir=bin_path, owns_run_dir=owns, detached=detached)
         plane.extra_args = {name: list(flags) for name, flags in (extra_args or {}).items()}
+        plane.kwok_stages = kwok_stages
         unknown = set(plane.extra_args) - set(COMPONENTS)
         if unknown:
             raise ControlPlaneError(f"extra_args for unknown components: {', '.join(sorted(unknown))}")
@@ -238,7 +241,8 @@ class ControlPlane:
                    "serverAddress": f"127.0.0.1:{self.ports['kwok']}", **kwok_options}
         config = ["apiVersion: config.kwok.x-k8s.io/v1alpha1", "kind: KwokConfiguration", "options:"]
         config += [f"  {key}: {json.dumps(value)}" for key, value in options.items()]
-        (self.run_dir / "kwok.yaml").write_text("\n".join(config) + "\n---\n" + KWOK_STAGES.read_text())
+        stages = self.kwok_stages or KWOK_STAGES.read_text()
+        (self.run_dir / "kwok.yaml").write_text("\n".join(config) + "\n---\n" + stages)
 
     def _define_components(self, pki: Path) -> None:
         run, bins, ports = self.run_dir, self.bin_dir, self.ports
