@@ -21,7 +21,8 @@ sys.path.insert(0, str(HERE))
 import k8s_tools as build  # noqa: E402
 import controlplane  # noqa: E402
 from controlplane import ControlPlane, ControlPlaneError  # noqa: E402
-from k8s_support import CATALOG, FRONTEND_TOKEN, KubeEnv, _suffix, wait_for  # noqa: E402,F401
+from k8s_support import (AUDIT_POLICY, AUDITED_GROUP, CATALOG, FRONTEND_TOKEN, KubeEnv,  # noqa: E402,F401
+                         _suffix, wait_for)
 
 REPO_ROOT = HERE.parent.parent
 _BUILD_ERROR: list[str] = []
@@ -58,7 +59,15 @@ class _null:
 
 
 @pytest.fixture(scope="session")
-def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
+def audit_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of the API server's audit log (requests by AUDITED_GROUP only; see k8s_support)."""
+    directory = tmp_path_factory.mktemp("apiserver-audit")
+    (directory / "policy.yaml").write_text(AUDIT_POLICY)
+    return directory / "audit.log"
+
+
+@pytest.fixture(scope="session")
+def control_plane(request: pytest.FixtureRequest, audit_log: Path) -> Iterator[ControlPlane]:
     """Start one loopback control plane for the session; stop it (every process) at the end."""
     if _BUILD_ERROR:
         pytest.fail(f"cannot build the Kubernetes control plane: {_BUILD_ERROR[0]}", pytrace=False)
@@ -71,7 +80,9 @@ def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
         pytest.fail(f"control-plane binaries missing in {build.bin_dir()}: {', '.join(missing)}; "
                     "run `make k8s-tools`", pytrace=False)
     try:
-        plane = ControlPlane.start(timeout=180)
+        plane = ControlPlane.start(timeout=180, extra_args={"kube-apiserver": [
+            f"--audit-policy-file={audit_log.parent / 'policy.yaml'}", f"--audit-log-path={audit_log}",
+            "--audit-log-format=json", "--audit-log-mode=blocking"]})
     except ControlPlaneError as exc:
         pytest.fail(f"the Kubernetes control plane did not start: {exc}", pytrace=False)
     failed_before = request.session.testsfailed
@@ -87,20 +98,28 @@ def kube_admin(control_plane: ControlPlane):
     """Return an admin kubernetes ApiClient for the session's control plane."""
     from kubernetes import config
 
+    from kubernetes import client as k8s
+
     client = config.new_client_from_config(config_file=str(control_plane.kubeconfig))
+    # Audited users (KubeEnv.audited_cluster) act with full rights; only their requests are logged.
+    k8s.RbacAuthorizationV1Api(client).create_cluster_role_binding({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "edge-test-audited-admin"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": AUDITED_GROUP}]})
     yield client
     client.close()
 
 
 @pytest.fixture
-def kube(control_plane: ControlPlane, kube_admin, tmp_path: Path) -> Iterator[KubeEnv]:
+def kube(control_plane: ControlPlane, kube_admin, tmp_path: Path, audit_log: Path) -> Iterator[KubeEnv]:
     """Yield a KubeEnv: a fresh namespace (with its default service account) on the shared control plane."""
     from kubernetes import client
 
     core = client.CoreV1Api(kube_admin)
     namespace = f"t-{_suffix(8)}"
     core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-    env = KubeEnv(control_plane, kube_admin, namespace, tmp_path)
+    env = KubeEnv(control_plane, kube_admin, namespace, tmp_path, audit_log)
     try:
         # Pods are refused until the service-account controller made the namespace's "default".
         wait_for(lambda: core.read_namespaced_service_account("default", namespace), timeout=30,

@@ -4,11 +4,25 @@ from __future__ import annotations
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from cluster.k8s_render import object_name
+from cluster.catalog import load_catalog
+from cluster.k8s_render import object_name, render_instance
 from cluster.port import InsufficientMemory, NodeNotReady, UnknownModel, UnknownNode
-from k8s_support import wait_for
+from k8s_support import CATALOG, wait_for
 
 MODEL = "half_plus_two"
+
+
+def _contains(stored, sent, path: str = "") -> list[str]:
+    """Where `sent` (what we rendered) is not found in `stored` (what the API server kept, with its defaults)."""
+    if isinstance(sent, dict):
+        if not isinstance(stored, dict):
+            return [f"{path}: not an object"]
+        return [p for key, value in sent.items() for p in _contains(stored.get(key), value, f"{path}.{key}")]
+    if isinstance(sent, list):
+        if not isinstance(stored, list) or len(stored) != len(sent):
+            return [f"{path}: {stored!r} != {sent!r}"]
+        return [p for i, (a, b) in enumerate(zip(stored, sent)) for p in _contains(a, b, f"{path}[{i}]")]
+    return [] if stored == sent else [f"{path}: {stored!r} != {sent!r}"]
 
 
 def _gone(read, name: str, namespace: str) -> bool:
@@ -54,7 +68,14 @@ def test_deploy_creates_a_pinned_deployment_and_nodeport_service(kube):
     assert [(d.model, d.node, d.endpoint, d.ready) for d in listed] == [(MODEL, node_a, dep.endpoint, True)]
     nodes = {n.name: n for n in cluster.nodes() if n.name in (node_a, node_b)}
     assert nodes[node_a].address == kube.nodes[node_a] and nodes[node_a].ready
-    assert nodes[node_a].memory_used >= 60000 and nodes[node_b].memory_used == 0
+    assert nodes[node_a].memory_used == 60000 and nodes[node_b].memory_used == 0
+
+    # What the API server stored is what we rendered (plus its defaults), field by field.
+    expected = render_instance(load_catalog(CATALOG)[MODEL], node_a,
+                               cluster.render_settings, hostname=node_a)
+    serialize = kube.api.sanitize_for_serialization
+    assert _contains(serialize(deployment)["spec"], expected.deployment["spec"]) == []
+    assert _contains(serialize(service)["spec"], expected.service["spec"]) == []
 
 
 def test_two_models_on_two_nodes_each_land_on_their_node(kube):
@@ -84,6 +105,11 @@ def test_create_and_delete_are_idempotent(kube):
     assert kube.apps.read_namespaced_deployment(name, kube.namespace).metadata.uid == uid
     assert kube.core.read_namespaced_service(name, kube.namespace).metadata.uid == service_uid
     assert len(kube.apps.list_namespaced_deployment(kube.namespace).items) == 1
+    # A second adapter (another process) finds the objects and treats them as done, too.
+    other = kube.cluster()
+    assert other.deploy(MODEL, node_a, wait=False).node == node_a
+    assert kube.apps.read_namespaced_deployment(name, kube.namespace).metadata.uid == uid
+    assert kube.core.read_namespaced_service(name, kube.namespace).metadata.uid == service_uid
 
     cluster.remove(MODEL, node_a)
     cluster.remove(MODEL, node_a)                    # already being deleted / gone: success
@@ -93,6 +119,8 @@ def test_create_and_delete_are_idempotent(kube):
              what="service deleted")
     wait_for(lambda: not kube.core.list_namespaced_pod(kube.namespace).items, timeout=60, what="pod deleted")
     wait_for(lambda: cluster.deployments() == [], timeout=30, what="cache forgets the instance")
+    wait_for(lambda: {n.name: n for n in cluster.nodes()}[node_a].memory_used == 0, timeout=30,
+             what="its memory is free again")
     cluster.remove(MODEL, node_a)                    # long gone: still success
 
     redeployed = cluster.deploy(MODEL, node_a)       # and it can come back
