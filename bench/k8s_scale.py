@@ -361,7 +361,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         # ---- the back-end's full Mode 2 cycle ----
         backend_config = plane.client_kubeconfig(BACKEND_USER)
-        cycles = {}
+        cycles = []
         for solver in args.solvers:
             since = time.time() - 1
             say(f"back-end Mode 2 cycle with --solver {solver} ...")
@@ -377,7 +377,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             outcome["inputs"] = {k: v for k, v in (report.get("inputs") or {}).items()
                                  if isinstance(v, (int, float, str))}
             outcome["errors"] = (report.get("errors") or [])[:3]
-            cycles[solver] = outcome
+            outcome["solver"] = solver
+            cycles.append(outcome)
             say(f"  {solver}: exit {outcome['exit']}, {outcome['wall_s']:.1f} s, "
                 f"{sum(outcome['api_calls'].values())} API calls, status {outcome['solver_status']}")
         results["backend_cycles"] = cycles
@@ -427,9 +428,10 @@ def report(results: dict[str, Any]) -> list[str]:
     lines.append(f"setup: control plane {results['control_plane_start_s']:.1f} s; {large['nodes']} nodes Ready "
                  f"{results['nodes_ready_s']:.1f} s; {large['instances']} instances created "
                  f"{results['instances_create_s']:.1f} s, Running {results['instances_ready_s']:.1f} s")
-    for solver, cycle in results["backend_cycles"].items():
+    for number, cycle in enumerate(results["backend_cycles"], 1):
         calls = cycle["api_calls"]
-        lines.append(f"back-end Mode 2 full cycle, --solver {solver}: {cycle['wall_s']:.1f} s wall, exit {cycle['exit']}, "
+        lines.append(f"back-end Mode 2 full cycle {number}, --solver {cycle['solver']}: {cycle['wall_s']:.1f} s wall, "
+                     f"exit {cycle['exit']}, "
                      f"solver {cycle['solver_status']} (target <= 60 s: {'met' if cycle['wall_s'] <= 60 else 'MISSED'})")
         lines.append(f"  steps ms: {cycle['timings_ms']}")
         lines.append(f"  summary: {cycle['summary']}; API calls {sum(calls.values())}: {calls}")
@@ -460,8 +462,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small-nodes", type=int, default=10, help="nodes of the small cluster lookups are compared with")
     parser.add_argument("--zones", type=int, default=10, help="client zones in the ALTO map and the requests")
     parser.add_argument("--lookups", type=int, default=400, help="timed lookups per cluster size")
-    parser.add_argument("--solvers", type=lambda s: s.split(","), default=["highs"],
-                        help="back-end solvers to run the Mode 2 cycle with, comma separated (default highs)")
+    parser.add_argument("--solvers", type=lambda s: s.split(","), default=["highs", "highs", "ipopt"],
+                        help="back-end Mode 2 cycles to run, one per solver named, comma separated (default "
+                             "highs,highs,ipopt: converging from the random start, then steady, then the "
+                             "thesis's solver)")
     parser.add_argument("--time-limit", type=float, default=30.0, help="solver time limit, seconds")
     parser.add_argument("--repeats", type=int, default=3, help="provisioning latency repetitions")
     parser.add_argument("--start-delay", type=int, default=2000,
