@@ -24,28 +24,26 @@ DEFAULT_ALTO = "config/alto-costmap.json"
 DEFAULT_LOCK = ".run/backend.lock"
 
 
-def _positive(kind):
+def _number(kind, *, zero_ok: bool):
+    """An argparse type: a finite number of `kind`, > 0 (or >= 0 with zero_ok)."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {'whole ' if kind is int else ''}number, got {text!r}") from None
-        if value != value or value <= 0 or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
+        if value != value or value == float("inf") or value < 0 or (value == 0 and not zero_ok):
+            raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}" if zero_ok
+                                             else f"must be a positive finite number, got {text!r}")
         return value
     return parse
+
+
+def _positive(kind):
+    return _number(kind, zero_ok=False)
 
 
 def _non_negative(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {'whole ' if kind is int else ''}number, got {text!r}") from None
-        if value != value or value < 0 or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-        return value
-    return parse
+    return _number(kind, zero_ok=True)
 
 
 def _setting(text: str) -> tuple[str, Any]:

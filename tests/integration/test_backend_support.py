@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterator
 import pytest
 import requests
 
+from conftest_frontend import cluster_settings
+
 TOKEN = "backend-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 HP2, HP3, LOGREG, FOREST = "half_plus_two", "half_plus_three", "digits_logreg", "digits_forest"
@@ -151,8 +153,7 @@ def make_system(local_cluster_factory, tmp_path: Path) -> Iterator[Callable[...,
         alto = tmp_path / f"alto-{len(servers)}.json"
         alto.write_text(json.dumps(alto_doc([n["name"] for n in nodes])))
         config = {"cluster": "local",
-                  "cluster_settings": {"config_path": str(cluster.config_path), "state_path": str(cluster.state_path),
-                                       "models_dir": str(cluster.models_dir), "catalog_path": str(cluster.catalog_path)},
+                  "cluster_settings": cluster_settings(cluster),
                   "database": str(tmp_path / f"frontend-{len(servers)}.db"), "token": TOKEN,
                   "refresh_interval": 0.1}
         server = ServerThread(create_app(config)).start()
