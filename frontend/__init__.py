@@ -26,6 +26,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config["FRONTEND"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body
+    app.config["BODY_TIMEOUT"] = settings.body_timeout
     app.json.sort_keys = False
     app.json.compact = True
     # Routing must not rewrite what the proxy sees: no merged slashes, no redirects to a slash.

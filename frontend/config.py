@@ -27,7 +27,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ("lowest-cpu", "plan", "nearest", "round-robin")
 # Environment variables that belong to the process around the app (gunicorn), not to Settings.
 _RESERVED_ENV = {"FRONTEND_CONFIG", "FRONTEND_BIND", "FRONTEND_WORKERS", "FRONTEND_THREADS",
-                 "FRONTEND_TIMEOUT", "FRONTEND_ACCESS_LOG"}
+                 "FRONTEND_TIMEOUT", "FRONTEND_ACCESS_LOG", "FRONTEND_WORKER_CLASS", "FRONTEND_CONNECTIONS",
+                 "FRONTEND_KEEPALIVE"}
 
 
 class ConfigError(ValueError):
@@ -66,6 +67,9 @@ class Settings:
     stats_flush_interval: float = 0.05
     # Largest request body accepted, in bytes (larger gets 413). Default 10 MiB.
     max_body: int = 10 * 1024 * 1024
+    # Seconds a client has to send a whole request body once its headers are in (408 past it): a
+    # client dripping bytes cannot hold the connection longer. Needs the gevent worker. Default 10.
+    body_timeout: float = 10.0
     # Proxy: seconds to connect to a model server (default 1.0) and to wait for its answer (30.0).
     connect_timeout: float = 1.0
     read_timeout: float = 30.0
@@ -119,7 +123,7 @@ class Settings:
 _FIELDS = {f.name: f for f in fields(Settings)}
 _INTS = {"max_body", "pool_maxsize", "proxy_retries", "retry_after", "prediction_cache_entries",
          "prediction_cache_bytes"}
-_FLOATS = {"refresh_interval", "stats_retention", "stats_flush_interval", "connect_timeout", "read_timeout",
+_FLOATS = {"body_timeout", "refresh_interval", "stats_retention", "stats_flush_interval", "connect_timeout", "read_timeout",
            "bad_endpoint_seconds", "provision_timeout", "prediction_cache_ttl"}
 _STRINGS = {"cluster", "database", "policy", "log_level"}
 _OPTIONAL_STRINGS = {"catalog", "token", "token_file", "alto_cost_map"}
@@ -188,6 +192,8 @@ def settings_from_mapping(mapping: Mapping[str, Any], *, base: Settings | None =
         errors.append("refresh_interval: must be > 0")
     if merged["connect_timeout"] <= 0 or merged["read_timeout"] <= 0:
         errors.append("connect_timeout/read_timeout: must be > 0")
+    if merged["body_timeout"] <= 0:
+        errors.append("body_timeout: must be > 0")
     if merged["pool_maxsize"] < 1:
         errors.append("pool_maxsize: must be >= 1")
     if merged["log_level"].upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:

@@ -7,7 +7,7 @@ fsync per commit (a power cut may lose the last commits, never corrupt the file)
 
 Counters (Prometheus) live in their own table and only ever grow, so /metrics is right whichever
 worker answers and is unaffected by the request log's retention. Each connection is private to
-one thread (gthread workers serve requests on several threads).
+one OS thread (gthread workers serve requests on several threads; gevent's greenlets share their thread's).
 """
 from __future__ import annotations
 
@@ -25,6 +25,17 @@ from cluster.sqlite_wal import enable_wal
 __all__ = ["StatsStore", "RequestRecord", "Increment", "label_text"]
 
 log = logging.getLogger("frontend.store")
+
+
+def _thread_local() -> Any:
+    """A per-OS-thread holder, also under gevent (whose patched `threading.local` is per greenlet:
+    one SQLite connection per client connection would leak a file per connection). Greenlets of one
+    thread may share a connection: none yields inside a statement or a transaction."""
+    try:
+        from gevent.monkey import get_original
+    except ImportError:
+        return threading.local()
+    return get_original("threading", "local")()
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -113,7 +124,7 @@ class StatsStore:
         self._flusher_pid = 0
         self._flush_stop = threading.Event()
         self._flush_wake = threading.Event()
-        self._local = threading.local()
+        self._local = _thread_local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,7 +179,7 @@ class StatsStore:
                 conn.close()
             except sqlite3.Error:
                 pass
-        self._local = threading.local()
+        self._local = _thread_local()
 
     # -- writes ------------------------------------------------------------------------------
     def record(self, *, request: RequestRecord | None, increments: list[Increment]) -> None:
