@@ -24,7 +24,7 @@ class ClientHints:
 
 
 def _zone(value: Any, where: str) -> str | None:
-    if value is None or value == "":
+    if value is None:
         return None
     if not isinstance(value, str) or not ZONE_RE.fullmatch(value):
         raise HintError(f"{where}: zone must be 1-64 characters of letters, digits, '_', '.', ':' or '-'")
@@ -32,7 +32,7 @@ def _zone(value: Any, where: str) -> str | None:
 
 
 def _latency(value: Any, where: str) -> float | None:
-    if value is None or value == "":
+    if value is None:
         return None
     if isinstance(value, str):
         try:

@@ -23,8 +23,8 @@ def read_json_body() -> dict[str, Any]:
         return {}
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "request body is not valid JSON") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ApiError(400, "request body is not valid JSON (or nested too deeply)") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
     return body
