@@ -70,9 +70,10 @@ class Settings:
     # Seconds a client has to send a whole request body once its headers are in (408 past it): a
     # client dripping bytes cannot hold the connection longer. Needs the gevent worker. Default 10.
     body_timeout: float = 10.0
-    # Proxy: seconds to connect to a model server (default 1.0) and to wait for its answer (30.0).
+    # Proxy: seconds to connect to a model server (default 1.0), and the whole-call deadline: connect,
+    # send and the model server's complete answer, however it trickles in (default 30.0).
     connect_timeout: float = 1.0
-    read_timeout: float = 30.0
+    call_timeout: float = 30.0
     # Proxy: pooled connections kept per model-server endpoint in each worker. Default 16.
     pool_maxsize: int = 16
     # Proxy: other endpoints tried after a connection failure (the request never reached a server).
@@ -123,7 +124,7 @@ class Settings:
 _FIELDS = {f.name: f for f in fields(Settings)}
 _INTS = {"max_body", "pool_maxsize", "proxy_retries", "retry_after", "prediction_cache_entries",
          "prediction_cache_bytes"}
-_FLOATS = {"body_timeout", "refresh_interval", "stats_retention", "stats_flush_interval", "connect_timeout", "read_timeout",
+_FLOATS = {"body_timeout", "refresh_interval", "stats_retention", "stats_flush_interval", "connect_timeout", "call_timeout",
            "bad_endpoint_seconds", "provision_timeout", "prediction_cache_ttl"}
 _STRINGS = {"cluster", "database", "policy", "log_level"}
 _OPTIONAL_STRINGS = {"catalog", "token", "token_file", "alto_cost_map"}
@@ -190,8 +191,8 @@ def settings_from_mapping(mapping: Mapping[str, Any], *, base: Settings | None =
         errors.append(f"policy: must be one of {', '.join(POLICIES)}, got {merged['policy']!r}")
     if merged["refresh_interval"] <= 0:
         errors.append("refresh_interval: must be > 0")
-    if merged["connect_timeout"] <= 0 or merged["read_timeout"] <= 0:
-        errors.append("connect_timeout/read_timeout: must be > 0")
+    if merged["connect_timeout"] <= 0 or merged["call_timeout"] <= 0:
+        errors.append("connect_timeout/call_timeout: must be > 0")
     if merged["body_timeout"] <= 0:
         errors.append("body_timeout: must be > 0")
     if merged["pool_maxsize"] < 1:

@@ -63,7 +63,7 @@ class Runtime:
                 pool = self._pools.get(endpoint)
                 if pool is None:
                     pool = UpstreamPool(host, int(port), connect_timeout=self.settings.connect_timeout,
-                                        read_timeout=self.settings.read_timeout, maxsize=self.settings.pool_maxsize)
+                                        call_timeout=self.settings.call_timeout, maxsize=self.settings.pool_maxsize)
                     self._pools[endpoint] = pool
         return pool
 

@@ -1,43 +1,64 @@
-"""A small keep-alive HTTP/1.1 client for the proxy's calls to model servers.
+"""The proxy's keep-alive HTTP/1.1 client for calls to model servers, parsing answers with h11.
 
-Why not requests or urllib3: on the benchmark machine a proxied call spent about 1 ms of CPU in
-requests and 0.3 ms in urllib3 against 0.05 ms here (bench/RESULTS.md), mostly in per-call
-bookkeeping, header parsing through the email package, and sending headers and body in two
-system calls. The proxy needs little: one request to a host:port the cluster reported, a path
-rebuilt from a validated TF Serving path, headers already filtered, a body in memory; and back a
-status, headers and a body. That is what this module does, with:
+Why this and not requests or urllib3: on the benchmark machine a proxied call spent about 1 ms of
+CPU in requests and 0.3 ms in urllib3, mostly in per-call bookkeeping and header parsing through
+the email package (bench/RESULTS.md). The proxy needs little: one request to a host:port the
+cluster reported, a path rebuilt from a validated TF Serving path, headers already filtered, a
+body in memory; and back a status, headers and a body. Answers are parsed by h11 (the sans-IO
+HTTP/1.1 parser httpx uses), because a hand-written parser got framing wrong in ways a faulty or
+hostile model server can exploit (surplus bytes after Content-Length desynchronised a pooled
+connection, so one client read another's answer). The rules:
 
-- one pool of idle connections per endpoint (LIFO, at most `maxsize` kept), shared by threads;
-- a connect timeout and a read timeout (per socket operation);
-- the request written in one `sendall`;
-- responses framed by Content-Length, chunked transfer coding, or connection close; bounded
-  status line, header count and sizes, and body size;
-- a connection that was reused and failed before any byte of the answer arrived (the server
-  closed it while idle) is retried once on a new connection: model calls are idempotent.
+- one pool of idle connections per endpoint (LIFO, at most `maxsize` kept), shared by threads or
+  greenlets (works unchanged under gevent's monkey-patching);
+- the request is written with one `sendall`; the answer is read in large `recv_into` calls and fed
+  to h11;
+- a whole-call deadline (`call_timeout`: connect, send and the full answer, including a retry):
+  before every socket operation the socket's timeout is set to the time left, so a server dripping
+  one byte at a time or sending endless `100 Continue` cannot hold a call longer;
+- a connection goes back to the pool only when the answer ended exactly at its framing (h11 has
+  both sides DONE, keep-alive allowed, not one byte left over); anything else (surplus bytes, bad
+  chunks, oversize, truncation, any protocol error) closes it. On checkout an idle connection that
+  is readable (late surplus bytes or EOF) is dropped, as urllib3 does;
+- bounded: body at most `max_response` bytes (MAX_RESPONSE by default), the header block at most
+  `max_header_bytes` (h11's max_incomplete_event_size) and `_MAX_HEADERS` fields, at most
+  `_MAX_INTERIM` 1xx answers; status codes outside 100-599, HTTP versions other than 1.0/1.1,
+  both Transfer-Encoding and Content-Length, and everything h11 rejects (non-token header names,
+  CR or NUL in values, bad Content-Length, bad chunk sizes or terminators, unsolicited 101) are
+  protocol errors;
+- a connection that was reused and failed before any byte of the answer arrived (the server closed
+  it while idle) is retried once on a new connection: model calls are idempotent.
 
-Exception tree::
+Exception tree (no h11 exception, ValueError or OSError escapes `request`)::
 
     UpstreamError
     ├── UpstreamRefused        the connection could not be made (refused, unreachable)
     ├── UpstreamConnectTimeout the connection was not made within the connect timeout
-    ├── UpstreamReadTimeout    the server did not answer within the read timeout
-    └── UpstreamProtocolError  the answer is not valid HTTP/1.x or the connection broke mid-answer
+    ├── UpstreamTimeout        the whole call did not finish within the call deadline
+    └── UpstreamProtocolError  the answer is not valid HTTP/1.x, too large, or the connection broke
 """
 from __future__ import annotations
 
 import re
 import socket
 import threading
+import time
 from dataclasses import dataclass
 
+import h11
+
 __all__ = ["UpstreamPool", "UpstreamResponse", "UpstreamError", "UpstreamRefused", "UpstreamConnectTimeout",
-           "UpstreamReadTimeout", "UpstreamProtocolError", "MAX_RESPONSE"]
+           "UpstreamTimeout", "UpstreamProtocolError", "MAX_RESPONSE"]
 
 MAX_RESPONSE = 256 * 1024 * 1024     # bytes of body accepted from a model server
-_MAX_LINE = 65536
+MAX_HEADER_BYTES = 64 * 1024         # bytes of status line + header block (h11's max_incomplete_event_size)
 _MAX_HEADERS = 100
+_MAX_INTERIM = 10                    # 1xx answers skipped before the final one
+_RECV = 64 * 1024                    # bytes per read
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_STATUS = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?\r?\n")
+_VALUE = re.compile(r"(?:[^\x00-\x20\x7f]+(?:[ \t]+[^\x00-\x20\x7f]+)*)?")   # what h11 sends without complaint
+_SKIPPED = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+_HTTP_VERSIONS = (b"1.0", b"1.1")
 
 
 class UpstreamError(Exception):
@@ -52,12 +73,15 @@ class UpstreamConnectTimeout(UpstreamError):
     pass
 
 
-class UpstreamReadTimeout(UpstreamError):
+class UpstreamTimeout(UpstreamError):
     pass
 
 
 class UpstreamProtocolError(UpstreamError):
     pass
+
+
+UpstreamReadTimeout = UpstreamTimeout        # the name before the whole-call deadline
 
 
 class _Stale(Exception):
@@ -72,48 +96,81 @@ class UpstreamResponse:
 
 
 class _Connection:
-    def __init__(self, sock: socket.socket):
+    __slots__ = ("sock", "h11", "buffer", "view")
+
+    def __init__(self, sock: socket.socket, max_header_bytes: int):
         self.sock = sock
-        self.reader = sock.makefile("rb", buffering=65536)
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_header_bytes)
+        self.buffer = bytearray(_RECV)
+        self.view = memoryview(self.buffer)
+
+    def idle_and_quiet(self) -> bool:
+        """Tell whether this idle connection has nothing to read: no late bytes and no EOF."""
+        sock = self.sock
+        try:
+            sock.settimeout(0.0)
+            sock.recv(1, socket.MSG_PEEK)      # data or b"" (EOF): either way not reusable
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        return False
 
     def close(self) -> None:
         try:
-            self.reader.close()
-        finally:
             self.sock.close()
+        except OSError:
+            pass
 
 
 class UpstreamPool:
     """Keep-alive connections to one model server (host:port), safe to share between threads."""
 
-    def __init__(self, host: str, port: int, *, connect_timeout: float, read_timeout: float, maxsize: int = 16):
+    def __init__(self, host: str, port: int, *, connect_timeout: float, call_timeout: float, maxsize: int = 16,
+                 max_response: int = MAX_RESPONSE, max_header_bytes: int = MAX_HEADER_BYTES,
+                 max_interim: int = _MAX_INTERIM):
         self.host = host
         self.port = port
         self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
+        self.call_timeout = call_timeout
         self.maxsize = maxsize
+        self.max_response = max_response
+        self.max_header_bytes = max_header_bytes
+        self.max_interim = max_interim
         self._idle: list[_Connection] = []
         self._lock = threading.Lock()
         self._closed = False
-        self._host_header = f"{host}:{port}".encode("ascii")
+        self._host_header = f"{host}:{port}"
 
     # -- connections --------------------------------------------------------------------------
-    def _connect(self) -> _Connection:
+    def _connect(self, deadline: float) -> _Connection:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise self._timeout()
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
+            sock = socket.create_connection((self.host, self.port), timeout=min(self.connect_timeout, left))
         except socket.timeout as exc:
+            if left < self.connect_timeout:
+                raise self._timeout() from None
             raise UpstreamConnectTimeout(f"connect to {self.host}:{self.port} timed out") from exc
         except OSError as exc:
             raise UpstreamRefused(f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}") from exc
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(self.read_timeout)
-        return _Connection(sock)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        return _Connection(sock, self.max_header_bytes)
 
-    def _get(self) -> tuple[_Connection, bool]:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop(), True
-        return self._connect(), False
+    def _get(self) -> _Connection | None:
+        """Return an idle connection with nothing pending on it, or None."""
+        while True:
+            with self._lock:
+                if not self._idle:
+                    return None
+                conn = self._idle.pop()
+            if conn.idle_and_quiet():
+                return conn
+            conn.close()
 
     def _put(self, conn: _Connection) -> None:
         with self._lock:
@@ -130,149 +187,149 @@ class UpstreamPool:
         for conn in idle:
             conn.close()
 
+    def _timeout(self) -> UpstreamTimeout:
+        return UpstreamTimeout(f"no complete answer from {self.host}:{self.port} within the "
+                               f"{self.call_timeout:g} s call deadline")
+
     # -- one call -----------------------------------------------------------------------------
     def request(self, method: str, path: str, *, headers: dict[str, str], body: bytes = b"") -> UpstreamResponse:
         """Send one request and return the whole answer; raise an UpstreamError subclass on failure."""
-        message = self._message(method, path, headers, body)
-        conn, reused = self._get()
-        try:
-            return self._exchange(conn, message, method, reused=reused)
-        except _Stale:
-            conn = self._connect()
+        deadline = time.monotonic() + self.call_timeout
+        request = self._request(method, path, headers, body)
+        conn = self._get()
+        if conn is not None:
             try:
-                return self._exchange(conn, message, method, reused=False)
-            except _Stale as exc:           # cannot happen with reused=False; keep the type honest
-                raise UpstreamProtocolError(str(exc)) from None
+                return self._exchange(conn, request, body, deadline, reused=True)
+            except _Stale:
+                pass
+        conn = self._connect(deadline)
+        try:
+            return self._exchange(conn, request, body, deadline, reused=False)
+        except _Stale as exc:               # cannot happen with reused=False; keep the type honest
+            raise UpstreamProtocolError(str(exc)) from None
 
-    def _message(self, method: str, path: str, headers: dict[str, str], body: bytes) -> bytes:
+    def _request(self, method: str, path: str, headers: dict[str, str], body: bytes) -> h11.Request:
         if not path.startswith("/") or any(c in path for c in " \r\n\t\x00"):
             raise UpstreamProtocolError("refusing to send a malformed request path")
-        lines = [f"{method} {path} HTTP/1.1".encode("ascii"), b"Host: " + self._host_header]
+        fields = [("Host", self._host_header)]
         for name, value in headers.items():
-            if not _TOKEN.fullmatch(name) or any(c in value for c in "\r\n\x00"):
+            value = value.strip(" \t")
+            if name.lower() in _SKIPPED or not _TOKEN.fullmatch(name) or not _VALUE.fullmatch(value):
                 continue                       # never let a header smuggle another line in
-            if name.lower() in ("host", "content-length", "transfer-encoding", "connection"):
-                continue
-            lines.append(f"{name}: {value}".encode("latin-1", "replace"))
+            fields.append((name, value.encode("latin-1", "replace")))
         if body or method in ("POST", "PUT", "PATCH"):
-            lines.append(b"Content-Length: %d" % len(body))
-        return b"\r\n".join(lines) + b"\r\n\r\n" + body
-
-    def _exchange(self, conn: _Connection, message: bytes, method: str, *, reused: bool) -> UpstreamResponse:
-        started = False
+            fields.append(("Content-Length", str(len(body))))
         try:
-            try:
-                conn.sock.sendall(message)
-                status_line = conn.reader.readline(_MAX_LINE + 1)
-            except socket.timeout:
-                raise
-            except OSError as exc:
-                if reused:
-                    raise _Stale(str(exc)) from None
-                raise UpstreamProtocolError(f"connection broke: {exc.strerror or exc}") from None
-            if not status_line:
-                if reused:
-                    raise _Stale("closed before answering")
-                raise UpstreamProtocolError("the server closed the connection without answering")
-            started = True
-            response, keep = self._read_response(conn, status_line, method)
-        except socket.timeout:
-            conn.close()
-            raise UpstreamReadTimeout(f"no answer from {self.host}:{self.port} within {self.read_timeout:g} s") from None
-        except (_Stale, UpstreamError):
+            return h11.Request(method=method, target=path, headers=fields)
+        except h11.ProtocolError as exc:
+            raise UpstreamProtocolError(f"refusing to send a malformed request: {exc}") from None
+
+    def _exchange(self, conn: _Connection, request: h11.Request, body: bytes, deadline: float, *,
+                  reused: bool) -> UpstreamResponse:
+        try:
+            response = self._call(conn, request, body, deadline, reused)
+        except BaseException:
             conn.close()
             raise
-        except OSError as exc:
-            conn.close()
-            raise UpstreamProtocolError(f"connection broke {'mid-answer' if started else ''}: "
-                                        f"{exc.strerror or exc}".replace("  ", " ")) from None
-        if keep:
+        parser = conn.h11
+        if (parser.our_state is h11.DONE and parser.their_state is h11.DONE
+                and not parser.trailing_data[0]):
+            parser.start_next_cycle()
             self._put(conn)
         else:
             conn.close()
         return response
 
-    def _read_response(self, conn: _Connection, status_line: bytes, method: str) -> tuple[UpstreamResponse, bool]:
-        reader = conn.reader
-        while True:
-            match = _STATUS.fullmatch(status_line)
-            if not match:
-                raise UpstreamProtocolError(f"bad status line {status_line[:80]!r}")
-            minor, status = int(match.group(1)), int(match.group(2))
-            headers = self._read_headers(reader)
-            if 100 <= status < 200 and status != 101:
-                status_line = reader.readline(_MAX_LINE + 1)       # interim answer: read the next one
-                if not status_line:
-                    raise UpstreamProtocolError("connection closed after an interim answer")
-                continue
-            break
-        lowered = {}
-        for name, value in headers:
-            lowered.setdefault(name.lower(), []).append(value)
-        connection = ",".join(lowered.get("connection", [])).lower()
-        keep = (minor == 1 and "close" not in connection) or (minor == 0 and "keep-alive" in connection)
-        if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
-            return UpstreamResponse(status, headers, b""), keep
-        encoding = ",".join(lowered.get("transfer-encoding", [])).lower()
-        if "chunked" in encoding:
-            body = self._read_chunked(reader)
-        elif "content-length" in lowered:
-            values = {v.strip() for v in ",".join(lowered["content-length"]).split(",")}
-            if len(values) != 1 or not next(iter(values)).isdigit():
-                raise UpstreamProtocolError("bad Content-Length")
-            length = int(next(iter(values)))
-            if length > MAX_RESPONSE:
-                raise UpstreamProtocolError(f"answer larger than {MAX_RESPONSE} bytes")
-            body = reader.read(length)
-            if len(body) != length:
-                raise UpstreamProtocolError("connection closed mid-answer")
-        else:
-            body = reader.read(MAX_RESPONSE + 1)          # framed by the connection closing
-            if len(body) > MAX_RESPONSE:
-                raise UpstreamProtocolError(f"answer larger than {MAX_RESPONSE} bytes")
-            keep = False
-        return UpstreamResponse(status, headers, body), keep
+    def _call(self, conn: _Connection, request: h11.Request, body: bytes, deadline: float,
+              reused: bool) -> UpstreamResponse:
+        parser, sock = conn.h11, conn.sock
+        try:
+            pieces = [parser.send(request)]
+            if body:
+                pieces += parser.send_with_data_passthrough(h11.Data(data=body))
+            pieces.append(parser.send(h11.EndOfMessage()))
+            data = b"".join(pieces)
+        except h11.ProtocolError as exc:
+            raise UpstreamProtocolError(f"refusing to send a malformed request: {exc}") from None
+        where = f"{self.host}:{self.port}"
+        try:
+            sock.settimeout(self._left(deadline))
+            sock.sendall(data)
+        except socket.timeout:
+            raise self._timeout() from None
+        except OSError as exc:
+            if reused:
+                raise _Stale(str(exc)) from None
+            raise UpstreamProtocolError(f"connection to {where} broke: {exc.strerror or exc}") from None
 
-    @staticmethod
-    def _read_headers(reader) -> list[tuple[str, str]]:
-        headers: list[tuple[str, str]] = []
-        while True:
-            line = reader.readline(_MAX_LINE + 1)
-            if len(line) > _MAX_LINE:
-                raise UpstreamProtocolError("header line too long")
-            if line in (b"\r\n", b"\n"):
-                return headers
-            if not line:
-                raise UpstreamProtocolError("connection closed in the headers")
-            if len(headers) >= _MAX_HEADERS:
-                raise UpstreamProtocolError("too many headers")
-            name, sep, value = line.decode("latin-1").partition(":")
-            if not sep or not _TOKEN.fullmatch(name):
-                raise UpstreamProtocolError(f"bad header line {line[:80]!r}")
-            headers.append((name, value.strip()))
-
-    @staticmethod
-    def _read_chunked(reader) -> bytes:
+        received = 0
+        interim = 0
+        status = 0
+        fields: list[tuple[str, str]] = []
         parts: list[bytes] = []
-        total = 0
-        while True:
-            line = reader.readline(_MAX_LINE + 1)
-            if not line:
-                raise UpstreamProtocolError("connection closed mid-answer")
-            size_text = line.split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise UpstreamProtocolError(f"bad chunk size {size_text[:20]!r}") from None
-            if size == 0:
-                while True:                                  # trailers, then the blank line
-                    trailer = reader.readline(_MAX_LINE + 1)
-                    if trailer in (b"\r\n", b"\n", b""):
-                        return b"".join(parts)
-            total += size
-            if total > MAX_RESPONSE:
-                raise UpstreamProtocolError(f"answer larger than {MAX_RESPONSE} bytes")
-            chunk = reader.read(size)
-            if len(chunk) != size or reader.readline(_MAX_LINE + 1) not in (b"\r\n", b"\n"):
-                raise UpstreamProtocolError("bad chunk framing")
-            parts.append(chunk)
+        size = 0
+        limit = self.max_response
+        try:
+            while True:
+                event = parser.next_event()
+                kind = type(event)
+                if event is h11.NEED_DATA:
+                    try:
+                        sock.settimeout(self._left(deadline))
+                        count = sock.recv_into(conn.view)
+                    except socket.timeout:
+                        raise self._timeout() from None
+                    except OSError as exc:
+                        if reused and not received:
+                            raise _Stale(str(exc)) from None
+                        raise UpstreamProtocolError(f"connection to {where} broke "
+                                                    f"{'mid-answer' if received else 'before answering'}: "
+                                                    f"{exc.strerror or exc}") from None
+                    if not count and not received:
+                        if reused:
+                            raise _Stale("closed before answering")
+                        raise UpstreamProtocolError(f"{where} closed the connection without answering")
+                    received += count
+                    parser.receive_data(conn.view[:count] if count else b"")
+                elif kind is h11.Data:
+                    size += len(event.data)
+                    if size > limit:
+                        raise UpstreamProtocolError(f"answer from {where} larger than {limit} bytes")
+                    parts.append(event.data)
+                elif kind is h11.EndOfMessage:
+                    break
+                elif kind is h11.Response:
+                    status = event.status_code
+                    self._check_head(event, where)
+                    fields = [(name.decode("latin-1"), value.decode("latin-1"))
+                              for name, value in event.headers.raw_items()]
+                    if len(fields) > _MAX_HEADERS:
+                        raise UpstreamProtocolError(f"answer from {where} has more than {_MAX_HEADERS} headers")
+                    names = {name.lower() for name, _ in fields}
+                    if "transfer-encoding" in names and "content-length" in names:
+                        raise UpstreamProtocolError(f"answer from {where} has both Transfer-Encoding and "
+                                                    "Content-Length")
+                elif kind is h11.InformationalResponse:
+                    self._check_head(event, where)
+                    interim += 1
+                    if interim > self.max_interim:
+                        raise UpstreamProtocolError(f"{where} sent more than {self.max_interim} interim answers")
+                else:                                   # ConnectionClosed, PAUSED: not a whole answer
+                    raise UpstreamProtocolError(f"{where} ended the answer early ({kind.__name__})")
+        except h11.ProtocolError as exc:
+            raise UpstreamProtocolError(f"bad answer from {where}: {exc}") from None
+        body_out = parts[0] if len(parts) == 1 else b"".join(parts)
+        return UpstreamResponse(status, fields, bytes(body_out))
+
+    def _left(self, deadline: float) -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise self._timeout()
+        return left
+
+    @staticmethod
+    def _check_head(event, where: str) -> None:
+        if not 100 <= event.status_code <= 599:
+            raise UpstreamProtocolError(f"{where} answered with status {event.status_code}")
+        if event.http_version not in _HTTP_VERSIONS:
+            raise UpstreamProtocolError(f"{where} answered in HTTP/{event.http_version.decode('ascii', 'replace')}")

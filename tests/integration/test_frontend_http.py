@@ -401,11 +401,11 @@ def _kill_model_server(endpoint: str) -> None:
 
 
 def test_upstream_failures_are_json_502_and_504(make_frontend):
-    # a forest over 1,000 digits takes milliseconds: far longer than a 0.5 ms read timeout
+    # a forest over 1,000 digits takes milliseconds: far longer than a 0.5 ms call deadline
     from modelserver.build_models import digits_split
     _, _, x_test, _ = digits_split()
     rows = (x_test.tolist() * 4)[:1000]
-    fe = make_frontend([{"name": "node-a"}], deploy=(("digits_forest", "node-a"),), read_timeout=0.0005,
+    fe = make_frontend([{"name": "node-a"}], deploy=(("digits_forest", "node-a"),), call_timeout=0.0005,
                        refresh_interval=30.0)
     answer = requests.post(f"{fe.url}/services/digits_forest/v1/models/digits_forest:predict",
                            data=json.dumps({"instances": rows}), timeout=10)

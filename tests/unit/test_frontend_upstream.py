@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from frontend.upstream import (UpstreamPool, UpstreamProtocolError, UpstreamReadTimeout, UpstreamRefused)
+from frontend.upstream import (UpstreamPool, UpstreamProtocolError, UpstreamTimeout, UpstreamRefused)
 
 
 class ScriptedServer:
@@ -88,7 +88,7 @@ def server_factory():
 
 
 def pool_for(server, **kw) -> UpstreamPool:
-    return UpstreamPool("127.0.0.1", server.port, connect_timeout=1.0, read_timeout=kw.pop("read_timeout", 5.0), **kw)
+    return UpstreamPool("127.0.0.1", server.port, connect_timeout=1.0, call_timeout=kw.pop("call_timeout", 5.0), **kw)
 
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nX-Model: m\r\n\r\n{}"
@@ -149,10 +149,10 @@ def test_refused_and_timeouts(server_factory):
     port = sock.getsockname()[1]
     sock.close()                                   # nothing listens there now
     with pytest.raises(UpstreamRefused):
-        UpstreamPool("127.0.0.1", port, connect_timeout=1.0, read_timeout=1.0).request("GET", "/", headers={})
+        UpstreamPool("127.0.0.1", port, connect_timeout=1.0, call_timeout=1.0).request("GET", "/", headers={})
     server = server_factory(["hang"])
-    with pytest.raises(UpstreamReadTimeout):
-        pool_for(server, read_timeout=0.3).request("GET", "/v1/models/m", headers={})
+    with pytest.raises(UpstreamTimeout):
+        pool_for(server, call_timeout=0.3).request("GET", "/v1/models/m", headers={})
 
 
 @pytest.mark.parametrize("reply", [
