@@ -21,8 +21,8 @@ from .observe import note_model_request, update_model_request
 from .predcache import CachedAnswer, PredictionCache
 from .runtime import MODEL_NAME, current_runtime
 from .tfs import TfsPathError, parse_tfs_path
-from .upstream import (UpstreamConnectTimeout, UpstreamError, UpstreamProtocolError, UpstreamReadTimeout,
-                       UpstreamRefused)
+from .upstream import (UpstreamConnectTimeout, UpstreamError, UpstreamProtocolError, UpstreamRefused,
+                       UpstreamTimeout)
 
 __all__ = ["bp", "init_app"]
 
@@ -110,8 +110,9 @@ def forward(model: str, tfs_path: str):
             rt.cache.mark_bad(chosen.endpoint)
             last_error = ApiError(504, f"timed out connecting to {where}")
             continue
-        except UpstreamReadTimeout:
-            raise ApiError(504, f"{where} did not answer within {rt.settings.read_timeout:g} s") from None
+        except UpstreamTimeout:
+            raise ApiError(504, f"{where} did not answer within the {rt.settings.call_timeout:g} s call deadline") \
+                from None
         except UpstreamProtocolError as exc:
             rt.cache.mark_bad(chosen.endpoint)
             last_error = ApiError(502, f"bad answer from {where}: {exc}")
@@ -120,6 +121,8 @@ def forward(model: str, tfs_path: str):
             raise ApiError(502, f"bad answer from {where}: {exc}") from None
         if 300 <= upstream.status < 400:
             raise ApiError(502, f"model server for {model} answered with a redirect; not followed")
+        if not 200 <= upstream.status <= 599:        # the pool refuses these already; never pass one on
+            raise ApiError(502, f"bad answer from {where}: status {upstream.status}")
         headers = downstream_headers(upstream.headers)
         content = upstream.body
         if cache_key is not None and upstream.status == 200:
