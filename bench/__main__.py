@@ -10,7 +10,7 @@ import importlib
 import sys
 import time
 
-BENCHMARKS = ["solver", "modelserver", "frontend", "backend", "k8s_scale"]
+BENCHMARKS = ["solver", "modelserver", "frontend", "backend", "k8s_scale", "soak"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -115,6 +115,10 @@ if body and #body > 0 then
   wrk.body = body
   wrk.headers["Content-Type"] = "application/json"
 end
+local pause = tonumber(os.getenv("BENCH_DELAY_MS") or "0")
+if pause > 0 then
+  delay = function() return pause end
+end
 done = function(summary, latency, requests)
   io.write(string.format(
     "WRKJSON {\"requests\": %d, \"duration_us\": %d, \"p50_us\": %d, \"p99_us\": %d, \"errors\": %d}\n",
@@ -125,11 +129,13 @@ end
 """
 
 
-def _run_wrk(url: str, *, method: str, body: str | None, connections: int, seconds: float) -> LoadResult:
+def _run_wrk(url: str, *, method: str, body: str | None, connections: int, seconds: float,
+             delay_ms: float = 0.0) -> LoadResult:
+    """Closed loop with `wrk`; `delay_ms` pauses each connection between requests (to pace a rate)."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(_WRK_SCRIPT)
     try:
-        env = {**os.environ, "BENCH_METHOD": method, "BENCH_BODY": body or ""}
+        env = {**os.environ, "BENCH_METHOD": method, "BENCH_BODY": body or "", "BENCH_DELAY_MS": str(int(delay_ms))}
         done = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
                                "-s", script.name, url], capture_output=True, text=True, env=env,
                               timeout=seconds + 60)
