@@ -1,4 +1,4 @@
-"""The back-end's routes (thesis 5.2.3-5.2.5): /stats/requests, /stats/models, /stats/memory, /plan.
+"""The back-end's routes (thesis 5.2.3-5.2.5): /stats/requests, /stats/summary, /stats/models, /stats/memory, /plan.
 
 All behind the bearer token. They read the shared database and this worker's cluster cache only.
 """
@@ -15,11 +15,14 @@ from .errors import ApiError
 from .runtime import current_runtime
 from .services import read_json_body
 
-__all__ = ["bp", "init_app", "MAX_LIMIT", "DEFAULT_LIMIT"]
+__all__ = ["bp", "init_app", "MAX_LIMIT", "DEFAULT_LIMIT", "MAX_ID", "DEFAULT_WINDOW", "MAX_WINDOW"]
 
 bp = Blueprint("stats", __name__)
 DEFAULT_LIMIT = 10_000
 MAX_LIMIT = 100_000
+MAX_ID = 2 ** 63 - 1            # SQLite's largest integer: a bigger `after` is a client error, not a 500
+DEFAULT_WINDOW = 600.0          # seconds summarised by /stats/summary unless ?window= says otherwise
+MAX_WINDOW = 7 * 24 * 3600.0
 
 
 @bp.before_request
@@ -38,8 +41,9 @@ def _number_arg(name: str, *, kind: type, low: float, high: float | None = None)
     if isinstance(value, float) and not math.isfinite(value):
         raise ApiError(400, f"{name} must be finite")
     if value < low or (high is not None and value > high):
-        raise ApiError(400, f"{name} must be between {low:g} and {high:g}" if high is not None
-                       else f"{name} must be >= {low:g}")
+        fmt = (lambda v: str(v)) if kind is int else (lambda v: f"{v:g}")
+        raise ApiError(400, f"{name} must be between {fmt(low)} and {fmt(high)}" if high is not None
+                       else f"{name} must be >= {fmt(low)}")
     return value
 
 
@@ -48,9 +52,16 @@ def requests_log():
     """Recorded requests with time >= since, oldest first, at most limit of them."""
     since = _number_arg("since", kind=float, low=0)
     limit = _number_arg("limit", kind=int, low=1, high=MAX_LIMIT) or DEFAULT_LIMIT
-    after = _number_arg("after", kind=int, low=0)
+    after = _number_arg("after", kind=int, low=0, high=MAX_ID)
     rows = current_runtime().store.requests(since=since, limit=limit, after_id=after)
     return {"requests": rows}
+
+
+@bp.get("/stats/summary")
+def summary():
+    """Per (model, zone, node, kind) aggregates of the last `window` seconds (10 s buckets)."""
+    window = _number_arg("window", kind=float, low=1, high=MAX_WINDOW)
+    return current_runtime().store.summary(window=DEFAULT_WINDOW if window is None else window, now=time.time())
 
 
 @bp.get("/stats/models")

@@ -6,23 +6,44 @@ readers (the back-end pulling /stats) run while a worker writes; `synchronous=NO
 fsync per commit (a power cut may lose the last commits, never corrupt the file).
 
 Counters (Prometheus) live in their own table and only ever grow, so /metrics is right whichever
-worker answers and is unaffected by the request log's retention. Each connection is private to
+worker answers and is unaffected by the request log's retention.
+
+Aggregates (`request_buckets`, read by GET /stats/summary) are kept at write time, in the same
+transaction as the request rows: one row per (10 s time bucket, model, zone, node, kind, duration
+bin) with counts, 2xx counts, client-latency count/sum, duration sum and the last request time, so a
+collection reads O(groups x buckets) rows instead of every request. Durations of 2xx answers not
+served from the prediction cache fall into fixed log-spaced bins (16 per octave from 1 us): a
+quantile is reported as the mean of the bin holding it, within 4.5 % (2**(1/16) - 1) of the exact
+value. Other requests use bin -1 (no duration). Pruning drops whole buckets older than the retention.
+
+What a dying worker loses: each worker buffers its records for `flush_interval` seconds (default
+0.05) and writes them in one transaction. A graceful exit (SIGTERM, SIGINT/SIGQUIT, the arbiter's
+timeout abort, `max_requests` recycling: gunicorn's `worker_exit` hook, and an `atexit` hook as a
+second line) writes the buffer, and a record arriving after `close()` is written at once, so nothing
+answered is lost. A SIGKILL (or OOM kill, power cut) loses that worker's records not yet committed:
+the requests it answered during the last `flush_interval` plus the time of its last write or two
+(about 0.05 s + a few ms at the default: ~50 rows at 1,000 req/s per worker), and never more than
+what arrives in that time, however large `max_buffer`; rows of other workers are unaffected. Each connection is private to
 one OS thread (gthread workers serve requests on several threads; gevent's greenlets share their thread's).
 """
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import math
 import os
 import sqlite3
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 from cluster.sqlite_wal import enable_wal
 
-__all__ = ["StatsStore", "RequestRecord", "Increment", "label_text"]
+__all__ = ["StatsStore", "RequestRecord", "Increment", "label_text", "BUCKET_SECONDS", "BINS_PER_OCTAVE",
+           "DURATION_MIN", "DURATION_BINS", "RELATIVE_ERROR", "duration_bin", "bin_quantile"]
 
 log = logging.getLogger("frontend.store")
 
@@ -72,6 +93,63 @@ CREATE TABLE IF NOT EXISTS claims (
 );
 """
 
+# Aggregates of the request rows for /stats/summary ('' stands for a missing zone or node: a zone
+# hint is never empty and node names are not). Created, and filled from the existing rows, once.
+_BUCKETS_SCHEMA = """
+CREATE TABLE request_buckets (
+    bucket INTEGER NOT NULL, model TEXT NOT NULL, zone TEXT NOT NULL, node TEXT NOT NULL,
+    kind TEXT NOT NULL, dbin INTEGER NOT NULL,
+    count INTEGER NOT NULL, ok INTEGER NOT NULL, latency_count INTEGER NOT NULL, latency_sum REAL NOT NULL,
+    duration_sum REAL NOT NULL, last REAL NOT NULL,
+    PRIMARY KEY (bucket, model, zone, node, kind, dbin)
+) WITHOUT ROWID
+"""
+_BUCKET_UPSERT = (
+    "INSERT INTO request_buckets (bucket, model, zone, node, kind, dbin, count, ok, latency_count,"
+    " latency_sum, duration_sum, last) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (bucket, model, zone, node, kind, dbin) DO UPDATE SET count = count + excluded.count,"
+    " ok = ok + excluded.ok, latency_count = latency_count + excluded.latency_count,"
+    " latency_sum = latency_sum + excluded.latency_sum, duration_sum = duration_sum + excluded.duration_sum,"
+    " last = max(last, excluded.last)")
+
+BUCKET_SECONDS = 10                 # width of one aggregate time bucket
+BINS_PER_OCTAVE = 16                # duration histogram resolution
+DURATION_MIN = 1e-6                 # seconds: bin 0 holds everything up to DURATION_MIN * 2**(1/16)
+DURATION_BINS = 16 * 30             # up to ~1e-6 * 2**30 s = 1,074 s; longer lands in the last bin
+RELATIVE_ERROR = 2 ** (1 / BINS_PER_OCTAVE) - 1     # a quantile's bin mean is within this of the exact value
+
+
+def duration_bin(duration: float) -> int:
+    """Return the histogram bin of a duration in seconds (0 .. DURATION_BINS - 1)."""
+    if not duration > DURATION_MIN:             # also NaN
+        return 0
+    return min(DURATION_BINS - 1, int(math.log2(duration / DURATION_MIN) * BINS_PER_OCTAVE))
+
+
+def bin_quantile(bins: list[tuple[int, int, float]], q: float) -> float | None:
+    """Return quantile q of a histogram given as (bin, count, sum of durations) entries.
+
+    Ranks as `statistics.median` for q = 0.5 (mean of the two middle values of an even count) and
+    nearest-rank otherwise; each value is its bin's mean, so the error stays within one bin
+    (RELATIVE_ERROR) and is zero when a bin holds equal values."""
+    entries = sorted((b, c, s) for b, c, s in bins if c > 0)
+    n = sum(c for _, c, _ in entries)
+    if n == 0:
+        return None
+    if q == 0.5:
+        ranks = [(n - 1) // 2, n // 2]
+    else:
+        ranks = [min(n - 1, max(0, math.ceil(q * n) - 1))]
+    values = []
+    for rank in ranks:
+        seen = 0
+        for _, count, total in entries:
+            seen += count
+            if rank < seen:
+                values.append(total / count)
+                break
+    return sum(values) / len(values)
+
 
 def label_text(labels: dict[str, str] | Iterable[tuple[str, str]]) -> str:
     """Render labels in Prometheus syntax, sorted, values escaped: a stable counter key."""
@@ -108,6 +186,23 @@ class Increment:
     value: float = 1.0
 
 
+def _add_to_buckets(buckets: dict[tuple, list], t: float, model: str, kind: str, zone: str | None,
+                    latency: float | None, node: str | None, status: int, duration: float, cached: bool) -> None:
+    ok = 200 <= status < 300
+    dbin = duration_bin(duration) if ok and not cached and duration is not None else -1
+    key = (math.floor(t / BUCKET_SECONDS), model, zone or "", node or "", kind, dbin)
+    agg = buckets.get(key)
+    if agg is None:
+        agg = buckets[key] = [0, 0, 0, 0.0, 0.0, t]
+    agg[0] += 1
+    agg[1] += ok
+    if latency is not None:
+        agg[2] += 1
+        agg[3] += latency
+    agg[4] += duration or 0.0
+    agg[5] = max(agg[5], t)
+
+
 class StatsStore:
     """Thread-safe access to the front-end database (one connection per thread)."""
 
@@ -134,6 +229,12 @@ class StatsStore:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'request_buckets'").fetchone() is None:
+                conn.execute(_BUCKETS_SCHEMA)
+                self._backfill_buckets(conn)
+        self._closed = False
+        ref = weakref.ref(self)
+        atexit.register(lambda: (store := ref()) is not None and store._flush_at_exit())
 
     # -- connections -------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -162,7 +263,11 @@ class StatsStore:
             self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
 
     def close(self) -> None:
-        """Flush the buffer, stop the writer and close every connection (call once the app stops)."""
+        """Flush the buffer, stop the writer and close every connection (call once the app stops).
+
+        A record arriving afterwards (a request still finishing on another thread) is written at
+        once instead of being buffered for a writer that no longer runs."""
+        self._closed = True
         self._flush_stop.set()
         self._flush_wake.set()
         flusher = self._flusher
@@ -187,7 +292,7 @@ class StatsStore:
 
         With a flush interval the record joins this process's buffer, written by a background
         thread in one transaction per interval; without one it is written at once."""
-        if self.flush_interval <= 0:
+        if self.flush_interval <= 0 or self._closed:
             self._write_batch([(request, increments)])
             return
         with self._buffer_lock:
@@ -215,6 +320,14 @@ class StatsStore:
                         kept = "dropped"
                 log.warning("could not write request statistics", extra={
                     "event": "stats_write_failed", "error": str(exc), "records": len(batch), "outcome": kept})
+
+    def _flush_at_exit(self) -> None:
+        """Interpreter exit (a worker leaving without `close()`): write what is still buffered."""
+        if self._buffer and self._flusher_pid in (0, os.getpid()):
+            try:
+                self.flush()
+            except Exception:
+                log.exception("stats flush at exit failed", extra={"event": "stats_flush_failed"})
 
     def _ensure_flusher(self) -> None:
         thread = self._flusher
@@ -244,10 +357,13 @@ class StatsStore:
         models: dict[str, list] = {}
         instances: dict[tuple, list] = {}
         counters: dict[tuple[str, str], float] = {}
+        buckets: dict[tuple, list] = {}
         for r, increments in batch:
             if r is not None:
                 rows.append((r.time, r.model, r.kind, r.zone, r.latency, r.node, r.endpoint, r.status,
                              r.duration, int(r.cached)))
+                _add_to_buckets(buckets, r.time, r.model, r.kind, r.zone, r.latency, r.node, r.status,
+                                r.duration, r.cached)
                 if r.known_model:
                     m = models.setdefault(r.model, [0, r.time])
                     m[0] += 1
@@ -265,6 +381,7 @@ class StatsStore:
                 conn.executemany(
                     "INSERT INTO requests (time, model, kind, zone, latency, node, endpoint, status, duration, cached)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                conn.executemany(_BUCKET_UPSERT, [(*key, *agg) for key, agg in buckets.items()])
             if models:
                 conn.executemany(
                     "INSERT INTO model_counts (model, count, last_requested) VALUES (?, ?, ?)"
@@ -289,11 +406,28 @@ class StatsStore:
         self.record(request=None, increments=[Increment(name, label_text(labels), value)])
 
     def prune(self, *, older_than: float) -> int:
-        """Delete request rows older than `older_than` (unix time); return how many went."""
+        """Delete request rows older than `older_than` (unix time), and the aggregate buckets that
+        end before it; return how many rows went."""
         conn = self._conn()
         with self._write(conn):
             cur = conn.execute("DELETE FROM requests WHERE time < ?", (older_than,))
+            conn.execute("DELETE FROM request_buckets WHERE bucket < ?",
+                         (math.floor(older_than / BUCKET_SECONDS),))
             return cur.rowcount
+
+    def _backfill_buckets(self, conn: sqlite3.Connection) -> None:
+        """Aggregate the rows a database from before the summary table holds (once, at creation)."""
+        last_id = 0
+        while True:
+            rows = conn.execute("SELECT id, time, model, kind, zone, latency, node, status, duration, cached"
+                                " FROM requests WHERE id > ? ORDER BY id LIMIT 50000", (last_id,)).fetchall()
+            if not rows:
+                return
+            buckets: dict[tuple, list] = {}
+            for _, t, model, kind, zone, latency, node, status, duration, cached in rows:
+                _add_to_buckets(buckets, t, model, kind, zone, latency, node, status, duration, bool(cached))
+            conn.executemany(_BUCKET_UPSERT, [(*key, *agg) for key, agg in buckets.items()])
+            last_id = rows[-1][0]
 
     # -- reads -------------------------------------------------------------------------------
     def requests(self, *, since: float | None = None, limit: int = 1000, after_id: int | None = None) -> list[dict]:
@@ -314,6 +448,54 @@ class StatsStore:
         return [{"id": i, "time": t, "model": m, "kind": k, "zone": z, "latency": lat, "node": n,
                  "endpoint": e, "status": s, "duration": d, "cached": bool(c)}
                 for i, t, m, k, z, lat, n, e, s, d, c in rows]
+
+    def summary(self, *, window: float, now: float) -> dict:
+        """Aggregate the requests of the buckets overlapping [now - window, now] (GET /stats/summary).
+
+        Per (model, zone, node, kind): count, 2xx count, client latency mean over the requests that
+        reported one, and over 2xx answers not from the prediction cache the duration mean, p50,
+        p95 and the histogram (bin, count, sum); per model: count, 2xx count, last request."""
+        self.flush()
+        first = max(0, math.floor((now - window) / BUCKET_SECONDS))
+        rows = self._conn().execute(
+            "SELECT model, zone, node, kind, dbin, sum(count), sum(ok), sum(latency_count), sum(latency_sum),"
+            " sum(duration_sum), max(last) FROM request_buckets WHERE bucket >= ?"
+            " GROUP BY model, zone, node, kind, dbin", (first,)).fetchall()
+        groups: dict[tuple[str, str, str, str], dict] = {}
+        for model, zone, node, kind, dbin, count, ok, lat_n, lat_sum, dur_sum, last in rows:
+            g = groups.get((model, zone, node, kind))
+            if g is None:
+                g = groups[(model, zone, node, kind)] = {
+                    "count": 0, "ok": 0, "lat_n": 0, "lat_sum": 0.0, "bins": [], "last": last}
+            g["count"] += count
+            g["ok"] += ok
+            g["lat_n"] += lat_n
+            g["lat_sum"] += lat_sum
+            g["last"] = max(g["last"], last)
+            if dbin >= 0:
+                g["bins"].append((dbin, count, dur_sum))
+        out_groups = []
+        models: dict[str, dict] = {}
+        for (model, zone, node, kind), g in sorted(groups.items()):
+            bins = sorted(g["bins"])
+            dur_n = sum(c for _, c, _ in bins)
+            out_groups.append({
+                "model": model, "zone": zone or None, "node": node or None, "kind": kind,
+                "count": g["count"], "ok": g["ok"], "latency_count": g["lat_n"],
+                "latency_mean": g["lat_sum"] / g["lat_n"] if g["lat_n"] else None,
+                "duration_count": dur_n,
+                "duration_mean": sum(s for _, _, s in bins) / dur_n if dur_n else None,
+                "duration_p50": bin_quantile(bins, 0.5), "duration_p95": bin_quantile(bins, 0.95),
+                "duration_bins": [{"bin": b, "count": c, "sum": s} for b, c, s in bins],
+                "last_request": g["last"]})
+            m = models.setdefault(model, {"model": model, "count": 0, "ok": 0, "last_request": g["last"]})
+            m["count"] += g["count"]
+            m["ok"] += g["ok"]
+            m["last_request"] = max(m["last_request"], g["last"])
+        return {"window": window, "since": float(first * BUCKET_SECONDS), "until": now, "bucket_seconds": BUCKET_SECONDS,
+                "histogram": {"min": DURATION_MIN, "bins_per_octave": BINS_PER_OCTAVE, "bins": DURATION_BINS,
+                              "relative_error": RELATIVE_ERROR},
+                "groups": out_groups, "models": sorted(models.values(), key=lambda m: m["model"])}
 
     def model_counts(self) -> dict[str, tuple[int, float | None]]:
         """Return model -> (requests ever, last requested time)."""

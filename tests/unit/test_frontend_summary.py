@@ -1,0 +1,188 @@
+"""GET /stats/summary: aggregates kept at write time, the duration histogram, retention, upgrade of an
+old database, the route's validation; /stats/requests refuses out-of-range numbers with 400."""
+from __future__ import annotations
+
+import math
+import random
+import sqlite3
+import statistics
+
+import pytest
+
+from frontend import create_app
+from frontend.store import (BUCKET_SECONDS, DURATION_BINS, RELATIVE_ERROR, RequestRecord, StatsStore,
+                            bin_quantile, duration_bin)
+
+TOKEN = "summary-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def rec(t, model="m", *, kind="proxy", zone="z1", node="n-a", latency=0.01, status=200, duration=0.02,
+        cached=False):
+    return RequestRecord(time=t, model=model, kind=kind, zone=zone, latency=latency, node=node,
+                         endpoint="127.0.0.1:1", status=status, duration=duration, cached=cached)
+
+
+def group(doc, **key):
+    found = [g for g in doc["groups"] if all(g[k] == v for k, v in key.items())]
+    assert len(found) == 1, (key, doc["groups"])
+    return found[0]
+
+
+def test_bins_are_log_spaced_and_quantiles_stay_within_the_stated_error():
+    assert duration_bin(0.0) == 0 and duration_bin(-1.0) == 0 and duration_bin(float("nan")) == 0
+    assert duration_bin(1e9) == DURATION_BINS - 1
+    assert duration_bin(0.001) < duration_bin(0.0011) < duration_bin(0.002)
+    assert RELATIVE_ERROR == pytest.approx(0.0443, abs=1e-4)
+    rng = random.Random(7)
+    for _ in range(50):
+        samples = [rng.lognormvariate(math.log(0.01), 1.0) for _ in range(rng.randint(1, 400))]
+        bins: dict[int, list] = {}
+        for d in samples:
+            acc = bins.setdefault(duration_bin(d), [0, 0.0])
+            acc[0] += 1
+            acc[1] += d
+        entries = [(b, c, s) for b, (c, s) in bins.items()]
+        exact = statistics.median(samples)
+        assert abs(bin_quantile(entries, 0.5) - exact) <= RELATIVE_ERROR * exact
+        p95 = sorted(samples)[math.ceil(0.95 * len(samples)) - 1]
+        assert abs(bin_quantile(entries, 0.95) - p95) <= RELATIVE_ERROR * p95
+    assert bin_quantile([], 0.5) is None
+    assert bin_quantile([(5, 3, 0.3)], 0.5) == pytest.approx(0.1)        # equal values: exact
+
+
+def test_summary_groups_counts_latency_durations_and_models(tmp_path):
+    store = StatsStore(tmp_path / "fe.db", flush_interval=0.05)
+    for i in range(10):
+        store.record(request=rec(1000.0 + i, duration=0.01 * (i + 1), latency=0.1 if i % 2 else None), increments=[])
+    store.record(request=rec(1001.5, status=502, duration=5.0), increments=[])          # not a served duration
+    store.record(request=rec(1002.5, cached=True, duration=1e-5), increments=[])         # cache hit: neither
+    store.record(request=rec(1003.0, kind="lookup", duration=1e-4, latency=0.3), increments=[])
+    store.record(request=rec(1004.0, zone=None, node=None, status=503, latency=None), increments=[])
+    store.record(request=rec(1005.0, model="ghost", status=404, node=None), increments=[])
+    doc = store.summary(window=600, now=1010.0)       # flushes this process's buffer first
+    proxy = group(doc, model="m", zone="z1", node="n-a", kind="proxy")
+    assert proxy["count"] == 12 and proxy["ok"] == 11
+    assert proxy["latency_count"] == 7 and proxy["latency_mean"] == pytest.approx((5 * 0.1 + 2 * 0.01) / 7)
+    assert proxy["duration_count"] == 10
+    assert proxy["duration_mean"] == pytest.approx(0.055)
+    assert proxy["duration_p50"] == pytest.approx(0.055, rel=RELATIVE_ERROR)
+    assert proxy["duration_p95"] == pytest.approx(0.1, rel=RELATIVE_ERROR)
+    assert sum(b["count"] for b in proxy["duration_bins"]) == 10
+    assert proxy["last_request"] == 1009.0
+    lookup = group(doc, model="m", kind="lookup")
+    assert lookup["count"] == 1 and lookup["duration_p50"] == pytest.approx(1e-4)
+    nowhere = group(doc, model="m", zone=None, node=None)
+    assert nowhere["ok"] == 0 and nowhere["duration_count"] == 0 and nowhere["duration_p50"] is None
+    assert nowhere["latency_mean"] is None
+    assert doc["models"] == [{"model": "ghost", "count": 1, "ok": 0, "last_request": 1005.0},
+                             {"model": "m", "count": 14, "ok": 12, "last_request": 1009.0}]
+    assert doc["since"] == math.floor((1010.0 - 600) / BUCKET_SECONDS) * BUCKET_SECONDS
+    # The window is whole buckets: the one holding now - window is in, older ones are not.
+    assert {m["model"]: m["count"] for m in store.summary(window=1, now=1009.5)["models"]} == {"ghost": 1, "m": 14}
+    assert store.summary(window=1, now=1011.0)["groups"] == []
+    store.close()
+
+
+def test_aggregates_match_the_rows_with_several_processes_writing(tmp_path):
+    """The aggregates are written in the same transaction as the rows: counts always agree."""
+    import multiprocessing
+    path = str(tmp_path / "fe.db")
+    StatsStore(path).close()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_hammer, args=(path, 300, seed)) for seed in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert all(p.exitcode == 0 for p in procs)
+    store = StatsStore(path)
+    doc = store.summary(window=3600, now=1200.0)
+    assert sum(m["count"] for m in doc["models"]) == store.request_rows() == 900
+    store.close()
+
+
+def _hammer(path: str, n: int, seed: int) -> None:
+    rng = random.Random(seed)
+    store = StatsStore(path, flush_interval=0.01, max_buffer=50)
+    for i in range(n):
+        store.record(request=rec(1000.0 + rng.random() * 100, zone=rng.choice(["z1", "z2", None])), increments=[])
+    store.close()
+
+
+def test_prune_drops_whole_old_buckets_and_an_old_database_is_backfilled(tmp_path):
+    store = StatsStore(tmp_path / "fe.db")
+    for t in (1000.0, 1005.0, 1012.0, 1025.0):
+        store.record(request=rec(t), increments=[])
+    assert store.prune(older_than=1013.0) == 3
+    counts = {g["last_request"]: g["count"] for g in [store.summary(window=10_000, now=1030.0)["groups"][0]]}
+    assert counts == {1025.0: 2}            # the bucket [1010, 1020) still holds 1012; [1000, 1010) is gone
+    store.close()
+
+    # A database written before the aggregates existed: they are built from its rows on first open.
+    old = tmp_path / "old.db"
+    StatsStore(old).close()
+    conn = sqlite3.connect(old)
+    conn.execute("DROP TABLE request_buckets")
+    conn.executemany("INSERT INTO requests (time, model, kind, zone, latency, node, endpoint, status, duration,"
+                     " cached) VALUES (?, 'm', 'proxy', 'z1', 0.01, 'n-a', 'e', 200, 0.02, 0)",
+                     [(1000.0 + i,) for i in range(7)])
+    conn.commit()
+    conn.close()
+    upgraded = StatsStore(old)
+    doc = upgraded.summary(window=600, now=1010.0)
+    assert doc["models"][0]["count"] == 7 and doc["groups"][0]["duration_p50"] == pytest.approx(0.02)
+    upgraded.close()
+    assert StatsStore(old).summary(window=600, now=1010.0)["models"][0]["count"] == 7    # not twice
+
+
+def test_a_record_after_close_is_written_at_once(tmp_path):
+    store = StatsStore(tmp_path / "fe.db", flush_interval=10.0)
+    store.record(request=rec(1000.0), increments=[])
+    store.close()                                   # flushes the buffer
+    store.record(request=rec(1001.0), increments=[])  # a request still finishing on another thread
+    other = StatsStore(tmp_path / "fe.db")
+    assert other.request_rows() == 2
+    other.close()
+
+
+@pytest.fixture
+def client(tmp_path):
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text("nodes:\n  - {name: n-a, address: 127.254.254.2, memory: 1000, cpu: 1.0, class: small}\n")
+    app = create_app({"cluster_settings": {"config_path": str(cluster), "state_path": str(tmp_path / "c.db")},
+                      "database": str(tmp_path / "fe.db"), "token": TOKEN})
+    yield app.test_client(), app.extensions["frontend"].store
+    app.extensions["frontend"].close()
+
+
+def test_summary_route_validates_window_and_needs_the_token(client):
+    http, store = client
+    import time
+    now = time.time()
+    store.record(request=rec(now - 1), increments=[])
+    assert http.get("/stats/summary").status_code == 401
+    doc = http.get("/stats/summary", headers=AUTH).get_json()
+    assert doc["window"] == 600 and doc["models"][0]["count"] == 1 and doc["bucket_seconds"] == BUCKET_SECONDS
+    assert http.get("/stats/summary?window=30", headers=AUTH).get_json()["window"] == 30
+    for bad in ("0", "-5", "abc", "nan", "inf", "1e400", "604801", "1e30"):
+        answer = http.get(f"/stats/summary?window={bad}", headers=AUTH)
+        assert answer.status_code == 400, bad
+        assert "window" in answer.get_json()["error"]
+
+
+@pytest.mark.parametrize("query", ["after=9223372036854775808", "after=-1", "after=99999999999999999999999",
+                                   "after=1.5", "since=1e400", "since=-1", "since=nan", "limit=0",
+                                   "limit=100001", "limit=99999999999999999999999"])
+def test_requests_route_refuses_out_of_range_numbers_with_400(client, query):
+    http, _ = client
+    answer = http.get(f"/stats/requests?{query}", headers=AUTH)
+    assert answer.status_code == 400
+    assert query.split("=")[0] in answer.get_json()["error"]
+
+
+def test_requests_route_accepts_the_extreme_valid_values(client):
+    http, _ = client
+    for query in ("after=9223372036854775807", "since=1e308", "limit=100000", "after=0&since=0&limit=1"):
+        answer = http.get(f"/stats/requests?{query}", headers=AUTH)
+        assert answer.status_code == 200 and answer.get_json() == {"requests": []}, query
