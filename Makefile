@@ -1,16 +1,21 @@
-# Every target depends on `setup`, so `make run` and `make test` are all a new user types.
+# `make run` and `make test` are all a new user types; each installs only what it needs:
+#   run   -> the Python packages and the built models (no Go, no Debian packages)
+#   test  -> + GLPK (glpsol, for the AMPL-file tests) + the Kubernetes control plane (tests/k8s)
+#   bench -> + wrk (HTTP load generator)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP_STAMP := $(VENV)/.requirements-installed
-DEB_STAMP := $(VENV)/.debs-installed
 MODELS_STAMP := build/models/.built
-DEBS := glpk-utils wrk
 
-.PHONY: setup test run bench simulate clean
+.PHONY: setup setup-test setup-bench test run bench simulate clean k8s-tools
 
-setup: $(PIP_STAMP) $(DEB_STAMP) $(MODELS_STAMP) k8s-tools
+setup: $(PIP_STAMP) $(MODELS_STAMP)
+
+setup-test: setup $(VENV)/.deb-glpk-utils k8s-tools
+
+setup-bench: setup-test $(VENV)/.deb-wrk
 
 $(PIP_STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,13 +23,12 @@ $(PIP_STAMP): requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	@touch $@
 
-# Debian packages: installed only when missing (apt needs root or sudo).
-$(DEB_STAMP): Makefile | $(PIP_STAMP)
-	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:$$missing"; \
+# One Debian package per stamp, installed only when missing (apt needs root or sudo).
+$(VENV)/.deb-%: | $(PIP_STAMP)
+	@if ! dpkg -s $* >/dev/null 2>&1; then \
+	  echo "installing Debian package $*"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $* >/dev/null; \
 	fi
 	@touch $@
 
@@ -34,18 +38,19 @@ $(MODELS_STAMP): $(PIP_STAMP) $(wildcard modelserver/build_models.py)
 
 # The Kubernetes control plane tests/k8s runs against (kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl, etcd, kwok): compiled from Go modules with the local Go toolchain into
-# $${XDG_CACHE_HOME:-~/.cache}/edge-inference/k8s/<version>/bin, only when missing (first run ~15 min).
-# Without Go it warns and goes on (make run needs no Go); the tests in tests/k8s then fail.
+# $${XDG_CACHE_HOME:-~/.cache}/edge-inference/k8s/<version>/bin, only when missing (first run ~10 min).
+# Without Go it warns and goes on; the tests in tests/k8s then fail.
 k8s-tools: | $(PIP_STAMP)
 	@$(PY) tests/k8s/k8s_tools.py --missing-go-ok
 
-test: setup
+test: setup-test
 	$(PY) -m pytest -q tests
 
 run: setup
+	@command -v glpsol >/dev/null || echo "note: GLPK (glpsol) is not installed: the 'glpk' solver is unavailable; every other solver works (make test installs it)"
 	$(PY) scripts/run_system.py
 
-bench: setup
+bench: setup-bench
 	$(PY) -m bench
 
 simulate: setup

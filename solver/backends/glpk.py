@@ -86,7 +86,7 @@ class GlpkBackend(Backend):
         return shutil.which("glpsol") is not None
 
     def unavailable_reason(self) -> str:
-        return "glpsol not found: install GLPK (Debian: apt-get install glpk-utils; `make setup` does it)"
+        return "glpsol not found: install GLPK (Debian: apt-get install glpk-utils; `make test` installs it)"
 
     def _solve(self, problem: Problem, arrays: Arrays, *, time_limit: float | None,
                keep_files: str | None) -> Solution:
