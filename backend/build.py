@@ -1,6 +1,8 @@
 """Build the solver's Problem from what the front-end observed (pure: no I/O, no clock).
 
-Inputs are the window of recorded requests, the nodes' memory, the model catalog, the cluster's
+Inputs are the window of recorded requests (as rows, or as the front-end's aggregates from
+/stats/summary: both give the same problem, up to the duration histogram's error in execution
+times), the nodes' memory, the model catalog, the cluster's
 current deployments and an ALTO cost map; the output is a `solver.Problem` plus a summary of
 where every number came from (the report prints it).
 
@@ -11,7 +13,9 @@ where every number came from (the report prints it).
   otherwise `default_rtt`.
 - Execution time of a model on a node, in seconds: the catalog profile for the node's class,
   replaced by the median of the proxy's measured times for that (model, node) once there are at
-  least `min_exec_samples` of them.
+  least `min_exec_samples` of them. From aggregates the median is read from the merged duration
+  histograms of that (model, node): the mean of the bin holding it, within the histogram's
+  relative error (4.5 %) of the exact median.
 - Memory: Mode 1 gives the solver each node's **available** memory and the current deployments
   (sunk: they keep running); Mode 2 gives it the **total** memory and nothing deployed (thesis 4.3).
 - Compute: with `compute="average"` (the default) a request's cpu is the catalog's cores-per-request
@@ -35,12 +39,13 @@ from cluster.catalog import Catalog
 from cluster.port import Deployment
 
 from .alto import DEFAULT_ZONE, CostMap
-from .collect import NodeMemory, RequestStat
+from .collect import GroupStat, NodeMemory, RequestStat, Summary
 
 if TYPE_CHECKING:
     from solver.problem import Problem
 
 __all__ = ["BuildSettings", "Built", "build_problem", "group_requests", "rtt_table", "exec_table",
+           "group_summary", "rtt_table_from_summary", "exec_table_from_summary", "bins_median",
            "FORMULATIONS", "COMPUTE_BASES"]
 
 FORMULATIONS = ("placement", "thesis")
@@ -94,22 +99,53 @@ def group_requests(rows: Iterable[RequestStat], known: set[str]) -> tuple[dict[t
     return dict(counts), unknown
 
 
+def group_summary(groups: Iterable[GroupStat], known: set[str]) -> tuple[dict[tuple[str, str], int], int]:
+    """group_requests for aggregates: ({(model, zone): count}, requests of unknown models)."""
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    unknown = 0
+    for g in groups:
+        if g.model not in known:
+            unknown += g.count
+        elif g.count:
+            counts[(g.model, g.zone or DEFAULT_ZONE)] += g.count
+    return dict(counts), unknown
+
+
 def rtt_table(rows: Iterable[RequestStat], zones: Iterable[str], nodes: Iterable[str], *,
               cost_map: CostMap, default_rtt: float) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
     """Return ({zone: {node: seconds}}, {source: how many (zone, node) pairs used it})."""
-    sums: dict[tuple[str, str], list[float]] = defaultdict(list)
+    sums: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
     for row in rows:
         if row.latency is not None and row.node is not None:
-            sums[(_zone(row), row.node)].append(row.latency)
+            acc = sums[(_zone(row), row.node)]
+            acc[0] += row.latency
+            acc[1] += 1
+    return _rtt_from(sums, zones, nodes, cost_map=cost_map, default_rtt=default_rtt)
+
+
+def rtt_table_from_summary(groups: Iterable[GroupStat], zones: Iterable[str], nodes: Iterable[str], *,
+                           cost_map: CostMap, default_rtt: float) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
+    """rtt_table for aggregates: the same mean of client-reported latencies per (zone, node)."""
+    sums: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
+    for g in groups:
+        if g.latency_count and g.node is not None:
+            acc = sums[(g.zone or DEFAULT_ZONE, g.node)]
+            acc[0] += g.latency_sum
+            acc[1] += g.latency_count
+    return _rtt_from(sums, zones, nodes, cost_map=cost_map, default_rtt=default_rtt)
+
+
+def _rtt_from(sums: dict[tuple[str, str], list[float]], zones: Iterable[str], nodes: Iterable[str], *,
+              cost_map: CostMap, default_rtt: float) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
     table: dict[str, dict[str, float]] = {}
     sources = {"measured": 0, "alto": 0, "default": 0}
     node_list = list(nodes)
     for zone in zones:
         table[zone] = {}
         for node in node_list:
-            samples = sums.get((zone, node))
-            if samples:
-                table[zone][node] = sum(samples) / len(samples)
+            total, n = sums.get((zone, node), (0.0, 0))
+            if n:
+                table[zone][node] = total / n
                 sources["measured"] += 1
                 continue
             cost = cost_map.rtt(zone, node)
@@ -134,14 +170,58 @@ def exec_table(rows: Iterable[RequestStat], catalog: Catalog, nodes: list[NodeMe
     for row in rows:
         if _usable_duration(row):
             measured[(row.model, row.node)].append(row.duration)
+    medians = {key: (len(samples), statistics.median(samples)) for key, samples in measured.items()}
+    return _exec_from(medians, catalog, nodes, min_samples=min_samples)
+
+
+def bins_median(bins: Iterable[tuple[int, int, float]]) -> float | None:
+    """Median of a duration histogram of (bin, count, sum) entries, ranked as `statistics.median`
+    (mean of the two middle values for an even count), each value being its bin's mean."""
+    entries = sorted((b, c, total) for b, c, total in bins if c > 0)
+    n = sum(c for _, c, _ in entries)
+    if n == 0:
+        return None
+    values = []
+    for rank in sorted({(n - 1) // 2, n // 2}):
+        seen = 0
+        for _, count, total in entries:
+            seen += count
+            if rank < seen:
+                values.append(total / count)
+                break
+    return sum(values) / len(values)
+
+
+def exec_table_from_summary(groups: Iterable[GroupStat], catalog: Catalog, nodes: list[NodeMemory], *,
+                            min_samples: int) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
+    """exec_table for aggregates: the median of the merged proxy duration histograms per (model, node)."""
+    merged: dict[tuple[str, str], dict[int, list]] = defaultdict(dict)
+    for g in groups:
+        if g.node is None or g.kind not in (None, "proxy"):
+            continue
+        hist = merged[(g.model, g.node)]
+        for b, count, total in g.duration_bins:
+            acc = hist.setdefault(b, [0, 0.0])
+            acc[0] += count
+            acc[1] += total
+    medians = {}
+    for key, hist in merged.items():
+        n = sum(c for c, _ in hist.values())
+        if n:
+            medians[key] = (n, bins_median((b, c, t) for b, (c, t) in hist.items()))
+    return _exec_from(medians, catalog, nodes, min_samples=min_samples)
+
+
+def _exec_from(medians: dict[tuple[str, str], tuple[int, float]], catalog: Catalog, nodes: list[NodeMemory], *,
+               min_samples: int) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
     table: dict[str, dict[str, float]] = {}
     sources = {"measured": 0, "profile": 0}
     for spec in catalog:
         table[spec.name] = {}
         for node in nodes:
-            samples = measured.get((spec.name, node.node), [])
-            if len(samples) >= min_samples:
-                table[spec.name][node.node] = statistics.median(samples)
+            n, median = medians.get((spec.name, node.node), (0, 0.0))
+            if n >= min_samples:
+                table[spec.name][node.node] = median
                 sources["measured"] += 1
             else:
                 table[spec.name][node.node] = spec.exec_time_on(node.node_class or "")
@@ -150,20 +230,32 @@ def exec_table(rows: Iterable[RequestStat], catalog: Catalog, nodes: list[NodeMe
 
 
 def build_problem(*, requests: list[RequestStat], nodes: list[NodeMemory], catalog: Catalog,
-                  deployments: list[Deployment], cost_map: CostMap, settings: BuildSettings) -> Built:
-    """Return the Problem for one run, with a summary of its inputs."""
+                  deployments: list[Deployment], cost_map: CostMap, settings: BuildSettings,
+                  summary: Summary | None = None) -> Built:
+    """Return the Problem for one run, with a summary of its inputs.
+
+    The window of requests is `summary` (the front-end's aggregates) when given, else the rows."""
     # Imported here so `--help` and usage errors never pay for loading the solver stack.
     from solver.problem import ModelReq, NodeCap, Problem, RequestGroup
 
     ready = [n for n in nodes if n.ready]
     node_names = [n.node for n in ready]
     known = set(catalog.names())
-    counts, unknown = group_requests(requests, known)
+    if summary is not None:
+        counts, unknown = group_summary(summary.groups, known)
+    else:
+        counts, unknown = group_requests(requests, known)
     keys = sorted(counts)
     zones = sorted({zone for _, zone in keys})
-    rtt, rtt_sources = rtt_table(requests, zones, node_names, cost_map=cost_map,
-                                 default_rtt=settings.default_rtt)
-    exec_time, exec_sources = exec_table(requests, catalog, ready, min_samples=settings.min_exec_samples)
+    if summary is not None:
+        rtt, rtt_sources = rtt_table_from_summary(summary.groups, zones, node_names, cost_map=cost_map,
+                                                  default_rtt=settings.default_rtt)
+        exec_time, exec_sources = exec_table_from_summary(summary.groups, catalog, ready,
+                                                          min_samples=settings.min_exec_samples)
+    else:
+        rtt, rtt_sources = rtt_table(requests, zones, node_names, cost_map=cost_map,
+                                     default_rtt=settings.default_rtt)
+        exec_time, exec_sources = exec_table(requests, catalog, ready, min_samples=settings.min_exec_samples)
 
     node_caps = [NodeCap(name=n.node, memory=int(n.available if settings.mode == 1 else n.total),
                          cpu=float(n.cpu_capacity)) for n in ready]
@@ -196,5 +288,6 @@ def build_problem(*, requests: list[RequestStat], nodes: list[NodeMemory], catal
         "rtt_sources": rtt_sources,
         "exec_time_sources": exec_sources,
         "compute": settings.compute,
+        "statistics": "summary" if summary is not None else "rows",
     }
     return Built(problem=problem, groups=keys, summary=summary)

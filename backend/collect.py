@@ -1,8 +1,11 @@
 """The back-end's client of the front-end's statistics API (thesis 5.2.3-5.2.5, 5.7).
 
 Why over HTTP: the front-end alone owns its statistics files; the back-end reads them the way a
-client would (`GET /stats/requests`, `/stats/models`, `/stats/memory` with the bearer token) and
-hands the solver's dispatch weights back with `PUT /plan`. Everything here is I/O; the answers are
+client would (`GET /stats/summary`, `/stats/models`, `/stats/memory` with the bearer token) and
+hands the solver's dispatch weights back with `PUT /plan`. The request window is read as the
+front-end's aggregates (`/stats/summary`: one entry per (model, zone, node, kind), cheap for the
+front-end whatever the request rate); only a front-end without that route (404) is read row by row
+(`/stats/requests`, paged), which costs it O(requests) per collection. Everything here is I/O; the answers are
 validated and turned into the plain dataclasses below, which the pure steps (build, plan) consume.
 
 Exception tree::
@@ -20,7 +23,8 @@ import requests
 
 __all__ = [
     "FrontendError", "RequestStat", "InstanceStat", "ModelStat", "NodeMemory", "Observed",
-    "FrontendClient", "collect", "parse_requests", "parse_models", "parse_memory",
+    "GroupStat", "Summary", "FrontendClient", "collect", "parse_requests", "parse_models", "parse_memory",
+    "parse_summary",
 ]
 
 PAGE = 100_000          # rows asked for per /stats/requests call (the front-end's maximum)
@@ -29,6 +33,10 @@ MAX_PAGES = 50          # a window bigger than 5 million rows is cut (and said s
 
 class FrontendError(Exception):
     """The front-end could not be reached, refused us, or answered something unusable."""
+
+    def __init__(self, message: str, *, status: int | None = None):
+        super().__init__(message)
+        self.status = status         # the HTTP status when the front-end answered one
 
 
 @dataclass(frozen=True)
@@ -79,8 +87,41 @@ class NodeMemory:
 
 
 @dataclass(frozen=True)
+class GroupStat:
+    """Aggregates of the requests of one (model, zone, node, kind) over the window (/stats/summary).
+
+    `duration_bins` is the front-end's duration histogram of the 2xx answers not served from its
+    prediction cache: (bin, count, sum of seconds) entries, bins increasing with the duration."""
+
+    model: str
+    zone: str | None
+    node: str | None
+    kind: str | None
+    count: int
+    ok: int
+    latency_count: int
+    latency_sum: float               # seconds: latency_mean * latency_count
+    duration_bins: tuple[tuple[int, int, float], ...] = ()
+    last_request: float | None = None
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The window of requests as aggregates (what build_problem needs, without the rows)."""
+
+    groups: list[GroupStat]
+    since: float
+    relative_error: float            # of a quantile read from the duration histogram
+
+    @property
+    def requests(self) -> int:
+        return sum(g.count for g in self.groups)
+
+
+@dataclass(frozen=True)
 class Observed:
-    """Everything the back-end read from the front-end for one run."""
+    """Everything the back-end read from the front-end for one run: the window as aggregates
+    (`summary`) or, from a front-end without /stats/summary, as rows (`requests`)."""
 
     requests: list[RequestStat]
     models: list[ModelStat]
@@ -89,6 +130,11 @@ class Observed:
     collected: float             # when the reads finished, unix seconds
     truncated: bool = False      # the window held more rows than were read
     warnings: list[str] = field(default_factory=list)
+    summary: Summary | None = None
+
+    @property
+    def requests_read(self) -> int:
+        return self.summary.requests if self.summary is not None else len(self.requests)
 
 
 # ---- parsing (pure) ----------------------------------------------------------------------------
@@ -132,6 +178,44 @@ def parse_requests(doc: Any) -> tuple[list[RequestStat], int, int | None]:
             kind=item.get("kind") if isinstance(item.get("kind"), str) else None,
             cached=bool(item.get("cached", False))))
     return rows, skipped, last_id
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def parse_summary(doc: Any) -> Summary:
+    """Return the groups of a /stats/summary answer; a malformed group or bin is an error."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("groups"), list):
+        raise FrontendError("/stats/summary: expected an object with a 'groups' list")
+    groups = []
+    for item in doc["groups"]:
+        if not isinstance(item, dict) or not isinstance(item.get("model"), str) or not item["model"]:
+            raise FrontendError("/stats/summary: every group needs a 'model' name")
+        count, ok, lat_n = _count(item.get("count")), _count(item.get("ok")), _count(item.get("latency_count"))
+        if count is None or ok is None or lat_n is None:
+            raise FrontendError(f"/stats/summary: group of {item['model']}: count, ok and latency_count "
+                                "must be integers >= 0")
+        lat_mean = _num(item.get("latency_mean"))
+        if lat_n and (lat_mean is None or lat_mean < 0):
+            raise FrontendError(f"/stats/summary: group of {item['model']}: latency_mean must be a number >= 0")
+        bins = []
+        for entry in item.get("duration_bins") or []:
+            b, c = (_count(entry.get("bin")), _count(entry.get("count"))) if isinstance(entry, dict) else (None, None)
+            total = _num(entry.get("sum")) if isinstance(entry, dict) else None
+            if b is None or c is None or total is None or total < 0:
+                raise FrontendError(f"/stats/summary: group of {item['model']}: malformed duration bin")
+            bins.append((b, c, total))
+        zone, node, kind = item.get("zone"), item.get("node"), item.get("kind")
+        groups.append(GroupStat(
+            model=item["model"], zone=zone if isinstance(zone, str) and zone else None,
+            node=node if isinstance(node, str) and node else None,
+            kind=kind if isinstance(kind, str) and kind else None, count=count, ok=ok,
+            latency_count=lat_n, latency_sum=(lat_mean or 0.0) * lat_n,
+            duration_bins=tuple(sorted(bins)), last_request=_num(item.get("last_request"))))
+    histogram = doc.get("histogram") if isinstance(doc.get("histogram"), dict) else {}
+    return Summary(groups=groups, since=_num(doc.get("since")) or 0.0,
+                   relative_error=_num(histogram.get("relative_error")) or 0.0)
 
 
 def parse_models(doc: Any) -> list[ModelStat]:
@@ -228,7 +312,7 @@ class FrontendClient:
                                 f"({response.status_code}: {_error_text(response)}); check --token")
         if response.status_code >= 400:
             raise FrontendError(f"front-end {self.base_url}: {method} {path} -> "
-                                f"{response.status_code}: {_error_text(response)}")
+                                f"{response.status_code}: {_error_text(response)}", status=response.status_code)
         try:
             return response.json()
         except ValueError:
@@ -248,6 +332,11 @@ class FrontendClient:
             params = {"since": f"{since:.6f}", "after": last_id, "limit": PAGE}
         return rows, True, skipped
 
+    def summary(self, window: float) -> Summary:
+        """Return /stats/summary for the last `window` seconds (FrontendError with status 404 from a
+        front-end that predates the route)."""
+        return parse_summary(self._call("GET", "/stats/summary", params={"window": f"{window:g}"}))
+
     def models(self) -> list[ModelStat]:
         """Return /stats/models."""
         return parse_models(self._call("GET", "/stats/models"))
@@ -262,13 +351,24 @@ class FrontendClient:
 
 
 def collect(client: FrontendClient, *, window: float, now: float | None = None) -> Observed:
-    """Read the recent window of requests, the model statistics and node memory."""
+    """Read the recent window of requests (aggregated, or as rows from an older front-end), the
+    model statistics and node memory."""
     now = time.time() if now is None else now
     since = max(0.0, now - window)
+    warnings = []
+    try:
+        summary = client.summary(window)
+    except FrontendError as exc:
+        if exc.status != 404:
+            raise
+        summary = None
+    if summary is not None:
+        return Observed(requests=[], models=client.models(), nodes=client.memory(), since=summary.since,
+                        collected=time.time(), summary=summary)
+    warnings.append("the front-end has no /stats/summary: the window was read row by row")
     rows, truncated, skipped = client.requests_since(since)
     models = client.models()
     nodes = client.memory()
-    warnings = []
     if skipped:
         warnings.append(f"{skipped} malformed request rows ignored")
     if truncated:

@@ -241,12 +241,13 @@ def _run_with(cfg: RunConfig, report: RunReport, finish, *, client: FrontendClie
     t = time.perf_counter()
     try:
         built = build_problem(requests=observed.requests, nodes=observed.nodes, catalog=catalog,
-                              deployments=deployments, cost_map=cost_map, settings=cfg.build)
+                              deployments=deployments, cost_map=cost_map, settings=cfg.build,
+                              summary=observed.summary)
     except Exception as exc:   # a problem the solver package refuses (ProblemError) or bad data
         return finish(EXIT_ERRORS, f"backend: cannot build the problem: {exc}; nothing changed")
     timings["build"] = time.perf_counter() - t
     report.inputs = {**built.summary, "cost_map": cost_map.source or None,
-                     "requests_read": len(observed.requests), "window_since": observed.since}
+                     "requests_read": observed.requests_read, "window_since": observed.since}
 
     # --- solve --------------------------------------------------------------------------------
     t = time.perf_counter()

@@ -1,0 +1,136 @@
+"""The back-end reads the window as /stats/summary aggregates: parsing, the fallback to rows for an
+older front-end, and the same Problem from the same requests given as rows and as their summary."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from backend.alto import CostMap
+from backend.build import BuildSettings, build_problem
+from backend.collect import FrontendClient, FrontendError, collect, parse_requests, parse_summary
+from frontend.store import RELATIVE_ERROR, RequestRecord, StatsStore
+from test_backend_build import ALTO, CATALOG, HP2, LOGREG, NODES
+
+FOREST = "digits_forest"
+
+
+def _records(seed: int, n: int) -> list[RequestRecord]:
+    rng = random.Random(seed)
+    out = []
+    base = {HP2: 0.004, LOGREG: 0.02, FOREST: 0.05, "ghost": 0.01}
+    for i in range(n):
+        model = rng.choice([HP2, HP2, LOGREG, FOREST, "ghost"])
+        node = rng.choice(["a", "b", "down", None])
+        kind = rng.choice(["proxy", "proxy", "proxy", "lookup"])
+        status = rng.choice([200] * 8 + [502, 503, 404]) if node else 503
+        out.append(RequestRecord(
+            time=10_000.0 + i * 0.01, model=model, kind=kind, zone=rng.choice(["z1", "z2", "far", None]),
+            latency=rng.choice([None, rng.uniform(0.001, 0.2)]), node=node,
+            endpoint="127.0.0.1:1" if node else None, status=status,
+            duration=base[model] * rng.lognormvariate(0, 0.5) * (1 if kind == "proxy" else 0.01),
+            cached=kind == "proxy" and rng.random() < 0.1, known_model=model != "ghost"))
+    return out
+
+
+@pytest.mark.parametrize("seed,n", [(1, 40), (2, 600), (3, 3000)])
+@pytest.mark.parametrize("mode", [1, 2])
+def test_rows_and_their_summary_build_the_same_problem(tmp_path, seed, n, mode):
+    store = StatsStore(tmp_path / "fe.db", flush_interval=0.05)
+    for record in _records(seed, n):
+        store.record(request=record, increments=[])
+    rows, skipped, _ = parse_requests({"requests": store.requests(limit=100_000)})
+    summary = parse_summary(store.summary(window=600, now=10_000.0 + n * 0.01))
+    store.close()
+    assert skipped == 0 and len(rows) == n == summary.requests
+    settings = BuildSettings(mode=mode, min_exec_samples=5)
+    common = dict(nodes=NODES, catalog=CATALOG, deployments=[], cost_map=ALTO, settings=settings)
+    from_rows = build_problem(requests=rows, **common)
+    from_summary = build_problem(requests=[], summary=summary, **common)
+    a, b = from_rows.problem, from_summary.problem
+    assert from_rows.groups == from_summary.groups
+    assert [(g.model, g.count) for g in a.requests] == [(g.model, g.count) for g in b.requests]
+    for ga, gb in zip(a.requests, b.requests):
+        assert ga.rtt.keys() == gb.rtt.keys()
+        for node in ga.rtt:
+            assert gb.rtt[node] == pytest.approx(ga.rtt[node], rel=1e-9)      # a mean: exact
+    assert a.exec_time.keys() == b.exec_time.keys()
+    for model in a.exec_time:
+        for node, exact in a.exec_time[model].items():
+            assert b.exec_time[model][node] == pytest.approx(exact, rel=RELATIVE_ERROR), (model, node)
+    assert [(n.name, n.memory, n.cpu) for n in a.nodes] == [(n.name, n.memory, n.cpu) for n in b.nodes]
+    for ma, mb in zip(a.models, b.models):
+        assert (ma.name, ma.memory) == (mb.name, mb.memory)
+        assert mb.cpu == pytest.approx(ma.cpu, rel=RELATIVE_ERROR)
+    assert a.deployed == b.deployed
+    same = {k: v for k, v in from_rows.summary.items() if k != "statistics"}
+    assert same == {k: v for k, v in from_summary.summary.items() if k != "statistics"}
+    assert (from_rows.summary["statistics"], from_summary.summary["statistics"]) == ("rows", "summary")
+    b.validate()
+
+
+def test_exec_time_from_equal_durations_is_exact():
+    doc = {"since": 0.0, "histogram": {"relative_error": RELATIVE_ERROR}, "groups": [
+        {"model": HP2, "zone": "z1", "node": "b", "kind": "proxy", "count": 3, "ok": 3, "latency_count": 0,
+         "latency_mean": None, "duration_bins": [{"bin": 300, "count": 3, "sum": 1.5}]},
+        {"model": HP2, "zone": "z2", "node": "b", "kind": "proxy", "count": 2, "ok": 2, "latency_count": 2,
+         "latency_mean": 0.25, "duration_bins": [{"bin": 280, "count": 2, "sum": 0.2}]},
+        {"model": HP2, "zone": "z2", "node": "b", "kind": "lookup", "count": 9, "ok": 9, "latency_count": 0,
+         "latency_mean": None, "duration_bins": [{"bin": 100, "count": 9, "sum": 9e-5}]}]}
+    built = build_problem(requests=[], summary=parse_summary(doc), nodes=NODES, catalog=CATALOG, deployments=[],
+                          cost_map=ALTO, settings=BuildSettings(min_exec_samples=5))
+    assert built.problem.exec_time[HP2] == {"a": 0.004, "b": 0.5}      # median of 0.5 x3, 0.1 x2 (lookups not)
+    groups = dict(zip(built.groups, built.problem.requests))
+    assert groups[(HP2, "z2")].count == 11 and groups[(HP2, "z2")].rtt["b"] == 0.25
+
+
+@pytest.mark.parametrize("doc", [
+    {"rows": []},
+    {"groups": [{"count": 1}]},
+    {"groups": [{"model": "m", "count": -1, "ok": 0, "latency_count": 0}]},
+    {"groups": [{"model": "m", "count": 1, "ok": 1, "latency_count": 1, "latency_mean": None}]},
+    {"groups": [{"model": "m", "count": 1, "ok": 1, "latency_count": 0,
+                 "duration_bins": [{"bin": 1, "count": 1, "sum": "x"}]}]},
+])
+def test_malformed_summaries_are_refused(doc):
+    with pytest.raises(FrontendError):
+        parse_summary(doc)
+
+
+class _Fake(FrontendClient):
+    """A FrontendClient answering from a dict of path -> (status, document)."""
+
+    def __init__(self, answers):
+        super().__init__("http://fake")
+        self.answers = answers
+        self.calls = []
+
+    def _call(self, method, path, **kwargs):
+        self.calls.append(path)
+        status, doc = self.answers[path]
+        if status >= 400:
+            raise FrontendError(f"{path} -> {status}", status=status)
+        return doc
+
+
+ROW = {"id": 1, "time": 99.0, "model": HP2, "zone": "z1", "latency": 0.1, "node": "a", "status": 200,
+       "duration": 0.01, "kind": "proxy", "cached": False}
+
+
+def test_collect_uses_the_summary_and_falls_back_to_rows_only_on_404():
+    base = {"/stats/models": (200, {"models": []}), "/stats/memory": (200, {"nodes": []}),
+            "/stats/requests": (200, {"requests": [ROW]})}
+    summary_doc = {"since": 90.0, "histogram": {"relative_error": RELATIVE_ERROR}, "groups": [
+        {"model": HP2, "zone": "z1", "node": "a", "kind": "proxy", "count": 4, "ok": 4, "latency_count": 4,
+         "latency_mean": 0.1, "duration_bins": [{"bin": 200, "count": 4, "sum": 0.04}]}]}
+    new = _Fake({**base, "/stats/summary": (200, summary_doc)})
+    observed = collect(new, window=600, now=100.0)
+    assert observed.summary is not None and observed.requests == [] and observed.requests_read == 4
+    assert "/stats/requests" not in new.calls and observed.since == 90.0 and observed.warnings == []
+    old = _Fake({**base, "/stats/summary": (404, None)})
+    observed = collect(old, window=600, now=100.0)
+    assert observed.summary is None and len(observed.requests) == 1 and observed.requests_read == 1
+    assert "/stats/requests" in old.calls and "row by row" in observed.warnings[0]
+    for status in (500, 503, 403):
+        with pytest.raises(FrontendError):
+            collect(_Fake({**base, "/stats/summary": (status, None)}), window=600, now=100.0)
