@@ -6,13 +6,43 @@ model so the printed `curl` answers at once, and stops everything on Ctrl-C or S
 back-end loop, gunicorn, and every model server. State, logs and the admin token live in the
 state directory (.run/, git-ignored; the token in .run/token).
 
-Why a supervisor of its own: a crash (kill -9, a closed terminal) must not stop the next start.
-Every child runs in its own session and is recorded as (pid, start time) in .run/run.pids; the
-next start stops whatever of that list is still alive, any front-end of ours still holding the
-port, and model servers on the cluster's addresses, before starting afresh. A lock on
-.run/run.lock keeps two supervisors from sharing one state directory.
+A crash must never take dispatch down (issue 11), so only Ctrl-C, SIGTERM or SIGHUP of the
+supervisor stops everything:
+
+* A child that exits (a crash, `kill -9`) is restarted with exponential back-off: 1 s, doubling
+  up to 60 s, back to 1 s once it has run 60 s. The front-end and model servers keep serving
+  while the back-end is down; a restarted front-end gets the same listening socket (the
+  supervisor holds it, so connections wait in its backlog meanwhile instead of being refused),
+  and the dead master's orphaned workers finish what they are serving, then exit (SIGTERM at
+  the restart, SIGKILL 10 s later). Each exit is one line on the console and in the child's log,
+  with its exit status ("signal 9 (SIGKILL)", "status 1").
+* A supervisor that itself crashed (kill -9, a closed terminal) leaves its children running, in
+  their own sessions. The next start **adopts** what is healthy instead of stopping it:
+  - model servers recorded in the cluster state whose process is alive (same pid and start
+    time), whose command line is that row's `python -m modelserver --host ADDRESS
+    --rest_api_port PORT --model_name MODEL`, and that answer GET /v1/models/MODEL with 200;
+    the others are stopped and their rows deleted, and unrecorded model servers on the
+    cluster's addresses are killed, as before;
+  - the front-end, when it uses this state directory, was started with exactly the settings
+    this start would give it (workers, cluster, database, token file, policy, cost map), owns
+    the listening socket of --host:--port and answers /healthz. Why adopt it rather than
+    restart it: a fresh gunicorn needs 0.6-1.1 s to boot and the old one 1.3 s to stop
+    gracefully, and between the two nobody listens (connections refused); adopted, it never
+    stops serving, so a prediction succeeds as soon as the new supervisor runs. The price: it
+    is not our child, so it is watched by polling, its exit status is unknown when it dies,
+    and its socket went with it, so the restart binds the port again (retrying until the
+    dead master's workers have let it go). Code or settings changed since? Stop with Ctrl-C
+    and start again: that is a clean start.
+  - the back-end is always stopped (SIGTERM, SIGKILL after 1 s) and started afresh: it does
+    not serve anything, a run killed half-way is safe (its lock is an flock, cluster changes
+    are SQLite transactions, a server it was starting is cleaned or redone), and a fresh one
+    is started with this start's flags.
+  Leftovers are found through .run/run.pids (each child's pid and start time) and, when that
+  record is lost, through their state directory (command line and environment). A lock on
+  .run/run.lock keeps two supervisors from sharing one state directory.
 
     .venv/bin/python scripts/run_system.py [--port 5000] [--state-dir .run] [--mode 1] [--every 30]
+                                           [--backend-args='--wait-ready --solver highs']
 """
 from __future__ import annotations
 
@@ -21,12 +51,15 @@ import fcntl
 import json
 import os
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +71,13 @@ import yaml  # noqa: E402
 
 INITIAL_MODEL = "half_plus_two"
 EXAMPLE_BODY = '{"instances": [1.0, 2.0, 5.0]}'
+LABELS = {"frontend": "front-end", "backend": "back-end"}
+
+BACKOFF_FIRST = 1.0      # seconds before the first restart of a child that exited
+BACKOFF_MAX = 60.0       # the delay doubles with each further exit, up to this
+HEALTHY_AFTER = 60.0     # a child that ran this long before it exited starts again from BACKOFF_FIRST
+REMNANT_GRACE = 10.0     # seconds a dead front-end's workers get to finish, after SIGTERM, before SIGKILL
+WATCH_INTERVAL = 0.2     # seconds between two looks at the children
 
 
 class StartError(Exception):
@@ -68,6 +108,13 @@ def _alive(entry) -> psutil.Process | None:
         return None
 
 
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def _stop_tree(proc: psutil.Process, *, grace: float) -> None:
     """SIGTERM the process's group (it leads its own session) and descendants; SIGKILL what stays."""
     try:
@@ -92,6 +139,25 @@ def _stop_tree(proc: psutil.Process, *, grace: float) -> None:
     psutil.wait_procs(alive, timeout=5)
 
 
+def _group(pgid: int) -> list[psutil.Process]:
+    """The live (non-zombie) processes of a process group."""
+    found = []
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if proc.info.get("status") != psutil.STATUS_ZOMBIE and os.getpgid(proc.pid) == pgid:
+                found.append(proc)
+        except (OSError, psutil.Error):
+            continue
+    return found
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def _listener(host: str, port: int) -> psutil.Process | None:
     """Return the process listening on host:port, when this user may see it."""
     try:
@@ -106,6 +172,16 @@ def _listener(host: str, port: int) -> psutil.Process | None:
             except psutil.Error:
                 return None
     return None
+
+
+def _listeners(host: str, port: int) -> set[int]:
+    """Every pid holding a listening socket on host:port (gunicorn's master and its workers)."""
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except psutil.Error:
+        return set()
+    return {c.pid for c in conns if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+            and c.laddr.ip in (host, "0.0.0.0", "::") and c.pid}
 
 
 def _ours(proc: psutil.Process) -> bool:
@@ -128,6 +204,62 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _status(code) -> str:
+    """Describe an exit status the way the console shows it."""
+    if isinstance(code, int) and code < 0:
+        try:
+            return f"signal {-code} ({signal.Signals(-code).name})"
+        except ValueError:
+            return f"signal {-code}"
+    if isinstance(code, int):
+        return f"status {code}"
+    return "an unknown status (adopted from an earlier run: not our child)"
+
+
+def _server_command_matches(cmd: list[str], *, address: str, port: int, model: str) -> bool:
+    """Tell whether a command line is the model server a cluster-state row records."""
+    def value(flag: str) -> str | None:
+        return cmd[cmd.index(flag) + 1] if flag in cmd and cmd.index(flag) + 1 < len(cmd) else None
+    return ("modelserver" in cmd and value("--host") == address and value("--rest_api_port") == str(port)
+            and value("--model_name") == model)
+
+
+class _Adopted:
+    """A child of a crashed supervisor, watched through psutil: Popen's poll/wait, no exit status."""
+
+    def __init__(self, proc: psutil.Process):
+        self.proc = proc
+        self.pid = proc.pid
+        self.returncode: str | None = None
+
+    def poll(self):
+        if self.returncode is None and not _running(self.proc):
+            self.returncode = "unknown"
+        return self.returncode
+
+    def wait(self, timeout: float | None = None):
+        _, alive = psutil.wait_procs([self.proc], timeout=timeout)
+        if alive and _running(self.proc):
+            raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout)
+        self.returncode = "unknown"
+        return self.returncode
+
+
+@dataclass
+class _Watch:
+    """What the supervisor knows about one child between restarts."""
+
+    started: float = 0.0             # monotonic time of the last start
+    delay: float = BACKOFF_FIRST     # back-off before the next restart
+    restarts: int = 0
+    died: float | None = None        # monotonic time it was seen dead
+    due: float | None = None         # restart at this monotonic time (None: running)
+    remnant: int | None = None       # process group of the dead one (a front-end's workers)
+    remnant_kill: float | None = None
+    serving_check: bool = False      # front-end restarted: say when it answers again
+    bind_failed: bool = False
+
+
 # ---- the supervisor ----------------------------------------------------------------------------
 
 class System:
@@ -143,9 +275,12 @@ class System:
             self.cluster_config = REPO_ROOT / self.cluster_config
         self.url = f"http://{args.host}:{args.port}"
         self.pids_file = self.state / "run.pids"
-        self.children: dict[str, subprocess.Popen] = {}
+        self.children: dict[str, subprocess.Popen | _Adopted] = {}
+        self.watches: dict[str, _Watch] = {name: _Watch() for name in LABELS}
         self.cluster = None
         self.sock: socket.socket | None = None
+        self.token_path: Path | None = None
+        self.adopted_servers: list = []
         self._lock_fd: int | None = None
         self.stop = threading.Event()
 
@@ -160,26 +295,79 @@ class System:
             raise StartError(f"another run_system is already using {self.state} (stop it with Ctrl-C first)")
         self._lock_fd = fd
 
-    def clean_leftovers(self) -> None:
-        """Stop what a crashed earlier run left: recorded children, our front-end on the port, servers."""
+    def token(self) -> Path:
+        path = self.state / "token"
+        if not path.exists() or not path.read_text().strip():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(32) + "\n")
+        self.token_path = path
+        return path
+
+    def take_over(self) -> None:
+        """Deal with what a crashed earlier run left: adopt a healthy front-end, stop the rest.
+
+        Its model servers are adopted or cleaned later, by open_cluster()."""
         try:
             recorded = json.loads(self.pids_file.read_text())
         except (OSError, ValueError):
             recorded = {}
+        found: dict[int, tuple[str, psutil.Process]] = {}
         for name, entry in recorded.items():
-            proc = _alive(entry)
+            proc = _alive(entry) if name in LABELS else None
             if proc is not None:
-                say(f"stopping {name} left by an earlier run (pid {proc.pid})")
-                _stop_tree(proc, grace=10)
-        self.pids_file.unlink(missing_ok=True)
+                found[proc.pid] = (name, proc)
         for proc in self._ours_by_state():      # run.pids lost or never written: find them by their state
-            say(f"stopping {proc.name()} left by an earlier run (pid {proc.pid})")
-            _stop_tree(proc, grace=10)
+            cmd = proc.info.get("cmdline") or []
+            found.setdefault(proc.pid, ("backend" if "backend" in cmd else "frontend", proc))
+        adopted = None
+        for name, proc in found.values():
+            if name == "frontend" and adopted is None and self._adoptable_frontend(proc):
+                adopted = proc
+        stops = []
+        for name, proc in found.values():
+            if proc is adopted:
+                continue
+            say(f"stopping the {LABELS[name]} left by an earlier run (pid {proc.pid})")
+            stops.append((proc, 1.0 if name == "backend" else 10.0))
+        adopted_family = set()
+        if adopted is not None:
+            adopted_family = {adopted.pid} | {c.pid for c in _children_of(adopted)}
         holder = _listener(self.args.host, self.args.port)
-        if holder is not None and _ours(holder):
+        if holder is not None and holder.pid not in adopted_family and _ours(holder) and \
+                all(holder.pid != p.pid for p, _ in stops):
             say(f"stopping an orphaned front-end holding port {self.args.port} (pid {holder.pid})")
-            _stop_tree(holder, grace=10)
-        self._kill_orphan_servers()
+            stops.append((holder, 10.0))
+        if stops:
+            with ThreadPoolExecutor(max_workers=len(stops)) as pool:
+                list(pool.map(lambda item: _stop_tree(item[0], grace=item[1]), stops))
+        self.pids_file.unlink(missing_ok=True)
+        if adopted is not None:
+            say(f"adopting the front-end left by an earlier run (pid {adopted.pid}): it keeps serving {self.url}")
+            self.children["frontend"] = _Adopted(adopted)
+            self.watches["frontend"].started = time.monotonic()
+            self._record()
+
+    def _adoptable_frontend(self, proc: psutil.Process) -> bool:
+        """A front-end of a crashed run that serves our port with the settings we would give it."""
+        try:
+            cmd = proc.cmdline()
+            env = proc.environ()
+            if os.getsid(proc.pid) != proc.pid or "gunicorn" not in cmd or "frontend:create_app()" not in cmd:
+                return False
+            family = {proc.pid} | {c.pid for c in proc.children(recursive=True)}
+        except (psutil.Error, OSError):
+            return False
+        wanted = {k: v for k, v in self._frontend_env().items() if k.startswith("FRONTEND_")}
+        if any(env.get(k) != v for k, v in wanted.items()):
+            return False
+        listening = _listeners(self.args.host, self.args.port)
+        if not listening or not listening <= family:
+            return False
+        try:
+            return requests.get(f"{self.url}/healthz", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
 
     def _ours_by_state(self) -> list[psutil.Process]:
         """Front-ends and back-ends of ours that use this state directory (session leaders only)."""
@@ -206,12 +394,12 @@ class System:
         except (OSError, yaml.YAMLError, AttributeError, KeyError, TypeError):
             return set()
 
-    def _kill_orphan_servers(self) -> None:
+    def _kill_orphan_servers(self, keep: set[int] = frozenset()) -> None:
         """Stop model servers bound to this cluster's addresses that no state file accounts for."""
         addresses = self._addresses()
         for proc in psutil.process_iter(["cmdline"]):
             cmd = proc.info.get("cmdline") or []
-            if "modelserver" in cmd and "--host" in cmd:
+            if "modelserver" in cmd and "--host" in cmd and proc.pid not in keep:
                 i = cmd.index("--host")
                 if i + 1 < len(cmd) and cmd[i + 1] in addresses:
                     try:
@@ -232,15 +420,66 @@ class System:
                            cwd=REPO_ROOT, check=True)
         self.cluster = LocalCluster(self.cluster_config, state_path=self.state / "cluster.db",
                                     models_dir=models_dir)
-        self.cluster.reset()       # servers of an earlier run that crashed
+        self.adopt_servers()
 
-    def token(self) -> Path:
-        path = self.state / "token"
-        if not path.exists() or not path.read_text().strip():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(secrets.token_urlsafe(32) + "\n")
-        return path
+    def adopt_servers(self) -> None:
+        """Keep the model servers of a crashed run that are healthy; stop and forget the others."""
+        from cluster.local_proc import is_alive, probe_ready, stop_process
+
+        store = self.cluster.store
+        with store.read() as conn:
+            rows = store.instances(conn)
+
+        def healthy(row) -> bool:
+            if row.proc is None or not is_alive(row.proc):
+                return False
+            try:
+                cmd = psutil.Process(row.pid).cmdline()
+            except psutil.Error:
+                return False
+            if not _server_command_matches(cmd, address=row.address, port=row.port, model=row.model):
+                return False
+            for attempt in range(2):       # a busy machine may be slow to answer once
+                if probe_ready(row.address, row.port, row.model, timeout=1.0):
+                    return is_alive(row.proc)
+                time.sleep(0.2)
+            return False
+
+        verdicts = []
+        if rows:
+            with ThreadPoolExecutor(max_workers=min(16, len(rows))) as pool:
+                verdicts = list(pool.map(healthy, rows))
+        keep = [row for row, ok in zip(rows, verdicts) if ok]
+        drop = [row for row, ok in zip(rows, verdicts) if not ok]
+        with store.write() as conn:
+            for row in drop:
+                store.delete(conn, row.model, row.node, proc=row.proc) if row.proc is not None \
+                    else store.delete(conn, row.model, row.node)
+            for row in keep:
+                store.mark_ready(conn, row.model, row.node, row.proc)
+            for node in store.down_nodes(conn):
+                store.set_down(conn, node, False)
+        stale = [row.proc for row in drop if row.proc is not None and is_alive(row.proc)]
+        if stale:
+            with ThreadPoolExecutor(max_workers=min(16, len(stale))) as pool:
+                list(pool.map(lambda proc: stop_process(proc, grace=2.0), stale))
+        if rows:
+            say(f"model servers left by an earlier run: {len(keep)} healthy, adopted"
+                + (f" ({', '.join(f'{r.model} on {r.node}' for r in keep)})" if keep else "")
+                + f"; {len(drop)} stale or unhealthy, cleaned")
+        self.adopted_servers = keep
+        # Unrecorded servers on our addresses are killed; recorded ones (the adopted, and any an
+        # adopted front-end started meanwhile) and their workers are kept.
+        with store.read() as conn:
+            recorded = [row.pid for row in store.instances(conn) if row.pid is not None]
+        spared: set[int] = set()
+        for pid in recorded:
+            try:
+                proc = psutil.Process(pid)
+                spared |= {pid} | {c.pid for c in proc.children(recursive=True)}
+            except psutil.Error:
+                continue
+        self._kill_orphan_servers(keep=spared)
 
     def _spawn(self, name: str, command: list[str], *, env: dict[str, str], log: str, pass_fds=()) -> None:
         with open(self.state / log, "ab") as handle:
@@ -249,7 +488,16 @@ class System:
             proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=handle,
                                     stderr=subprocess.STDOUT, start_new_session=True, pass_fds=pass_fds)
         self.children[name] = proc
+        self.watches[name].started = time.monotonic()
         self._record()
+
+    def _note(self, name: str, text: str) -> None:
+        """Append one supervisor line to a child's log."""
+        try:
+            with open(self.state / f"{name}.log", "a") as handle:
+                handle.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} run_system: {text}\n")
+        except OSError:
+            pass
 
     def _record(self) -> None:
         doc = {"supervisor": _identity(os.getpid())}
@@ -264,14 +512,7 @@ class System:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
         return env
 
-    def start_frontend(self, token: Path) -> None:
-        try:
-            self.sock = _bind(self.args.host, self.args.port)
-        except OSError as exc:
-            holder = _listener(self.args.host, self.args.port)
-            who = f" by pid {holder.pid} ({holder.name()})" if holder is not None else ""
-            raise StartError(f"cannot listen on {self.args.host}:{self.args.port}: {exc.strerror}{who}; "
-                             f"choose another with --port") from None
+    def _frontend_env(self) -> dict[str, str]:
         env = self._env()
         env.update({
             "FRONTEND_WORKERS": str(self.args.workers),
@@ -279,15 +520,31 @@ class System:
             "FRONTEND_CLUSTER_SETTINGS": json.dumps({"config_path": str(self.cluster_config),
                                                      "state_path": str(self.state / "cluster.db")}),
             "FRONTEND_DATABASE": str(self.state / "frontend.db"),
-            "FRONTEND_TOKEN_FILE": str(token),
+            "FRONTEND_TOKEN_FILE": str(self.state / "token"),
             "FRONTEND_POLICY": "plan",
             "FRONTEND_ALTO_COST_MAP": str(REPO_ROOT / "config" / "alto-costmap.json"),
         })
+        return env
+
+    def _spawn_frontend(self) -> None:
+        assert self.sock is not None
         fd = self.sock.fileno()
         os.set_inheritable(fd, True)
         self._spawn("frontend", [sys.executable, "-m", "gunicorn", "-c", str(REPO_ROOT / "frontend" / "gunicorn.conf.py"),
                                  "--bind", f"fd://{fd}", "frontend:create_app()"],
-                    env=env, log="frontend.log", pass_fds=(fd,))
+                    env=self._frontend_env(), log="frontend.log", pass_fds=(fd,))
+
+    def start_frontend(self, token: Path) -> None:
+        if "frontend" in self.children:          # adopted from a crashed run: it already serves
+            return
+        try:
+            self.sock = _bind(self.args.host, self.args.port)
+        except OSError as exc:
+            holder = _listener(self.args.host, self.args.port)
+            who = f" by pid {holder.pid} ({holder.name()})" if holder is not None else ""
+            raise StartError(f"cannot listen on {self.args.host}:{self.args.port}: {exc.strerror}{who}; "
+                             f"choose another with --port") from None
+        self._spawn_frontend()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.children["frontend"].poll() is not None:
@@ -297,10 +554,13 @@ class System:
                     return
             except requests.RequestException:
                 pass
-            time.sleep(0.1)
+            time.sleep(0.05)
         raise StartError(f"the front-end did not answer within 60 s; see {self.state / 'frontend.log'}")
 
     def deploy_initial(self) -> str:
+        ready = [d for d in self.cluster.deployments() if d.model == INITIAL_MODEL and d.ready]
+        if ready:                  # adopted from a crashed run: the front-end already knows it
+            return ready[0].node
         nodes = sorted(self.cluster.nodes(), key=lambda n: -n.memory_available)
         node = nodes[0].name
         self.cluster.deploy(INITIAL_MODEL, node, wait=True, timeout=60)
@@ -331,16 +591,103 @@ class System:
                 last = f"{answer.status_code} {answer.text.strip()}"
             except requests.RequestException as exc:
                 last = type(exc).__name__
-            time.sleep(0.5)
+            time.sleep(0.2)
         raise StartError(f"the example prediction does not work ({last}); see {self.state / 'frontend.log'}")
 
-    def start_backend(self, token: Path) -> None:
+    def start_backend(self, token: Path | None = None) -> None:
         a = self.args
+        token = token or self.token_path or self.state / "token"
         command = [sys.executable, "-m", "backend", "--mode", str(a.mode), "--frontend", self.url,
                    "--token-file", str(token), "--every", str(a.every),
                    "--cluster-config", str(self.cluster_config), "--cluster-state", str(self.state / "cluster.db"),
-                   "--lock", str(self.state / "backend.lock"), "--report", str(self.state / "backend-report.json")]
+                   "--lock", str(self.state / "backend.lock"), "--report", str(self.state / "backend-report.json"),
+                   *shlex.split(a.backend_args or "")]
         self._spawn("backend", command, env=self._env(), log="backend.log")
+
+    # -- watch and restart ----------------------------------------------------------------------
+    def watch(self) -> int:
+        """Restart whichever child exits, with back-off, until Ctrl-C or SIGTERM (then return 0)."""
+        while not self.stop.wait(WATCH_INTERVAL):
+            for name in LABELS:
+                if self.stop.is_set():
+                    break
+                try:
+                    self._supervise(name, time.monotonic())
+                except Exception as exc:  # the supervisor must outlive its own mistakes too
+                    say(f"run_system: supervising the {LABELS[name]}: {type(exc).__name__}: {exc}")
+        return 0
+
+    def _supervise(self, name: str, now: float) -> None:
+        watch = self.watches[name]
+        proc = self.children.get(name)
+        if watch.due is None:
+            if proc is not None and proc.poll() is not None:
+                self._exited(name, proc, now)
+            elif watch.serving_check:
+                self._check_serving(watch, now)
+            return
+        if watch.remnant is not None and watch.remnant_kill is not None and now >= watch.remnant_kill:
+            _signal_group(watch.remnant, signal.SIGKILL)
+            watch.remnant = watch.remnant_kill = None
+        if now >= watch.due:
+            self._restart(name, watch, now)
+
+    def _exited(self, name: str, proc, now: float) -> None:
+        watch = self.watches[name]
+        ran = now - watch.started
+        if ran >= HEALTHY_AFTER:
+            watch.delay = BACKOFF_FIRST
+        delay = watch.delay
+        watch.delay = min(delay * 2, BACKOFF_MAX)
+        watch.restarts += 1
+        watch.died, watch.due, watch.serving_check = now, now + delay, False
+        watch.remnant = proc.pid          # session leader: its group holds what it left (workers)
+        line = (f"the {LABELS[name]} (pid {proc.pid}) exited with {_status(proc.poll())} after {ran:.1f} s; "
+                f"restarting it in {delay:g} s (restart {watch.restarts}; log {self.state / (name + '.log')})")
+        say(f"run_system: {line}")
+        self._note(name, line)
+        self._record()
+
+    def _restart(self, name: str, watch: _Watch, now: float) -> None:
+        if watch.remnant is not None and watch.remnant_kill is None:
+            # A dead front-end's workers notice their master is gone and finish on their own;
+            # SIGTERM is the reminder, SIGKILL follows REMNANT_GRACE later.
+            if _group(watch.remnant):
+                _signal_group(watch.remnant, signal.SIGTERM)
+                watch.remnant_kill = now + REMNANT_GRACE
+            else:
+                watch.remnant = None
+        if name == "frontend":
+            if self.sock is None:        # an adopted front-end took its socket with it
+                try:
+                    self.sock = _bind(self.args.host, self.args.port)
+                except OSError as exc:
+                    if not watch.bind_failed:
+                        say(f"run_system: cannot listen on {self.args.host}:{self.args.port} yet ({exc.strerror}); "
+                            f"retrying until the dead front-end's workers let it go")
+                    watch.bind_failed = True
+                    watch.due = now + WATCH_INTERVAL
+                    return
+                watch.bind_failed = False
+            self._spawn_frontend()
+            watch.serving_check = True
+        else:
+            self.start_backend()
+        watch.due = None
+        self._note(name, f"restarted the {LABELS[name]} (pid {self.children[name].pid}, restart {watch.restarts})")
+
+    def _check_serving(self, watch: _Watch, now: float) -> None:
+        """Say once when a restarted front-end answers (not while the dead one's workers still could)."""
+        if watch.remnant is not None and _group(watch.remnant):
+            return
+        try:
+            if requests.get(f"{self.url}/healthz", timeout=0.5).status_code != 200:
+                return
+        except requests.RequestException:
+            return
+        watch.serving_check = False
+        since = f", {now - watch.died:.1f} s after the old one exited" if watch.died is not None else ""
+        say(f"run_system: the front-end is serving again (pid {self.children['frontend'].pid}){since}")
 
     # -- stop -----------------------------------------------------------------------------------
     def shutdown(self) -> None:
@@ -362,7 +709,13 @@ class System:
                     os.killpg(proc.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-                proc.wait(timeout=5)
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+        for watch in self.watches.values():      # workers of a front-end that died and were not done yet
+            if watch.remnant is not None:
+                _signal_group(watch.remnant, signal.SIGKILL)
         if self.cluster is not None:
             try:
                 self.cluster.reset()
@@ -375,13 +728,12 @@ class System:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
 
-    def watch(self) -> int:
-        while not self.stop.wait(0.5):
-            for name, proc in self.children.items():
-                if proc.poll() is not None:
-                    say(f"the {name} exited with status {proc.returncode}; see {self.state / (name + '.log')}")
-                    return 1
-        return 0
+
+def _children_of(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return proc.children(recursive=True)
+    except psutil.Error:
+        return []
 
 
 def banner(system: System, node: str, token: Path, answer: str) -> str:
@@ -424,14 +776,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mode", type=int, choices=(1, 2), default=1, help="back-end mode (default 1)")
     p.add_argument("--every", type=float, default=30.0, help="seconds between back-end runs (default 30)")
     p.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
+    p.add_argument("--backend-args", default="", metavar="'FLAGS'",
+                   help="more flags for `python -m backend`, one string, e.g. --backend-args='--wait-ready'")
     args = p.parse_args(argv)
     if not 1 <= args.port <= 65535 or args.every <= 0 or args.workers < 1:
         p.error("--port must be 1..65535, --every > 0 and --workers >= 1")
+    try:
+        shlex.split(args.backend_args)
+    except ValueError as exc:
+        p.error(f"--backend-args: {exc}")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Start everything, wait for Ctrl-C or SIGTERM, stop everything."""
+    """Start (or take over) everything, restart what exits, stop everything on Ctrl-C or SIGTERM."""
     args = parse_args(argv)
     system = System(args)
 
@@ -448,9 +806,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     code = 0
     try:
-        system.clean_leftovers()
-        system.open_cluster()
         token = system.token()
+        system.take_over()
+        system.open_cluster()
         system.start_frontend(token)
         node = system.deploy_initial()
         answer = system.check_prediction()

@@ -1,9 +1,10 @@
 """`make run` end to end: scripts/run_system.py as a subprocess on its own port, state dir and addresses.
 
 Start it, get a real prediction through the proxy with the printed curl's request, kill the
-supervisor with SIGKILL (a crash: its children live on) and start it again (it must stop them
-and start), crash it again and delete its record of children (it must find them by their state
-directory), then Ctrl-C (SIGINT) and check that nothing it started is left running.
+supervisor with SIGKILL (a crash: its children live on) and start it again (it must adopt the
+healthy front-end and model servers and replace the back-end), crash it again and delete its
+record of children (it must find them by their state directory), then Ctrl-C (SIGINT) and check
+that nothing it started is left running. tests/integration/test_system_faults.py has the rest.
 """
 from __future__ import annotations
 
@@ -140,6 +141,18 @@ def processes_of(env) -> list[psutil.Process]:
     return procs
 
 
+def split_backend(procs: list[psutil.Process]) -> tuple[list[psutil.Process], list[psutil.Process]]:
+    """(back-end processes, the others), while they all still run."""
+    backend = [p for p in procs if "backend" in p.cmdline()]
+    return backend, [p for p in procs if p not in backend]
+
+
+def assert_taken_over(backend: list[psutil.Process], adoptable: list[psutil.Process]) -> None:
+    """The back-end of the crashed run was stopped; its front-end and model servers were adopted."""
+    assert backend and gone(backend), "the new start did not stop the back-end the crashed one left"
+    assert adoptable and not [p.pid for p in adoptable if gone([p])], "healthy processes were not adopted"
+
+
 def predict(port: int) -> dict:
     answer = requests.post(f"http://127.0.0.1:{port}/services/half_plus_two/v1/models/half_plus_two:predict",
                            data='{"instances": [1.0, 2.0, 5.0]}', timeout=30)
@@ -173,10 +186,11 @@ def test_run_system_serves_survives_a_crash_and_stops_cleanly(system_env):
     first.proc.wait(timeout=10)
     orphans = [p for p in before_crash if p.pid != first.proc.pid]
     assert not gone(orphans)
+    backend, adoptable = split_backend(orphans)
 
     second = start(env)
     second.wait_banner()
-    assert gone(orphans), "the second start did not stop what the crashed one left"
+    assert_taken_over(backend, adoptable)
     assert predict(port) == {"predictions": [2.5, 3.0, 4.5]}
 
     # A second crash, and this time the record of its children is lost too.
@@ -186,9 +200,10 @@ def test_run_system_serves_survives_a_crash_and_stops_cleanly(system_env):
     (env["state"] / "run.pids").unlink()
     orphans = [p for p in before_crash if p.pid != second.proc.pid]
     assert not gone(orphans)
+    backend, adoptable = split_backend(orphans)
     third = start(env)
     third.wait_banner()
-    assert gone(orphans), "the third start did not find what the crashed one left"
+    assert_taken_over(backend, adoptable)
     assert predict(port) == {"predictions": [2.5, 3.0, 4.5]}
     running = processes_of(env)
 
