@@ -187,8 +187,14 @@ class Placement:
     pending: bool = False      # an instance already exists and is starting: just wait
 
 
-def choose_provision_node(state: ClusterState, model: str, memory: int) -> Placement:
-    """Pick the ready node with the most free memory that fits `memory` KB (thesis 4.5)."""
+def choose_provision_node(state: ClusterState, model: str, memory: int, *, zone: str | None = None,
+                          rtt: Mapping[str, Mapping[str, float]] | None = None) -> Placement:
+    """Pick where to start `model` for a client in `zone` (thesis 4.5: by the client's location).
+
+    Among ready nodes with `memory` KB free: the lowest round-trip time from the zone (rtt table or
+    ALTO map), then the most free memory; nodes with no known RTT come after those with one. With
+    no zone (or no RTT row for it): the most free memory.
+    """
     existing = state.deployments_of(model)
     for dep in existing:
         node = state.nodes_by_name.get(dep.node)
@@ -204,7 +210,11 @@ def choose_provision_node(state: ClusterState, model: str, memory: int) -> Place
         return Placement(node=None, reason=(
             f"model {model} is not deployed and no ready node has {memory} KB free "
             f"(most free: {best.memory_available} KB on {best.name})"))
-    node = max(fits, key=lambda n: (n.memory_available, -_rank(n.name, fits)))
+    row = (rtt or {}).get(zone) if zone else None
+    if row:
+        node = min(fits, key=lambda n: (row.get(n.name, math.inf), -n.memory_available, n.name))
+    else:
+        node = max(fits, key=lambda n: (n.memory_available, -_rank(n.name, fits)))
     return Placement(node=node, reason=f"model {model} is being provisioned on node {node.name}")
 
 

@@ -44,14 +44,14 @@ class Provisioner:
         self._lock = threading.Lock()
         self.last_error: dict[str, str] = {}
 
-    def request(self, spec: ModelSpec) -> Refusal:
-        """Make sure `spec` is being provisioned if it can be; return what to tell the client."""
+    def request(self, spec: ModelSpec, *, zone: str | None = None) -> Refusal:
+        """Make sure `spec` is being provisioned (near `zone` when known); return what to tell the client."""
         model = spec.name
         with self._lock:
             node = self._inflight.get(model)
         if node:
             return Refusal(f"model {model} is being provisioned on node {node}", self.retry_after)
-        placement = choose_provision_node(self.cache.state, model, spec.memory)
+        placement = choose_provision_node(self.cache.state, model, spec.memory, zone=zone, rtt=self.cache.rtt)
         if placement.pending:
             return Refusal(placement.reason, self.retry_after)
         if placement.node is None:
@@ -87,8 +87,12 @@ class Provisioner:
                                                                  "node": node, "error": str(exc)})
             try:
                 self.store.release(model)
-            except Exception:
-                pass
+            except Exception as release_exc:       # the claim now blocks retries until its TTL runs out
+                log.error("cannot release the provisioning claim", extra={
+                    "event": "provision_release_failed", "model": model, "error": str(release_exc),
+                    "blocked_seconds": self.claim_ttl})
+                self.last_error[model] += (f"; its claim could not be released ({release_exc}): "
+                                           f"no new attempt for up to {self.claim_ttl:g} s")
         finally:
             with self._lock:
                 self._inflight.pop(model, None)

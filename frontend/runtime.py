@@ -112,7 +112,7 @@ class Runtime:
             wait = max(1, math.ceil(self.cache.bad_for(model)))
             raise ApiError(503, f"no reachable instance of model {model}: its instances refused connections",
                            headers={"Retry-After": str(wait)}, extra={"model": model, "provisioning": False})
-        refusal = self.provisioner.request(spec)
+        refusal = self.provisioner.request(spec, zone=zone)
         headers = {"Retry-After": str(refusal.retry_after)} if refusal.retry_after is not None else {}
         raise ApiError(503, refusal.reason, headers=headers,
                        extra={"model": model, "provisioning": refusal.retry_after is not None})

@@ -144,3 +144,15 @@ def test_provision_avoids_a_down_node_that_holds_the_model():
 def test_provision_ties_go_to_the_first_name():
     s = state([node("n-c"), node("n-b"), node("n-a", used=1)], [])
     assert choose_provision_node(s, "m", 10).node.name == "n-b"
+
+
+def test_provision_goes_near_the_client_zone_then_by_free_memory():
+    s = state([node("n-a", used=0), node("n-b", used=100000), node("n-c", used=120000), node("n-d", used=0)], [])
+    rtt = {"zone-1": {"n-a": 0.030, "n-b": 0.004, "n-c": 0.004}, "zone-2": {"n-a": 0.002}}
+    # zone-1: n-b and n-c are nearest; n-b has more free memory. n-d has no known RTT: last.
+    assert choose_provision_node(s, "m", 60000, zone="zone-1", rtt=rtt).node.name == "n-b"
+    assert choose_provision_node(s, "m", 60000, zone="zone-2", rtt=rtt).node.name == "n-a"
+    # Nearest without room is skipped; an unknown zone falls back to the most free memory.
+    assert choose_provision_node(s, "m", 200000, zone="zone-1", rtt=rtt).node.name == "n-a"
+    assert choose_provision_node(s, "m", 60000, zone="zone-9", rtt=rtt).node.name == "n-a"
+    assert choose_provision_node(s, "m", 60000, zone=None, rtt=rtt).node.name == "n-a"
