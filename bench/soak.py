@@ -72,6 +72,9 @@ def _frontend_procs(port: int) -> list[psutil.Process]:
         if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
             try:
                 master = psutil.Process(conn.pid)
+                parent = master.parent()        # workers share the listening socket: climb to the master
+                while parent is not None and "frontend:create_app" in " ".join(parent.cmdline()):
+                    master, parent = parent, parent.parent()
                 return [master] + master.children()
             except psutil.Error:
                 return []
