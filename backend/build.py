@@ -39,7 +39,7 @@ from cluster.catalog import Catalog
 from cluster.port import Deployment
 
 from .alto import DEFAULT_ZONE, CostMap
-from .collect import GroupStat, NodeMemory, RequestStat, Summary
+from .collect import DurationStat, GroupStat, NodeMemory, RequestStat, Summary
 
 if TYPE_CHECKING:
     from solver.problem import Problem
@@ -192,15 +192,15 @@ def bins_median(bins: Iterable[tuple[int, int, float]]) -> float | None:
     return sum(values) / len(values)
 
 
-def exec_table_from_summary(groups: Iterable[GroupStat], catalog: Catalog, nodes: list[NodeMemory], *,
+def exec_table_from_summary(durations: Iterable[DurationStat], catalog: Catalog, nodes: list[NodeMemory], *,
                             min_samples: int) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
-    """exec_table for aggregates: the median of the merged proxy duration histograms per (model, node)."""
+    """exec_table for aggregates: the median of the proxy duration histogram per (model, node)."""
     merged: dict[tuple[str, str], dict[int, list]] = defaultdict(dict)
-    for g in groups:
-        if g.node is None or g.kind not in (None, "proxy"):
+    for d in durations:
+        if d.node is None or d.kind not in (None, "proxy"):
             continue
-        hist = merged[(g.model, g.node)]
-        for b, count, total in g.duration_bins:
+        hist = merged[(d.model, d.node)]
+        for b, count, total in d.bins:
             acc = hist.setdefault(b, [0, 0.0])
             acc[0] += count
             acc[1] += total
@@ -250,7 +250,7 @@ def build_problem(*, requests: list[RequestStat], nodes: list[NodeMemory], catal
     if summary is not None:
         rtt, rtt_sources = rtt_table_from_summary(summary.groups, zones, node_names, cost_map=cost_map,
                                                   default_rtt=settings.default_rtt)
-        exec_time, exec_sources = exec_table_from_summary(summary.groups, catalog, ready,
+        exec_time, exec_sources = exec_table_from_summary(summary.durations, catalog, ready,
                                                           min_samples=settings.min_exec_samples)
     else:
         rtt, rtt_sources = rtt_table(requests, zones, node_names, cost_map=cost_map,

@@ -23,7 +23,7 @@ import requests
 
 __all__ = [
     "FrontendError", "RequestStat", "InstanceStat", "ModelStat", "NodeMemory", "Observed",
-    "GroupStat", "Summary", "FrontendClient", "collect", "parse_requests", "parse_models", "parse_memory",
+    "GroupStat", "DurationStat", "Summary", "FrontendClient", "collect", "parse_requests", "parse_models", "parse_memory",
     "parse_summary",
 ]
 
@@ -88,10 +88,7 @@ class NodeMemory:
 
 @dataclass(frozen=True)
 class GroupStat:
-    """Aggregates of the requests of one (model, zone, node, kind) over the window (/stats/summary).
-
-    `duration_bins` is the front-end's duration histogram of the 2xx answers not served from its
-    prediction cache: (bin, count, sum of seconds) entries, bins increasing with the duration."""
+    """Aggregates of the requests of one (model, zone, node, kind) over the window (/stats/summary)."""
 
     model: str
     zone: str | None
@@ -101,8 +98,19 @@ class GroupStat:
     ok: int
     latency_count: int
     latency_sum: float               # seconds: latency_mean * latency_count
-    duration_bins: tuple[tuple[int, int, float], ...] = ()
     last_request: float | None = None
+
+
+@dataclass(frozen=True)
+class DurationStat:
+    """The front-end's histogram of one (model, node, kind)'s durations over the window: 2xx answers
+    not served from its prediction cache, as (bin, count, sum of seconds), bins increasing with the
+    duration."""
+
+    model: str
+    node: str | None
+    kind: str | None
+    bins: tuple[tuple[int, int, float], ...]
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,7 @@ class Summary:
     """The window of requests as aggregates (what build_problem needs, without the rows)."""
 
     groups: list[GroupStat]
+    durations: list[DurationStat]
     since: float
     relative_error: float            # of a quantile read from the duration histogram
 
@@ -180,6 +189,10 @@ def parse_requests(doc: Any) -> tuple[list[RequestStat], int, int | None]:
     return rows, skipped, last_id
 
 
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
 def _count(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
@@ -199,22 +212,25 @@ def parse_summary(doc: Any) -> Summary:
         lat_mean = _num(item.get("latency_mean"))
         if lat_n and (lat_mean is None or lat_mean < 0):
             raise FrontendError(f"/stats/summary: group of {item['model']}: latency_mean must be a number >= 0")
+        zone, node, kind = item.get("zone"), item.get("node"), item.get("kind")
+        groups.append(GroupStat(
+            model=item["model"], zone=_text(zone), node=_text(node), kind=_text(kind), count=count, ok=ok,
+            latency_count=lat_n, latency_sum=(lat_mean or 0.0) * lat_n, last_request=_num(item.get("last_request"))))
+    durations = []
+    for item in doc.get("durations") or []:
+        if not isinstance(item, dict) or not isinstance(item.get("model"), str) or not item["model"]:
+            raise FrontendError("/stats/summary: every duration histogram needs a 'model' name")
         bins = []
-        for entry in item.get("duration_bins") or []:
+        for entry in item.get("bins") or []:
             b, c = (_count(entry.get("bin")), _count(entry.get("count"))) if isinstance(entry, dict) else (None, None)
             total = _num(entry.get("sum")) if isinstance(entry, dict) else None
             if b is None or c is None or total is None or total < 0:
-                raise FrontendError(f"/stats/summary: group of {item['model']}: malformed duration bin")
+                raise FrontendError(f"/stats/summary: durations of {item['model']}: malformed bin")
             bins.append((b, c, total))
-        zone, node, kind = item.get("zone"), item.get("node"), item.get("kind")
-        groups.append(GroupStat(
-            model=item["model"], zone=zone if isinstance(zone, str) and zone else None,
-            node=node if isinstance(node, str) and node else None,
-            kind=kind if isinstance(kind, str) and kind else None, count=count, ok=ok,
-            latency_count=lat_n, latency_sum=(lat_mean or 0.0) * lat_n,
-            duration_bins=tuple(sorted(bins)), last_request=_num(item.get("last_request"))))
+        durations.append(DurationStat(model=item["model"], node=_text(item.get("node")), kind=_text(item.get("kind")),
+                                      bins=tuple(sorted(bins))))
     histogram = doc.get("histogram") if isinstance(doc.get("histogram"), dict) else {}
-    return Summary(groups=groups, since=_num(doc.get("since")) or 0.0,
+    return Summary(groups=groups, durations=durations, since=_num(doc.get("since")) or 0.0,
                    relative_error=_num(histogram.get("relative_error")) or 0.0)
 
 

@@ -8,13 +8,16 @@ fsync per commit (a power cut may lose the last commits, never corrupt the file)
 Counters (Prometheus) live in their own table and only ever grow, so /metrics is right whichever
 worker answers and is unaffected by the request log's retention.
 
-Aggregates (`request_buckets`, read by GET /stats/summary) are kept at write time, in the same
-transaction as the request rows: one row per (10 s time bucket, model, zone, node, kind, duration
-bin) with counts, 2xx counts, client-latency count/sum, duration sum and the last request time, so a
-collection reads O(groups x buckets) rows instead of every request. Durations of 2xx answers not
-served from the prediction cache fall into fixed log-spaced bins (16 per octave from 1 us): a
-quantile is reported as the mean of the bin holding it, within 4.5 % (2**(1/16) - 1) of the exact
-value. Other requests use bin -1 (no duration). Pruning drops whole buckets older than the retention.
+Aggregates (read by GET /stats/summary) are kept at write time, in the same transaction as the
+request rows, so a collection reads O(groups x buckets) rows instead of every request:
+`agg_requests` has one row per (10 s bucket, model, zone, node, kind) with the count, 2xx count,
+client-latency count/sum, served-duration count/sum and last request time; `agg_durations` one
+row per (60 s bucket, model, node, kind, duration bin) with the count and sum of the durations of
+2xx answers not served from the prediction cache. The bins are fixed and log-spaced (16 per octave
+from 1 us): a quantile is reported as the mean of the bin holding it, within 4.5 %
+(2**(1/16) - 1) of the exact value. The histogram leaves the client zone out (a model server's time
+does not depend on it) and uses coarser buckets: its row count, not the request rate, is what a
+summary costs. Pruning drops whole buckets older than the retention.
 
 What a dying worker loses: each worker buffers its records for `flush_interval` seconds (default
 0.05) and writes them in one transaction. A graceful exit (SIGTERM, SIGINT/SIGQUIT, the arbiter's
@@ -42,7 +45,8 @@ from typing import Any, Iterable
 
 from cluster.sqlite_wal import enable_wal
 
-__all__ = ["StatsStore", "RequestRecord", "Increment", "label_text", "BUCKET_SECONDS", "BINS_PER_OCTAVE",
+__all__ = ["StatsStore", "RequestRecord", "Increment", "label_text", "BUCKET_SECONDS", "HISTOGRAM_SECONDS",
+           "BINS_PER_OCTAVE",
            "DURATION_MIN", "DURATION_BINS", "RELATIVE_ERROR", "duration_bin", "bin_quantile"]
 
 log = logging.getLogger("frontend.store")
@@ -95,24 +99,32 @@ CREATE TABLE IF NOT EXISTS claims (
 
 # Aggregates of the request rows for /stats/summary ('' stands for a missing zone or node: a zone
 # hint is never empty and node names are not). Created, and filled from the existing rows, once.
-_BUCKETS_SCHEMA = """
-CREATE TABLE request_buckets (
-    bucket INTEGER NOT NULL, model TEXT NOT NULL, zone TEXT NOT NULL, node TEXT NOT NULL,
-    kind TEXT NOT NULL, dbin INTEGER NOT NULL,
+_AGG_SCHEMA = ["""
+CREATE TABLE agg_requests (
+    bucket INTEGER NOT NULL, model TEXT NOT NULL, zone TEXT NOT NULL, node TEXT NOT NULL, kind TEXT NOT NULL,
     count INTEGER NOT NULL, ok INTEGER NOT NULL, latency_count INTEGER NOT NULL, latency_sum REAL NOT NULL,
-    duration_sum REAL NOT NULL, last REAL NOT NULL,
-    PRIMARY KEY (bucket, model, zone, node, kind, dbin)
-) WITHOUT ROWID
-"""
-_BUCKET_UPSERT = (
-    "INSERT INTO request_buckets (bucket, model, zone, node, kind, dbin, count, ok, latency_count,"
-    " latency_sum, duration_sum, last) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT (bucket, model, zone, node, kind, dbin) DO UPDATE SET count = count + excluded.count,"
+    duration_count INTEGER NOT NULL, duration_sum REAL NOT NULL, last REAL NOT NULL,
+    PRIMARY KEY (bucket, model, zone, node, kind)
+) WITHOUT ROWID""", """
+CREATE TABLE agg_durations (
+    bucket INTEGER NOT NULL, model TEXT NOT NULL, node TEXT NOT NULL, kind TEXT NOT NULL, bin INTEGER NOT NULL,
+    count INTEGER NOT NULL, sum REAL NOT NULL,
+    PRIMARY KEY (bucket, model, node, kind, bin)
+) WITHOUT ROWID""", "DROP TABLE IF EXISTS request_buckets"]      # an earlier draft's table
+_AGG_UPSERT = (
+    "INSERT INTO agg_requests (bucket, model, zone, node, kind, count, ok, latency_count, latency_sum,"
+    " duration_count, duration_sum, last) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (bucket, model, zone, node, kind) DO UPDATE SET count = count + excluded.count,"
     " ok = ok + excluded.ok, latency_count = latency_count + excluded.latency_count,"
-    " latency_sum = latency_sum + excluded.latency_sum, duration_sum = duration_sum + excluded.duration_sum,"
-    " last = max(last, excluded.last)")
+    " latency_sum = latency_sum + excluded.latency_sum, duration_count = duration_count + excluded.duration_count,"
+    " duration_sum = duration_sum + excluded.duration_sum, last = max(last, excluded.last)")
+_BINS_UPSERT = (
+    "INSERT INTO agg_durations (bucket, model, node, kind, bin, count, sum) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (bucket, model, node, kind, bin) DO UPDATE SET count = count + excluded.count,"
+    " sum = sum + excluded.sum")
 
-BUCKET_SECONDS = 10                 # width of one aggregate time bucket
+BUCKET_SECONDS = 10                 # width of one agg_requests time bucket
+HISTOGRAM_SECONDS = 60              # width of one agg_durations time bucket
 BINS_PER_OCTAVE = 16                # duration histogram resolution
 DURATION_MIN = 1e-6                 # seconds: bin 0 holds everything up to DURATION_MIN * 2**(1/16)
 DURATION_BINS = 16 * 30             # up to ~1e-6 * 2**30 s = 1,074 s; longer lands in the last bin
@@ -186,21 +198,56 @@ class Increment:
     value: float = 1.0
 
 
-def _add_to_buckets(buckets: dict[tuple, list], t: float, model: str, kind: str, zone: str | None,
-                    latency: float | None, node: str | None, status: int, duration: float, cached: bool) -> None:
-    ok = 200 <= status < 300
-    dbin = duration_bin(duration) if ok and not cached and duration is not None else -1
-    key = (math.floor(t / BUCKET_SECONDS), model, zone or "", node or "", kind, dbin)
-    agg = buckets.get(key)
-    if agg is None:
-        agg = buckets[key] = [0, 0, 0, 0.0, 0.0, t]
-    agg[0] += 1
-    agg[1] += ok
-    if latency is not None:
-        agg[2] += 1
-        agg[3] += latency
-    agg[4] += duration or 0.0
-    agg[5] = max(agg[5], t)
+def _off_the_event_loop(fn):
+    """Run `fn` in a native thread of gevent's pool when gevent has patched threading (SQLite then
+    works without holding the GIL, and the worker's greenlets keep answering); else call it here."""
+    try:
+        from gevent import get_hub
+        from gevent.monkey import is_module_patched
+    except ImportError:
+        return fn()
+    if not is_module_patched("threading"):
+        return fn()
+    return get_hub().threadpool.apply(fn)
+
+
+class _Aggregates:
+    """The agg_requests and agg_durations increments of a batch of records."""
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple, list] = {}
+        self.bins: dict[tuple, list] = {}
+
+    def add(self, t: float, model: str, kind: str, zone: str | None, latency: float | None, node: str | None,
+            status: int, duration: float | None, cached: bool) -> None:
+        ok = 200 <= status < 300
+        served = ok and not cached and duration is not None
+        key = (math.floor(t / BUCKET_SECONDS), model, zone or "", node or "", kind)
+        agg = self.groups.get(key)
+        if agg is None:
+            agg = self.groups[key] = [0, 0, 0, 0.0, 0, 0.0, t]
+        agg[0] += 1
+        agg[1] += ok
+        if latency is not None:
+            agg[2] += 1
+            agg[3] += latency
+        if served:
+            agg[4] += 1
+            agg[5] += duration
+            hkey = (math.floor(t / HISTOGRAM_SECONDS), model, node or "", kind, duration_bin(duration))
+            b = self.bins.get(hkey)
+            if b is None:
+                b = self.bins[hkey] = [0, 0.0]
+            b[0] += 1
+            b[1] += duration
+        if t > agg[6]:
+            agg[6] = t
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        if self.groups:
+            conn.executemany(_AGG_UPSERT, [(*key, *agg) for key, agg in self.groups.items()])
+        if self.bins:
+            conn.executemany(_BINS_UPSERT, [(*key, *agg) for key, agg in self.bins.items()])
 
 
 class StatsStore:
@@ -229,9 +276,10 @@ class StatsStore:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
-            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'request_buckets'").fetchone() is None:
-                conn.execute(_BUCKETS_SCHEMA)
-                self._backfill_buckets(conn)
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'agg_requests'").fetchone() is None:
+                for statement in _AGG_SCHEMA:
+                    conn.execute(statement)
+                self._backfill_aggregates(conn)
         self._closed = False
         ref = weakref.ref(self)
         atexit.register(lambda: (store := ref()) is not None and store._flush_at_exit())
@@ -357,13 +405,12 @@ class StatsStore:
         models: dict[str, list] = {}
         instances: dict[tuple, list] = {}
         counters: dict[tuple[str, str], float] = {}
-        buckets: dict[tuple, list] = {}
+        aggregates = _Aggregates()
         for r, increments in batch:
             if r is not None:
                 rows.append((r.time, r.model, r.kind, r.zone, r.latency, r.node, r.endpoint, r.status,
                              r.duration, int(r.cached)))
-                _add_to_buckets(buckets, r.time, r.model, r.kind, r.zone, r.latency, r.node, r.status,
-                                r.duration, r.cached)
+                aggregates.add(r.time, r.model, r.kind, r.zone, r.latency, r.node, r.status, r.duration, r.cached)
                 if r.known_model:
                     m = models.setdefault(r.model, [0, r.time])
                     m[0] += 1
@@ -381,7 +428,7 @@ class StatsStore:
                 conn.executemany(
                     "INSERT INTO requests (time, model, kind, zone, latency, node, endpoint, status, duration, cached)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-                conn.executemany(_BUCKET_UPSERT, [(*key, *agg) for key, agg in buckets.items()])
+                aggregates.write(conn)
             if models:
                 conn.executemany(
                     "INSERT INTO model_counts (model, count, last_requested) VALUES (?, ?, ?)"
@@ -411,11 +458,11 @@ class StatsStore:
         conn = self._conn()
         with self._write(conn):
             cur = conn.execute("DELETE FROM requests WHERE time < ?", (older_than,))
-            conn.execute("DELETE FROM request_buckets WHERE bucket < ?",
-                         (math.floor(older_than / BUCKET_SECONDS),))
+            conn.execute("DELETE FROM agg_requests WHERE bucket < ?", (math.floor(older_than / BUCKET_SECONDS),))
+            conn.execute("DELETE FROM agg_durations WHERE bucket < ?", (math.floor(older_than / HISTOGRAM_SECONDS),))
             return cur.rowcount
 
-    def _backfill_buckets(self, conn: sqlite3.Connection) -> None:
+    def _backfill_aggregates(self, conn: sqlite3.Connection) -> None:
         """Aggregate the rows a database from before the summary table holds (once, at creation)."""
         last_id = 0
         while True:
@@ -423,10 +470,10 @@ class StatsStore:
                                 " FROM requests WHERE id > ? ORDER BY id LIMIT 50000", (last_id,)).fetchall()
             if not rows:
                 return
-            buckets: dict[tuple, list] = {}
+            aggregates = _Aggregates()
             for _, t, model, kind, zone, latency, node, status, duration, cached in rows:
-                _add_to_buckets(buckets, t, model, kind, zone, latency, node, status, duration, bool(cached))
-            conn.executemany(_BUCKET_UPSERT, [(*key, *agg) for key, agg in buckets.items()])
+                aggregates.add(t, model, kind, zone, latency, node, status, duration, bool(cached))
+            aggregates.write(conn)
             last_id = rows[-1][0]
 
     # -- reads -------------------------------------------------------------------------------
@@ -452,50 +499,55 @@ class StatsStore:
     def summary(self, *, window: float, now: float) -> dict:
         """Aggregate the requests of the buckets overlapping [now - window, now] (GET /stats/summary).
 
-        Per (model, zone, node, kind): count, 2xx count, client latency mean over the requests that
-        reported one, and over 2xx answers not from the prediction cache the duration mean, p50,
-        p95 and the histogram (bin, count, sum); per model: count, 2xx count, last request."""
+        `groups`, per (model, zone, node, kind): count, 2xx count, client latency count and mean
+        (requests that reported one), count and mean duration of 2xx answers not from the
+        prediction cache, last request. `durations`, per (model, node, kind): those durations'
+        p50, p95 and histogram (60 s buckets). `models`: count, 2xx count, last request."""
         self.flush()
         first = max(0, math.floor((now - window) / BUCKET_SECONDS))
-        rows = self._conn().execute(
-            "SELECT model, zone, node, kind, dbin, sum(count), sum(ok), sum(latency_count), sum(latency_sum),"
-            " sum(duration_sum), max(last) FROM request_buckets WHERE bucket >= ?"
-            " GROUP BY model, zone, node, kind, dbin", (first,)).fetchall()
-        groups: dict[tuple[str, str, str, str], dict] = {}
-        for model, zone, node, kind, dbin, count, ok, lat_n, lat_sum, dur_sum, last in rows:
-            g = groups.get((model, zone, node, kind))
-            if g is None:
-                g = groups[(model, zone, node, kind)] = {
-                    "count": 0, "ok": 0, "lat_n": 0, "lat_sum": 0.0, "bins": [], "last": last}
-            g["count"] += count
-            g["ok"] += ok
-            g["lat_n"] += lat_n
-            g["lat_sum"] += lat_sum
-            g["last"] = max(g["last"], last)
-            if dbin >= 0:
-                g["bins"].append((dbin, count, dur_sum))
-        out_groups = []
+        first_hist = max(0, math.floor((now - window) / HISTOGRAM_SECONDS))
+
+        def read() -> tuple[list, list]:
+            conn = self._conn()
+            return (conn.execute(
+                "SELECT model, zone, node, kind, sum(count), sum(ok), sum(latency_count), sum(latency_sum),"
+                " sum(duration_count), sum(duration_sum), max(last) FROM agg_requests WHERE bucket >= ?"
+                " GROUP BY model, zone, node, kind ORDER BY model, zone, node, kind", (first,)).fetchall(),
+                conn.execute(
+                "SELECT model, node, kind, bin, sum(count), sum(sum) FROM agg_durations WHERE bucket >= ?"
+                " GROUP BY model, node, kind, bin ORDER BY model, node, kind, bin", (first_hist,)).fetchall())
+
+        rows, bins = _off_the_event_loop(read)
+        groups = []
         models: dict[str, dict] = {}
-        for (model, zone, node, kind), g in sorted(groups.items()):
-            bins = sorted(g["bins"])
-            dur_n = sum(c for _, c, _ in bins)
-            out_groups.append({
-                "model": model, "zone": zone or None, "node": node or None, "kind": kind,
-                "count": g["count"], "ok": g["ok"], "latency_count": g["lat_n"],
-                "latency_mean": g["lat_sum"] / g["lat_n"] if g["lat_n"] else None,
-                "duration_count": dur_n,
-                "duration_mean": sum(s for _, _, s in bins) / dur_n if dur_n else None,
-                "duration_p50": bin_quantile(bins, 0.5), "duration_p95": bin_quantile(bins, 0.95),
-                "duration_bins": [{"bin": b, "count": c, "sum": s} for b, c, s in bins],
-                "last_request": g["last"]})
-            m = models.setdefault(model, {"model": model, "count": 0, "ok": 0, "last_request": g["last"]})
-            m["count"] += g["count"]
-            m["ok"] += g["ok"]
-            m["last_request"] = max(m["last_request"], g["last"])
-        return {"window": window, "since": float(first * BUCKET_SECONDS), "until": now, "bucket_seconds": BUCKET_SECONDS,
-                "histogram": {"min": DURATION_MIN, "bins_per_octave": BINS_PER_OCTAVE, "bins": DURATION_BINS,
+        for model, zone, node, kind, count, ok, lat_n, lat_sum, dur_n, dur_sum, last in rows:
+            groups.append({
+                "model": model, "zone": zone or None, "node": node or None, "kind": kind, "count": count, "ok": ok,
+                "latency_count": lat_n, "latency_mean": lat_sum / lat_n if lat_n else None,
+                "duration_count": dur_n, "duration_mean": dur_sum / dur_n if dur_n else None,
+                "last_request": last})
+            m = models.get(model)
+            if m is None:
+                m = models[model] = {"model": model, "count": 0, "ok": 0, "last_request": last}
+            m["count"] += count
+            m["ok"] += ok
+            m["last_request"] = max(m["last_request"], last)
+        hists: dict[tuple[str, str, str], list] = {}
+        for model, node, kind, b, count, total in bins:
+            hists.setdefault((model, node, kind), []).append((b, count, total))
+        durations = []
+        for (model, node, kind), entries in hists.items():
+            n = sum(c for _, c, _ in entries)
+            durations.append({
+                "model": model, "node": node or None, "kind": kind, "count": n,
+                "mean": sum(t for _, _, t in entries) / n, "p50": bin_quantile(entries, 0.5),
+                "p95": bin_quantile(entries, 0.95), "bins": [{"bin": b, "count": c, "sum": t} for b, c, t in entries]})
+        return {"window": window, "since": float(first * BUCKET_SECONDS), "until": now,
+                "bucket_seconds": BUCKET_SECONDS,
+                "histogram": {"since": float(first_hist * HISTOGRAM_SECONDS), "bucket_seconds": HISTOGRAM_SECONDS,
+                              "min": DURATION_MIN, "bins_per_octave": BINS_PER_OCTAVE, "bins": DURATION_BINS,
                               "relative_error": RELATIVE_ERROR},
-                "groups": out_groups, "models": sorted(models.values(), key=lambda m: m["model"])}
+                "groups": groups, "durations": durations, "models": sorted(models.values(), key=lambda m: m["model"])}
 
     def model_counts(self) -> dict[str, tuple[int, float | None]]:
         """Return model -> (requests ever, last requested time)."""

@@ -72,11 +72,14 @@ def test_rows_and_their_summary_build_the_same_problem(tmp_path, seed, n, mode):
 def test_exec_time_from_equal_durations_is_exact():
     doc = {"since": 0.0, "histogram": {"relative_error": RELATIVE_ERROR}, "groups": [
         {"model": HP2, "zone": "z1", "node": "b", "kind": "proxy", "count": 3, "ok": 3, "latency_count": 0,
-         "latency_mean": None, "duration_bins": [{"bin": 300, "count": 3, "sum": 1.5}]},
+         "latency_mean": None},
         {"model": HP2, "zone": "z2", "node": "b", "kind": "proxy", "count": 2, "ok": 2, "latency_count": 2,
-         "latency_mean": 0.25, "duration_bins": [{"bin": 280, "count": 2, "sum": 0.2}]},
+         "latency_mean": 0.25},
         {"model": HP2, "zone": "z2", "node": "b", "kind": "lookup", "count": 9, "ok": 9, "latency_count": 0,
-         "latency_mean": None, "duration_bins": [{"bin": 100, "count": 9, "sum": 9e-5}]}]}
+         "latency_mean": None}], "durations": [
+        {"model": HP2, "node": "b", "kind": "proxy",
+         "bins": [{"bin": 300, "count": 3, "sum": 1.5}, {"bin": 280, "count": 2, "sum": 0.2}]},
+        {"model": HP2, "node": "b", "kind": "lookup", "bins": [{"bin": 100, "count": 9, "sum": 9e-5}]}]}
     built = build_problem(requests=[], summary=parse_summary(doc), nodes=NODES, catalog=CATALOG, deployments=[],
                           cost_map=ALTO, settings=BuildSettings(min_exec_samples=5))
     assert built.problem.exec_time[HP2] == {"a": 0.004, "b": 0.5}      # median of 0.5 x3, 0.1 x2 (lookups not)
@@ -89,8 +92,8 @@ def test_exec_time_from_equal_durations_is_exact():
     {"groups": [{"count": 1}]},
     {"groups": [{"model": "m", "count": -1, "ok": 0, "latency_count": 0}]},
     {"groups": [{"model": "m", "count": 1, "ok": 1, "latency_count": 1, "latency_mean": None}]},
-    {"groups": [{"model": "m", "count": 1, "ok": 1, "latency_count": 0,
-                 "duration_bins": [{"bin": 1, "count": 1, "sum": "x"}]}]},
+    {"groups": [], "durations": [{"model": "m", "bins": [{"bin": 1, "count": 1, "sum": "x"}]}]},
+    {"groups": [], "durations": [{"bins": []}]},
 ])
 def test_malformed_summaries_are_refused(doc):
     with pytest.raises(FrontendError):
@@ -122,7 +125,8 @@ def test_collect_uses_the_summary_and_falls_back_to_rows_only_on_404():
             "/stats/requests": (200, {"requests": [ROW]})}
     summary_doc = {"since": 90.0, "histogram": {"relative_error": RELATIVE_ERROR}, "groups": [
         {"model": HP2, "zone": "z1", "node": "a", "kind": "proxy", "count": 4, "ok": 4, "latency_count": 4,
-         "latency_mean": 0.1, "duration_bins": [{"bin": 200, "count": 4, "sum": 0.04}]}]}
+         "latency_mean": 0.1}], "durations": [
+        {"model": HP2, "node": "a", "kind": "proxy", "bins": [{"bin": 200, "count": 4, "sum": 0.04}]}]}
     new = _Fake({**base, "/stats/summary": (200, summary_doc)})
     observed = collect(new, window=600, now=100.0)
     assert observed.summary is not None and observed.requests == [] and observed.requests_read == 4

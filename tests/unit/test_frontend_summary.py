@@ -10,8 +10,8 @@ import statistics
 import pytest
 
 from frontend import create_app
-from frontend.store import (BUCKET_SECONDS, DURATION_BINS, RELATIVE_ERROR, RequestRecord, StatsStore,
-                            bin_quantile, duration_bin)
+from frontend.store import (BUCKET_SECONDS, DURATION_BINS, HISTOGRAM_SECONDS, RELATIVE_ERROR, RequestRecord,
+                            StatsStore, bin_quantile, duration_bin)
 
 TOKEN = "summary-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -23,8 +23,8 @@ def rec(t, model="m", *, kind="proxy", zone="z1", node="n-a", latency=0.01, stat
                          endpoint="127.0.0.1:1", status=status, duration=duration, cached=cached)
 
 
-def group(doc, **key):
-    found = [g for g in doc["groups"] if all(g[k] == v for k, v in key.items())]
+def group(doc, part="groups", **key):
+    found = [g for g in doc[part] if all(g[k] == v for k, v in key.items())]
     assert len(found) == 1, (key, doc["groups"])
     return found[0]
 
@@ -66,18 +66,23 @@ def test_summary_groups_counts_latency_durations_and_models(tmp_path):
     assert proxy["latency_count"] == 7 and proxy["latency_mean"] == pytest.approx((5 * 0.1 + 2 * 0.01) / 7)
     assert proxy["duration_count"] == 10
     assert proxy["duration_mean"] == pytest.approx(0.055)
-    assert proxy["duration_p50"] == pytest.approx(0.055, rel=RELATIVE_ERROR)
-    assert proxy["duration_p95"] == pytest.approx(0.1, rel=RELATIVE_ERROR)
-    assert sum(b["count"] for b in proxy["duration_bins"]) == 10
     assert proxy["last_request"] == 1009.0
+    hist = group(doc, "durations", model="m", node="n-a", kind="proxy")
+    assert hist["count"] == 10 and hist["mean"] == pytest.approx(0.055)
+    assert hist["p50"] == pytest.approx(0.055, rel=RELATIVE_ERROR)
+    assert hist["p95"] == pytest.approx(0.1, rel=RELATIVE_ERROR)
+    assert sum(b["count"] for b in hist["bins"]) == 10
     lookup = group(doc, model="m", kind="lookup")
-    assert lookup["count"] == 1 and lookup["duration_p50"] == pytest.approx(1e-4)
+    assert lookup["count"] == 1 and lookup["duration_mean"] == pytest.approx(1e-4)
+    assert group(doc, "durations", model="m", kind="lookup")["p50"] == pytest.approx(1e-4)
     nowhere = group(doc, model="m", zone=None, node=None)
-    assert nowhere["ok"] == 0 and nowhere["duration_count"] == 0 and nowhere["duration_p50"] is None
+    assert nowhere["ok"] == 0 and nowhere["duration_count"] == 0 and nowhere["duration_mean"] is None
     assert nowhere["latency_mean"] is None
+    assert len(doc["durations"]) == 2          # 5xx, 404 and cache hits have no duration histogram
     assert doc["models"] == [{"model": "ghost", "count": 1, "ok": 0, "last_request": 1005.0},
                              {"model": "m", "count": 14, "ok": 12, "last_request": 1009.0}]
     assert doc["since"] == math.floor((1010.0 - 600) / BUCKET_SECONDS) * BUCKET_SECONDS
+    assert doc["histogram"]["since"] == math.floor((1010.0 - 600) / HISTOGRAM_SECONDS) * HISTOGRAM_SECONDS
     # The window is whole buckets: the one holding now - window is in, older ones are not.
     assert {m["model"]: m["count"] for m in store.summary(window=1, now=1009.5)["models"]} == {"ghost": 1, "m": 14}
     assert store.summary(window=1, now=1011.0)["groups"] == []
@@ -117,13 +122,17 @@ def test_prune_drops_whole_old_buckets_and_an_old_database_is_backfilled(tmp_pat
     assert store.prune(older_than=1013.0) == 3
     counts = {g["last_request"]: g["count"] for g in [store.summary(window=10_000, now=1030.0)["groups"][0]]}
     assert counts == {1025.0: 2}            # the bucket [1010, 1020) still holds 1012; [1000, 1010) is gone
+    store.prune(older_than=1081.0)
+    doc = store.summary(window=10_000, now=1090.0)
+    assert doc["groups"] == [] and doc["durations"] == []        # the 60 s histogram bucket [1020, 1080) too
     store.close()
 
     # A database written before the aggregates existed: they are built from its rows on first open.
     old = tmp_path / "old.db"
     StatsStore(old).close()
     conn = sqlite3.connect(old)
-    conn.execute("DROP TABLE request_buckets")
+    conn.execute("DROP TABLE agg_requests")
+    conn.execute("DROP TABLE agg_durations")
     conn.executemany("INSERT INTO requests (time, model, kind, zone, latency, node, endpoint, status, duration,"
                      " cached) VALUES (?, 'm', 'proxy', 'z1', 0.01, 'n-a', 'e', 200, 0.02, 0)",
                      [(1000.0 + i,) for i in range(7)])
@@ -131,7 +140,7 @@ def test_prune_drops_whole_old_buckets_and_an_old_database_is_backfilled(tmp_pat
     conn.close()
     upgraded = StatsStore(old)
     doc = upgraded.summary(window=600, now=1010.0)
-    assert doc["models"][0]["count"] == 7 and doc["groups"][0]["duration_p50"] == pytest.approx(0.02)
+    assert doc["models"][0]["count"] == 7 and doc["durations"][0]["p50"] == pytest.approx(0.02)
     upgraded.close()
     assert StatsStore(old).summary(window=600, now=1010.0)["models"][0]["count"] == 7    # not twice
 
