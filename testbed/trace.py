@@ -5,8 +5,9 @@ Per phase (in order; a phase starts when the previous one ends):
 - inter-arrival times are Gamma distributed with mean 1/rate and coefficient of variation
   `burstiness` (shape k = 1/CV^2, scale = CV^2/rate): CV 1 is a Poisson process, CV > 1 bursts,
   CV 0 constant spacing 1/rate. The first arrival comes one inter-arrival time after the phase
-  starts; arrivals at or past the phase's end are dropped (so a phase holds rate x duration
-  arrivals in expectation, exactly floor(rate x duration) with CV 0);
+  starts; arrivals at or past the phase's end are dropped, so a phase holds rate x duration
+  arrivals in expectation. With CV 0 the arrivals are evenly spaced, the first half a gap after
+  the phase starts: exactly round(rate x duration) of them;
 - each arrival's zone is drawn from the phase's zone weights, its model from the phase's
   popularity (already resolved by the loader: Zipf over the catalog's models in catalog order,
   weight proportional to 1/rank^s, or the explicit weights).
@@ -52,8 +53,8 @@ def phase_arrival_times(rng: np.random.Generator, rate: float, burstiness: float
     if rate <= 0 or duration <= 0:
         return np.empty(0)
     if burstiness == 0:
-        count = int(np.floor(rate * duration))
-        times = np.arange(1, count + 1, dtype=float) / rate
+        count = int(np.floor(rate * duration + 0.5))
+        times = (np.arange(count, dtype=float) + 0.5) / rate
         return times[times < duration]
     shape = 1.0 / burstiness ** 2
     scale = burstiness ** 2 / rate
