@@ -127,14 +127,14 @@ class UpstreamPool:
     """Keep-alive connections to one model server (host:port), safe to share between threads."""
 
     def __init__(self, host: str, port: int, *, connect_timeout: float, call_timeout: float, maxsize: int = 16,
-                 max_response: int = MAX_RESPONSE, max_header_bytes: int = MAX_HEADER_BYTES,
+                 max_response: int | None = None, max_header_bytes: int = MAX_HEADER_BYTES,
                  max_interim: int = _MAX_INTERIM):
         self.host = host
         self.port = port
         self.connect_timeout = connect_timeout
         self.call_timeout = call_timeout
         self.maxsize = maxsize
-        self.max_response = max_response
+        self.max_response = MAX_RESPONSE if max_response is None else max_response
         self.max_header_bytes = max_header_bytes
         self.max_interim = max_interim
         self._idle: list[_Connection] = []
@@ -305,10 +305,18 @@ class UpstreamPool:
                               for name, value in event.headers.raw_items()]
                     if len(fields) > _MAX_HEADERS:
                         raise UpstreamProtocolError(f"answer from {where} has more than {_MAX_HEADERS} headers")
-                    names = {name.lower() for name, _ in fields}
-                    if "transfer-encoding" in names and "content-length" in names:
+                    length, chunked = None, False
+                    for name, value in event.headers:          # lower-cased names, validated by h11
+                        if name == b"content-length":
+                            length = int(value)
+                        elif name == b"transfer-encoding":
+                            chunked = True
+                    if chunked and length is not None:
                         raise UpstreamProtocolError(f"answer from {where} has both Transfer-Encoding and "
                                                     "Content-Length")
+                    if (length is not None and length > limit and request.method != b"HEAD"
+                            and status not in (204, 304)):
+                        raise UpstreamProtocolError(f"answer from {where} larger than {limit} bytes")
                 elif kind is h11.InformationalResponse:
                     self._check_head(event, where)
                     interim += 1
