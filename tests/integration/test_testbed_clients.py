@@ -208,3 +208,27 @@ def test_stop_event_ends_the_run_early(recorder, tmp_path):
     assert time.monotonic() - started < 5
     assert results.stopped and 5 <= len(results.records) <= 15
     assert results.summary()["not_sent_stopped"] == results.scheduled - len(results.records)
+
+
+def test_command_line(recorder, tmp_path, capsys):
+    from testbed.clients import main
+
+    scenario = _single_zone_scenario(tmp_path, rate=5, duration=1.0)
+    out = tmp_path / "out.jsonl"
+    code = main(["--frontend", recorder.url, "--scenario", str(scenario.path), "--mode", "proxy",
+                 "--out", str(out), "--summary", str(tmp_path / "summary.json")])
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert code == 0 and summary["ok"] == 5 and summary["mode"] == "proxy"
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 5 and all(r["ok"] and r["node"] == "xavier" for r in rows)
+    assert set(rows[0]) >= {"request_id", "phase", "zone", "model", "scheduled", "started", "node", "status",
+                            "ok", "latency", "network", "server", "error"}
+    assert "clients: done" in captured.err
+    # a bad scenario: one line, exit 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: x\n")
+    assert main(["--frontend", recorder.url, "--scenario", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("testbed.clients: seed: must be an integer") and "\n" not in err
