@@ -231,4 +231,4 @@ def test_command_line(recorder, tmp_path, capsys):
     bad.write_text("seed: x\n")
     assert main(["--frontend", recorder.url, "--scenario", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("testbed.clients: seed: must be an integer") and "\n" not in err
+    assert err.startswith("testbed.clients: ") and "seed: must be an integer" in err and "\n" not in err
