@@ -33,7 +33,7 @@ supervisor stops everything:
     and its socket went with it, so the restart binds the port again (retrying until the
     dead master's workers have let it go). Code or settings changed since? Stop with Ctrl-C
     and start again: that is a clean start.
-  - the back-end is always stopped (SIGTERM, SIGKILL after 1 s) and started afresh: it does
+  - the back-end is always stopped (SIGTERM, SIGKILL after 0.5 s) and started afresh: it does
     not serve anything, a run killed half-way is safe (its lock is an flock, cluster changes
     are SQLite transactions, a server it was starting is cleaned or redone), and a fresh one
     is started with this start's flags.
@@ -130,13 +130,24 @@ def _stop_tree(proc: psutil.Process, *, grace: float) -> None:
             p.terminate()
         except psutil.Error:
             pass
-    _, alive = psutil.wait_procs(family, timeout=grace)
+    alive = _wait_gone(family, timeout=grace)
     for p in alive:
         try:
             p.kill()
         except psutil.Error:
             pass
-    psutil.wait_procs(alive, timeout=5)
+    _wait_gone(alive, timeout=5)
+
+
+def _wait_gone(procs: list[psutil.Process], *, timeout: float) -> list[psutil.Process]:
+    """Wait until the processes have exited; return those still running. A zombie counts as gone:
+    a process of a crashed run is not our child, and whoever reaps it may take a second."""
+    deadline = time.monotonic() + timeout
+    alive = [p for p in procs if _running(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.02)
+        alive = [p for p in alive if _running(p)]
+    return alive
 
 
 def _group(pgid: int) -> list[psutil.Process]:
@@ -238,8 +249,7 @@ class _Adopted:
         return self.returncode
 
     def wait(self, timeout: float | None = None):
-        _, alive = psutil.wait_procs([self.proc], timeout=timeout)
-        if alive and _running(self.proc):
+        if _wait_gone([self.proc], timeout=float("inf") if timeout is None else timeout):
             raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout)
         self.returncode = "unknown"
         return self.returncode
@@ -281,6 +291,7 @@ class System:
         self.sock: socket.socket | None = None
         self.token_path: Path | None = None
         self.adopted_servers: list = []
+        self._stopping: threading.Thread | None = None     # stops an old back-end (take_over)
         self._lock_fd: int | None = None
         self.stop = threading.Event()
 
@@ -324,23 +335,31 @@ class System:
         for name, proc in found.values():
             if name == "frontend" and adopted is None and self._adoptable_frontend(proc):
                 adopted = proc
-        stops = []
+        stops, backends = [], []
         for name, proc in found.values():
             if proc is adopted:
                 continue
             say(f"stopping the {LABELS[name]} left by an earlier run (pid {proc.pid})")
-            stops.append((proc, 1.0 if name == "backend" else 10.0))
+            (backends if name == "backend" else stops).append(proc)
         adopted_family = set()
         if adopted is not None:
             adopted_family = {adopted.pid} | {c.pid for c in _children_of(adopted)}
         holder = _listener(self.args.host, self.args.port)
         if holder is not None and holder.pid not in adopted_family and _ours(holder) and \
-                all(holder.pid != p.pid for p, _ in stops):
+                all(holder.pid != p.pid for p in stops + backends):
             say(f"stopping an orphaned front-end holding port {self.args.port} (pid {holder.pid})")
-            stops.append((holder, 10.0))
+            stops.append(holder)
+        # An old back-end may be half-way through a run (SIGTERM lets it finish, which can take a
+        # while): it serves nothing, so it is stopped in the background, SIGKILL after 0.5 s, and
+        # waited for only before the new one starts. Its cluster changes are transactions, so
+        # adoption may proceed meanwhile.
+        if backends:
+            self._stopping = threading.Thread(target=lambda: [_stop_tree(p, grace=0.5) for p in backends],
+                                              name="stop-old-backend", daemon=True)
+            self._stopping.start()
         if stops:
             with ThreadPoolExecutor(max_workers=len(stops)) as pool:
-                list(pool.map(lambda item: _stop_tree(item[0], grace=item[1]), stops))
+                list(pool.map(lambda proc: _stop_tree(proc, grace=10.0), stops))
         self.pids_file.unlink(missing_ok=True)
         if adopted is not None:
             say(f"adopting the front-end left by an earlier run (pid {adopted.pid}): it keeps serving {self.url}")
@@ -596,6 +615,9 @@ class System:
 
     def start_backend(self, token: Path | None = None) -> None:
         a = self.args
+        if self._stopping is not None:
+            self._stopping.join()
+            self._stopping = None
         token = token or self.token_path or self.state / "token"
         command = [sys.executable, "-m", "backend", "--mode", str(a.mode), "--frontend", self.url,
                    "--token-file", str(token), "--every", str(a.every),
