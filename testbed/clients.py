@@ -469,11 +469,11 @@ def run_clients(frontend_url: str, scenario: Scenario, *, mode: str = "lookup",
     def worker(arrival: Arrival, record: RequestRecord, began: float) -> None:
         try:
             send(arrival, record, began)
+            finish(record)
         finally:
             with shared.lock:
                 shared.in_flight -= 1
             slots.release()
-            finish(record)
 
     total = len(arrivals)
     reached = 0
@@ -487,15 +487,17 @@ def run_clients(frontend_url: str, scenario: Scenario, *, mode: str = "lookup",
                 due = began + arrival.offset
                 while not stop_event.is_set():
                     now = time.perf_counter()
-                    if progress is not None and now >= next_report:
-                        next_report += PROGRESS_EVERY
-                        progress(_progress_line(shared, now - began, end_offset, arrival.phase, reached, total))
-                    wait = min(due, next_report) - now
-                    if due - now <= 0:
+                    if now >= next_report:
+                        while next_report <= now:
+                            next_report += PROGRESS_EVERY
+                        if progress is not None:
+                            progress(_progress_line(shared, now - began, end_offset, arrival.phase, reached, total))
+                    if due <= now:
                         break
+                    wait = min(due, next_report) - now
                     if wait > 0.002:
                         stop_event.wait(wait - 0.001)
-                    elif wait > 0:
+                    else:
                         time.sleep(wait)
                 if stop_event.is_set():
                     break
@@ -520,9 +522,11 @@ def run_clients(frontend_url: str, scenario: Scenario, *, mode: str = "lookup",
                 if not busy:
                     break
                 now = time.perf_counter()
-                if progress is not None and now >= next_report:
-                    next_report += PROGRESS_EVERY
-                    progress(_progress_line(shared, now - began, end_offset, None, reached, total))
+                if now >= next_report:
+                    while next_report <= now:
+                        next_report += PROGRESS_EVERY
+                    if progress is not None:
+                        progress(_progress_line(shared, now - began, end_offset, None, reached, total))
                 time.sleep(0.02)
     finally:
         http.clear()
