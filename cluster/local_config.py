@@ -4,10 +4,16 @@ Pure: reading and checking the file touches nothing else. Every node must sit on
 address (127.x.x.x) so model servers on different "nodes" never collide and nothing is exposed
 beyond this machine; an operator sees every mistake at once, each naming the file, the node and
 the field.
+
+Limits: a node may carry `cpu_quota`, the cores *of this host* its cgroup may use (`cpu` stays the
+node's cores as the solver sees them; the two are different scales on purpose: a 4-core Nano is
+played by a quarter of one host core). Its declared `memory` is also its real memory limit. A
+top-level `limits: false` turns both off (see cluster.limits).
 """
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +22,14 @@ from .port import ClusterError
 from .yamlcheck import number_field, read_yaml
 
 __all__ = ["LocalNodeSpec", "LocalConfigError", "load_local_config", "parse_local_config",
-           "DEFAULT_LOCAL_CONFIG"]
+           "LocalClusterConfig", "load_local_cluster", "parse_local_cluster", "DEFAULT_LOCAL_CONFIG"]
 
 DEFAULT_LOCAL_CONFIG = Path(__file__).resolve().parent.parent / "config" / "cluster.local.yaml"
 # Node names appear in URLs, log file names and Kubernetes labels: DNS-1123 label alphabet.
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_FIELDS = {"name", "address", "memory", "cpu", "class"}
+_FIELDS = {"name", "address", "memory", "cpu", "class", "cpu_quota"}
+_TOP_FIELDS = {"nodes", "limits"}
+_MIN_CPU_QUOTA = 0.01       # cores; below this the kernel's 1 ms minimum quota needs a > 0.1 s period
 _LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 
 
@@ -38,6 +46,15 @@ class LocalNodeSpec:
     memory: int             # KB available to model instances (declared, not measured)
     cpu: float              # cores
     node_class: str         # matches a catalog exec_time key (e.g. "small", "large")
+    cpu_quota: float | None = None   # cores of this host its cgroup may use (None: no CPU ceiling)
+
+
+@dataclass(frozen=True)
+class LocalClusterConfig:
+    """The whole description: its nodes and whether their limits are enforced."""
+
+    nodes: list[LocalNodeSpec]
+    limits: bool = True             # top-level `limits: false` runs every node unconstrained
 
 
 def _address(errors: list[str], where: str, value: object) -> str | None:
@@ -70,6 +87,7 @@ def _node(errors: list[str], source: str, index: int, entry: object) -> LocalNod
     memory = number_field(errors, where, entry, "memory", int, unit="KB")
     cpu = number_field(errors, where, entry, "cpu", float)
     node_class = entry.get("class")
+    cpu_quota = _cpu_quota(errors, where, entry)
     if not isinstance(node_class, str) or not node_class.strip():
         errors.append(f"{where}: field 'class' must be a non-empty string, got {node_class!r}")
     unknown = set(entry) - _FIELDS
@@ -78,17 +96,41 @@ def _node(errors: list[str], source: str, index: int, entry: object) -> LocalNod
     if len(errors) > before:
         return None
     return LocalNodeSpec(name=name, address=address, memory=memory, cpu=cpu,
-                         node_class=node_class.strip())
+                         node_class=node_class.strip(), cpu_quota=cpu_quota)
+
+
+def _cpu_quota(errors: list[str], where: str, entry: dict) -> float | None:
+    """The optional `cpu_quota`: a finite number of cores >= 0.01, or absent/null for none."""
+    value = entry.get("cpu_quota")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        errors.append(f"{where}: field 'cpu_quota' must be a number of cores, got {value!r}")
+        return None
+    if (isinstance(value, int) and value > 2 ** 53) or not math.isfinite(value) or value < _MIN_CPU_QUOTA \
+            or value > 2 ** 53:
+        errors.append(f"{where}: field 'cpu_quota' must be a finite number of cores >= {_MIN_CPU_QUOTA}, "
+                      f"got {value!r}")
+        return None
+    return float(value)
 
 
 def parse_local_config(data: object, *, source: str = "<config>") -> list[LocalNodeSpec]:
     """Validate parsed YAML; raise LocalConfigError listing every problem."""
+    return parse_local_cluster(data, source=source).nodes
+
+
+def parse_local_cluster(data: object, *, source: str = "<config>") -> LocalClusterConfig:
+    """Validate parsed YAML (nodes and the top-level `limits` switch); raise LocalConfigError."""
     if not isinstance(data, dict) or not isinstance(data.get("nodes"), list) or not data["nodes"]:
         raise LocalConfigError(f"{source}: must be a mapping with a non-empty 'nodes' list")
     errors: list[str] = []
-    unknown = set(data) - {"nodes"}
+    unknown = set(data) - _TOP_FIELDS
     if unknown:
         errors.append(f"{source}: unknown top-level field(s) {', '.join(sorted(map(str, unknown)))}")
+    limits = data.get("limits", True)
+    if not isinstance(limits, bool):
+        errors.append(f"{source}: field 'limits' must be true or false, got {limits!r}")
     nodes: list[LocalNodeSpec] = []
     names: set[str] = set()
     addresses: dict[str, str] = {}
@@ -108,11 +150,16 @@ def parse_local_config(data: object, *, source: str = "<config>") -> list[LocalN
         nodes.append(spec)
     if errors:
         raise LocalConfigError("; ".join(errors))
-    return nodes
+    return LocalClusterConfig(nodes=nodes, limits=limits)
 
 
 def load_local_config(path: str | Path = DEFAULT_LOCAL_CONFIG) -> list[LocalNodeSpec]:
     """Load and validate a local cluster description; raise LocalConfigError listing every problem."""
+    return load_local_cluster(path).nodes
+
+
+def load_local_cluster(path: str | Path = DEFAULT_LOCAL_CONFIG) -> LocalClusterConfig:
+    """Load and validate the description with its `limits` switch; raise LocalConfigError."""
     path = Path(path)
     data = read_yaml(path, LocalConfigError)
-    return parse_local_config(data, source=str(path))
+    return parse_local_cluster(data, source=str(path))

@@ -2,6 +2,7 @@
 check numeric fields, collecting every error so an operator sees them all at once."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import yaml
@@ -26,6 +27,9 @@ def number_field(errors: list[str], where: str, entry: dict, key: str, kind: typ
     sign = "positive" if positive else "non-negative"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         errors.append(f"{where}: field '{key}' must be a {sign} number, got {value!r}")
+        return None
+    if not math.isfinite(value):
+        errors.append(f"{where}: field '{key}' must be a finite number, got {value!r}")
         return None
     if kind is int and not float(value).is_integer():
         errors.append(f"{where}: field '{key}' must be an integer{f' ({unit})' if unit else ''}, got {value!r}")
