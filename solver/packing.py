@@ -11,10 +11,16 @@ import math
 import numpy as np
 
 from solver.data import Arrays
+from solver.deadline import NEVER, Deadline
 from solver.problem import Assignment
 
 _SLACK = 1e-10      # stricter than the checker's 1e-9, so float drift never tips a node over
 _BIG = 1 << 62
+
+
+def _units(quotient: float) -> int:
+    """Whole units in a capacity quotient (a tiny per-request need can make it overflow to inf)."""
+    return _BIG if quotient >= _BIG else int(math.floor(quotient))
 
 
 def candidate_nodes(arrays: Arrays, limit: int | None = None) -> np.ndarray:
@@ -49,13 +55,13 @@ class Packer:
         a = self.a
         m = a.group_model[g]
         cpu = a.cpu[m]
-        k = _BIG if cpu <= 0 else int(math.floor((self.cpu_free[j] + self.cpu_slack[j]) / cpu))
+        k = _BIG if cpu <= 0 else _units((self.cpu_free[j] + self.cpu_slack[j]) / cpu)
         mem = a.mem[m]
         if a.placement:
             if mem > 0 and self.units[m, j] == 0 and not a.deployed[m, j] and mem > self.mem_free[j] + self.mem_slack[j]:
                 return 0
         elif mem > 0:
-            k = min(k, int(math.floor((self.mem_free[j] + self.mem_slack[j]) / mem)))
+            k = min(k, _units((self.mem_free[j] + self.mem_slack[j]) / mem))
         return max(k, 0)
 
     def room_all(self, g: int) -> np.ndarray:
@@ -114,29 +120,34 @@ class Packer:
             self.mem_free[j] += k * a.mem[m]
 
     # --- building blocks --------------------------------------------------------------------
-    def fill_pairs(self, g_order: np.ndarray, j_order: np.ndarray) -> None:
+    def fill_pairs(self, g_order: np.ndarray, j_order: np.ndarray, *, deadline: Deadline = NEVER) -> None:
         """Visit (g, j) pairs in order, giving each as many of g's remaining requests as fit."""
         remaining = self.remaining
-        for g, j in zip(g_order.tolist(), j_order.tolist()):
+        for n, (g, j) in enumerate(zip(g_order.tolist(), j_order.tolist())):
+            if n % 4096 == 0 and deadline.expired():
+                return
             if remaining[g] > 0:
                 k = min(int(remaining[g]), self.room(g, j))
                 if k > 0:
                     self.add(g, j, k)
 
-    def fill_cheapest(self) -> None:
+    def fill_cheapest(self, *, deadline: Deadline = NEVER) -> None:
         """Greedy: every candidate pair by ascending unit cost, each filled as far as it fits."""
         g = np.repeat(np.arange(self.a.n_groups), self.candidates.shape[1])
         j = self.candidates.ravel()
         g, j = g[self.remaining[g] > 0], j[self.remaining[g] > 0]
         order = np.argsort(self.cost[g, j], kind="stable")
-        self.fill_pairs(g[order], j[order])
+        self.fill_pairs(g[order], j[order], deadline=deadline)
         if self.remaining.any() and self.candidates.shape[1] < self.a.n_nodes:
-            self._fill_anywhere()
+            self.fill_groups(np.flatnonzero(self.remaining > 0), deadline=deadline)
 
-    def fill_groups(self, group_order: np.ndarray, *, by: np.ndarray | None = None) -> None:
+    def fill_groups(self, group_order: np.ndarray, *, by: np.ndarray | None = None,
+                    deadline: Deadline = NEVER) -> None:
         """Each group in turn to its nodes in ascending `by` (default: unit cost) while they have room."""
         key = self.cost if by is None else by
         for g in group_order.tolist():
+            if deadline.expired():
+                return
             if self.remaining[g] <= 0:
                 continue
             for j in np.argsort(key[g], kind="stable").tolist():
@@ -146,15 +157,14 @@ class Packer:
                     if self.remaining[g] == 0:
                         break
 
-    def _fill_anywhere(self) -> None:
-        self.fill_groups(np.flatnonzero(self.remaining > 0))
-
-    def improve(self, *, passes: int = 20) -> None:
-        """Local search: move requests to a cheaper node with room until no move helps."""
+    def improve(self, *, passes: int = 20, deadline: Deadline = NEVER) -> None:
+        """Local search: move requests to a cheaper node with room until no move helps (or time is up)."""
         cost = self.cost
         for _ in range(passes):
             moved = False
-            for (g, j) in sorted(self.x, key=lambda p: -cost[p]):
+            for n, (g, j) in enumerate(sorted(self.x, key=lambda p: -cost[p])):
+                if n % 1024 == 0 and deadline.expired():
+                    return
                 k = self.x.get((g, j), 0)
                 if not k:
                     continue

@@ -20,8 +20,11 @@ __all__ = [
 ]
 
 FORMULATIONS = ("thesis", "placement")
-STATUSES = ("optimal", "feasible", "infeasible", "error")
+STATUSES = ("optimal", "feasible", "infeasible", "time_limit", "error")
 # Names end up quoted in AMPL/MathProg data files and in Kubernetes object names: keep them plain.
+# Every number must be at most this (2**53: integers stay exact as floats; sums and products of the
+# capacities and costs stay finite). Memory in KB up to 8 EB, counts up to 9e15 requests.
+MAX_NUMBER = 2 ** 53
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,99}$")
 
 
@@ -123,6 +126,8 @@ class Problem:
             elif id(group.rtt) not in checked:
                 checked.add(id(group.rtt))
                 _check_row(f"{where}.rtt", group.rtt, node_names, node_set, errors)
+        if sum(g.count for g in self.requests if type(g.count) is int and 0 <= g.count <= MAX_NUMBER) > MAX_NUMBER:
+            errors.append("requests: more than 2**53 requests in all")
         if not isinstance(self.exec_time, Mapping):
             errors.append("exec_time: must be an object mapping model names to {node: seconds}")
         else:
@@ -222,11 +227,19 @@ def load_problem(path: str) -> Problem:
         raise ProblemError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except UnicodeDecodeError:
         raise ProblemError(f"{path}: not UTF-8 text") from None
+    return Problem.from_dict(parse_json(text, path))
+
+
+def parse_json(text: str, path: str) -> Any:
+    """Parse JSON text; raise ProblemError (one line) for anything json cannot take."""
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ProblemError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    return Problem.from_dict(data)
+    except RecursionError:
+        raise ProblemError(f"{path}: not valid JSON (nested too deeply)") from None
+    except ValueError as exc:   # e.g. an integer literal longer than Python's 4,300-digit limit
+        raise ProblemError(f"{path}: not valid JSON ({' '.join(str(exc).split())})") from None
 
 
 # --- parsing (pure) ---------------------------------------------------------------------------
@@ -341,15 +354,26 @@ def _check_int(where: str, value: Any, errors: list[str]) -> None:
             errors.append(f"{where}: must be a non-negative integer, not {value!r}")
     elif value < 0:
         errors.append(f"{where}: must not be negative ({value})")
+    elif value > MAX_NUMBER:
+        errors.append(f"{where}: too large ({_short(value)} > 2**53)")
+
+
+def _short(value: int | float) -> str:
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:12]}...({len(text)} digits)"
 
 
 def _check_number(where: str, value: Any, errors: list[str]) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         errors.append(f"{where}: must be a number, not {value!r}")
+    elif isinstance(value, int) and value > MAX_NUMBER:        # before float(): a huge int overflows it
+        errors.append(f"{where}: too large ({_short(value)} > 2**53)")
     elif not math.isfinite(value):
         errors.append(f"{where}: must be finite, not {value!r}")
     elif value < 0:
         errors.append(f"{where}: must not be negative ({value})")
+    elif value > MAX_NUMBER:
+        errors.append(f"{where}: too large ({_short(value)} > 2**53)")
 
 
 def _check_row(where: str, row: Mapping[str, Any], node_names: list[str], node_set: set[str],

@@ -73,9 +73,12 @@ def _count(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
+    if not 1 <= value <= MAX_SEEDS:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_SEEDS}, got {text!r}")
     return value
+
+
+MAX_SEEDS = 1000      # each seed is ~100 solves per solver: more is never a useful run
 
 
 def points() -> list[tuple[str, int, int]]:

@@ -5,6 +5,9 @@
   rounded relaxations, a MILP stopped by its time limit).
 - `infeasible`: no assignment satisfies the capacities (or, for the iterative-search baseline,
   the one it returns does not); the message says which capacity cannot be met.
+- `time_limit`: `--time-limit` ran out before the backend had any feasible assignment (no
+  assignment; exit status 1). When the limit stops a backend that already has one, the answer is
+  `feasible` (the best found) and its message starts with `time limit reached`.
 - `error`: the backend failed or is unavailable; the message says why.
 """
 from __future__ import annotations
@@ -12,11 +15,14 @@ from __future__ import annotations
 OPTIMAL = "optimal"
 FEASIBLE = "feasible"
 INFEASIBLE = "infeasible"
+TIME_LIMIT = "time_limit"
 ERROR = "error"
-ALL = (OPTIMAL, FEASIBLE, INFEASIBLE, ERROR)
+ALL = (OPTIMAL, FEASIBLE, INFEASIBLE, TIME_LIMIT, ERROR)
+TIME_LIMIT_NOTE = "time limit reached"    # how a `feasible` answer stopped by the limit says so
 
 # Exit statuses of `python -m solver solve`.
 EXIT_OK = 0            # optimal or feasible
-EXIT_NO_SOLUTION = 1   # infeasible, or the backend failed to produce an assignment
+EXIT_NO_SOLUTION = 1   # infeasible, time_limit, or the backend failed to produce an assignment; a file
+                       # that cannot be written (render --out)
 EXIT_BAD_INPUT = 2     # malformed file, unknown names, negative numbers, bad arguments
 EXIT_UNAVAILABLE = 3   # the requested backend is not installed (e.g. AMPL)

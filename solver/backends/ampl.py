@@ -7,13 +7,16 @@ otherwise it answers with status `error` and says what to install (the CLI exits
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from solver import status as st
 from solver.backends.base import Backend
 from solver.backends.files import rendered_files
-from solver.backends.ipopt import Relaxation, solution_from_relaxation
+from solver.backends.ipopt import Relaxation, reserve_for_repair, solution_from_relaxation
 from solver.data import Arrays
+from solver.deadline import Deadline
 from solver.formulation import LinearModel, build_model
 from solver.native import silenced
 from solver.problem import Problem, Solution
@@ -56,25 +59,44 @@ class AmplBackend(Backend):
                keep_files: str | None) -> Solution:
         from amplpy import AMPL
 
+        deadline = Deadline(time_limit)
         model = build_model(arrays)
         log: list[str] = []
-        with rendered_files(problem, keep_files=keep_files, time_limit=time_limit, prefix="solver-ampl-") as paths:
+        budget = None if time_limit is None else max(0.01, deadline.remaining() - reserve_for_repair(time_limit))
+        # the run file passes max_wall_time to Ipopt; AMPL's own translation is bounded by interrupting it
+        with rendered_files(problem, keep_files=keep_files, time_limit=budget, prefix="solver-ampl-") as paths:
             ampl = AMPL()
+            interrupted = threading.Event()
+
+            def interrupt() -> None:
+                interrupted.set()
+                ampl.interrupt()
+
+            timer = None if budget is None else threading.Timer(budget + 0.5, interrupt)
             try:
                 ampl.set_output_handler(_Collector(log))
                 ampl.cd(str(paths["run"].parent))
+                if timer is not None:
+                    timer.start()
                 ampl.read(str(paths["run"]))
                 result = str(ampl.get_value("solve_result"))
                 objective = float(ampl.get_objective("latency").value())
                 x = _columns(problem, arrays, model, ampl)
+            except Exception:
+                if interrupted.is_set():      # interrupted at the limit: repair from nothing
+                    return solution_from_relaxation(problem, arrays, model, None, solver=self.name,
+                                                    deadline=deadline)
+                raise
             finally:
+                if timer is not None:
+                    timer.cancel()
                 ampl.close()
         if result == "failure":
             return Solution(status=st.ERROR, objective=None, bound=None, solver=self.name, seconds=0.0,
                             message=f"AMPL solve failed: {' '.join(log)[-300:]}")
         relaxed = Relaxation(status="infeasible" if result == "infeasible" else result,
                              success=result == "solved", x=x, objective=objective)
-        return solution_from_relaxation(problem, arrays, model, relaxed, solver=self.name)
+        return solution_from_relaxation(problem, arrays, model, relaxed, solver=self.name, deadline=deadline)
 
 
 class _Collector:

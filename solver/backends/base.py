@@ -35,8 +35,14 @@ class Backend(ABC):
         return ""
 
     def solve(self, problem: Problem, *, time_limit: float | None = None, keep_files: str | None = None) -> Solution:
-        """Solve a validated problem; never raise for infeasible or failed solves."""
+        """Solve a validated problem; never raise for infeasible or failed solves.
+
+        `time_limit` (seconds) bounds the whole solve: a backend stopped by it returns the best
+        feasible assignment it has (`feasible`, message starting `time limit reached`), or status
+        `time_limit` without an assignment.
+        """
         started = time.perf_counter()
+        asked = time_limit
         if not self.available():
             return Solution(status=st.ERROR, objective=None, bound=None, solver=self.name,
                             seconds=time.perf_counter() - started, message=self.unavailable_reason())
@@ -46,12 +52,18 @@ class Backend(ABC):
                             placement=integral_placement(to_arrays(problem), np.zeros(0, dtype=bool)),
                             message="no requests to place")
         try:
-            solution = self._solve(problem, to_arrays(problem), time_limit=time_limit, keep_files=keep_files)
+            arrays = to_arrays(problem)
+            if time_limit is not None:     # the limit covers the whole solve, conversion included
+                time_limit = max(0.0, time_limit - (time.perf_counter() - started))
+            solution = self._solve(problem, arrays, time_limit=time_limit, keep_files=keep_files)
         except Exception as exc:  # a backend failure is an `error` solution, never a traceback
             solution = Solution(status=st.ERROR, objective=None, bound=None, solver=self.name, seconds=0.0,
                                 message=f"{self.name} failed: {type(exc).__name__}: {exc}")
         solution.solver = self.name
         solution.seconds = time.perf_counter() - started
+        note = st.TIME_LIMIT_NOTE + ":"
+        if asked is not None and solution.message.startswith(note):   # name the limit the caller gave
+            solution.message = f"{st.TIME_LIMIT_NOTE} ({asked:g} s):{solution.message[len(note):]}"
         return _verified(problem, solution)
 
     @abstractmethod

@@ -16,6 +16,7 @@ from solver.backends.base import Backend
 from solver.backends.files import rendered_files
 from solver.check import explain_infeasible
 from solver.data import Arrays
+from solver.deadline import Deadline
 from solver.packing import Packer
 from solver.problem import Problem, Solution
 
@@ -70,6 +71,14 @@ def parse_output(text: str) -> GlpkOutput:
     return GlpkOutput(status=status, objective=objective, columns=columns)
 
 
+GRACE = 1.0      # seconds past the limit before glpsol is killed
+
+
+def output_has_no_solution(text: str) -> bool:
+    """Return True when glpsol's report has no integer solution (or there is no report)."""
+    return not text or parse_output(text).status not in ("INTEGER OPTIMAL", "INTEGER NON-OPTIMAL")
+
+
 def _node_name(raw: str) -> str:
     if len(raw) >= 2 and raw[0] == raw[-1] == "'":
         return raw[1:-1].replace("''", "'")
@@ -90,15 +99,28 @@ class GlpkBackend(Backend):
 
     def _solve(self, problem: Problem, arrays: Arrays, *, time_limit: float | None,
                keep_files: str | None) -> Solution:
+        deadline = Deadline(time_limit)
         with rendered_files(problem, keep_files=keep_files, time_limit=time_limit, prefix="solver-glpk-") as paths:
             report = paths["model"].with_name(f"{problem.formulation}.glpk.out")
             command = ["glpsol", "--model", str(paths["model"]), "--data", str(paths["data"]), "--output", str(report)]
+            timeout = None
             if time_limit is not None:
-                command += ["--tmlim", str(max(1, math.ceil(time_limit)))]
-            run = subprocess.run(command, capture_output=True, text=True,
-                                 timeout=None if time_limit is None else time_limit + 60)
+                # --tmlim (whole seconds) bounds the search only; translating the MathProg model is
+                # not bounded, so glpsol is killed a grace second after the limit
+                left = deadline.remaining()
+                command += ["--tmlim", str(max(1, math.floor(0.8 * left)))]
+                timeout = left + GRACE
+            try:
+                run = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                return Solution(status=st.TIME_LIMIT, objective=None, bound=None, solver=self.name, seconds=0.0,
+                                message=f"{st.TIME_LIMIT_NOTE}: glpsol had no answer yet (stopped)")
             text = report.read_text() if report.exists() else ""
         log = run.stdout + run.stderr
+        timed_out = "TIME LIMIT EXCEEDED" in log
+        if timed_out and output_has_no_solution(text):
+            return Solution(status=st.TIME_LIMIT, objective=None, bound=None, solver=self.name, seconds=0.0,
+                            message=f"{st.TIME_LIMIT_NOTE}: glpsol found no integer solution yet")
         if run.returncode != 0 or not text:
             tail = " | ".join(line for line in log.strip().splitlines()[-3:])
             return _fail(f"glpsol exited with status {run.returncode}: {tail}")
@@ -113,7 +135,8 @@ class GlpkBackend(Backend):
         return Solution(status=st.OPTIMAL if optimal else st.FEASIBLE, objective=packer.objective(), bound=None,
                         solver=self.name, seconds=0.0, assignment=packer.assignment(),
                         placement=packer.placement(),
-                        message=f"glpsol: {output.status.lower()}" + ("" if optimal else " (time limit)"))
+                        message=(f"{st.TIME_LIMIT_NOTE}: " if timed_out and not optimal else "")
+                        + f"glpsol: {output.status.lower()}")
 
 
 def _packer(problem: Problem, arrays: Arrays, columns: dict[str, float]) -> Packer:

@@ -9,6 +9,7 @@ from solver import status as st
 from solver.backends.base import Backend
 from solver.check import explain_infeasible
 from solver.data import Arrays
+from solver.deadline import Deadline
 from solver.formulation import LinearModel, build_model
 from solver.native import new_highs
 from solver.packing import Packer
@@ -112,19 +113,25 @@ class HighsBackend(Backend):
 
     def _solve(self, problem: Problem, arrays: Arrays, *, time_limit: float | None,
                keep_files: str | None) -> Solution:
-        model = build_model(arrays)
-        result = run_highs(model, time_limit=time_limit, mip_gap=EXACT_GAP)
+        deadline = Deadline(time_limit)
+        model = build_model(arrays)          # the model's construction counts against the limit
+        result = run_highs(model, time_limit=None if time_limit is None else deadline.remaining(), mip_gap=EXACT_GAP)
         if result.status == "kInfeasible":
             return Solution(status=st.INFEASIBLE, objective=None, bound=None, solver=self.name, seconds=0.0,
                             message=explain_infeasible(problem))
+        timed_out = result.status == "kTimeLimit"
         if not result.has_solution:
+            if timed_out:
+                return Solution(status=st.TIME_LIMIT, objective=None, bound=result.bound, solver=self.name,
+                                seconds=0.0, message=f"{st.TIME_LIMIT_NOTE}: HiGHS had no feasible assignment yet")
             return Solution(status=st.ERROR, objective=None, bound=result.bound, solver=self.name, seconds=0.0,
                             message=f"HiGHS stopped ({result.status}) without a feasible assignment")
         packer = packer_from_columns(arrays, model, result.x)
         optimal = result.status == "kOptimal"
+        stop = st.TIME_LIMIT_NOTE if timed_out else f"stopped ({_STOPS.get(result.status, result.status)})"
         message = "optimal" if optimal else (
-            f"stopped ({_STOPS.get(result.status, result.status)}): gap {100 * (result.gap or 0):.2f}% to the bound {result.bound:.6g}"
-            if result.bound is not None else f"stopped ({_STOPS.get(result.status, result.status)})")
+            f"{stop}: gap {100 * (result.gap or 0):.2f}% to the bound {result.bound:.6g}"
+            if result.bound is not None else stop)
         return Solution(status=st.OPTIMAL if optimal else st.FEASIBLE, objective=packer.objective(),
                         bound=result.bound, solver=self.name, seconds=0.0,
                         assignment=packer.assignment(), placement=packer.placement(),

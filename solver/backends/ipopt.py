@@ -2,9 +2,18 @@
 its fractional values are the thesis's per-model, per-node "probabilities" (`placement`), and
 they are rounded and repaired into a feasible integral assignment, whose value is `objective`,
 with the relaxed value in `bound`.
+
+With a time limit, Ipopt gets `max_wall_time`/`max_cpu_time`, but those are only checked between
+iterations: CasADi's set-up and Ipopt's first factorisation of a large model run unchecked (a
+300-node x 3,000-group model: ~50 s and ~2 GB before the first iteration). So a limited solve
+runs the relaxation in a child process that is killed when its share of the limit is spent
+(its memory goes with it); the rest of the limit is kept for rounding and repair, whose loops
+check the deadline too. Without a relaxation the repair starts from nothing (the greedy fill).
 """
 from __future__ import annotations
 
+import multiprocessing
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +22,7 @@ from solver import status as st
 from solver.backends.base import Backend
 from solver.check import explain_infeasible
 from solver.data import Arrays
+from solver.deadline import NEVER, Deadline
 from solver.formulation import LinearModel, build_model
 from solver.problem import Problem, Solution
 from solver.rounding import round_relaxed
@@ -50,6 +60,7 @@ def solve_relaxation(model: LinearModel, *, time_limit: float | None = None) -> 
     options = dict(IPOPT_OPTIONS)
     if time_limit is not None:
         options["ipopt.max_wall_time"] = float(max(time_limit, 0.01))
+        options["ipopt.max_cpu_time"] = float(max(time_limit, 0.01))
     solver = ca.nlpsol("relaxation", "ipopt", nlp, options)
     result = solver(x0=np.clip(np.zeros(model.n_cols), model.lb, model.ub), lbx=model.lb, ubx=model.ub,
                     lbg=model.row_lb, ubg=model.row_ub)
@@ -57,6 +68,54 @@ def solve_relaxation(model: LinearModel, *, time_limit: float | None = None) -> 
     values = np.clip(np.asarray(result["x"]).ravel(), model.lb, model.ub)
     return Relaxation(status=str(stats.get("return_status")), success=bool(stats.get("success")),
                       x=values, objective=float(result["f"]))
+
+
+_STOPPED = ("Maximum_WallTime_Exceeded", "Maximum_CpuTime_Exceeded", "limit")   # Ipopt's and AMPL's
+
+
+def reserve_for_repair(budget: float) -> float:
+    """Return the part of a time limit kept for rounding, repair and local search."""
+    return min(max(0.25 * budget, 0.1), 5.0)
+
+
+def _relaxation_child(model: LinearModel, time_limit: float, conn: object) -> None:
+    try:
+        relaxed = solve_relaxation(model, time_limit=time_limit)
+        conn.send(("ok", relaxed.status, relaxed.success, relaxed.x, relaxed.objective))  # type: ignore[attr-defined]
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))  # type: ignore[attr-defined]
+    finally:
+        conn.close()  # type: ignore[attr-defined]
+
+
+def solve_relaxation_bounded(model: LinearModel, seconds: float) -> Relaxation | None:
+    """Solve the relaxation in a child process given `seconds` of wall time in all; None when it
+    did not answer in time (the child is killed). Raise RuntimeError if the child failed."""
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    receive, send = context.Pipe(duplex=False)
+    started = time.monotonic()
+    # Ipopt's own limits stop it between iterations, leaving time to send its iterate back
+    child = context.Process(target=_relaxation_child, args=(model, max(0.01, 0.8 * seconds - 0.05), send),
+                            daemon=True)
+    child.start()
+    send.close()
+    try:
+        if not receive.poll(max(0.0, seconds - (time.monotonic() - started))):
+            return None
+        try:
+            message = receive.recv()
+        except EOFError:
+            raise RuntimeError(f"the Ipopt process died (exit status {child.exitcode})") from None
+    finally:
+        receive.close()
+        if child.is_alive():
+            child.kill()
+        child.join(5)
+    if message[0] != "ok":
+        raise RuntimeError(message[1])
+    _, status, success, x, objective = message
+    return Relaxation(status=status, success=success, x=x, objective=objective)
 
 
 def fractional_placement(arrays: Arrays, model: LinearModel, x: np.ndarray) -> dict[str, dict[str, float]]:
@@ -78,26 +137,41 @@ def fractional_placement(arrays: Arrays, model: LinearModel, x: np.ndarray) -> d
     return out
 
 
-def solution_from_relaxation(problem: Problem, arrays: Arrays, model: LinearModel, relaxed: Relaxation,
-                             *, solver: str) -> Solution:
-    """Round and repair a relaxation into a Solution (shared by the ipopt and ampl backends)."""
-    if relaxed.status in ("Infeasible_Problem_Detected", "infeasible"):
+def solution_from_relaxation(problem: Problem, arrays: Arrays, model: LinearModel, relaxed: Relaxation | None,
+                             *, solver: str, deadline: Deadline = NEVER) -> Solution:
+    """Round and repair a relaxation into a Solution (shared by the ipopt and ampl backends).
+
+    `relaxed` None means the relaxation did not finish within the time limit: the repair then
+    starts from nothing. Rounding and repair stop at the deadline.
+    """
+    if relaxed is not None and relaxed.status in ("Infeasible_Problem_Detected", "infeasible"):
         return Solution(status=st.INFEASIBLE, objective=None, bound=None, solver=solver, seconds=0.0,
                         message=explain_infeasible(problem))
-    placement = fractional_placement(arrays, model, relaxed.x)
-    bound = relaxed.objective if relaxed.success else None
-    packer = round_relaxed(arrays, model.pair_g, model.pair_j, relaxed.x[: model.n_x])
+    limited = relaxed is None or relaxed.status in _STOPPED
+    x = np.zeros(model.n_cols) if relaxed is None else relaxed.x
+    placement = {} if relaxed is None else fractional_placement(arrays, model, x)
+    bound = relaxed.objective if relaxed is not None and relaxed.success else None
+    note = ("Ipopt had no answer in time, so no relaxation"
+            if relaxed is None else "relaxed by Ipopt" if relaxed.success else f"Ipopt stopped: {relaxed.status}")
+    packer = round_relaxed(arrays, model.pair_g, model.pair_j, x[: model.n_x], deadline=deadline)
+    limited = limited or deadline.hit
+    prefix = f"{st.TIME_LIMIT_NOTE}: " if limited else ""
     if packer is None:
+        if deadline.hit or relaxed is None:
+            return Solution(status=st.TIME_LIMIT, objective=None, bound=bound, solver=solver, seconds=0.0,
+                            placement=placement,
+                            message=f"{prefix}{note}; rounding and repair placed only part of the requests "
+                                    "before the limit (raise --time-limit, or try --solver greedy)")
         return Solution(status=st.ERROR, objective=None, bound=bound, solver=solver, seconds=0.0,
                         placement=placement,
                         message=f"relaxation {relaxed.status}, but rounding could not place every request "
                                 "within capacity (try --solver highs)")
     objective = packer.objective()
     gap = f"; {100 * (objective - bound) / abs(bound):.2f}% above the relaxation" if bound else ""
-    note = "relaxed by Ipopt" if relaxed.success else f"Ipopt stopped: {relaxed.status}"
+    repaired = "greedy fill and repair" if relaxed is None else "rounded and repaired"
     return Solution(status=st.FEASIBLE, objective=objective, bound=bound, solver=solver, seconds=0.0,
                     assignment=packer.assignment(), placement=placement,
-                    message=f"{note}, rounded and repaired{gap}")
+                    message=f"{prefix}{note}, {repaired}{gap}")
 
 
 class IpoptBackend(Backend):
@@ -119,6 +193,10 @@ class IpoptBackend(Backend):
 
     def _solve(self, problem: Problem, arrays: Arrays, *, time_limit: float | None,
                keep_files: str | None) -> Solution:
+        if time_limit is None:
+            model = build_model(arrays)
+            return solution_from_relaxation(problem, arrays, model, solve_relaxation(model), solver=self.name)
+        deadline = Deadline(time_limit)
         model = build_model(arrays)
-        return solution_from_relaxation(problem, arrays, model, solve_relaxation(model, time_limit=time_limit),
-                                        solver=self.name)
+        relaxed = solve_relaxation_bounded(model, max(0.0, deadline.remaining() - reserve_for_repair(time_limit)))
+        return solution_from_relaxation(problem, arrays, model, relaxed, solver=self.name, deadline=deadline)

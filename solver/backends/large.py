@@ -25,6 +25,7 @@ import numpy as np
 from solver import status as st
 from solver.backends.base import Backend
 from solver.data import Arrays
+from solver.deadline import Deadline
 from solver.native import new_highs
 from solver.packing import candidate_nodes
 from solver.problem import Problem, Solution
@@ -158,10 +159,12 @@ class LpFixBackend(Backend):
         rounds = 0
         priced_out = 0
         optimal = False
+        timed_out = False
         reserve = min(0.35 * budget, 3.0)            # for rounding, repair and local search
         while True:
             optimal = lp.solve(max(0.05, deadline - time.monotonic() - reserve))
-            if not optimal:
+            if not optimal:            # HiGHS stopped by the time left (or failed)
+                timed_out = True
                 break
             x, lp_value, unserved, pi, mu, nu = lp.values()
             bound, priced = lagrangian_bound(a, mu, nu)
@@ -175,7 +178,10 @@ class LpFixBackend(Backend):
             if not priced_out and unserved < 0.5:
                 best_bound = max(best_bound, lp_value)       # the restricted LP is the full relaxation
             closed = lp_value - best_bound <= 1e-4 * max(1.0, abs(lp_value))
-            if not priced_out or closed or time.monotonic() > deadline - reserve:
+            if not priced_out or closed:
+                break
+            if time.monotonic() > deadline - reserve:
+                timed_out = True
                 break
             k = min(ADD_PER_GROUP, a.n_nodes)
             part = np.argpartition(reduced, k - 1, axis=1)[:, :k]
@@ -184,10 +190,16 @@ class LpFixBackend(Backend):
             chosen = negative[add_g, add_j]
             lp.add(add_g[chosen], add_j[chosen])
         if rounds == 0:
-            return Solution(status=st.ERROR, objective=None, bound=None, solver=self.name, seconds=0.0,
-                            message="the routing LP did not solve within the time limit")
+            return Solution(status=st.TIME_LIMIT, objective=None, bound=None, solver=self.name, seconds=0.0,
+                            message=f"{st.TIME_LIMIT_NOTE}: the routing LP did not solve within the time limit")
         x, lp_value, unserved, _, _, _ = lp.values()
-        packer = round_relaxed(a, lp.pair_g, lp.pair_j, x, candidates=candidate_nodes(a, ROUND_CANDIDATES))
+        repair = Deadline(max(0.0, deadline - time.monotonic()))
+        packer = round_relaxed(a, lp.pair_g, lp.pair_j, x, candidates=candidate_nodes(a, ROUND_CANDIDATES),
+                               deadline=repair)
+        if packer is None and repair.hit:
+            return Solution(status=st.TIME_LIMIT, objective=None, bound=float(best_bound), solver=self.name,
+                            seconds=0.0, message=f"{st.TIME_LIMIT_NOTE}: rounding and repair placed only part "
+                                                 "of the requests before the limit")
         if packer is None:
             return Solution(status=st.ERROR, objective=None, bound=float(best_bound), solver=self.name, seconds=0.0,
                             message="rounding could not place every request within capacity "
@@ -196,6 +208,7 @@ class LpFixBackend(Backend):
         gap = 100 * (objective - best_bound) / abs(best_bound) if best_bound > 0 else float("nan")
         return Solution(status=st.FEASIBLE, objective=objective, bound=float(best_bound), solver=self.name,
                         seconds=0.0, assignment=packer.assignment(), placement=packer.placement(),
-                        message=f"{gap:.2f}% above the lower bound; {rounds} LP round(s), {len(lp.pair_g)} "
+                        message=(f"{st.TIME_LIMIT_NOTE}: " if timed_out or repair.hit else "")
+                        + f"{gap:.2f}% above the lower bound; {rounds} LP round(s), {len(lp.pair_g)} "
                                 f"candidate pairs of {int((a.count > 0).sum()) * a.n_nodes}"
                                 + (f", {priced_out} still priced out (bound is Lagrangian)" if priced_out else ""))
