@@ -83,7 +83,9 @@ def _node_dict(node: Node) -> dict:
     return data
 
 
-def _print_status(nodes: list[Node], deployments: list[Deployment]) -> None:
+def _print_status(nodes: list[Node], deployments: list[Deployment], limits: str = "") -> None:
+    if limits:
+        print(f"limits: {limits}")
     print(f"{'NODE':<14} {'ADDRESS':<16} {'READY':<6} {'CLASS':<8} {'MEM USED/TOTAL KB':>20} "
           f"{'RSS KB':>9} {'CPU USE/CAP':>12}")
     for n in nodes:
@@ -98,7 +100,8 @@ def _print_status(nodes: list[Node], deployments: list[Deployment]) -> None:
     print(f"{'MODEL':<18} {'NODE':<14} {'ENDPOINT':<22} {'READY':<6} CREATED")
     for d in deployments:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.created))
-        print(f"{d.model:<18} {d.node:<14} {d.endpoint:<22} {'yes' if d.ready else 'no':<6} {created}")
+        print(f"{d.model:<18} {d.node:<14} {d.endpoint:<22} {'yes' if d.ready else 'no':<6} {created}"
+              + (f"  {d.reason}" if d.reason else ""))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -110,9 +113,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "status":
         nodes, deployments = cluster.nodes(), cluster.deployments()
         if not args.json:
-            _print_status(nodes, deployments)
+            _print_status(nodes, deployments, cluster.limits_status)
             return EXIT_OK
-        out = {"nodes": [_node_dict(n) for n in nodes], "deployments": [asdict(d) for d in deployments]}
+        out = {"nodes": [_node_dict(n) for n in nodes], "deployments": [asdict(d) for d in deployments],
+               "limits": cluster.limits_status}
     elif args.command == "deploy":
         d = cluster.deploy(args.model, args.node, wait=not args.no_wait, timeout=args.timeout)
         out = asdict(d)

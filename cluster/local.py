@@ -9,6 +9,10 @@ State lives in SQLite (`cluster.local_state`) so separate processes share one cl
 recorded process is identified by (pid, create_time), so entries left by a crash or a reboot are
 recognised as gone and cleaned the next time anyone reads. Servers run in their own session and
 outlive the process that deployed them (the cron back-end exits right after deploying).
+
+Each node is also a cgroup (`cluster.limits`): its servers share the node's CPU quota and memory
+limit, and a server the kernel kills for exceeding the node's memory is kept as a failed
+deployment (not ready, with the reason) rather than forgotten.
 """
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from .catalog import Catalog, ModelSpec, load_catalog
-from .local_config import LocalNodeSpec, load_local_config
+from .limits import CgroupLimits, NodeLimits, cluster_id, oom_reason
+from .local_config import LocalNodeSpec, load_local_cluster
 from .local_proc import (ProcessId, ProcessMeter, is_alive, last_log_line, port_in_use, probe_ready,
                          python_command, spawn_server, stop_process)
 from .local_state import InstanceRow, StateStore
@@ -33,6 +38,7 @@ __all__ = ["LocalCluster", "REPO_ROOT"]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("cluster.local")
 _POLL = 0.1          # seconds between readiness checks while waiting for a server
+_warned: set[str] = set()   # limits warnings already logged by this process (once per reason)
 
 
 def _resolve(path: str | Path) -> Path:
@@ -57,8 +63,10 @@ class LocalCluster(Cluster):
         self.probe_timeout = probe_timeout      # seconds a read-path readiness probe may take
         self.log_dir = self.state_path.with_name(self.state_path.stem + "-logs")
         self._stamp = self._stamps()
-        self.specs: list[LocalNodeSpec] = load_local_config(self.config_path)
+        config = load_local_cluster(self.config_path)
+        self.specs: list[LocalNodeSpec] = config.nodes
         self._by_name = {spec.name: spec for spec in self.specs}
+        self._open_limits(config.limits)
         self.catalog: Catalog = load_catalog(self.catalog_path)
         self.store = StateStore(self.state_path)
         self._meter = ProcessMeter()
@@ -88,12 +96,20 @@ class LocalCluster(Cluster):
                 return
             self._stamp = stamp
             try:
-                specs = load_local_config(self.config_path)
+                config = load_local_cluster(self.config_path)
+                specs = config.nodes
                 catalog = load_catalog(self.catalog_path)
             except ClusterError as exc:
                 log.warning("configuration change ignored: %s", exc)
                 return
             self.specs, self._by_name, self.catalog = specs, {s.name: s for s in specs}, catalog
+            if config.limits != self._limits_wanted:
+                self._open_limits(config.limits)
+            for spec in specs:          # new limits reach running nodes now, idle ones at deploy
+                try:
+                    self.limits.apply(spec.name, self._node_limits(spec), create=False)
+                except OSError as exc:
+                    log.warning("node %s: new limits not applied: %s", spec.name, exc)
             log.info("configuration reloaded: %d nodes, %d models", len(specs), len(catalog))
 
     # ---- reads ------------------------------------------------------------------------------
@@ -131,7 +147,7 @@ class LocalCluster(Cluster):
                         self.store.mark_ready(conn, row.model, row.node, row.proc)
                     ready = True
             result.append(Deployment(model=row.model, node=row.node, endpoint=row.endpoint,
-                                     ready=ready, created=row.created))
+                                     ready=ready, created=row.created, reason=row.reason))
         return result
 
     def node(self, name: str) -> Node:
@@ -144,8 +160,12 @@ class LocalCluster(Cluster):
         with self.store.read() as conn:
             rows = self.store.instances(conn)
             down = self.store.down_nodes(conn)
-        stale = [row for row in rows if row.proc is not None and not is_alive(row.proc)]
-        if stale:
+        failed = {(row.model, row.node): reason for row in rows if (reason := self._failure(row))}
+        stale = [row for row in rows if row.proc is not None and not is_alive(row.proc)
+                 and (row.model, row.node) not in failed]
+        if failed:
+            self._mark_failed([row for row in rows if (row.model, row.node) in failed], failed)
+        if stale or failed:
             with self.store.write() as conn:
                 for row in stale:
                     if row.node in down:
@@ -157,6 +177,8 @@ class LocalCluster(Cluster):
                         self.store.delete(conn, row.model, row.node, proc=row.proc)
                 rows = self.store.instances(conn)
                 down = self.store.down_nodes(conn)
+            for row in stale:
+                self.limits.release(row.node, row.model, row.proc[0])
             rows = [r for r in rows if r.proc is None or is_alive(r.proc)]
         return rows, down
 
@@ -201,8 +223,8 @@ class LocalCluster(Cluster):
                         busy = False
                         log_path = self.log_dir / f"{node}.{model}.log"
                         proc = spawn_server(
-                            command=python_command(host=node_spec.address, port=spec.port, model=model,
-                                                   base_path=base_path),
+                            command=self._limited(node_spec, model, python_command(
+                                host=node_spec.address, port=spec.port, model=model, base_path=base_path)),
                             log_path=log_path, cwd=REPO_ROOT, env=self._server_env())
                         row = InstanceRow(model=model, node=node, address=node_spec.address,
                                           port=spec.port, memory=spec.memory, pid=proc[0],
@@ -232,6 +254,7 @@ class LocalCluster(Cluster):
             self.store.delete(conn, model, node)
         if row.proc is not None:
             stop_process(row.proc, grace=self.stop_grace)
+            self.limits.release(node, model, row.proc[0])
         log.info("removed %s from %s", model, node)
 
     def node_down(self, name: str) -> None:
@@ -260,8 +283,8 @@ class LocalCluster(Cluster):
                 spec = self.catalog.models.get(row.model)
                 base_path = self.models_dir / (spec.model_file if spec else row.model)
                 proc = spawn_server(
-                    command=python_command(host=node_spec.address, port=row.port, model=row.model,
-                                           base_path=base_path),
+                    command=self._limited(node_spec, row.model, python_command(
+                        host=node_spec.address, port=row.port, model=row.model, base_path=base_path)),
                     log_path=Path(row.log), cwd=REPO_ROOT, env=self._server_env())
                 self.store.set_process(conn, row.model, row.node, proc)
                 started.append(replace(row, pid=proc[0], create_time=proc[1], ready=False))
@@ -286,10 +309,67 @@ class LocalCluster(Cluster):
             rows = self.store.instances(conn)
             self.store.clear(conn)
         self._stop_all([row.proc for row in rows if row.proc is not None])
+        self.limits.cleanup()          # this cluster's now empty cgroups
         log.info("reset: %d deployment(s) stopped", len(rows))
 
     def close(self) -> None:
         """Release nothing: servers outlive this object by design."""
+
+    # ---- node limits (cgroups) ---------------------------------------------------------------
+
+    @property
+    def limits_status(self) -> str:
+        """One line: "cgroup v1, enforced" or "none (why)" (nodes then share the host)."""
+        return self.limits.status
+
+    def _open_limits(self, wanted: bool) -> None:
+        self._limits_wanted = wanted
+        self.limits = CgroupLimits.open(cluster_id(self.state_path), wanted=wanted,
+                                        why_off=f"turned off by 'limits: false' in {self.config_path}")
+        if not self.limits.enabled and "turned off" not in self.limits.reason:
+            if self.limits.reason not in _warned:
+                _warned.add(self.limits.reason)
+                log.warning("node limits not enforced, nodes share the host's CPU and memory: %s",
+                            self.limits.reason)
+
+    @staticmethod
+    def _node_limits(spec: LocalNodeSpec) -> NodeLimits:
+        return NodeLimits(cpu=spec.cpu_quota, memory=spec.memory)
+
+    def _limited(self, node_spec: LocalNodeSpec, model: str, command: list[str]) -> list[str]:
+        """Set the node's limits on its group and return `command` wrapped to run inside it."""
+        if not self.limits.enabled:
+            return command
+        try:
+            self.limits.apply(node_spec.name, self._node_limits(node_spec))
+        except OSError as exc:
+            raise ClusterError(f"cannot set the limits of node {node_spec.name!r} "
+                               f"({exc.filename}): {exc.strerror or exc}") from exc
+        return self.limits.wrap(command, node_spec.name, model)
+
+    def _failure(self, row: InstanceRow) -> str | None:
+        """The reason the row's server failed for its node's limits, or None (alive or other)."""
+        if row.proc is None or not self.limits.enabled:
+            return None
+        if self.limits.oom_kills(row.node, row.model, row.proc[0]) <= 0:
+            return None
+        spec = self._by_name.get(row.node)
+        return oom_reason(spec.memory if spec else None)
+
+    def _mark_failed(self, rows: list[InstanceRow], reasons: dict[tuple[str, str], str]) -> None:
+        """Kill what is left of each failed server (gunicorn would respawn an OOM-killed worker)
+        and keep its deployment, not ready, with the reason."""
+        for row in rows:
+            self.limits.kill(row.node, row.model, row.proc[0])
+        with self.store.write() as conn:
+            for row in rows:
+                if self.store.set_failed(conn, row.model, row.node, row.proc, reasons[(row.model, row.node)]):
+                    log.warning("%s on %s failed: %s", row.model, row.node, reasons[(row.model, row.node)])
+        deadline = time.monotonic() + 1.0       # SIGKILLed processes leave their group at once
+        while any(is_alive(row.proc) for row in rows) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for row in rows:
+            self.limits.release(row.node, row.model, row.proc[0])
 
     # ---- helpers ----------------------------------------------------------------------------
 
@@ -330,6 +410,10 @@ class LocalCluster(Cluster):
         deadline = time.monotonic() + timeout
         where = f"{row.model!r} on node {row.node!r} ({row.endpoint})"
         while True:
+            reason = self._failure(row)
+            if reason:
+                self._mark_failed([row], {(row.model, row.node): reason})
+                raise ClusterError(f"model server for {where} {reason} (log: {row.log})")
             if not is_alive(proc):
                 with self.store.write() as conn:
                     current = self.store.instance(conn, row.model, row.node)

@@ -34,6 +34,13 @@ CREATE TABLE IF NOT EXISTS instances (
     log         TEXT    NOT NULL,
     PRIMARY KEY (model, node)
 );
+CREATE TABLE IF NOT EXISTS failures (       -- instances whose process failed (pid NULL), and why
+    model  TEXT NOT NULL,
+    node   TEXT NOT NULL,
+    reason TEXT NOT NULL,                    -- e.g. killed by its node's memory limit (OOM)
+    since  REAL NOT NULL,
+    PRIMARY KEY (model, node)
+);
 CREATE TABLE IF NOT EXISTS down_nodes (
     node  TEXT PRIMARY KEY,
     since REAL NOT NULL
@@ -55,6 +62,7 @@ class InstanceRow:
     ready: bool
     created: float
     log: str
+    reason: str | None = None       # set when the instance failed (its process is gone, pid NULL)
 
     @property
     def proc(self) -> tuple[int, float] | None:
@@ -119,12 +127,14 @@ class StateStore:
 
     @staticmethod
     def instances(conn: sqlite3.Connection, *, node: str | None = None) -> list[InstanceRow]:
-        sql = ("SELECT model, node, address, port, memory, pid, create_time, ready, created, log "
-               "FROM instances")
-        rows = conn.execute(sql + (" WHERE node = ?" if node else "") + " ORDER BY node, model",
+        sql = ("SELECT i.model, i.node, address, port, memory, pid, create_time, ready, created, log, "
+               "CASE WHEN pid IS NULL THEN f.reason END "
+               "FROM instances i LEFT JOIN failures f ON f.model = i.model AND f.node = i.node")
+        rows = conn.execute(sql + (" WHERE i.node = ?" if node else "") + " ORDER BY i.node, i.model",
                             (node,) if node else ()).fetchall()
         return [InstanceRow(model=r[0], node=r[1], address=r[2], port=r[3], memory=r[4], pid=r[5],
-                            create_time=r[6], ready=bool(r[7]), created=r[8], log=r[9]) for r in rows]
+                            create_time=r[6], ready=bool(r[7]), created=r[8], log=r[9], reason=r[10])
+                for r in rows]
 
     @staticmethod
     def instance(conn: sqlite3.Connection, model: str, node: str) -> InstanceRow | None:
@@ -139,6 +149,7 @@ class StateStore:
 
     @staticmethod
     def insert(conn: sqlite3.Connection, row: InstanceRow) -> None:
+        conn.execute("DELETE FROM failures WHERE model = ? AND node = ?", (row.model, row.node))
         conn.execute("INSERT INTO instances (model, node, address, port, memory, pid, create_time, "
                      "ready, created, log) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                      (row.model, row.node, row.address, row.port, row.memory, row.pid,
@@ -153,6 +164,8 @@ class StateStore:
         else:
             cur = conn.execute("DELETE FROM instances WHERE model = ? AND node = ? AND pid = ? "
                                "AND create_time = ?", (model, node, proc[0], proc[1]))
+        if cur.rowcount > 0:
+            conn.execute("DELETE FROM failures WHERE model = ? AND node = ?", (model, node))
         return cur.rowcount > 0
 
     @staticmethod
@@ -161,6 +174,19 @@ class StateStore:
         conn.execute("UPDATE instances SET pid = ?, create_time = ?, ready = 0 "
                      "WHERE model = ? AND node = ?",
                      (proc[0] if proc else None, proc[1] if proc else None, model, node))
+        conn.execute("DELETE FROM failures WHERE model = ? AND node = ?", (model, node))
+
+    @staticmethod
+    def set_failed(conn: sqlite3.Connection, model: str, node: str, proc: tuple[int, float],
+                   reason: str) -> bool:
+        """Record that the instance's process `proc` failed: keep the row, not ready, with `reason`."""
+        cur = conn.execute("UPDATE instances SET pid = NULL, create_time = NULL, ready = 0 "
+                           "WHERE model = ? AND node = ? AND pid = ? AND create_time = ?",
+                           (model, node, proc[0], proc[1]))
+        if cur.rowcount > 0:
+            conn.execute("INSERT OR REPLACE INTO failures (model, node, reason, since) VALUES (?, ?, ?, ?)",
+                         (model, node, reason, time.time()))
+        return cur.rowcount > 0
 
     @staticmethod
     def mark_ready(conn: sqlite3.Connection, model: str, node: str, proc: tuple[int, float]) -> None:
@@ -177,4 +203,5 @@ class StateStore:
     @staticmethod
     def clear(conn: sqlite3.Connection) -> None:
         conn.execute("DELETE FROM instances")
+        conn.execute("DELETE FROM failures")
         conn.execute("DELETE FROM down_nodes")

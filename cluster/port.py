@@ -58,6 +58,7 @@ class Deployment:
     endpoint: str                # "host:port" a client or the proxy calls
     ready: bool
     created: float               # unix time the instance was created
+    reason: str | None = None    # why it is not ready when it failed (e.g. killed by OOM)
 
 
 class Cluster(abc.ABC):
