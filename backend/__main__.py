@@ -4,7 +4,9 @@ Every threshold comes from the command line (thesis 5.3); `--help` shows the def
 run's JSON report on stdout (or --report FILE); errors as one line on stderr; with --dry-run the
 plan and the rendered YAML go to stdout and the report to --report FILE or stderr.
 Exit codes: 0 done (or another run held the lock), 1 finished with errors (failed solve or action),
-2 bad usage or configuration, 3 front-end or cluster unreachable (nothing changed), 130 interrupted.
+2 bad usage or configuration (a bad option value, an input file that is unreadable, binary or not
+valid JSON/YAML), 3 front-end or cluster unreachable (nothing changed), 130 interrupted. An output
+that cannot be written (--report) is reported on one line and does not change the exit code.
 """
 from __future__ import annotations
 
@@ -24,8 +26,8 @@ DEFAULT_ALTO = "config/alto-costmap.json"
 DEFAULT_LOCK = ".run/backend.lock"
 
 
-def _number(kind, *, zero_ok: bool):
-    """An argparse type: a finite number of `kind`, > 0 (or >= 0 with zero_ok)."""
+def _number(kind, *, zero_ok: bool, most: float):
+    """An argparse type: a finite number of `kind`, > 0 (or >= 0 with zero_ok), at most `most`."""
     def parse(text: str):
         try:
             value = kind(text)
@@ -34,27 +36,43 @@ def _number(kind, *, zero_ok: bool):
         if value != value or value == float("inf") or value < 0 or (value == 0 and not zero_ok):
             raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}" if zero_ok
                                              else f"must be a positive finite number, got {text!r}")
+        if value > most:
+            raise argparse.ArgumentTypeError(f"must be at most {most:g}, got {text!r}")
         return value
     return parse
 
 
-def _positive(kind):
-    return _number(kind, zero_ok=False)
+DAY = 86_400.0
+YEAR = 365 * DAY
 
 
-def _non_negative(kind):
-    return _number(kind, zero_ok=True)
+def _positive(kind, most: float):
+    return _number(kind, zero_ok=False, most=most)
+
+
+def _non_negative(kind, most: float):
+    return _number(kind, zero_ok=True, most=most)
 
 
 def _setting(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+
+    def no_constant(name: str):
+        raise argparse.ArgumentTypeError(f"{key.strip()}: {name} is not a usable value")
+
     try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
+        value = json.loads(raw, parse_constant=no_constant)
+    except (ValueError, RecursionError):        # not JSON: the text itself
         value = raw
     return key.strip(), value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # type: ignore[override]
+        """One line on stderr (no usage dump), exit 2."""
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -70,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the command-line parser."""
     from .build import COMPUTE_BASES, FORMULATIONS
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m backend",
         description="Provision models on the edge cluster from the front-end's request statistics "
                     "(collect -> build -> solve -> plan -> apply -> report).",
@@ -84,33 +102,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solver", default="ipopt", help="solver backend: ipopt, highs, ampl, glpk, search, "
                                                      "nearest, least-loaded, greedy")
     p.add_argument("--formulation", default="placement", choices=FORMULATIONS, help="problem formulation")
-    p.add_argument("--time-limit", type=_positive(float), default=30.0, metavar="SECONDS",
+    p.add_argument("--time-limit", type=_positive(float, 7 * DAY), default=30.0, metavar="SECONDS",
                    help="seconds the solver may take")
-    p.add_argument("--idle-seconds", type=_non_negative(float), default=900.0, metavar="S",
+    p.add_argument("--idle-seconds", type=_non_negative(float, 100 * YEAR), default=900.0, metavar="S",
                    help="Mode 1 deletes an instance only when idle longer than this")
-    p.add_argument("--min-requests", type=_non_negative(int), default=10, metavar="K",
+    p.add_argument("--min-requests", type=_non_negative(int, 10**12), default=10, metavar="K",
                    help="... and it served fewer than K requests since it was provisioned")
-    p.add_argument("--window", type=_positive(float), default=600.0, metavar="SECONDS",
+    p.add_argument("--window", type=_positive(float, 100 * YEAR), default=600.0, metavar="SECONDS",
                    help="seconds of recorded requests the problem is built from")
-    p.add_argument("--max-deletions", type=_non_negative(int), default=3, metavar="N",
+    p.add_argument("--max-deletions", type=_non_negative(int, 10**6), default=3, metavar="N",
                    help="at most N deletions a run (the rest wait for the next run)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the rendered YAML; change nothing")
     p.add_argument("--keep-files", metavar="DIR", help="keep the solver's files (and the problem/solution JSON) in DIR")
     p.add_argument("--wait-ready", action="store_true",
                    help="a provision completes when the model answers, not when it was started")
-    p.add_argument("--ready-timeout", type=_positive(float), default=120.0, metavar="SECONDS",
+    p.add_argument("--ready-timeout", type=_positive(float, DAY), default=120.0, metavar="SECONDS",
                    help="how long --wait-ready waits for one model")
-    p.add_argument("--concurrency", type=_positive(int), default=8, metavar="N",
+    p.add_argument("--concurrency", type=_positive(int, 1024), default=8, metavar="N",
                    help="actions applied at once (1: one after another)")
-    p.add_argument("--every", type=_positive(float), metavar="SECONDS",
+    p.add_argument("--every", type=_positive(float, YEAR), metavar="SECONDS",
                    help="run in the foreground every SECONDS until Ctrl-C (instead of once)")
     p.add_argument("--report", metavar="FILE", help="write the JSON report to FILE instead of stdout")
     net = p.add_argument_group("network costs and problem building")
     net.add_argument("--alto", default=DEFAULT_ALTO, metavar="FILE",
                      help="ALTO cost map (RFC 7285 JSON; zones -> node names, seconds); '' for none")
-    net.add_argument("--default-rtt", type=_non_negative(float), default=0.05, metavar="SECONDS",
+    net.add_argument("--default-rtt", type=_non_negative(float, 3600), default=0.05, metavar="SECONDS",
                      help="RTT used when neither clients nor the cost map know a (zone, node)")
-    net.add_argument("--min-exec-samples", type=_positive(int), default=5, metavar="N",
+    net.add_argument("--min-exec-samples", type=_positive(int, 10**9), default=5, metavar="N",
                      help="measured proxy times needed before they replace the catalog's execution time")
     net.add_argument("--compute", choices=COMPUTE_BASES, default="average",
                      help="cpu per request: 'average' cores over the window (Little's law) or the "
@@ -125,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--cluster-setting", type=_setting, action="append", default=[], metavar="KEY=VALUE",
                     help="extra keyword for the cluster adapter (repeatable; VALUE parsed as JSON when it can be)")
     cl.add_argument("--lock", default=DEFAULT_LOCK, metavar="FILE", help="run lock file")
-    cl.add_argument("--http-timeout", type=_positive(float), default=10.0, metavar="SECONDS",
+    cl.add_argument("--http-timeout", type=_positive(float, DAY), default=10.0, metavar="SECONDS",
                     help="timeout of each call to the front-end")
     return p
 
@@ -142,6 +160,63 @@ def _path(value: str | None, default: str | None = None) -> str | None:
     return str(Path(value).expanduser().absolute())
 
 
+MAX_INPUT_BYTES = 64 * 1024 * 1024
+
+
+def _input_file(path: str | None, option: str, kind: str) -> None:
+    """Raise UsageError (one line) when an existing input file is a folder, binary, or does not parse."""
+    from .pipeline import UsageError
+
+    if not path:
+        return
+    file = Path(path).expanduser()
+    if not file.exists():
+        return
+    try:
+        if file.is_dir():
+            raise UsageError(f"{option} {path}: is a folder, not a file")
+        if file.stat().st_size > MAX_INPUT_BYTES:
+            raise UsageError(f"{option} {path}: larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB")
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{option} {path}: not UTF-8 text (a binary file?)") from None
+    if "\x00" in text:
+        raise UsageError(f"{option} {path}: not a text file (it holds NUL bytes)")
+    try:
+        if kind == "json":
+            json.loads(text)
+        else:
+            import yaml
+
+            yaml.safe_load(text)
+    except RecursionError:
+        raise UsageError(f"{option} {path}: nested too deeply") from None
+    except Exception as exc:  # JSONDecodeError, YAMLError, ValueError (huge integer literals)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UsageError(f"{option} {path}: not valid {kind.upper()}: {first}") from None
+
+
+def _state_file(path: str | None, option: str) -> None:
+    """Raise UsageError when an existing, non-empty state file is not an SQLite database."""
+    from .pipeline import UsageError
+
+    if not path or not Path(path).exists():
+        return
+    try:
+        if Path(path).is_dir():
+            raise UsageError(f"{option} {path}: is a folder, not a file")
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot read: {exc.strerror or exc}") from None
+    if head and head != b"SQLite format 3\x00":
+        raise UsageError(f"{option} {path}: not an SQLite database")
+
+
 def config_from_args(args: argparse.Namespace):
     """Return the RunConfig for parsed arguments (raise UsageError on inconsistent ones)."""
     from .apply import ExecSettings
@@ -152,11 +227,21 @@ def config_from_args(args: argparse.Namespace):
     token = args.token or os.environ.get("BACKEND_TOKEN") or None
     if args.token_file:
         try:
-            lines = Path(args.token_file).read_text().strip().splitlines()
+            lines = Path(args.token_file).read_text(encoding="utf-8").strip().splitlines()
         except OSError as exc:
             raise UsageError(f"--token-file {args.token_file}: cannot read: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"--token-file {args.token_file}: not UTF-8 text (a binary file?)") from None
         token = lines[0].strip() if lines else None
     catalog = _path(args.catalog, "config/models.yaml")
+    # every input file that exists must be text that parses; a missing one is left to its loader
+    _input_file(_path(args.alto, DEFAULT_ALTO), "--alto", "json")
+    _input_file(catalog, "--catalog", "yaml")
+    if args.cluster == "local":
+        _input_file(_path(args.cluster_config), "--cluster-config", "yaml")
+        _state_file(_path(args.cluster_state), "--cluster-state")
+        if args.models_dir and Path(args.models_dir).exists() and not Path(args.models_dir).is_dir():
+            raise UsageError(f"--models-dir {args.models_dir}: not a folder")
     settings: dict[str, Any] = {}
     if args.cluster == "local":
         if args.cluster_config:

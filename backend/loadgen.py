@@ -179,26 +179,50 @@ def run_load(spec: LoadSpec, *, stop: threading.Event | None = None,
     return result
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # type: ignore[override]
+        """One line on stderr (no usage dump), exit 2."""
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
+
+
+def _number(kind, low: float, high: float, *, low_ok: bool = False):
+    """An argparse type: a finite `kind` in (low, high] (or [low, high] with low_ok)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {'whole ' if kind is int else ''}number, got {text!r}") from None
+        if not ((low <= value if low_ok else low < value) and value <= high):     # NaN fails both
+            raise argparse.ArgumentTypeError(f"must be {'>=' if low_ok else '>'} {low:g} and <= {high:g}, got {text!r}")
+        return value
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m backend.loadgen",
+    p = _Parser(prog="python -m backend.loadgen",
                                 description="Send inference requests from several client zones through the front-end's proxy.")
     p.add_argument("--frontend", required=True, metavar="URL", help="front-end base URL")
     p.add_argument("--zones", required=True, help="comma-separated client zones, e.g. zone-1,zone-2")
     p.add_argument("--popularity", required=True, help="model weights, e.g. half_plus_two=0.7,digits_logreg=0.3")
-    p.add_argument("--rate", type=float, required=True, help="requests per second")
-    p.add_argument("--duration", type=float, required=True, help="seconds")
-    p.add_argument("--concurrency", type=int, default=8, help="requests in flight at most (default 8)")
+    p.add_argument("--rate", type=_number(float, 0, MAX_REQUESTS), required=True, help="requests per second")
+    p.add_argument("--duration", type=_number(float, 0, 30 * 86_400), required=True, help="seconds")
+    p.add_argument("--concurrency", type=_number(int, 1, 1024, low_ok=True), default=8,
+                   help="requests in flight at most (default 8, at most 1024)")
     p.add_argument("--zone-delay", default="", help="seconds added to each zone's reported latency, e.g. zone-2=0.05")
     p.add_argument("--body", action="append", default=[], metavar="MODEL=FILE",
                    help="request body for MODEL from a JSON file (repeatable)")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
+    p.add_argument("--timeout", type=_number(float, 0, 86_400), default=30.0,
+                   help="seconds per request (default 30, at most 86400)")
     p.add_argument("--seed", type=int, help="random seed for a repeatable sequence")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the load generator; print a JSON summary on stdout."""
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:          # bad arguments (one line already printed, 2) or --help (0)
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         zones = [z.strip() for z in args.zones.split(",") if z.strip()]
         if not zones:
@@ -217,11 +241,17 @@ def main(argv: list[str] | None = None) -> int:
             if not sep:
                 raise ValueError(f"--body: expected MODEL=FILE, got {item!r}")
             try:
-                bodies[model] = json.loads(Path(path).read_text())
-            except (OSError, ValueError) as exc:
-                raise ValueError(f"--body {model}: {exc}") from None
+                bodies[model] = json.loads(Path(path).read_text(encoding="utf-8"))
+            except OSError as exc:
+                raise ValueError(f"--body {model}: {path}: cannot read: {exc.strerror or exc}") from None
+            except UnicodeDecodeError:
+                raise ValueError(f"--body {model}: {path}: not UTF-8 text (a binary file?)") from None
+            except RecursionError:
+                raise ValueError(f"--body {model}: {path}: not valid JSON (nested too deeply)") from None
+            except ValueError as exc:
+                raise ValueError(f"--body {model}: {path}: not valid JSON ({' '.join(str(exc).split())})") from None
     except ValueError as exc:
-        print(f"loadgen: {exc}", file=sys.stderr)
+        print(f"loadgen: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     spec = LoadSpec(frontend=args.frontend, zones=zones, popularity=popularity, rate=args.rate,
                     duration=args.duration, concurrency=args.concurrency, zone_delay=delays,

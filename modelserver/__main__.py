@@ -2,6 +2,10 @@
 
 TF Serving's flag names (one model per process), so the local cluster and Kubernetes start the same
 command line. Answers `GET /v1/models/NAME` with 200 once the model is loaded; exits 0 on SIGTERM.
+Exit statuses: 2 for a bad flag value (one plain line on stderr: a port outside 0..65535, a thread
+count, body limit or timeout that is negative, zero, NaN, infinite or absurdly large), 1 when it
+cannot start (port taken, model base path missing or unusable: one JSON log line), 3 when the
+model files cannot be loaded.
 """
 from __future__ import annotations
 
@@ -16,25 +20,47 @@ from pathlib import Path  # noqa: E402
 __all__ = ["main", "build_parser"]
 
 
+MAX_BODY_LIMIT = 2 * 1024 ** 3      # a larger --max_body_bytes is a typo (and a memory hazard)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # type: ignore[override]
+        """One line on stderr (no usage dump), exit 2."""
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
+
+
+def _number(kind, low: float, high: float):
+    """An argparse type: a finite `kind` from low to high (NaN and inf refused)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {'whole ' if kind is int else ''}number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {text!r}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the command-line parser (TF Serving's flag names, plus a few of our own)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m modelserver",
         description="A local stand-in for TensorFlow Serving's REST API, on ONNX Runtime.")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--rest_api_port", type=int, default=8501,
+    parser.add_argument("--rest_api_port", type=_number(int, 0, 65535), default=8501,
                         help="REST port (default 8501; 0 picks a free one, logged in the 'ready' line)")
     parser.add_argument("--model_name", required=True, help="the name clients use in /v1/models/NAME")
     parser.add_argument("--model_base_path", required=True,
                         help="folder holding <version>/model.onnx and an optional labels.json")
     parser.add_argument("--model_version_policy", choices=["all", "latest"], default="all",
                         help="serve every version found (default) or only the highest")
-    parser.add_argument("--rest_api_num_threads", type=int, default=4,
-                        help="request threads (default 4)")
-    parser.add_argument("--max_body_bytes", type=int, default=32 * 1024 * 1024,
-                        help="largest request body accepted (default 32 MiB)")
-    parser.add_argument("--graceful_timeout", type=float, default=5.0,
-                        help="seconds in-flight requests get after SIGTERM (default 5)")
+    parser.add_argument("--rest_api_num_threads", type=_number(int, 1, 1024), default=4,
+                        help="request threads (default 4, 1..1024)")
+    parser.add_argument("--max_body_bytes", type=_number(int, 1, MAX_BODY_LIMIT), default=32 * 1024 * 1024,
+                        help="largest request body accepted (default 32 MiB, at most 2 GiB)")
+    parser.add_argument("--graceful_timeout", type=_number(float, 0, 3600), default=5.0,
+                        help="seconds in-flight requests get after SIGTERM (default 5, 0..3600)")
     parser.add_argument("--access_log", action="store_true", help="log every request (JSON, stderr)")
     parser.add_argument("--log_level", choices=["debug", "info", "warning", "error"], default="info")
     return parser

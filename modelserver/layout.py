@@ -47,7 +47,9 @@ def _read_labels(path: Path) -> dict[str, int]:
             labels[str(label)] = int(version)
         return labels
     except (OSError, ValueError) as exc:
-        raise LoadError(f"{path}: {exc}") from exc
+        raise LoadError(f"{path}: {' '.join(str(exc).split())}") from exc
+    except RecursionError:
+        raise LoadError(f"{path}: not valid JSON (nested too deeply)") from None
 
 
 def scan_layout(*, name: str, base_path: Path, version_policy: str = "all") -> Layout:
