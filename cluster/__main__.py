@@ -1,8 +1,10 @@
 """Operate the embedded local cluster: `python -m cluster status|deploy|remove|node-down|node-up|reset`.
 
 For operators and tests. Every failure is one line on stderr, never a traceback: exit 2 for bad
-input (unknown model or node, bad config or arguments), exit 1 when the cluster fails (no room,
-node down, a server that does not start, the state file unavailable).
+input (unknown model or node, bad config or arguments: a config or catalog file that is binary,
+not YAML or invalid, a --state file that is not an SQLite database, a non-finite, negative or huge
+--timeout), exit 1 when the cluster fails (no room, node down, a server that does not start, the
+state file unavailable: locked or not writable).
 """
 from __future__ import annotations
 
@@ -24,6 +26,36 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 class _UsageError(Exception):
     pass
+
+
+MAX_TIMEOUT = 86_400.0
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value <= MAX_TIMEOUT:      # NaN, inf, negatives and zero too
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most {MAX_TIMEOUT:g} seconds, got {text!r}")
+    return value
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Refuse, as bad input, a --state that is not an SQLite database and a --models-dir that is a file."""
+    state = args.state
+    if os.path.isdir(state):
+        raise _UsageError(f"--state {state}: is a folder, not a file")
+    if os.path.isfile(state):
+        try:
+            with open(state, "rb") as handle:
+                head = handle.read(16)
+        except OSError:
+            head = b""                        # unreadable: the store reports it (exit 1)
+        if head and head != b"SQLite format 3\x00":
+            raise _UsageError(f"--state {state}: not an SQLite database")
+    if os.path.exists(args.models_dir) and not os.path.isdir(args.models_dir):
+        raise _UsageError(f"--models-dir {args.models_dir}: not a folder")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("model")
     deploy.add_argument("node")
     deploy.add_argument("--no-wait", action="store_true", help="return at once, before it answers")
-    deploy.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
+    deploy.add_argument("--timeout", type=_timeout, default=60.0, help="seconds to wait (default 60, at most 86400)")
     _common(deploy, top=False)
     remove = commands.add_parser("remove", help="stop MODEL on NODE")
     remove.add_argument("model")
@@ -70,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(down, top=False)
     up = commands.add_parser("node-up", help="restart a node's recorded deployments")
     up.add_argument("node")
-    up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
+    up.add_argument("--timeout", type=_timeout, default=60.0, help="seconds to wait (default 60, at most 86400)")
     _common(up, top=False)
     reset = commands.add_parser("reset", help="stop every server and clear the state")
     _common(reset, top=False)
@@ -151,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit status."""
     try:
         args = build_parser().parse_args(argv)
+        _check_paths(args)
         return _run(args)
     except (_UsageError, UnknownModel, UnknownNode, LocalConfigError, CatalogError) as exc:
         return _fail(exc, EXIT_USAGE)

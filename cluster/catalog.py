@@ -5,6 +5,7 @@ names the file, the model and the field.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,8 +93,9 @@ def _model(errors: list[str], source: str, index: int, entry: object) -> ModelSp
         exec_time = {}
     times = {}
     for cls, seconds in exec_time.items():
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
-            errors.append(f"{where}: field 'exec_time.{cls}' must be a non-negative number, got {seconds!r}")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 2 ** 53 \
+                or not math.isfinite(seconds):
+            errors.append(f"{where}: field 'exec_time.{cls}' must be a non-negative number (finite, at most 2**53), got {seconds!r}")
         else:
             times[str(cls)] = float(seconds)
     unknown = set(entry) - {"name", "image", "port", "model_file", "memory", "cpu", "exec_time"}
