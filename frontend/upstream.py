@@ -301,10 +301,14 @@ class UpstreamPool:
                 elif kind is h11.Response:
                     status = event.status_code
                     self._check_head(event, where)
-                    fields = [(name.decode("latin-1"), value.decode("latin-1"))
-                              for name, value in event.headers.raw_items()]
-                    if len(fields) > _MAX_HEADERS:
+                    raw = event.headers.raw_items()
+                    if len(raw) > _MAX_HEADERS:
                         raise UpstreamProtocolError(f"answer from {where} has more than {_MAX_HEADERS} headers")
+                    if sum(len(name) + len(value) + 4 for name, value in raw) > self.max_header_bytes:
+                        # h11 bounds only a header block still incomplete; one read can bring a whole one
+                        raise UpstreamProtocolError(f"answer from {where} has a header block over "
+                                                    f"{self.max_header_bytes} bytes")
+                    fields = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw]
                     length, chunked = None, False
                     for name, value in event.headers:          # lower-cased names, validated by h11
                         if name == b"content-length":

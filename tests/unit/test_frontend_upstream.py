@@ -1,18 +1,21 @@
 """The proxy's HTTP/1.1 client against a real scripted server on loopback."""
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
+import time
 
 import pytest
 
-from frontend.upstream import (UpstreamPool, UpstreamProtocolError, UpstreamTimeout, UpstreamRefused)
+from frontend.upstream import (UpstreamPool, UpstreamProtocolError, UpstreamRefused, UpstreamTimeout)
 
 
 class ScriptedServer:
     """Accept connections; for each request read it and answer with the next scripted reply.
 
-    A reply is bytes, or "close" (close without answering), or "hang" (never answer). After a
+    A reply is bytes, or "close" (close without answering), or "hang" (never answer), or a
+    callable(conn, stop_event) that plays it (returning False closes the connection). After a
     reply, `keep` decides whether the connection stays open for the next request.
     """
 
@@ -53,7 +56,7 @@ class ScriptedServer:
             except OSError:
                 return
             self.connections += 1
-            with conn:
+            with conn, contextlib.suppress(OSError):      # a client that drops the connection ends it
                 while self.replies:
                     request = self._read_request(conn)
                     if request is None:
@@ -65,6 +68,10 @@ class ScriptedServer:
                     if reply == "hang":
                         self._stop.wait(5)
                         return
+                    if callable(reply):
+                        if reply(conn, self._stop) is False:
+                            break
+                        continue
                     conn.sendall(reply)
                     if not self.keep:
                         break
@@ -181,3 +188,110 @@ def test_headers_cannot_inject_lines_and_paths_are_checked(server_factory):
     for path in ("v1/models/m", "/a b", "/a\r\nX: y"):
         with pytest.raises(UpstreamProtocolError):
             pool.request("GET", path, headers={})
+
+
+# ---- the h11 rules: framing, deadline, bounds ------------------------------------------------------------
+
+def answer(body: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+def test_surplus_bytes_after_the_answer_close_the_connection(server_factory):
+    # the surplus is a whole forged answer: reused, the connection would hand it to the next caller
+    server = server_factory([answer(b"one") + answer(b"forged"), answer(b"two"), answer(b"three")])
+    pool = pool_for(server)
+    assert pool.request("GET", "/a", headers={}).body == b"one"
+    assert pool.request("GET", "/b", headers={}).body == b"two"
+    assert pool.request("GET", "/c", headers={}).body == b"three"
+    assert server.connections == 2                  # the first one was dropped, the second kept
+
+
+def test_late_surplus_on_an_idle_connection_drops_it_at_checkout(server_factory):
+    def late(conn, stop):
+        conn.sendall(answer(b"one"))
+        time.sleep(0.05)
+        conn.sendall(answer(b"forged"))
+    server = server_factory([late, answer(b"two")])
+    pool = pool_for(server)
+    assert pool.request("GET", "/a", headers={}).body == b"one"
+    time.sleep(0.2)
+    assert pool.request("GET", "/b", headers={}).body == b"two"
+    assert server.connections == 2
+
+
+def test_the_deadline_covers_the_whole_call(server_factory):
+    def drip(conn, stop):
+        for byte in answer(b"slow"):
+            conn.sendall(bytes([byte]))
+            if stop.wait(0.05):
+                return False
+        return False
+    server = server_factory([drip])
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout, match="0.4 s call deadline"):
+        pool_for(server, call_timeout=0.4).request("GET", "/", headers={})
+    assert 0.35 < time.monotonic() - started < 0.9
+
+
+def test_interim_answers_are_bounded_in_number(server_factory):
+    ten = b"HTTP/1.1 100 Continue\r\n\r\n" * 10
+    server = server_factory([ten + OK, ten + b"HTTP/1.1 102 Processing\r\n\r\n" + OK])
+    pool = pool_for(server)
+    assert pool.request("GET", "/", headers={}).status == 200
+    with pytest.raises(UpstreamProtocolError, match="interim"):
+        pool.request("GET", "/", headers={})
+
+
+def test_body_and_header_block_are_bounded(server_factory):
+    server = server_factory([answer(b"x" * 1000), answer(b"x" * 1001),
+                             b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n",
+                             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n" + b"x" * 1000
+                             + b"\r\n1\r\nx\r\n0\r\n\r\n",
+                             b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 3000 + b"\r\nContent-Length: 0\r\n\r\n"],
+                            keep=False)
+    pool = pool_for(server, max_response=1000, max_header_bytes=2048)
+    assert pool.request("GET", "/", headers={}).body == b"x" * 1000
+    for _ in range(4):          # one byte over, declared too big (refused before reading), chunked, header
+        with pytest.raises(UpstreamProtocolError):
+            pool.request("GET", "/", headers={})
+
+
+@pytest.mark.parametrize("reply", [
+    b"HTTP/1.1 999 Nine\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 000 Zero\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 2OO OK\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
+    "HTTP/1.1 200 OK\r\nContent-Length: \u00b2\r\n\r\nab".encode(),
+    b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX-A: a\rb\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabc",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x3\r\nabc\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+3\r\nabc\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0_2\r\nab\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXY0\r\n\r\n",
+], ids=["999", "000", "2OO", "http2", "101", "cl-superscript", "cl-negative", "cr", "nul", "te+cl", "te-gzip",
+        "chunk-0x", "chunk-plus", "chunk-underscore", "chunk-negative", "chunk-terminator"])
+def test_more_malformed_answers_are_protocol_errors(server_factory, reply):
+    server = server_factory([reply], keep=False)
+    with pytest.raises(UpstreamProtocolError) as failure:
+        pool_for(server, call_timeout=1.0).request("GET", "/v1/models/m", headers={})
+    assert type(failure.value) is UpstreamProtocolError and failure.value.__cause__ is None
+
+
+def test_bare_lf_answers_and_http_1_0_close_are_read(server_factory):
+    server = server_factory([b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok", OK], keep=True)
+    pool = pool_for(server)
+    assert pool.request("GET", "/", headers={}).body == b"ok"
+    assert pool.request("GET", "/", headers={}).body == b"{}"
+    assert server.connections == 1
+
+
+def test_header_values_are_trimmed_not_dropped(server_factory):
+    server = server_factory([OK])
+    pool_for(server).request("GET", "/", headers={"X-Padded": "  v  ", "X-Tab": "a\tb", "X-Ctl": "a\x01b"})
+    sent = server.requests[0]
+    assert b"\r\nX-Padded: v\r\n" in sent and b"\r\nX-Tab: a\tb\r\n" in sent and b"X-Ctl" not in sent
