@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m cluster", description="Operate the embedded local cluster.")
     _common(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
-                                     metavar="{status,deploy,remove,node-down,node-up,reset}")
+                                     metavar="{status,deploy,remove,node-down,node-up,reset,profile}")
     status = commands.add_parser("status", help="nodes (memory, cpu) and deployments")
     _common(status, top=False)
     deploy = commands.add_parser("deploy", help="start MODEL on NODE and wait until it answers")
@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(up, top=False)
     reset = commands.add_parser("reset", help="stop every server and clear the state")
     _common(reset, top=False)
+    profile = commands.add_parser("profile", help="measure each built model (memory; exec time at 1 core "
+                                  "and per node class quota) and write the figures into the catalog")
+    profile.add_argument("--model", action="append", dest="models", metavar="MODEL",
+                         help="profile only MODEL (repeatable; default: every built catalog model)")
+    profile.add_argument("--dry-run", action="store_true", help="print the figures, leave the catalog as it is")
+    _common(profile, top=False)
     return parser
 
 
@@ -139,6 +145,10 @@ def _print_status(nodes: list[Node], deployments: list[Deployment], limits: str 
 def _run(args: argparse.Namespace) -> int:
     from .local import LocalCluster
 
+    if args.command == "profile":
+        from .profile import run_profile
+        return run_profile(catalog_path=args.catalog, config_path=args.config, models_dir=args.models_dir,
+                           models=args.models, dry_run=args.dry_run, as_json=args.json)
     cluster = LocalCluster(args.config, catalog_path=args.catalog, state_path=args.state,
                            models_dir=args.models_dir)
     out: object

@@ -98,13 +98,37 @@ def _model(errors: list[str], source: str, index: int, entry: object) -> ModelSp
             errors.append(f"{where}: field 'exec_time.{cls}' must be a non-negative number (finite, at most 2**53), got {seconds!r}")
         else:
             times[str(cls)] = float(seconds)
-    unknown = set(entry) - {"name", "image", "port", "model_file", "memory", "cpu", "exec_time"}
+    _measured(errors, where, entry.get("measured"))
+    unknown = set(entry) - {"name", "image", "port", "model_file", "memory", "cpu", "exec_time", "measured"}
     if unknown:
         errors.append(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
     if len(errors) > before:
         return None
     return ModelSpec(name=name, image=image, port=port, model_file=model_file,
                      memory=memory, cpu=cpu, exec_time=times)
+
+
+def _measured(errors: list[str], where: str, note: object) -> None:
+    """Check the optional `measured` note `python -m cluster profile` writes (checked, then ignored):
+    {date, host: strings; cpu_quota: {class: cores}; other keys: finite non-negative numbers}."""
+    if note is None:
+        return
+    if not isinstance(note, dict):
+        errors.append(f"{where}: field 'measured' must be a mapping, got {note!r}")
+        return
+    for key, value in note.items():
+        if key in ("date", "host", "cgroup"):
+            if not isinstance(value, str):
+                errors.append(f"{where}: field 'measured.{key}' must be a string, got {value!r}")
+        elif key == "cpu_quota":
+            if not isinstance(value, dict) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                    for v in value.values()):
+                errors.append(f"{where}: field 'measured.cpu_quota' must map node classes to cores, "
+                              f"got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value < 0:
+            errors.append(f"{where}: field 'measured.{key}' must be a finite non-negative number, got {value!r}")
 
 
 def load_catalog(path: str | Path = DEFAULT_CATALOG) -> Catalog:

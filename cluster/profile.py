@@ -1,0 +1,417 @@
+"""`python -m cluster profile`: measure each model on this host and write the figures into the catalog.
+
+Why: the catalog's `memory` and `exec_time` feed the solver; with real node limits (cluster.limits)
+they must be what a model server really takes on a node of each class, not guesses. For every
+catalog model with a built model file, one real model server is started in a cgroup of its own and
+measured:
+
+- memory: KB charged to its group after loading and a warm-up (what a node's memory limit
+  counts; written as `memory`, rounded up to 1000 KB) and the resident size of its processes
+  (master and worker, shared pages counted in each; noted as `rss`);
+- execution time: the median wall time of a predict with the model's example body (backend.loadgen
+  `example_body`) over a kept-alive loopback connection, at 1 core and at each node class's
+  `cpu_quota` from the cluster description (the quota of the group is changed between rounds; the
+  server is not restarted). The class figures are written as `exec_time.<class>`, the 1-core one as
+  `measured.exec_time_1core`.
+
+Each model also gets a one-line `measured: {date, host, host_cores, cgroup, cpu_quota, ...}` note.
+The catalog is edited line by line (comments and layout kept): a model's `memory:`, `exec_time:`
+and `measured:` lines are replaced or added; the result is validated before it replaces the file.
+"""
+from __future__ import annotations
+
+import datetime
+import http.client
+import json
+import math
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import yaml
+
+from .catalog import CatalogError, ModelSpec, load_catalog
+from .limits import CgroupLimits, NodeLimits
+from .local_config import load_local_cluster
+from .local_proc import last_log_line, probe_ready, python_command
+from .port import ClusterError
+
+__all__ = ["Measurement", "class_quotas", "profile_model", "update_catalog_text", "run_profile"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+WARMUP = 5
+MIN_SAMPLES, MAX_SAMPLES, BUDGET = 7, 30, 1.5       # requests per quota; seconds per quota at most
+
+
+@dataclass
+class Measurement:
+    model: str
+    charged: int                    # KB charged to the server's cgroup
+    rss: int                        # KB resident in its processes
+    exec_time_1core: float          # s, median predict at 1 core
+    exec_time: dict[str, float] = field(default_factory=dict)   # s per node class
+    cpu_time: float = 0.0           # s of CPU one request takes (its server's processes, all threads)
+
+    @property
+    def host_busy(self) -> bool:
+        """The 1-core wall time is well above the CPU time: other processes held the cores."""
+        return self.exec_time_1core > 1.5 * self.cpu_time + 0.002
+
+
+def class_quotas(config_path: Path) -> tuple[dict[str, float], list[str]]:
+    """Return {node class: cpu_quota} from the cluster description, and notes on what was skipped."""
+    notes: list[str] = []
+    quotas: dict[str, set[float]] = {}
+    for spec in load_local_cluster(config_path).nodes:
+        if spec.cpu_quota is None:
+            notes.append(f"node {spec.name} (class {spec.node_class}) has no cpu_quota")
+            continue
+        quotas.setdefault(spec.node_class, set()).add(spec.cpu_quota)
+    result = {}
+    for cls, values in quotas.items():
+        if len(values) > 1:
+            notes.append(f"class {cls}: nodes have different quotas {sorted(values)}, using {min(values)}")
+        result[cls] = min(values)
+    return result, notes
+
+
+def _free_port(address: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((address, 0))
+        return sock.getsockname()[1]
+
+
+def _example(model: str) -> bytes:
+    try:
+        from backend.loadgen import example_body
+        body = example_body(model)
+    except ImportError:       # the back-end is not importable here: the half_plus_* example
+        body = {"instances": [1.0, 2.0, 5.0]}
+    return json.dumps(body).encode()
+
+
+def _body_from_metadata(conn: http.client.HTTPConnection, model: str) -> bytes | None:
+    """A zero-filled one-instance body built from the model's serving signature, or None."""
+    conn.request("GET", f"/v1/models/{model}/metadata")
+    response = conn.getresponse()
+    payload = response.read()
+    if response.status != 200:
+        return None
+    try:
+        signature = json.loads(payload)["metadata"]["signature_def"]["signature_def"]["serving_default"]
+        inputs = {}
+        for name, info in signature["inputs"].items():
+            dims = [max(1, int(d["size"])) for d in info["tensor_shape"]["dim"]][1:]
+            value: object = 0.0
+            for size in reversed(dims):
+                value = [value] * size
+            inputs[name] = value
+    except (KeyError, TypeError, ValueError):
+        return None
+    instance = next(iter(inputs.values())) if len(inputs) == 1 else inputs
+    return json.dumps({"instances": [instance]}).encode()
+
+
+def _predict(conn: http.client.HTTPConnection, model: str, body: bytes) -> float:
+    started = time.perf_counter()
+    conn.request("POST", f"/v1/models/{model}:predict", body, {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    payload = response.read()
+    elapsed = time.perf_counter() - started
+    if response.status != 200:
+        raise ClusterError(f"{model}: predict with its example body answered {response.status}: "
+                           f"{payload[:200].decode('utf-8', 'replace')}")
+    return elapsed
+
+
+def _charged(limits: CgroupLimits, group: str) -> int:
+    """KB charged to the profiling group (memory.current / memory.usage_in_bytes)."""
+    directory = limits.node_dirs(group)[-1]
+    name = "memory.current" if limits.layout.version == 2 else "memory.usage_in_bytes"
+    return int((directory / name).read_text()) // 1024
+
+
+def _cpu_ns(pid: int) -> int:
+    """Nanoseconds on CPU of `pid`'s process tree, every thread (/proc/<pid>/task/*/schedstat)."""
+    try:
+        top = psutil.Process(pid)
+        pids = [top.pid] + [c.pid for c in top.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for proc in pids:
+        try:
+            for tid in os.listdir(f"/proc/{proc}/task"):
+                with open(f"/proc/{proc}/task/{tid}/schedstat") as fh:
+                    total += int(fh.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def _rss(pid: int) -> int:
+    try:
+        top = psutil.Process(pid)
+        procs = [top] + top.children(recursive=True)
+    except psutil.Error:
+        return 0
+    total = 0
+    for proc in procs:
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
+            pass
+    return total // 1024
+
+
+def profile_model(spec: ModelSpec, *, limits: CgroupLimits, models_dir: Path, quotas: dict[str, float],
+                  log_dir: Path, timeout: float = 60.0) -> Measurement:
+    """Start one server for `spec` in its own group, measure it at 1 core and at each quota."""
+    group = f"profile-{spec.name.replace('_', '-')}"
+    address = "127.0.0.1"
+    port = _free_port(address)
+    limits.apply(group, NodeLimits(cpu=1.0, memory=None))
+    log_path = log_dir / f"{spec.name}.log"
+    command = limits.wrap(python_command(host=address, port=port, model=spec.name,
+                                         base_path=models_dir / spec.model_file), group, spec.name)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)}
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                cwd=REPO_ROOT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not probe_ready(address, port, spec.name, timeout=1.0):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise ClusterError(f"{spec.name}: the model server did not start: "
+                                   f"{last_log_line(log_path) or 'no output'} (log: {log_path})")
+            time.sleep(0.1)
+        body = _example(spec.name)
+        conn = http.client.HTTPConnection(address, port, timeout=60)
+        try:
+            try:
+                _predict(conn, spec.name, body)
+            except ClusterError:
+                # The load generator's example does not fit this model: one built from its signature.
+                body = _body_from_metadata(conn, spec.name) or body
+            for _ in range(WARMUP):
+                _predict(conn, spec.name, body)
+            charged, rss = _charged(limits, group), _rss(proc.pid)
+            times: dict[float, float] = {}
+            cpu_times: list[float] = []
+            for quota in sorted({1.0, *quotas.values()}, reverse=True):
+                limits.apply(group, NodeLimits(cpu=quota, memory=None))
+                _predict(conn, spec.name, body)             # settle into the new quota
+                samples: list[float] = []
+                started, cpu_before = time.monotonic(), _cpu_ns(proc.pid)
+                while len(samples) < MAX_SAMPLES and (len(samples) < MIN_SAMPLES
+                                                      or time.monotonic() - started < BUDGET):
+                    samples.append(_predict(conn, spec.name, body))
+                cpu_times.append((_cpu_ns(proc.pid) - cpu_before) / 1e9 / len(samples))
+                times[quota] = statistics.median(samples)
+        finally:
+            conn.close()
+    finally:
+        _stop(proc)
+        limits.release(group, spec.name, proc.pid)
+    return Measurement(model=spec.name, charged=charged, rss=rss, exec_time_1core=times[1.0],
+                       exec_time={cls: times[q] for cls, q in quotas.items()},
+                       cpu_time=statistics.median(cpu_times))
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except OSError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            # Workers of the group may outlive the master by a moment.
+            end = time.monotonic() + wait
+            while time.monotonic() < end:
+                try:
+                    os.killpg(proc.pid, 0)
+                except OSError:
+                    return
+                time.sleep(0.05)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+# ---- the catalog, edited line by line ---------------------------------------------------------
+
+def _seconds(value: float) -> float:
+    """Four significant digits: 0.012345 -> 0.01235."""
+    return float(f"{value:.4g}")
+
+
+def _flow(value: object) -> str:
+    """One-line YAML flow text for a small mapping/scalar."""
+    text = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10_000).strip()
+    return text[:-4].strip() if text.endswith("\n...") else text
+
+
+def new_fields(measurement: Measurement, old_exec_time: dict[str, float], *, date: str, host: str,
+               cgroup: str, quotas: dict[str, float]) -> dict[str, object]:
+    """The catalog fields a measurement sets: memory, exec_time (merged) and the measured note."""
+    exec_time = {**old_exec_time, **{c: _seconds(s) for c, s in measurement.exec_time.items()}}
+    return {
+        "memory": int(math.ceil(measurement.charged / 1000.0) * 1000),
+        "exec_time": exec_time,
+        "measured": {"date": date, "host": host, "host_cores": os.cpu_count() or 1, "cgroup": cgroup,
+                     "cpu_quota": dict(quotas), "exec_time_1core": _seconds(measurement.exec_time_1core),
+                     "cpu_time": _seconds(measurement.cpu_time),
+                     "rss": measurement.rss, "charged": measurement.charged},
+    }
+
+
+def update_catalog_text(text: str, updates: dict[str, dict[str, object]]) -> str:
+    """Replace or add `key: value` lines in each named model's block of a block-style catalog.
+
+    Raises ValueError when a model's block is not found in that shape (a flow-style catalog)."""
+    lines = text.splitlines(keepends=True)
+    for model, fields in updates.items():
+        start = indent = None
+        for i, line in enumerate(lines):
+            stripped = line.lstrip(" ")
+            if stripped.startswith("- name:") and yaml.safe_load(stripped[len("- name:"):] or "null") == model:
+                start, indent = i, len(line) - len(stripped) + 2
+                break
+        if start is None:
+            raise ValueError(f"model {model!r}: no '- name: {model}' block found")
+        end = start + 1
+        while end < len(lines):
+            line = lines[end]
+            body = line.strip()
+            if body and not body.startswith("#") and len(line) - len(line.lstrip(" ")) < indent:
+                break
+            if line.lstrip(" ").startswith("- ") and len(line) - len(line.lstrip(" ")) <= indent - 2:
+                break
+            end += 1
+        while end > start + 1 and (not lines[end - 1].strip() or lines[end - 1].lstrip().startswith("#")):
+            end -= 1                 # blank lines and comments before the next block stay before it
+        for key, value in fields.items():
+            new_line = f"{' ' * indent}{key}: {_flow(value)}\n"
+            at = next((i for i in range(start + 1, end)
+                       if lines[i].startswith(" " * indent + key + ":")), None)
+            if at is None:
+                lines.insert(end, new_line)
+                end += 1
+                continue
+            stop = at + 1            # a block-style value continues on deeper-indented lines
+            while stop < end and (not lines[stop].strip()
+                                  or len(lines[stop]) - len(lines[stop].lstrip(" ")) > indent):
+                stop += 1
+            lines[at:stop] = [new_line]
+            end -= stop - at - 1
+    return "".join(lines)
+
+
+def write_catalog(path: Path, text: str) -> None:
+    """Validate `text` as a catalog, then atomically replace `path` with it."""
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
+                                     delete=False) as fh:
+        fh.write(text)
+        tmp = Path(fh.name)
+    try:
+        load_catalog(tmp)
+        os.chmod(tmp, path.stat().st_mode & 0o777)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+# ---- the command ------------------------------------------------------------------------------
+
+def _resolve(path: str | Path) -> Path:
+    path = Path(path)
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def run_profile(*, catalog_path: str | Path, config_path: str | Path, models_dir: str | Path,
+                models: list[str] | None, dry_run: bool, as_json: bool, out=sys.stdout) -> int:
+    """Profile, print a table (or JSON) and, unless `dry_run`, write the catalog; return 0.
+
+    Relative paths are resolved against the repository root, as the cluster does."""
+    catalog_path, config_path, models_dir = _resolve(catalog_path), _resolve(config_path), _resolve(models_dir)
+    catalog = load_catalog(catalog_path)
+    quotas, notes = class_quotas(config_path)
+    if not quotas:
+        raise ClusterError(f"{config_path}: no node has a cpu_quota: nothing to profile the classes with")
+    unknown = [m for m in models or [] if m not in catalog]
+    if unknown:
+        raise CatalogError(f"unknown model(s) {', '.join(unknown)} (known: {', '.join(catalog.names())})")
+    chosen = [spec for spec in catalog if not models or spec.name in models]
+    built = [s for s in chosen if any((models_dir / s.model_file).glob("*/model.onnx"))]
+    notes += [f"{s.name}: no built model under {models_dir / s.model_file}, skipped"
+              for s in chosen if s not in built]
+    if not built:
+        raise ClusterError(f"no built model to profile under {models_dir} (build them with `make setup`)")
+    limits = CgroupLimits.open(f"profile-{os.getpid()}")
+    if not limits.enabled:
+        raise ClusterError(f"profiling needs cgroup limits to emulate the node classes: {limits.reason}")
+    date = datetime.date.today().isoformat()
+    host = socket.gethostname()
+    cgroup = f"v{limits.layout.version}"
+    results: list[Measurement] = []
+    failed: list[str] = []
+    started = time.monotonic()
+    try:
+        with tempfile.TemporaryDirectory(prefix="profile-logs-") as logs:
+            for spec in built:
+                try:
+                    results.append(profile_model(spec, limits=limits, models_dir=models_dir,
+                                                 quotas=quotas, log_dir=Path(logs)))
+                except (ClusterError, OSError, http.client.HTTPException) as exc:
+                    failed.append(spec.name)
+                    notes.append(f"{spec.name}: not profiled: {' '.join(str(exc).split())}")
+    finally:
+        limits.cleanup()
+    updates = {m.model: new_fields(m, catalog[m.model].exec_time, date=date, host=host, cgroup=cgroup,
+                                   quotas=quotas) for m in results}
+    busy = [m.model for m in results if m.host_busy]
+    if busy:
+        notes.append(f"host busy (load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores): the 1-core time of "
+                     f"{', '.join(busy)} is well above its CPU time, so its figures are inflated; "
+                     f"profile again on an idle host")
+    if as_json:
+        print(json.dumps({"catalog": str(catalog_path), "written": not dry_run, "notes": notes,
+                          "models": updates}, indent=2), file=out)
+    else:
+        classes = list(quotas)
+        print(f"profiled on {host} ({os.cpu_count()} cores, cgroup {cgroup}) in "
+              f"{time.monotonic() - started:.1f} s; class quotas: "
+              + ", ".join(f"{c} {q:g} core" for c, q in quotas.items()), file=out)
+        print(f"{'MODEL':<18} {'MEMORY KB':>10} {'RSS KB':>9} {'CPU S':>10} {'1 CORE S':>10} "
+              + " ".join(f"{c.upper() + ' S':>10}" for c in classes), file=out)
+        for m in results:
+            fields = updates[m.model]
+            print(f"{m.model:<18} {fields['memory']:>10} {m.rss:>9} {_seconds(m.cpu_time):>10} "
+                  f"{_seconds(m.exec_time_1core):>10} "
+                  + " ".join(f"{fields['exec_time'][c]:>10}" for c in classes), file=out)
+        for note in notes:
+            print(f"note: {note}", file=out)
+    text = update_catalog_text(catalog_path.read_text(), updates)
+    status = 1 if failed else 0
+    if dry_run:
+        if not as_json:
+            for model, fields in updates.items():
+                print(f"would set {model}: " + "; ".join(f"{k}: {_flow(v)}" for k, v in fields.items()),
+                      file=out)
+            print(f"dry run: {catalog_path} not written", file=out)
+        return status
+    if updates:
+        write_catalog(catalog_path, text)
+    if not as_json:
+        print(f"wrote {len(updates)} model(s) into {catalog_path}", file=out)
+    return status
