@@ -8,7 +8,7 @@
   the logistic regression and random forest of the thesis (seed 001) trained on scikit-learn's
   bundled digits data and exported with skl2onnx (label and class probabilities, no ZipMap).
 - `digits_cnn`: a small convolutional classifier written with `onnx.helper`, the one shipped model
-  that costs real compute (~13 ms of one core per digit on the build machine, like an image model
+  that costs real compute (~12 ms of one core per digit on the build machine, like an image model
   on an edge board; the others take well under a millisecond). Same input and outputs as
   `digits_logreg`. Its convolution filters are seeded random, NOT trained; only its final linear
   classifier is trained (see "digits_cnn" below).

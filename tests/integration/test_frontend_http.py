@@ -191,7 +191,7 @@ def test_statistics_are_recorded(make_frontend):
         assert requests.get(f"{fe.url}/stats/requests", params=bad, headers=AUTH, timeout=10).status_code == 400
 
     models = {m["model"]: m for m in requests.get(f"{fe.url}/stats/models", headers=AUTH, timeout=10).json()["models"]}
-    assert set(models) == {"half_plus_two", "half_plus_three", "digits_logreg", "digits_forest"}
+    assert set(models) == {"half_plus_two", "half_plus_three", "digits_logreg", "digits_forest", "digits_cnn"}
     hp2 = models[HP2]
     created = dep_of(fe.cluster, HP2, "node-a").created
     assert hp2["count"] == 3 and hp2["last_requested"] >= start
