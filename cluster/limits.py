@@ -37,6 +37,7 @@ import logging
 import os
 import shlex
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,6 +154,37 @@ def _read(path: Path) -> str | None:
         return None
 
 
+def _subdirs(path: Path) -> list[Path]:
+    try:
+        return [p for p in path.iterdir() if p.is_dir()]
+    except OSError:
+        return []
+
+
+def _rmdir(path: Path) -> None:
+    try:
+        path.rmdir()          # refused while it holds processes or groups
+    except OSError:
+        pass
+
+
+def _age(path: Path, now: float) -> float:
+    try:
+        return now - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def _error(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
@@ -183,6 +215,7 @@ class CgroupLimits:
         problem = limits._prepare_top()
         if problem:
             return cls(None, cluster, reason=problem)
+        limits.sweep()
         return limits
 
     @property
@@ -303,7 +336,7 @@ class CgroupLimits:
         steps = []
         for d in self.node_dirs(node):
             leaf = f"{shlex.quote(str(d / model))}.$$"
-            steps.append(f"mkdir -p {leaf} && echo $$ > {leaf}/cgroup.procs")
+            steps.append(f"mkdir {leaf} && echo $$ > {leaf}/cgroup.procs")
         script = " && ".join(steps) + ' && exec "$@"'
         return ["/bin/sh", "-c", script, "sh", *command]
 
@@ -349,6 +382,27 @@ class CgroupLimits:
                 leaf.rmdir()
             except OSError:
                 pass
+
+    def sweep(self, *, idle: float = 3600.0) -> None:
+        """Remove what earlier runs left behind, in every cluster: empty leaves of dead servers (a
+        worker outliving its killed master keeps a leaf busy past `release`), and node and cluster
+        groups with no leaves left that were created more than `idle` seconds ago (a live node's
+        group is recreated at its next deploy). Best effort."""
+        if self.layout is None:
+            return
+        now = time.time()
+        for top in self._tops():
+            for cluster in _subdirs(top):
+                for node in _subdirs(cluster):
+                    for leaf in _subdirs(node):
+                        _, _, pid = leaf.name.rpartition(".")
+                        procs = _read(leaf / "cgroup.procs")
+                        if pid.isdigit() and not _pid_alive(int(pid)) and procs is not None and not procs.strip():
+                            _rmdir(leaf)
+                    if _age(node, now) > idle:
+                        _rmdir(node)
+                if _age(cluster, now) > idle:
+                    _rmdir(cluster)
 
     def cleanup(self) -> None:
         """Remove this cluster's empty groups (leaves, node groups, the cluster group)."""
