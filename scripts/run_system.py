@@ -162,11 +162,18 @@ def _group(pgid: int) -> list[psutil.Process]:
     return found
 
 
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+def _remnant(pgid: int) -> list[psutil.Process]:
+    """What is left of a dead child's process group: front-end or back-end processes only (a
+    process group id is a pid, and pids are reused)."""
+    return [p for p in _group(pgid) if _ours(p)]
+
+
+def _signal_all(procs: list[psutil.Process], sig: int) -> None:
+    for p in procs:
+        try:
+            p.send_signal(sig)         # psutil checks the pid was not reused meanwhile
+        except psutil.Error:
+            pass
 
 
 def _listener(host: str, port: int) -> psutil.Process | None:
@@ -642,15 +649,15 @@ class System:
     def _supervise(self, name: str, now: float) -> None:
         watch = self.watches[name]
         proc = self.children.get(name)
+        if watch.remnant is not None and watch.remnant_kill is not None and now >= watch.remnant_kill:
+            _signal_all(_remnant(watch.remnant), signal.SIGKILL)
+            watch.remnant = watch.remnant_kill = None
         if watch.due is None:
             if proc is not None and proc.poll() is not None:
                 self._exited(name, proc, now)
             elif watch.serving_check:
                 self._check_serving(watch, now)
             return
-        if watch.remnant is not None and watch.remnant_kill is not None and now >= watch.remnant_kill:
-            _signal_group(watch.remnant, signal.SIGKILL)
-            watch.remnant = watch.remnant_kill = None
         if now >= watch.due:
             self._restart(name, watch, now)
 
@@ -663,7 +670,9 @@ class System:
         watch.delay = min(delay * 2, BACKOFF_MAX)
         watch.restarts += 1
         watch.died, watch.due, watch.serving_check = now, now + delay, False
-        watch.remnant = proc.pid          # session leader: its group holds what it left (workers)
+        if watch.remnant is not None:     # what an earlier death left has had its SIGTERM
+            _signal_all(_remnant(watch.remnant), signal.SIGKILL)
+        watch.remnant, watch.remnant_kill = proc.pid, None   # session leader: its group holds its workers
         line = (f"the {LABELS[name]} (pid {proc.pid}) exited with {_status(proc.poll())} after {ran:.1f} s; "
                 f"restarting it in {delay:g} s (restart {watch.restarts}; log {self.state / (name + '.log')})")
         say(f"run_system: {line}")
@@ -674,8 +683,9 @@ class System:
         if watch.remnant is not None and watch.remnant_kill is None:
             # A dead front-end's workers notice their master is gone and finish on their own;
             # SIGTERM is the reminder, SIGKILL follows REMNANT_GRACE later.
-            if _group(watch.remnant):
-                _signal_group(watch.remnant, signal.SIGTERM)
+            left = _remnant(watch.remnant)
+            if left:
+                _signal_all(left, signal.SIGTERM)
                 watch.remnant_kill = now + REMNANT_GRACE
             else:
                 watch.remnant = None
@@ -700,8 +710,10 @@ class System:
 
     def _check_serving(self, watch: _Watch, now: float) -> None:
         """Say once when a restarted front-end answers (not while the dead one's workers still could)."""
-        if watch.remnant is not None and _group(watch.remnant):
-            return
+        if watch.remnant is not None:
+            if _remnant(watch.remnant):
+                return
+            watch.remnant = watch.remnant_kill = None
         try:
             if requests.get(f"{self.url}/healthz", timeout=0.5).status_code != 200:
                 return
@@ -737,7 +749,7 @@ class System:
                     pass
         for watch in self.watches.values():      # workers of a front-end that died and were not done yet
             if watch.remnant is not None:
-                _signal_group(watch.remnant, signal.SIGKILL)
+                _signal_all(_remnant(watch.remnant), signal.SIGKILL)
         if self.cluster is not None:
             try:
                 self.cluster.reset()

@@ -70,7 +70,7 @@ class Client(threading.Thread):
                 error = "" if r.status_code != 200 or r.json() == ANSWER else f"wrong answer {r.text}"
                 self.answers.append(Answer(sent, time.time(), r.status_code, error))
             except (requests.RequestException, ValueError) as exc:
-                self.answers.append(Answer(sent, time.time(), None, type(exc).__name__))
+                self.answers.append(Answer(sent, time.time(), None, f"{type(exc).__name__}: {exc}"[:300]))
             self.halt.wait(PACE)
 
     def stop(self) -> list[Answer]:
@@ -90,7 +90,7 @@ class Client(threading.Thread):
 
 
 def summary(answers: list[Answer]) -> str:
-    return str(Counter(a.status if a.status is not None else a.error for a in answers))
+    return str(Counter(a.status if a.status is not None else a.error.split(":")[0] for a in answers))
 
 
 class System:
@@ -212,7 +212,8 @@ def test_kill_of_a_model_server(system):
     killed = time.time()
     kill_group(pid)
     back = client.wait_ok(killed, 10)
-    time.sleep(2.0)
+    wait_for(lambda: len(client.answers) > 20 and all(a.ok for a in client.answers[-20:]), 15,
+             "20 successes in a row")
     answers = client.stop()
 
     failed = [a for a in answers if not a.ok]
@@ -223,7 +224,7 @@ def test_kill_of_a_model_server(system):
     assert window <= 5.0, seen
     assert sum(a.status == 502 for a in failed) <= 3, seen
     assert len(failed) <= int(window / PACE) + 2, seen
-    assert sum(a.ok and a.sent > killed + window for a in answers) >= 10     # and then it serves
+    assert all(a.ok for a in answers if a.sent > killed + window)      # and then it serves
     # the model is served again, by a new process
     served = [row for row in system.instances() if row[0] == "half_plus_two" and row[3] == 1]
     assert served and pid not in [row[2] for row in served]
@@ -276,13 +277,19 @@ def test_kill_of_the_backend_in_the_middle_of_an_apply(system):
 
 
 def test_kill_of_the_frontend_master(system):
-    """kill -9 of gunicorn's master: its orphaned workers finish and exit, the supervisor restarts
-    it on the same socket after 1 s, and it serves again within 5 s. Connections wait in the
-    supervisor's listen backlog meanwhile, so no client gets a refused connection.
+    """kill -9 of gunicorn's master: its orphaned workers exit, the supervisor restarts it on the
+    same socket after 1 s, and it serves again within 5 s. Connections wait in the supervisor's
+    listen backlog meanwhile: nobody is refused, answers come late (measured up to 2.8 s).
 
-    Statistics: the workers are not killed, they exit on their own and flush their buffer; the
-    rows lost may be at most the requests answered in the last 0.1 s before the kill (what two
-    stats_flush_interval = 0.05 s buffers could hold); observed: none."""
+    Failures: gunicorn's gevent worker checks its parent every second and, finding it gone,
+    exits at once (GeventWorker.notify: sys.exit), closing the connections it is serving without
+    an answer. So each of the 2 workers may drop what it serves at that moment: with one client
+    thread at most one request each, within about 1 s of the kill; nothing else fails.
+
+    Statistics: the workers are not killed, they exit through gunicorn's worker_exit hook, which
+    flushes their buffer; the rows lost may be at most the requests answered in the last 0.1 s
+    before the kill (what two stats_flush_interval = 0.05 s buffers could hold); observed: none.
+    A dropped request has no answer and no row."""
     run = system.start("--every", "30")
     run.wait_banner()
     master = system.pids()["frontend"]
@@ -304,7 +311,11 @@ def test_kill_of_the_frontend_master(system):
     time.sleep(0.5)
     answers = client.stop()
     assert serving - killed <= 5, line
-    assert [a for a in answers if not a.ok] == [], summary([a for a in answers if not a.ok])
+    failed = [a for a in answers if not a.ok]
+    seen = [(round(a.sent - killed, 3), round(a.answered - killed, 3), a.status, a.error) for a in failed]
+    assert len(failed) <= 2, seen
+    assert all(a.status is None and ("RemoteDisconnected" in a.error or "reset" in a.error) for a in failed), seen
+    assert all(killed <= a.sent and a.answered <= killed + 2.0 for a in failed), seen
     rows = system.rows(answers[0].sent - 0.001)
     answered = Counter(a.status for a in answers if a.status is not None)
     recorded = Counter(r["status"] for r in rows)
@@ -314,7 +325,7 @@ def test_kill_of_the_frontend_master(system):
     slowest = max(a.answered - a.sent for a in answers)
     print(f"front-end master killed: {line[0].strip()} (the test saw it {serving - killed:.2f} s after the kill, "
           f"a success {back - killed:.2f} s); {len(answers)} requests, slowest answer {slowest:.2f} s, "
-          f"{lost} rows lost")
+          f"failures {summary(failed)}, {lost} rows lost")
 
 
 def test_kill_of_the_supervisor_then_a_new_one_adopts(system):
