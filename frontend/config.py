@@ -24,7 +24,7 @@ import yaml
 __all__ = ["Settings", "ConfigError", "load_settings", "settings_from_mapping", "REPO_ROOT", "POLICIES"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-POLICIES = ("lowest-cpu", "plan", "nearest", "round-robin")
+POLICIES = ("lowest-cpu", "plan", "nearest", "round-robin", "random")
 # Environment variables that belong to the process around the app (gunicorn), not to Settings.
 _RESERVED_ENV = {"FRONTEND_CONFIG", "FRONTEND_BIND", "FRONTEND_WORKERS", "FRONTEND_THREADS",
                  "FRONTEND_TIMEOUT", "FRONTEND_ACCESS_LOG", "FRONTEND_WORKER_CLASS", "FRONTEND_CONNECTIONS",
@@ -52,7 +52,7 @@ class Settings:
     token: str | None = None
     # File holding the token (first line), e.g. a mounted Kubernetes Secret; used when token is unset.
     token_file: str | None = None
-    # Dispatch policy: lowest-cpu (thesis), plan, nearest, round-robin. Default lowest-cpu.
+    # Dispatch policy: lowest-cpu (thesis), plan, nearest, round-robin, random. Default lowest-cpu.
     policy: str = "lowest-cpu"
     # Round-trip time in seconds from a client zone to a node, {zone: {node: seconds}}, for nearest.
     rtt: dict[str, dict[str, float]] = field(default_factory=dict)

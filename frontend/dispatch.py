@@ -10,6 +10,8 @@ its arguments (randomness and counters are passed in), so the unit tests need no
 - `nearest`: the smallest round-trip time from the client's zone (rtt table or ALTO cost map),
   then nodes labelled with that zone, then lowest-cpu.
 - `round-robin`: candidates in node-name order, one after another.
+- `random`: uniformly at random among the ready instances (what a Kubernetes Service gives:
+  kube-proxy's default iptables mode picks an endpoint at random); the testbed's baseline.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from cluster.port import Node
 from .snapshot import Candidate, ClusterState
 
 __all__ = [
-    "choose", "lowest_cpu", "round_robin", "nearest", "planned", "Plan", "PlanError", "parse_plan",
+    "choose", "lowest_cpu", "round_robin", "uniform", "nearest", "planned", "Plan", "PlanError", "parse_plan",
     "rtt_from_alto", "Placement", "choose_provision_node", "ZONE_LABELS",
 ]
 
@@ -37,6 +39,11 @@ def lowest_cpu(candidates: Sequence[Candidate]) -> Candidate:
 def round_robin(candidates: Sequence[Candidate], counter: int) -> Candidate:
     """Return the `counter`-th candidate, wrapping around."""
     return candidates[counter % len(candidates)]
+
+
+def uniform(candidates: Sequence[Candidate], u: float) -> Candidate:
+    """Return a candidate chosen uniformly by `u` in [0, 1)."""
+    return candidates[min(int(max(u, 0.0) * len(candidates)), len(candidates) - 1)]
 
 
 def nearest(candidates: Sequence[Candidate], zone: str | None,
@@ -159,6 +166,8 @@ def choose(policy: str, candidates: Sequence[Candidate], *, model: str, zone: st
         return nearest(candidates, zone, rtt or {})
     if policy == "plan":
         return planned(candidates, model, zone, plan, u)
+    if policy == "random":
+        return uniform(candidates, u)
     raise ValueError(f"unknown policy {policy!r}")
 
 

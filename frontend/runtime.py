@@ -103,7 +103,7 @@ class Runtime:
             return choose(policy, candidates, model=model, zone=zone, plan=self.cache.plan,
                           rtt=self.cache.rtt,
                           counter=self._counter(model) if policy == "round-robin" else 0,
-                          u=self._rng.random() if policy == "plan" else 0.0)
+                          u=self._rng.random() if policy in ("plan", "random") else 0.0)
         if not provision:
             raise ApiError(503, f"no reachable instance of model {model}")
         if self.cache.state.serving.get(model):

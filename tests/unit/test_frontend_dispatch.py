@@ -156,3 +156,10 @@ def test_provision_goes_near_the_client_zone_then_by_free_memory():
     assert choose_provision_node(s, "m", 200000, zone="zone-1", rtt=rtt).node.name == "n-a"
     assert choose_provision_node(s, "m", 60000, zone="zone-9", rtt=rtt).node.name == "n-a"
     assert choose_provision_node(s, "m", 60000, zone=None, rtt=rtt).node.name == "n-a"
+
+
+def test_random_policy_is_uniform_over_the_candidates():
+    s = state([node("n-a"), node("n-b"), node("n-c")], [dep("m", "n-a"), dep("m", "n-b"), dep("m", "n-c")])
+    cands = s.serving["m"]
+    picks = [choose("random", cands, model="m", u=i / 300).node.name for i in range(300)]
+    assert {n: picks.count(n) for n in set(picks)} == {"n-a": 100, "n-b": 100, "n-c": 100}

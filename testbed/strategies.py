@@ -1,0 +1,57 @@
+"""The strategies the experiment compares: how each configures the same system (pure data).
+
+Every strategy runs the same code (`scripts/run_system.py`, what `make run` starts) on a clean
+local cluster with node limits, and differs only in what it tells the front-end and back-end:
+
+- `kubernetes`: what an operator gets without this project. Replicas of every model the scenario
+  asks for, spread over the nodes as the default scheduler would (least allocated first, as many
+  as fit), dispatch uniformly at random among ready instances (kube-proxy's default), no back-end.
+- `thesis`: the thesis as published: Mode 1, the relaxation solved by Ipopt and rounded,
+  lowest-CPU dispatch, RTT as the thesis measured it (clients' reported end-to-end latency).
+- `nearest`: provisioning as `ours`, dispatch to the lowest-RTT node serving the model.
+- `ours`: the best configuration: exact MILP (HiGHS), the solver's plan for dispatch, RTT from the
+  clients' network reports (ALTO only as the prior), Mode 2 (the solver's placement is the target).
+
+Back-end cadence and windows are the same for every strategy that has a back-end.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Strategy", "STRATEGIES", "backend_flags"]
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    policy: str                         # the front-end's dispatch policy
+    backend: tuple[str, ...] | None     # the back-end's flags; None: no back-end at all
+    spread: bool = False                # pre-deploy replicas the way Kubernetes' scheduler spreads them
+    description: str = ""
+
+
+# The back-end's flags every re-planning strategy shares: a window and idle time scaled to the
+# experiment (phases of a minute or two instead of the thesis's hours).
+COMMON = ("--window", "30", "--idle-seconds", "20", "--min-requests", "3", "--max-deletions", "5",
+          "--time-limit", "5")
+
+STRATEGIES: dict[str, Strategy] = {
+    "kubernetes": Strategy("kubernetes", policy="random", backend=None, spread=True,
+                           description="replicas spread least-allocated-first, random dispatch, no re-planning"),
+    "thesis": Strategy("thesis", policy="lowest-cpu",
+                       backend=("--mode", "1", "--solver", "ipopt", "--rtt-source", "latency"),
+                       description="Mode 1, Ipopt relaxation rounded, lowest-CPU dispatch, reported latency"),
+    "nearest": Strategy("nearest", policy="nearest",
+                        backend=("--mode", "2", "--solver", "highs", "--rtt-source", "reports"),
+                        description="provisioning as ours, dispatch to the lowest-RTT instance"),
+    "ours": Strategy("ours", policy="plan",
+                     backend=("--mode", "2", "--solver", "highs", "--rtt-source", "reports"),
+                     description="exact MILP, plan dispatch, measured network RTT"),
+}
+
+
+def backend_flags(strategy: Strategy) -> list[str]:
+    """The back-end's full flag list for `strategy` (mode first, as run_system expects it)."""
+    if strategy.backend is None:
+        return []
+    return [*strategy.backend, *COMMON]
