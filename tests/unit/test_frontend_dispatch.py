@@ -83,7 +83,7 @@ def test_plan_falls_back_to_lowest_cpu():
 def test_choose_rejects_unknown_policy_and_empty_candidates():
     s = state([node("n-a"), node("n-b")], [dep("m", "n-a"), dep("m", "n-b")])
     with pytest.raises(ValueError):
-        choose("random", s.serving["m"], model="m")
+        choose("fastest", s.serving["m"], model="m")
     with pytest.raises(ValueError):
         choose("lowest-cpu", (), model="m")
 
