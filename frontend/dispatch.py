@@ -21,11 +21,12 @@ from typing import Any, Mapping, Sequence
 
 from cluster.port import Node
 
+from .hints import MAX_RTT, NODE_RE, ZONE_RE
 from .snapshot import Candidate, ClusterState
 
 __all__ = [
     "choose", "lowest_cpu", "round_robin", "uniform", "nearest", "planned", "Plan", "PlanError", "parse_plan",
-    "rtt_from_alto", "Placement", "choose_provision_node", "ZONE_LABELS",
+    "rtt_from_alto", "merge_rtt", "Placement", "choose_provision_node", "ZONE_LABELS",
 ]
 
 ZONE_LABELS = ("zone", "topology.kubernetes.io/zone")
@@ -63,15 +64,20 @@ def nearest(candidates: Sequence[Candidate], zone: str | None,
 
 @dataclass(frozen=True)
 class Plan:
-    """The back-end's latest plan: weights[model][zone][node] >= 0."""
+    """The back-end's latest plan: weights[model][zone][node] >= 0, and optionally the round trips
+    rtt[zone][node] (seconds) it measured from the clients' reports."""
 
     created: float
     mode: int
     solver: str
     weights: dict[str, dict[str, dict[str, float]]]
+    rtt: dict[str, dict[str, float]] | None = None
 
     def to_json(self) -> dict:
-        return {"created": self.created, "mode": self.mode, "solver": self.solver, "weights": self.weights}
+        doc = {"created": self.created, "mode": self.mode, "solver": self.solver, "weights": self.weights}
+        if self.rtt is not None:
+            doc["rtt"] = self.rtt
+        return doc
 
 
 class PlanError(ValueError):
@@ -117,12 +123,48 @@ def parse_plan(body: Any, *, known_models: Sequence[str]) -> Plan:
                         errors.append(f"weights.{model}.{zone}.{node}: must be a number >= 0")
                         continue
                     clean[model][str(zone)][str(node)] = float(weight)
-    unknown = set(body) - {"created", "mode", "solver", "weights"}
+    rtt = _plan_rtt(body.get("rtt"), errors) if "rtt" in body else None
+    unknown = set(body) - {"created", "mode", "solver", "weights", "rtt"}
     if unknown:
         errors.append(f"unknown field(s): {', '.join(sorted(unknown))}")
     if errors:
         raise PlanError("; ".join(errors))
-    return Plan(created=float(created), mode=int(mode), solver=solver, weights=clean)
+    return Plan(created=float(created), mode=int(mode), solver=solver, weights=clean, rtt=rtt)
+
+
+def _plan_rtt(table: Any, errors: list[str]) -> dict[str, dict[str, float]]:
+    """Validate a plan's `rtt`: zone -> node -> seconds in 0..MAX_RTT (names in the zone alphabet)."""
+    clean: dict[str, dict[str, float]] = {}
+    if not isinstance(table, dict):
+        errors.append("rtt: must map zone -> node -> seconds")
+        return clean
+    for zone, row in table.items():
+        if not ZONE_RE.fullmatch(zone):
+            errors.append(f"rtt.{zone[:64]}: not a zone name (1-64 letters, digits, '_', '.', ':' or '-')")
+            continue
+        if not isinstance(row, dict):
+            errors.append(f"rtt.{zone}: must map node -> seconds")
+            continue
+        clean[zone] = {}
+        for node, seconds in row.items():
+            if not NODE_RE.fullmatch(node):
+                errors.append(f"rtt.{zone}.{node[:64]}: not a node name")
+            elif (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds)
+                    or not 0 <= seconds <= MAX_RTT):
+                errors.append(f"rtt.{zone}.{node}: must be a number of seconds in 0..{MAX_RTT:g}")
+            else:
+                clean[zone][node] = float(seconds)
+    return clean
+
+
+def merge_rtt(configured: Mapping[str, Mapping[str, float]],
+              measured: Mapping[str, Mapping[str, float]] | None) -> dict[str, dict[str, float]]:
+    """Return the rtt table the `nearest` policy and on-demand placement use: the measured entry of a
+    (zone, node) where the back-end's plan has one, the configured one (settings rtt, then ALTO) else."""
+    out = {zone: dict(row) for zone, row in configured.items()}
+    for zone, row in (measured or {}).items():
+        out.setdefault(zone, {}).update(row)
+    return out
 
 
 def planned(candidates: Sequence[Candidate], model: str, zone: str | None, plan: Plan | None,

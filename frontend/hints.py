@@ -1,4 +1,11 @@
-"""Client hints (zone, observed latency) and request ids: validated at the boundary, pure functions."""
+"""Client hints (zone, observed latency, measured round trip) and request ids: validated at the
+boundary, pure functions.
+
+The round-trip report is a pair: `X-Client-RTT: <seconds>` (the network round trip the client
+observed on its previous call to a node: that call's end-to-end time minus the server's own time
+from the answer's `Server-Timing: app;dur=<ms>`) and `X-Client-RTT-Node: <node name>` (the node
+that call went to). Or `rtt` / `rtt_node` in a JSON body (GET /services). One without the other is
+refused; the pair comes from the headers when either header is present, else from the body."""
 from __future__ import annotations
 
 import math
@@ -6,11 +13,17 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-__all__ = ["ClientHints", "HintError", "parse_hints", "parse_request_id", "ZONE_RE"]
+__all__ = ["ClientHints", "HintError", "parse_hints", "parse_rtt_report", "parse_request_id", "ZONE_RE", "NODE_RE",
+           "MAX_LATENCY", "MAX_RTT", "RTT_HEADER", "RTT_NODE_HEADER"]
 
 ZONE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+NODE_RE = ZONE_RE      # node names in an RTT report: the zone's alphabet
+_NUMBER = re.compile(r"[+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")   # plain decimal, no '_', inf or nan
 MAX_LATENCY = 3600.0   # seconds; anything larger is a client bug, not a measurement
+MAX_RTT = 60.0         # seconds; a network round trip longer than this is not one
+RTT_HEADER = "X-Client-RTT"
+RTT_NODE_HEADER = "X-Client-RTT-Node"
 
 
 class HintError(ValueError):
@@ -21,6 +34,8 @@ class HintError(ValueError):
 class ClientHints:
     zone: str | None = None
     latency: float | None = None   # seconds the client observed
+    rtt: float | None = None       # network round trip (s) the client observed to `rtt_node`
+    rtt_node: str | None = None    # set exactly when rtt is
 
 
 def _zone(value: Any, where: str) -> str | None:
@@ -47,8 +62,53 @@ def _latency(value: Any, where: str) -> float | None:
     return value
 
 
+def _seconds(value: Any, where: str, *, most: float) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not _NUMBER.fullmatch(text):
+            raise HintError(f"{where}: must be a number of seconds")
+        value = float(text)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise HintError(f"{where}: must be a number of seconds")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or value > most:
+        raise HintError(f"{where}: must be between 0 and {most:g} seconds")
+    return value
+
+
+def _node(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not NODE_RE.fullmatch(value):
+        raise HintError(f"{where}: node must be 1-64 characters of letters, digits, '_', '.', ':' or '-'")
+    return value
+
+
+def parse_rtt_report(headers: Mapping[str, str], body: Mapping[str, Any] | None = None
+                     ) -> tuple[float | None, str | None]:
+    """Return (rtt seconds, node) of an X-Client-RTT / X-Client-RTT-Node report, (None, None) without one.
+
+    The pair is read from the headers when either header is present, else from the body's `rtt` /
+    `rtt_node`; one without the other, an empty value, a value outside 0..MAX_RTT seconds (or not
+    finite) or a node name outside the zone alphabet raise HintError."""
+    raw_rtt, raw_node = headers.get(RTT_HEADER), headers.get(RTT_NODE_HEADER)
+    where_rtt, where_node = RTT_HEADER, RTT_NODE_HEADER
+    if raw_rtt is None and raw_node is None and body:
+        raw_rtt, raw_node = body.get("rtt"), body.get("rtt_node")
+        where_rtt, where_node = "body field 'rtt'", "body field 'rtt_node'"
+    if raw_rtt is None and raw_node is None:
+        return None, None
+    if raw_rtt is None or raw_node is None:
+        raise HintError(f"{where_rtt} and {where_node} must be sent together (the round trip and the node it was "
+                        f"measured to)")
+    return _seconds(raw_rtt, where_rtt, most=MAX_RTT), _node(raw_node, where_node)
+
+
 def parse_hints(headers: Mapping[str, str], body: Mapping[str, Any] | None = None) -> ClientHints:
-    """Read X-Client-Zone / X-Client-Latency, or `zone` / `latency` in a JSON body (headers win)."""
+    """Read X-Client-Zone / X-Client-Latency / X-Client-RTT + X-Client-RTT-Node, or `zone` / `latency` /
+    `rtt` + `rtt_node` in a JSON body (headers win)."""
     body = body or {}
     zone = _zone(headers.get("X-Client-Zone"), "X-Client-Zone")
     if zone is None:
@@ -56,7 +116,8 @@ def parse_hints(headers: Mapping[str, str], body: Mapping[str, Any] | None = Non
     latency = _latency(headers.get("X-Client-Latency"), "X-Client-Latency")
     if latency is None:
         latency = _latency(body.get("latency"), "body field 'latency'")
-    return ClientHints(zone=zone, latency=latency)
+    rtt, rtt_node = parse_rtt_report(headers, body)
+    return ClientHints(zone=zone, latency=latency, rtt=rtt, rtt_node=rtt_node)
 
 
 def parse_request_id(value: str | None) -> str | None:

@@ -16,7 +16,7 @@ from typing import Any
 from flask import Flask, Response, g, request
 
 from . import metrics
-from .hints import parse_request_id
+from .hints import HintError, parse_request_id, parse_rtt_report
 from .runtime import current_runtime
 from .store import Increment, RequestRecord, label_text
 
@@ -39,13 +39,26 @@ def _labels(*pairs: tuple[str, str]) -> str:
     return label_text(pairs)
 
 
+_FROM_HEADERS: Any = object()
+
+
 def note_model_request(*, model: str, kind: str, zone: str | None, latency: float | None,
                        node: str | None = None, endpoint: str | None = None, provisioned: float | None = None,
-                       cached: bool | None = None, known_model: bool = True) -> None:
-    """Remember that this request named `model`; after_request records it with its outcome."""
+                       cached: bool | None = None, known_model: bool = True,
+                       rtt: float | None = _FROM_HEADERS, rtt_node: str | None = _FROM_HEADERS) -> None:
+    """Remember that this request named `model`; after_request records it with its outcome.
+
+    `rtt` / `rtt_node`: the client's round-trip report (ClientHints.rtt / rtt_node). A caller that
+    does not pass them (the proxy, whose body belongs to the model) gets the X-Client-RTT /
+    X-Client-RTT-Node headers, which its parse_hints call has already validated."""
+    if rtt is _FROM_HEADERS or rtt_node is _FROM_HEADERS:
+        try:
+            rtt, rtt_node = parse_rtt_report(request.headers)
+        except HintError:
+            rtt, rtt_node = None, None
     g.model_request = {"model": model, "kind": kind, "zone": zone, "latency": latency, "node": node,
                        "endpoint": endpoint, "provisioned": provisioned, "cached": cached,
-                       "known_model": known_model}
+                       "known_model": known_model, "rtt": rtt, "rtt_node": rtt_node}
 
 
 def update_model_request(**fields: Any) -> None:

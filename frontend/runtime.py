@@ -126,7 +126,8 @@ class Runtime:
         policy = self.settings.policy
         key = None
         if policy in ("lowest-cpu", "nearest") and not self.cache.has_bad:
-            key = (self.cache.version, id(self.cache.catalog), zone if policy == "nearest" else None)
+            key = (self.cache.version, id(self.cache.catalog), zone if policy == "nearest" else None,
+                   self.cache.rtt_version if policy == "nearest" else None)
             cached = self._listing
             if cached is not None and cached[0] == key:
                 return cached[1]

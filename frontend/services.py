@@ -40,7 +40,7 @@ def _one(model: Any, body: dict[str, Any]) -> dict:
         raise ApiError(400, str(exc)) from None
     rt = current_runtime()
     note_model_request(model=model, kind="lookup", zone=hints.zone, latency=hints.latency,
-                       known_model=model in rt.cache.catalog)
+                       rtt=hints.rtt, rtt_node=hints.rtt_node, known_model=model in rt.cache.catalog)
     chosen = rt.pick(model, zone=hints.zone)
     update_model_request(node=chosen.node.name, endpoint=chosen.endpoint,
                          provisioned=chosen.deployment.created)

@@ -27,7 +27,7 @@ from cluster.port import Cluster, ClusterError, ClusterUnavailable
 
 from . import metrics
 from .config import ConfigError, Settings
-from .dispatch import Plan, rtt_from_alto
+from .dispatch import Plan, merge_rtt, rtt_from_alto
 from .snapshot import EMPTY_STATE, Candidate, ClusterState
 from .store import StatsStore
 
@@ -76,7 +76,9 @@ class StateCache:
         self._catalog_mtime = self._mtime(settings.catalog_path)
         self.plan: Plan | None = None
         self._plan_received: float | None = None
-        self.rtt = self._load_rtt()
+        self.configured_rtt = self._load_rtt()      # settings rtt, then the ALTO cost map
+        self.rtt = self.configured_rtt                # ... overlaid with the plan's measured rtt
+        self.rtt_version = 0                          # bumped whenever self.rtt is replaced
         self._bad: dict[str, float] = {}          # endpoint -> monotonic time it may be used again
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -127,12 +129,15 @@ class StateCache:
         if stored is not None:
             body, received = stored
             self.set_plan(Plan(created=body["created"], mode=body["mode"], solver=body["solver"],
-                               weights=body["weights"]), received=received)
+                               weights=body["weights"], rtt=body.get("rtt")), received=received)
 
     def set_plan(self, plan: Plan, *, received: float) -> None:
-        """Use `plan` for the plan policy from now on."""
+        """Use `plan` for the plan policy from now on, and its measured rtt (where it has an entry)
+        for the nearest policy and on-demand placement."""
         self.plan = plan
         self._plan_received = received
+        self.rtt = merge_rtt(self.configured_rtt, plan.rtt)
+        self.rtt_version += 1
 
     # -- the refresh loop -------------------------------------------------------------------------
     def add_listener(self, listener: Callable[[ClusterState, ClusterState], None]) -> None:

@@ -13,7 +13,9 @@ request rows, so a collection reads O(groups x buckets) rows instead of every re
 `agg_requests` has one row per (10 s bucket, model, zone, node, kind) with the count, 2xx count,
 client-latency count/sum, served-duration count/sum and last request time; `agg_durations` one
 row per (60 s bucket, model, node, kind, duration bin) with the count and sum of the durations of
-2xx answers not served from the prediction cache. The bins are fixed and log-spaced (16 per octave
+2xx answers not served from the prediction cache; `agg_rtt` one row per (10 s bucket, client zone,
+reported node) with the count, sum and sum of squares of the network round trips clients reported
+(X-Client-RTT / X-Client-RTT-Node: the back-end's RTT table is built from them). The bins are fixed and log-spaced (16 per octave
 from 1 us): a quantile is reported as the mean of the bin holding it, within 4.5 %
 (2**(1/16) - 1) of the exact value. The histogram leaves the client zone out (a model server's time
 does not depend on it) and uses coarser buckets: its row count, not the request rate, is what a
@@ -74,7 +76,9 @@ CREATE TABLE IF NOT EXISTS requests (
     endpoint TEXT,
     status INTEGER NOT NULL,
     duration REAL NOT NULL,
-    cached INTEGER NOT NULL DEFAULT 0
+    cached INTEGER NOT NULL DEFAULT 0,
+    rtt REAL,
+    rtt_node TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_time ON requests(time);
 CREATE TABLE IF NOT EXISTS model_counts (
@@ -111,6 +115,20 @@ CREATE TABLE agg_durations (
     count INTEGER NOT NULL, sum REAL NOT NULL,
     PRIMARY KEY (bucket, model, node, kind, bin)
 ) WITHOUT ROWID""", "DROP TABLE IF EXISTS request_buckets"]      # an earlier draft's table
+# Client round-trip reports per (10 s bucket, zone, reported node); created (and filled from the rows,
+# which hold reports only once a database has the rtt columns) when missing.
+_RTT_SCHEMA = """
+CREATE TABLE agg_rtt (
+    bucket INTEGER NOT NULL, zone TEXT NOT NULL, node TEXT NOT NULL,
+    count INTEGER NOT NULL, sum REAL NOT NULL, sumsq REAL NOT NULL,
+    PRIMARY KEY (bucket, zone, node)
+) WITHOUT ROWID"""
+_RTT_UPSERT = (
+    "INSERT INTO agg_rtt (bucket, zone, node, count, sum, sumsq) VALUES (?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (bucket, zone, node) DO UPDATE SET count = count + excluded.count, sum = sum + excluded.sum,"
+    " sumsq = sumsq + excluded.sumsq")
+# Columns added to `requests` after its first release: added to an older database at start-up.
+_ADDED_COLUMNS = (("rtt", "REAL"), ("rtt_node", "TEXT"))
 _AGG_UPSERT = (
     "INSERT INTO agg_requests (bucket, model, zone, node, kind, count, ok, latency_count, latency_sum,"
     " duration_count, duration_sum, last) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -189,6 +207,8 @@ class RequestRecord:
     cached: bool = False
     provisioned: float | None = None   # Deployment.created of the instance that served it
     known_model: bool = True           # counted per model only when in the catalog
+    rtt: float | None = None           # the client's X-Client-RTT report (network round trip, s)
+    rtt_node: str | None = None        # ... and the node it measured (X-Client-RTT-Node)
 
 
 @dataclass(frozen=True)
@@ -212,11 +232,23 @@ def _off_the_event_loop(fn):
 
 
 class _Aggregates:
-    """The agg_requests and agg_durations increments of a batch of records."""
+    """The agg_requests, agg_durations and agg_rtt increments of a batch of records."""
 
     def __init__(self) -> None:
         self.groups: dict[tuple, list] = {}
         self.bins: dict[tuple, list] = {}
+        self.rtts: dict[tuple, list] = {}
+
+    def add_rtt(self, t: float, zone: str | None, node: str | None, rtt: float | None) -> None:
+        if rtt is None or node is None:
+            return
+        key = (math.floor(t / BUCKET_SECONDS), zone or "", node)
+        acc = self.rtts.get(key)
+        if acc is None:
+            acc = self.rtts[key] = [0, 0.0, 0.0]
+        acc[0] += 1
+        acc[1] += rtt
+        acc[2] += rtt * rtt
 
     def add(self, t: float, model: str, kind: str, zone: str | None, latency: float | None, node: str | None,
             status: int, duration: float | None, cached: bool) -> None:
@@ -248,6 +280,8 @@ class _Aggregates:
             conn.executemany(_AGG_UPSERT, [(*key, *agg) for key, agg in self.groups.items()])
         if self.bins:
             conn.executemany(_BINS_UPSERT, [(*key, *agg) for key, agg in self.bins.items()])
+        if self.rtts:
+            conn.executemany(_RTT_UPSERT, [(*key, *agg) for key, agg in self.rtts.items()])
 
 
 class StatsStore:
@@ -276,10 +310,17 @@ class StatsStore:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            have = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
+            for column, kind in _ADDED_COLUMNS:          # a database from before these columns
+                if column not in have:
+                    conn.execute(f"ALTER TABLE requests ADD COLUMN {column} {kind}")
             if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'agg_requests'").fetchone() is None:
                 for statement in _AGG_SCHEMA:
                     conn.execute(statement)
                 self._backfill_aggregates(conn)
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'agg_rtt'").fetchone() is None:
+                conn.execute(_RTT_SCHEMA)
+                self._backfill_rtt(conn)
         self._closed = False
         ref = weakref.ref(self)
         atexit.register(lambda: (store := ref()) is not None and store._flush_at_exit())
@@ -409,8 +450,9 @@ class StatsStore:
         for r, increments in batch:
             if r is not None:
                 rows.append((r.time, r.model, r.kind, r.zone, r.latency, r.node, r.endpoint, r.status,
-                             r.duration, int(r.cached)))
+                             r.duration, int(r.cached), r.rtt, r.rtt_node))
                 aggregates.add(r.time, r.model, r.kind, r.zone, r.latency, r.node, r.status, r.duration, r.cached)
+                aggregates.add_rtt(r.time, r.zone, r.rtt_node, r.rtt)
                 if r.known_model:
                     m = models.setdefault(r.model, [0, r.time])
                     m[0] += 1
@@ -426,8 +468,8 @@ class StatsStore:
         with self._write(conn):
             if rows:
                 conn.executemany(
-                    "INSERT INTO requests (time, model, kind, zone, latency, node, endpoint, status, duration, cached)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                    "INSERT INTO requests (time, model, kind, zone, latency, node, endpoint, status, duration, cached,"
+                    " rtt, rtt_node) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
                 aggregates.write(conn)
             if models:
                 conn.executemany(
@@ -460,6 +502,7 @@ class StatsStore:
             cur = conn.execute("DELETE FROM requests WHERE time < ?", (older_than,))
             conn.execute("DELETE FROM agg_requests WHERE bucket < ?", (math.floor(older_than / BUCKET_SECONDS),))
             conn.execute("DELETE FROM agg_durations WHERE bucket < ?", (math.floor(older_than / HISTOGRAM_SECONDS),))
+            conn.execute("DELETE FROM agg_rtt WHERE bucket < ?", (math.floor(older_than / BUCKET_SECONDS),))
             return cur.rowcount
 
     def _backfill_aggregates(self, conn: sqlite3.Connection) -> None:
@@ -476,11 +519,19 @@ class StatsStore:
             aggregates.write(conn)
             last_id = rows[-1][0]
 
+    def _backfill_rtt(self, conn: sqlite3.Connection) -> None:
+        """Aggregate the round-trip reports already in the rows (once, when agg_rtt is created)."""
+        aggregates = _Aggregates()
+        for t, zone, node, rtt in conn.execute(
+                "SELECT time, zone, rtt_node, rtt FROM requests WHERE rtt IS NOT NULL AND rtt_node IS NOT NULL"):
+            aggregates.add_rtt(t, zone, node, rtt)
+        aggregates.write(conn)
+
     # -- reads -------------------------------------------------------------------------------
     def requests(self, *, since: float | None = None, limit: int = 1000, after_id: int | None = None) -> list[dict]:
         """Return request rows with time >= since (and id > after_id) in the order they were stored."""
         self.flush()
-        sql = ("SELECT id, time, model, kind, zone, latency, node, endpoint, status, duration, cached"
+        sql = ("SELECT id, time, model, kind, zone, latency, node, endpoint, status, duration, cached, rtt, rtt_node"
                " FROM requests WHERE 1=1")
         args: list[Any] = []
         if since is not None:
@@ -493,8 +544,8 @@ class StatsStore:
         args.append(limit)
         rows = self._conn().execute(sql, args).fetchall()
         return [{"id": i, "time": t, "model": m, "kind": k, "zone": z, "latency": lat, "node": n,
-                 "endpoint": e, "status": s, "duration": d, "cached": bool(c)}
-                for i, t, m, k, z, lat, n, e, s, d, c in rows]
+                 "endpoint": e, "status": s, "duration": d, "cached": bool(c), "rtt": rtt, "rtt_node": rtt_node}
+                for i, t, m, k, z, lat, n, e, s, d, c, rtt, rtt_node in rows]
 
     def summary(self, *, window: float, now: float) -> dict:
         """Aggregate the requests of the buckets overlapping [now - window, now] (GET /stats/summary).
@@ -502,12 +553,14 @@ class StatsStore:
         `groups`, per (model, zone, node, kind): count, 2xx count, client latency count and mean
         (requests that reported one), count and mean duration of 2xx answers not from the
         prediction cache, last request. `durations`, per (model, node, kind): those durations'
-        p50, p95 and histogram (60 s buckets). `models`: count, 2xx count, last request."""
+        p50, p95 and histogram (60 s buckets). `models`: count, 2xx count, last request. `rtt`, per
+        (client zone, reported node): the count, mean and standard deviation of the round trips clients
+        reported and the 10 s buckets as [bucket start, count, sum of seconds], oldest first."""
         self.flush()
         first = max(0, math.floor((now - window) / BUCKET_SECONDS))
         first_hist = max(0, math.floor((now - window) / HISTOGRAM_SECONDS))
 
-        def read() -> tuple[list, list]:
+        def read() -> tuple[list, list, list]:
             conn = self._conn()
             return (conn.execute(
                 "SELECT model, zone, node, kind, sum(count), sum(ok), sum(latency_count), sum(latency_sum),"
@@ -515,9 +568,12 @@ class StatsStore:
                 " GROUP BY model, zone, node, kind ORDER BY model, zone, node, kind", (first,)).fetchall(),
                 conn.execute(
                 "SELECT model, node, kind, bin, sum(count), sum(sum) FROM agg_durations WHERE bucket >= ?"
-                " GROUP BY model, node, kind, bin ORDER BY model, node, kind, bin", (first_hist,)).fetchall())
+                " GROUP BY model, node, kind, bin ORDER BY model, node, kind, bin", (first_hist,)).fetchall(),
+                conn.execute(
+                "SELECT zone, node, bucket, count, sum, sumsq FROM agg_rtt WHERE bucket >= ?"
+                " ORDER BY zone, node, bucket", (first,)).fetchall())
 
-        rows, bins = _off_the_event_loop(read)
+        rows, bins, rtt_rows = _off_the_event_loop(read)
         groups = []
         models: dict[str, dict] = {}
         for model, zone, node, kind, count, ok, lat_n, lat_sum, dur_n, dur_sum, last in rows:
@@ -542,12 +598,25 @@ class StatsStore:
                 "model": model, "node": node or None, "kind": kind, "count": n,
                 "mean": sum(t for _, _, t in entries) / n, "p50": bin_quantile(entries, 0.5),
                 "p95": bin_quantile(entries, 0.95), "bins": [{"bin": b, "count": c, "sum": t} for b, c, t in entries]})
+        pairs: dict[tuple[str, str], list] = {}
+        for zone, node, bucket, count, total, squares in rtt_rows:
+            acc = pairs.setdefault((zone, node), [0, 0.0, 0.0, []])
+            acc[0] += count
+            acc[1] += total
+            acc[2] += squares
+            acc[3].append([float(bucket * BUCKET_SECONDS), count, total])
+        rtt = []
+        for (zone, node), (n, total, squares, buckets) in pairs.items():
+            mean = total / n
+            rtt.append({"zone": zone or None, "node": node, "count": n, "mean": mean,
+                        "stddev": math.sqrt(max(0.0, squares / n - mean * mean)), "buckets": buckets})
         return {"window": window, "since": float(first * BUCKET_SECONDS), "until": now,
                 "bucket_seconds": BUCKET_SECONDS,
                 "histogram": {"since": float(first_hist * HISTOGRAM_SECONDS), "bucket_seconds": HISTOGRAM_SECONDS,
                               "min": DURATION_MIN, "bins_per_octave": BINS_PER_OCTAVE, "bins": DURATION_BINS,
                               "relative_error": RELATIVE_ERROR},
-                "groups": groups, "durations": durations, "models": sorted(models.values(), key=lambda m: m["model"])}
+                "groups": groups, "durations": durations, "models": sorted(models.values(), key=lambda m: m["model"]),
+                "rtt": rtt}
 
     def model_counts(self) -> dict[str, tuple[int, float | None]]:
         """Return model -> (requests ever, last requested time)."""
