@@ -328,21 +328,30 @@ def test_kill_of_the_frontend_master(system):
           f"failures {summary(failed)}, {lost} rows lost")
 
 
-def test_kill_of_the_supervisor_then_a_new_one_adopts(system):
-    """kill -9 of the supervisor under load, then a new one on the same state directory: the model
-    server and the front-end are adopted (same pids), the back-end is replaced, no client request
-    fails, and a prediction succeeds within 2 s of the new supervisor's start (it never stops)."""
+def test_kill_of_the_supervisor_then_a_new_one_adopts(system, built_models):
+    """kill -9 of the supervisor under load, then a new one on the same state directory: the healthy
+    model server and the front-end are adopted (same pids), an unhealthy server (stopped with
+    SIGSTOP: alive, ours, but not answering) is stopped and forgotten, the back-end is replaced,
+    no client request fails, and a prediction succeeds within 2 s of the new supervisor's start
+    (the adopted front-end never stops serving)."""
+    from cluster.local import LocalCluster
+
     first = system.start("--every", "30")
     first.wait_banner()
+    cluster = LocalCluster(system.config, state_path=system.state / "cluster.db", models_dir=built_models)
+    cluster.deploy("half_plus_three", "nano-1", wait=True, timeout=60)
+    rows = {row[0]: row[2] for row in system.instances()}
+    healthy, hung = rows["half_plus_two"], rows["half_plus_three"]
+    hung_family = [psutil.Process(hung)] + psutil.Process(hung).children(recursive=True)
     before = system.pids()
     old_backend = psutil.Process(before["backend"])
-    servers = {row[2] for row in system.instances()}
-    assert servers
     client = Client(system.port)
     client.start()
     client.wait_ok(time.time(), 10)
     first.proc.kill()
     first.proc.wait(timeout=10)
+    for proc in hung_family:
+        proc.suspend()
     time.sleep(1.0)                # the system serves on without its supervisor
     started = time.time()
     second = system.start("--every", "30")
@@ -350,17 +359,18 @@ def test_kill_of_the_supervisor_then_a_new_one_adopts(system):
     second.wait_banner(60)
     ready = time.time()
     after = system.pids()
-    assert {row[2] for row in system.instances()} == servers
-    assert all(psutil.pid_exists(pid) for pid in servers)
+    assert [row[:3] for row in system.instances()] == [("half_plus_two", "xavier", healthy)]
+    assert psutil.pid_exists(healthy) and gone(hung_family)
     assert after["frontend"] == before["frontend"] and after["backend"] != before["backend"]
     assert gone([old_backend])
     text = second.text()
     assert f"adopting the front-end left by an earlier run (pid {before['frontend']})" in text
-    assert "1 healthy, adopted" in text
+    assert "1 healthy, adopted (half_plus_two on xavier); 1 stale or unhealthy, cleaned" in text
     time.sleep(0.5)
     answers = client.stop()
     assert [a for a in answers if not a.ok] == [], summary([a for a in answers if not a.ok])
     assert ok - started <= 2.0
     assert_rows_match(system, answers, supervisor_checks=1)
-    print(f"supervisor killed: the new one printed its ready line {ready - started:.2f} s after its start; "
-          f"first prediction after its start {ok - started:.2f} s; {len(answers)} requests, all answered 200")
+    print(f"supervisor killed: the new one printed its ready line {ready - started:.2f} s after its start "
+          f"(probing and stopping the hung server included); first prediction after its start "
+          f"{ok - started:.2f} s; {len(answers)} requests, all answered 200")
