@@ -155,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         proc = subprocess.Popen([sys.executable, "-c", _SERVER], stdout=subprocess.PIPE, text=True)
         try:
             port = int(proc.stdout.readline())
-            out["small answer (40-byte JSON body, like a prediction)"] = _run(port, PATH.replace(":predict", "/small"), calls=calls,
-                                                           rounds=rounds, warmup=min(200, calls))
+            out["small answer (40-byte JSON body, like a prediction)"] = _run(
+                port, PATH.replace(":predict", "/small"), calls=calls, rounds=rounds, warmup=min(200, calls))
             out["16 KiB answer"] = _run(port, PATH.replace(":predict", "/medium"), calls=calls, rounds=rounds,
                                         warmup=min(200, calls))
             out["256 KiB answer"] = _run(port, PATH.replace(":predict", "/large"),

@@ -83,9 +83,6 @@ class UpstreamProtocolError(UpstreamError):
     pass
 
 
-UpstreamReadTimeout = UpstreamTimeout        # the name before the whole-call deadline
-
-
 class _Stale(Exception):
     """A reused connection failed before the answer began: retry on a fresh one."""
 
