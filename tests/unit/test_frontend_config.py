@@ -54,8 +54,8 @@ def test_bad_file_and_bad_variables(tmp_path):
         load_settings({"FRONTEND_CONFIG": str(path)})
     with pytest.raises(ConfigError, match="cannot read"):
         load_settings({"FRONTEND_CONFIG": str(tmp_path / "missing.yaml")})
-    with pytest.raises(ConfigError, match="FRONTEND_READ_TIMEOUT"):
-        load_settings({"FRONTEND_READ_TIMEOUT": "soon"})
+    with pytest.raises(ConfigError, match="FRONTEND_CALL_TIMEOUT"):
+        load_settings({"FRONTEND_CALL_TIMEOUT": "soon"})
     with pytest.raises(ConfigError, match="FRONTEND_RTT"):
         load_settings({"FRONTEND_RTT": "{not json"})
 
