@@ -86,7 +86,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the command-line parser."""
-    from .build import COMPUTE_BASES, FORMULATIONS
+    from .build import COMPUTE_BASES, FORMULATIONS, RTT_SOURCES
 
     p = _Parser(
         prog="python -m backend",
@@ -128,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="ALTO cost map (RFC 7285 JSON; zones -> node names, seconds); '' for none")
     net.add_argument("--default-rtt", type=_non_negative(float, 3600), default=0.05, metavar="SECONDS",
                      help="RTT used when neither clients nor the cost map know a (zone, node)")
+    net.add_argument("--rtt-source", choices=RTT_SOURCES, default="reports",
+                     help="RTT of a (zone, node): 'reports' = the network round trips clients reported "
+                          "(X-Client-RTT / X-Client-RTT-Node, recency-weighted; the ALTO map for pairs "
+                          "nobody reported); 'latency' = the thesis's mean X-Client-Latency (end-to-end, "
+                          "so execution time is counted twice)")
+    net.add_argument("--rtt-half-life", type=_positive(float, YEAR), default=60.0, metavar="SECONDS",
+                     help="with --rtt-source reports: a report this much older than the newest of its "
+                          "(zone, node) weighs half as much (exponential decay by 10 s bucket)")
     net.add_argument("--min-exec-samples", type=_positive(int, 10**9), default=5, metavar="N",
                      help="measured proxy times needed before they replace the catalog's execution time")
     net.add_argument("--compute", choices=COMPUTE_BASES, default="average",
@@ -258,7 +266,8 @@ def config_from_args(args: argparse.Namespace):
         mode=args.mode, frontend=args.frontend, token=token, solver=args.solver, time_limit=args.time_limit,
         build=BuildSettings(mode=args.mode, formulation=args.formulation, window=args.window,
                             default_rtt=args.default_rtt, min_exec_samples=args.min_exec_samples,
-                            compute=args.compute),
+                            compute=args.compute, rtt_source=args.rtt_source,
+                            rtt_half_life=args.rtt_half_life),
         thresholds=Thresholds(idle_seconds=args.idle_seconds, min_requests=args.min_requests),
         execution=ExecSettings(max_deletions=args.max_deletions, concurrency=args.concurrency,
                                wait_ready=args.wait_ready, ready_timeout=args.ready_timeout,

@@ -8,10 +8,20 @@ where every number came from (the report prints it).
 
 - Requests are grouped by (model, client zone); a request without a zone belongs to `default`.
   Requests for models the catalog does not know are ignored (and counted).
-- RTT from a zone to a node, in seconds: the mean latency clients of that zone reported for
-  requests the node served; otherwise the ALTO cost map (zone row, then its `default` row);
-  otherwise `default_rtt`.
-- Execution time of a model on a node, in seconds: the catalog profile for the node's class,
+- RTT from a zone to a node, in seconds, is the **network** round trip only (`rtt_source="reports"`,
+  the default): the recency-weighted mean of the round trips clients of that zone reported for that
+  node (`X-Client-RTT` / `X-Client-RTT-Node`: the end-to-end time of their previous call to the
+  node minus the server's own time from `Server-Timing`). Each report weighs 2 ** (-age /
+  rtt_half_life), its age being its 10 s bucket's start before the newest bucket of that pair
+  (exponential decay with time constant rtt_half_life / ln 2; default half-life 60 s: a report a
+  minute older counts half as much; a bucket weighs its report count). A pair nobody reported
+  takes the ALTO cost map as the prior (zone row, then its `default` row); otherwise `default_rtt`.
+  `rtt_source="latency"` is the thesis's original measurement, kept for the testbed's `thesis`
+  strategy: the mean `X-Client-Latency` of the zone's requests the node served. That value is the
+  previous request's end-to-end time (possibly for another model or node), so it already holds an
+  execution time, and the solver adds `exec_time` on top: execution is counted twice.
+- Execution time of a model on a node, in seconds (counted once: with reports the RTT holds none
+  of it): the catalog profile for the node's class,
   replaced by the median of the proxy's measured times for that (model, node) once there are at
   least `min_exec_samples` of them. From aggregates the median is read from the merged duration
   histograms of that (model, node): the mean of the bin holding it, within the histogram's
@@ -28,6 +38,7 @@ where every number came from (the report prints it).
 """
 from __future__ import annotations
 
+import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -39,17 +50,19 @@ from cluster.catalog import Catalog
 from cluster.port import Deployment
 
 from .alto import DEFAULT_ZONE, CostMap
-from .collect import DurationStat, GroupStat, NodeMemory, RequestStat, Summary
+from .collect import BUCKET_SECONDS, DurationStat, GroupStat, NodeMemory, RequestStat, RttStat, Summary
 
 if TYPE_CHECKING:
     from solver.problem import Problem
 
 __all__ = ["BuildSettings", "Built", "build_problem", "group_requests", "rtt_table", "exec_table",
            "group_summary", "rtt_table_from_summary", "exec_table_from_summary", "bins_median",
-           "FORMULATIONS", "COMPUTE_BASES"]
+           "rtt_reports_from_rows", "recency_mean", "rtt_table_from_reports", "measured_part",
+           "FORMULATIONS", "COMPUTE_BASES", "RTT_SOURCES"]
 
 FORMULATIONS = ("placement", "thesis")
 COMPUTE_BASES = ("average", "per-request")
+RTT_SOURCES = ("reports", "latency")
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,8 @@ class BuildSettings:
     default_rtt: float = 0.05           # seconds, when neither clients nor the ALTO map know
     min_exec_samples: int = 5           # measured proxy times needed to override the profile
     compute: str = "average"            # "average" (Little's law over the window) or "per-request"
+    rtt_source: str = "reports"         # "reports" (X-Client-RTT, network only) or "latency" (the thesis's)
+    rtt_half_life: float = 60.0         # seconds: a report this much older weighs half as much
 
     def __post_init__(self) -> None:
         if self.mode not in (1, 2):
@@ -70,6 +85,10 @@ class BuildSettings:
             raise ValueError(f"formulation must be one of {', '.join(FORMULATIONS)}")
         if self.compute not in COMPUTE_BASES:
             raise ValueError(f"compute must be one of {', '.join(COMPUTE_BASES)}")
+        if self.rtt_source not in RTT_SOURCES:
+            raise ValueError(f"rtt_source must be one of {', '.join(RTT_SOURCES)}")
+        if not self.rtt_half_life > 0:
+            raise ValueError("rtt_half_life must be > 0")
         if self.window <= 0 or self.default_rtt < 0 or self.min_exec_samples < 1:
             raise ValueError("window must be > 0, default_rtt >= 0 and min_exec_samples >= 1")
 
@@ -81,6 +100,8 @@ class Built:
     problem: "Problem"
     groups: list[tuple[str, str]]                  # (model, zone) of each request group, in order
     summary: dict = field(default_factory=dict)    # counts for the report
+    measured_rtt: dict[str, dict[str, float]] = field(default_factory=dict)   # the measured entries of the
+    #                                                rtt table used ({zone: {node: s}}): pushed with the plan
 
 
 def _zone(row: RequestStat) -> str:
@@ -111,9 +132,78 @@ def group_summary(groups: Iterable[GroupStat], known: set[str]) -> tuple[dict[tu
     return dict(counts), unknown
 
 
+def rtt_reports_from_rows(rows: Iterable[RequestStat], *, bucket_seconds: float = BUCKET_SECONDS) -> list[RttStat]:
+    """The rows' X-Client-RTT reports in the front-end's buckets: what /stats/summary's `rtt` holds."""
+    acc: dict[tuple[str | None, str], dict[float, list]] = defaultdict(dict)
+    for row in rows:
+        if row.rtt is None or row.rtt_node is None:
+            continue
+        start = math.floor(row.time / bucket_seconds) * bucket_seconds
+        bucket = acc[(row.zone, row.rtt_node)].setdefault(float(start), [0, 0.0])
+        bucket[0] += 1
+        bucket[1] += row.rtt
+    return [RttStat(zone=zone, node=node, buckets=tuple((t, c, total) for t, (c, total) in sorted(buckets.items())))
+            for (zone, node), buckets in acc.items()]
+
+
+def recency_mean(buckets: Iterable[tuple[float, int, float]], half_life: float) -> float | None:
+    """Recency-weighted mean of bucketed reports ((start, count, sum) each), None without any.
+
+    Every report in a bucket weighs w = 2 ** (-(newest start - start) / half_life), so the mean is
+    sum(w * sum) / sum(w * count). Measuring the age from the newest bucket instead of from "now"
+    changes every weight by the same factor, which cancels: the result needs no clock."""
+    entries = [(t, c, total) for t, c, total in buckets if c > 0]
+    if not entries:
+        return None
+    newest = max(t for t, _, _ in entries)
+    num = den = 0.0
+    for t, c, total in entries:
+        w = 2.0 ** (-(newest - t) / half_life)
+        num += w * total
+        den += w * c
+    return num / den if den > 0 else None
+
+
+def rtt_table_from_reports(reports: Iterable[RttStat], zones: Iterable[str], nodes: Iterable[str], *,
+                           cost_map: CostMap, default_rtt: float, half_life: float
+                           ) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
+    """Return ({zone: {node: seconds}}, {source: pairs}) from the clients' round-trip reports.
+
+    A (zone, node) with reports gets their recency-weighted mean (`recency_mean`): the network
+    round trip only, since the clients subtract the server's own time, so the solver's
+    `exec_time` is the one place execution time is counted. Other pairs take the ALTO cost map
+    (the prior), then `default_rtt`. Reports without a zone belong to the `default` zone."""
+    merged: dict[tuple[str, str], dict[float, list]] = defaultdict(dict)
+    for r in reports:
+        hist = merged[(r.zone or DEFAULT_ZONE, r.node)]
+        for t, c, total in r.buckets:
+            acc = hist.setdefault(t, [0, 0.0])
+            acc[0] += c
+            acc[1] += total
+    means: dict[tuple[str, str], float] = {}
+    for key, hist in merged.items():
+        mean = recency_mean(((t, c, total) for t, (c, total) in hist.items()), half_life)
+        if mean is not None:
+            means[key] = mean
+    return _rtt_table(means, zones, nodes, cost_map=cost_map, default_rtt=default_rtt)
+
+
+def measured_part(table: dict[str, dict[str, float]], *, measured: set[tuple[str, str]]) -> dict[str, dict[str, float]]:
+    """The entries of `table` whose (zone, node) is in `measured` ({zone: {node: seconds}})."""
+    out: dict[str, dict[str, float]] = {}
+    for zone, row in table.items():
+        for node, seconds in row.items():
+            if (zone, node) in measured:
+                out.setdefault(zone, {})[node] = seconds
+    return out
+
+
 def rtt_table(rows: Iterable[RequestStat], zones: Iterable[str], nodes: Iterable[str], *,
               cost_map: CostMap, default_rtt: float) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
-    """Return ({zone: {node: seconds}}, {source: how many (zone, node) pairs used it})."""
+    """The thesis's RTT (`rtt_source="latency"`): ({zone: {node: seconds}}, {source: pairs}) from the
+    mean X-Client-Latency of the zone's requests the node served. That latency is the client's
+    previous end-to-end time, execution included, so with `exec_time` added by the solver the
+    execution is counted twice; kept only to reproduce the thesis."""
     sums: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
     for row in rows:
         if row.latency is not None and row.node is not None:
@@ -125,7 +215,8 @@ def rtt_table(rows: Iterable[RequestStat], zones: Iterable[str], nodes: Iterable
 
 def rtt_table_from_summary(groups: Iterable[GroupStat], zones: Iterable[str], nodes: Iterable[str], *,
                            cost_map: CostMap, default_rtt: float) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
-    """rtt_table for aggregates: the same mean of client-reported latencies per (zone, node)."""
+    """rtt_table (the thesis's, `rtt_source="latency"`) for aggregates: the same mean of
+    client-reported latencies per (zone, node)."""
     sums: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
     for g in groups:
         if g.latency_count and g.node is not None:
@@ -137,15 +228,20 @@ def rtt_table_from_summary(groups: Iterable[GroupStat], zones: Iterable[str], no
 
 def _rtt_from(sums: dict[tuple[str, str], list[float]], zones: Iterable[str], nodes: Iterable[str], *,
               cost_map: CostMap, default_rtt: float) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
+    means = {key: total / n for key, (total, n) in sums.items() if n}
+    return _rtt_table(means, zones, nodes, cost_map=cost_map, default_rtt=default_rtt)
+
+
+def _rtt_table(means: dict[tuple[str, str], float], zones: Iterable[str], nodes: Iterable[str], *,
+               cost_map: CostMap, default_rtt: float) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
     table: dict[str, dict[str, float]] = {}
     sources = {"measured": 0, "alto": 0, "default": 0}
     node_list = list(nodes)
     for zone in zones:
         table[zone] = {}
         for node in node_list:
-            total, n = sums.get((zone, node), (0.0, 0))
-            if n:
-                table[zone][node] = total / n
+            if (zone, node) in means:
+                table[zone][node] = means[(zone, node)]
                 sources["measured"] += 1
                 continue
             cost = cost_map.rtt(zone, node)
@@ -165,7 +261,11 @@ def _usable_duration(row: RequestStat) -> bool:
 
 def exec_table(rows: Iterable[RequestStat], catalog: Catalog, nodes: list[NodeMemory], *,
                min_samples: int) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
-    """Return ({model: {node: seconds}}, {source: how many (model, node) pairs used it})."""
+    """Return ({model: {node: seconds}}, {source: how many (model, node) pairs used it}).
+
+    The proxy's measured time of the model server's answer (the front-end and the model server
+    are next to each other, so this is the server's time), or the catalog profile: the only
+    execution time in the problem; the RTT (from reports) holds none."""
     measured: dict[tuple[str, str], list[float]] = defaultdict(list)
     for row in rows:
         if _usable_duration(row):
@@ -247,14 +347,26 @@ def build_problem(*, requests: list[RequestStat], nodes: list[NodeMemory], catal
         counts, unknown = group_requests(requests, known)
     keys = sorted(counts)
     zones = sorted({zone for _, zone in keys})
-    if summary is not None:
+    # RTT: network only (the clients' reports) and execution time once (exec_table), unless the
+    # thesis's measurement is asked for (its latency already holds an execution time; see above).
+    if settings.rtt_source == "reports":
+        reports = summary.rtt if summary is not None else rtt_reports_from_rows(requests)
+        rtt, rtt_sources = rtt_table_from_reports(reports, zones, node_names, cost_map=cost_map,
+                                                  default_rtt=settings.default_rtt,
+                                                  half_life=settings.rtt_half_life)
+        measured = {(r.zone or DEFAULT_ZONE, r.node) for r in reports if r.count}
+    elif summary is not None:
         rtt, rtt_sources = rtt_table_from_summary(summary.groups, zones, node_names, cost_map=cost_map,
                                                   default_rtt=settings.default_rtt)
-        exec_time, exec_sources = exec_table_from_summary(summary.durations, catalog, ready,
-                                                          min_samples=settings.min_exec_samples)
+        measured = {(g.zone or DEFAULT_ZONE, g.node) for g in summary.groups if g.latency_count and g.node}
     else:
         rtt, rtt_sources = rtt_table(requests, zones, node_names, cost_map=cost_map,
                                      default_rtt=settings.default_rtt)
+        measured = {(_zone(r), r.node) for r in requests if r.latency is not None and r.node is not None}
+    if summary is not None:
+        exec_time, exec_sources = exec_table_from_summary(summary.durations, catalog, ready,
+                                                          min_samples=settings.min_exec_samples)
+    else:
         exec_time, exec_sources = exec_table(requests, catalog, ready, min_samples=settings.min_exec_samples)
 
     node_caps = [NodeCap(name=n.node, memory=int(n.available if settings.mode == 1 else n.total),
@@ -286,8 +398,10 @@ def build_problem(*, requests: list[RequestStat], nodes: list[NodeMemory], catal
         "memory": "available" if settings.mode == 1 else "total",
         "deployed": [list(pair) for pair in sorted({(d.model, d.node) for d in deployments})],
         "rtt_sources": rtt_sources,
+        "rtt_source": settings.rtt_source,
+        "rtt_half_life": settings.rtt_half_life if settings.rtt_source == "reports" else None,
         "exec_time_sources": exec_sources,
         "compute": settings.compute,
         "statistics": "summary" if summary is not None else "rows",
     }
-    return Built(problem=problem, groups=keys, summary=summary)
+    return Built(problem=problem, groups=keys, summary=summary, measured_rtt=measured_part(rtt, measured=measured))

@@ -23,12 +23,14 @@ import requests
 
 __all__ = [
     "FrontendError", "RequestStat", "InstanceStat", "ModelStat", "NodeMemory", "Observed",
-    "GroupStat", "DurationStat", "Summary", "FrontendClient", "collect", "parse_requests", "parse_models", "parse_memory",
+    "GroupStat", "DurationStat", "RttStat", "Summary", "BUCKET_SECONDS", "MAX_RTT", "FrontendClient", "collect", "parse_requests", "parse_models", "parse_memory",
     "parse_summary",
 ]
 
 PAGE = 100_000          # rows asked for per /stats/requests call (the front-end's maximum)
 MAX_PAGES = 50          # a window bigger than 5 million rows is cut (and said so in the report)
+BUCKET_SECONDS = 10.0   # the front-end's aggregate bucket (rows are bucketed the same way)
+MAX_RTT = 60.0          # seconds: the front-end refuses larger X-Client-RTT reports
 
 
 class FrontendError(Exception):
@@ -52,6 +54,8 @@ class RequestStat:
     duration: float | None       # the proxy's measured time for the model server's answer, seconds
     kind: str | None = None      # "proxy" or "lookup" (GET /services) when the front-end says so
     cached: bool = False         # answered from the front-end's prediction cache
+    rtt: float | None = None     # the client's network round-trip report (X-Client-RTT), seconds
+    rtt_node: str | None = None  # the node it measured (X-Client-RTT-Node); set exactly when rtt is
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,20 @@ class DurationStat:
 
 
 @dataclass(frozen=True)
+class RttStat:
+    """The round trips clients of one zone reported for one node over the window (X-Client-RTT /
+    X-Client-RTT-Node): per bucket (start in unix seconds, reports, sum of their seconds), oldest first."""
+
+    zone: str | None
+    node: str
+    buckets: tuple[tuple[float, int, float], ...]
+
+    @property
+    def count(self) -> int:
+        return sum(c for _, c, _ in self.buckets)
+
+
+@dataclass(frozen=True)
 class Summary:
     """The window of requests as aggregates (what build_problem needs, without the rows)."""
 
@@ -121,6 +139,8 @@ class Summary:
     durations: list[DurationStat]
     since: float
     relative_error: float            # of a quantile read from the duration histogram
+    rtt: list[RttStat] = field(default_factory=list)   # empty from a front-end without the reports
+    until: float | None = None       # the front-end's clock when it answered
 
     @property
     def requests(self) -> int:
@@ -178,6 +198,9 @@ def parse_requests(doc: Any) -> tuple[list[RequestStat], int, int | None]:
         status = item.get("status")
         latency = _num(item.get("latency"))
         duration = _num(item.get("duration"))
+        rtt, rtt_node = _num(item.get("rtt")), _text(item.get("rtt_node"))
+        if rtt is None or rtt_node is None or not 0 <= rtt <= MAX_RTT:
+            rtt, rtt_node = None, None
         rows.append(RequestStat(
             time=t, model=model, zone=zone if isinstance(zone, str) and zone else None,
             latency=latency if latency is not None and latency >= 0 else None,
@@ -185,7 +208,7 @@ def parse_requests(doc: Any) -> tuple[list[RequestStat], int, int | None]:
             status=status if isinstance(status, int) and not isinstance(status, bool) else None,
             duration=duration if duration is not None and duration >= 0 else None,
             kind=item.get("kind") if isinstance(item.get("kind"), str) else None,
-            cached=bool(item.get("cached", False))))
+            cached=bool(item.get("cached", False)), rtt=rtt, rtt_node=rtt_node))
     return rows, skipped, last_id
 
 
@@ -229,9 +252,27 @@ def parse_summary(doc: Any) -> Summary:
             bins.append((b, c, total))
         durations.append(DurationStat(model=item["model"], node=_text(item.get("node")), kind=_text(item.get("kind")),
                                       bins=tuple(sorted(bins))))
+    rtt = []
+    for item in doc.get("rtt") or []:      # absent from a front-end that predates the reports
+        if not isinstance(item, dict) or _text(item.get("node")) is None or not isinstance(item.get("buckets"), list):
+            raise FrontendError("/stats/summary: every rtt entry needs a 'node' and a 'buckets' list")
+        zone = item.get("zone")
+        if zone is not None and _text(zone) is None:
+            raise FrontendError(f"/stats/summary: rtt of node {item['node']}: zone must be a name or null")
+        buckets = []
+        for entry in item["buckets"]:
+            start, c, total = (entry if isinstance(entry, list) and len(entry) == 3 else (None, None, None))
+            start, c, total = _num(start), _count(c), _num(total)
+            if start is None or c is None or total is None or total < 0 or total > MAX_RTT * c:
+                raise FrontendError(f"/stats/summary: rtt of node {item['node']}: malformed bucket")
+            if c:
+                buckets.append((start, c, total))
+        if buckets:
+            rtt.append(RttStat(zone=zone, node=item["node"], buckets=tuple(sorted(buckets))))
     histogram = doc.get("histogram") if isinstance(doc.get("histogram"), dict) else {}
     return Summary(groups=groups, durations=durations, since=_num(doc.get("since")) or 0.0,
-                   relative_error=_num(histogram.get("relative_error")) or 0.0)
+                   relative_error=_num(histogram.get("relative_error")) or 0.0, rtt=rtt,
+                   until=_num(doc.get("until")))
 
 
 def parse_models(doc: Any) -> list[ModelStat]:

@@ -289,8 +289,19 @@ def _run_with(cfg: RunConfig, report: RunReport, finish, *, client: FrontendClie
         weights = dispatch_weights(built.groups, solved.assignment)
         if weights:
             t = time.perf_counter()
+            plan_doc = {"created": now, "mode": cfg.mode, "solver": solved.solver, "weights": weights}
+            if built.measured_rtt:      # the measured rtt the problem used: nearest/placement prefer it
+                plan_doc["rtt"] = built.measured_rtt
             try:
-                client.put_plan({"created": now, "mode": cfg.mode, "solver": solved.solver, "weights": weights})
+                try:
+                    client.put_plan(plan_doc)
+                except FrontendError as exc:
+                    # a front-end that predates the measured rtt refuses the field: send the weights alone
+                    if exc.status != 400 or "rtt" not in plan_doc or "unknown field(s): rtt" not in str(exc):
+                        raise
+                    plan_doc.pop("rtt")
+                    client.put_plan(plan_doc)
+                    report.warnings.append("the front-end does not take the measured rtt with the plan")
                 report.plan_pushed = True
             except FrontendError as exc:
                 report.errors.append(f"PUT /plan: {exc}")

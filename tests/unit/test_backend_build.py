@@ -21,9 +21,10 @@ NODES = [NodeMemory("a", True, "small", 250000, 60000, 190000, 4.0, 0.1),
 ALTO = CostMap({"z1": {"a": 0.01, "b": 0.03}, "default": {"a": 0.2, "b": 0.1}})
 
 
-def req(model=HP2, zone="z1", *, latency=None, node=None, duration=None, status=200, kind="proxy", cached=False):
-    return RequestStat(time=1.0, model=model, zone=zone, latency=latency, node=node, status=status,
-                       duration=duration, kind=kind, cached=cached)
+def req(model=HP2, zone="z1", *, latency=None, node=None, duration=None, status=200, kind="proxy", cached=False,
+        rtt=None, rtt_node=None, time=1.0):
+    return RequestStat(time=time, model=model, zone=zone, latency=latency, node=node, status=status,
+                       duration=duration, kind=kind, cached=cached, rtt=rtt, rtt_node=rtt_node)
 
 
 def build(requests, *, mode=1, deployments=(), **settings):
@@ -37,9 +38,9 @@ def test_groups_by_model_and_zone_with_default_zone_and_unknown_models_counted()
     assert counts == {(HP2, "z1"): 2, (HP2, "default"): 1, (LOGREG, "z2"): 1} and unknown == 1
 
 
-def test_rtt_prefers_client_reports_then_alto_then_default():
+def test_thesis_rtt_source_prefers_client_latency_then_alto_then_default():
     built = build([req(latency=0.5, node="a"), req(latency=0.7, node="a"), req(zone="elsewhere"),
-                   req(zone="z9")], default_rtt=0.05)
+                   req(zone="z9")], default_rtt=0.05, rtt_source="latency")
     groups = dict(zip(built.groups, built.problem.requests))
     assert groups[(HP2, "z1")].rtt == {"a": pytest.approx(0.6), "b": 0.03}     # measured, then ALTO
     assert groups[(HP2, "elsewhere")].rtt == {"a": 0.2, "b": 0.1}               # ALTO default row

@@ -81,7 +81,7 @@ def test_exec_time_from_equal_durations_is_exact():
          "bins": [{"bin": 300, "count": 3, "sum": 1.5}, {"bin": 280, "count": 2, "sum": 0.2}]},
         {"model": HP2, "node": "b", "kind": "lookup", "bins": [{"bin": 100, "count": 9, "sum": 9e-5}]}]}
     built = build_problem(requests=[], summary=parse_summary(doc), nodes=NODES, catalog=CATALOG, deployments=[],
-                          cost_map=ALTO, settings=BuildSettings(min_exec_samples=5))
+                          cost_map=ALTO, settings=BuildSettings(min_exec_samples=5, rtt_source="latency"))
     assert built.problem.exec_time[HP2] == {"a": 0.004, "b": 0.5}      # median of 0.5 x3, 0.1 x2 (lookups not)
     groups = dict(zip(built.groups, built.problem.requests))
     assert groups[(HP2, "z2")].count == 11 and groups[(HP2, "z2")].rtt["b"] == 0.25
