@@ -91,23 +91,27 @@ class System:
         self.settle()
 
     # -- demand ---------------------------------------------------------------------------------
-    def request(self, model: str, zone: str, *, latency: float | None = None) -> requests.Response:
+    def request(self, model: str, zone: str, *, latency: float | None = None,
+                rtt: tuple[float, str] | None = None) -> requests.Response:
         headers = {"X-Client-Zone": zone}
         if latency is not None:
             headers["X-Client-Latency"] = str(latency)
+        if rtt is not None:            # a round-trip report: (seconds, node)
+            headers["X-Client-RTT"], headers["X-Client-RTT-Node"] = str(rtt[0]), rtt[1]
         return requests.post(f"{self.url}/services/{model}/v1/models/{model}:predict", json=BODIES[model],
                              headers=headers, timeout=30)
 
     def seed_demand(self, demand: dict[tuple[str, str], int], *, keep: tuple = ()) -> None:
         """Record `count` real proxied requests per (model, zone): deploy, ask, then remove.
 
-        Each model is served during the recording by its zone's own node (latency NEAR reported);
+        Each model is served during the recording by its zone's own node (latency NEAR reported, and a
+        round trip NEAR to that node: the back-end's RTT comes from these reports);
         pairs in `keep` stay deployed afterwards, the others are removed again."""
         served = sorted({(model, "node-" + zone.split("-")[-1]) for model, zone in demand})
         self.deploy(served)
         for (model, zone), count in demand.items():
             for _ in range(count):
-                answer = self.request(model, zone, latency=NEAR)
+                answer = self.request(model, zone, latency=NEAR, rtt=(NEAR, "node-" + zone.split("-")[-1]))
                 assert answer.status_code == 200, answer.text
         self.remove([p for p in served if p not in set(keep)])
 
