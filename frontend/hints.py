@@ -90,14 +90,16 @@ def parse_rtt_report(headers: Mapping[str, str], body: Mapping[str, Any] | None 
                      ) -> tuple[float | None, str | None]:
     """Return (rtt seconds, node) of an X-Client-RTT / X-Client-RTT-Node report, (None, None) without one.
 
-    The pair is read from the headers when either header is present, else from the body's `rtt` /
-    `rtt_node`; one without the other, an empty value, a value outside 0..MAX_RTT seconds (or not
+    The pair is read from the headers when they carry one, else from the body's `rtt` / `rtt_node`
+    (a body pair is validated either way); one without the other, an empty value, a value outside 0..MAX_RTT seconds (or not
     finite) or a node name outside the zone alphabet raise HintError."""
-    raw_rtt, raw_node = headers.get(RTT_HEADER), headers.get(RTT_NODE_HEADER)
-    where_rtt, where_node = RTT_HEADER, RTT_NODE_HEADER
-    if raw_rtt is None and raw_node is None and body:
-        raw_rtt, raw_node = body.get("rtt"), body.get("rtt_node")
-        where_rtt, where_node = "body field 'rtt'", "body field 'rtt_node'"
+    from_headers = _rtt_pair(headers.get(RTT_HEADER), headers.get(RTT_NODE_HEADER), RTT_HEADER, RTT_NODE_HEADER)
+    from_body = (_rtt_pair(body.get("rtt"), body.get("rtt_node"), "body field 'rtt'", "body field 'rtt_node'")
+                 if body else (None, None))        # checked even when the headers win
+    return from_headers if from_headers[1] is not None else from_body
+
+
+def _rtt_pair(raw_rtt: Any, raw_node: Any, where_rtt: str, where_node: str) -> tuple[float | None, str | None]:
     if raw_rtt is None and raw_node is None:
         return None, None
     if raw_rtt is None or raw_node is None:
@@ -110,12 +112,15 @@ def parse_hints(headers: Mapping[str, str], body: Mapping[str, Any] | None = Non
     """Read X-Client-Zone / X-Client-Latency / X-Client-RTT + X-Client-RTT-Node, or `zone` / `latency` /
     `rtt` + `rtt_node` in a JSON body (headers win)."""
     body = body or {}
+    # A body hint is validated even when the header wins: a malformed hint is a 400 wherever it is.
     zone = _zone(headers.get("X-Client-Zone"), "X-Client-Zone")
+    body_zone = _zone(body.get("zone"), "body field 'zone'")
     if zone is None:
-        zone = _zone(body.get("zone"), "body field 'zone'")
+        zone = body_zone
     latency = _latency(headers.get("X-Client-Latency"), "X-Client-Latency")
+    body_latency = _latency(body.get("latency"), "body field 'latency'")
     if latency is None:
-        latency = _latency(body.get("latency"), "body field 'latency'")
+        latency = body_latency
     rtt, rtt_node = parse_rtt_report(headers, body)
     return ClientHints(zone=zone, latency=latency, rtt=rtt, rtt_node=rtt_node)
 

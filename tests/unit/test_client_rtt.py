@@ -40,6 +40,8 @@ def test_rtt_report_from_headers_or_body_headers_win():
     ({}, {"rtt": 0.01}, ["'rtt'", "'rtt_node'", "together"]),
     ({}, {"rtt_node": "n"}, ["'rtt'", "'rtt_node'", "together"]),
     ({"X-Client-RTT": "0.01"}, {"rtt_node": "n"}, ["together"]),     # a pair does not mix sources
+    ({"X-Client-RTT": "0.01", "X-Client-RTT-Node": "n"}, {"rtt": -1, "rtt_node": "n"}, ["'rtt'"]),
+    ({"X-Client-Zone": "z1"}, {"zone": -147}, ["'zone'"]),     # checked although the header wins
     ({"X-Client-RTT": "", "X-Client-RTT-Node": "n"}, None, ["X-Client-RTT"]),
     ({"X-Client-RTT": "0.01", "X-Client-RTT-Node": ""}, None, ["X-Client-RTT-Node"]),
     ({"X-Client-RTT": "60.001", "X-Client-RTT-Node": "n"}, None, ["between 0 and 60"]),
