@@ -168,12 +168,6 @@ def _group(pgid: int) -> list[psutil.Process]:
     return found
 
 
-def _remnant(pgid: int) -> list[psutil.Process]:
-    """What is left of a dead child's process group: front-end or back-end processes only (a
-    process group id is a pid, and pids are reused)."""
-    return [p for p in _group(pgid) if _ours(p)]
-
-
 def _signal_all(procs: list[psutil.Process], sig: int) -> None:
     for p in procs:
         try:
@@ -277,7 +271,7 @@ class _Watch:
     restarts: int = 0
     died: float | None = None        # monotonic time it was seen dead
     due: float | None = None         # restart at this monotonic time (None: running)
-    remnant: int | None = None       # process group of the dead one (a front-end's workers)
+    remnant: list[psutil.Process] | None = None   # what the dead one left (a front-end's workers)
     remnant_kill: float | None = None
     serving_check: bool = False      # front-end restarted: say when it answers again
     bind_failed: bool = False
@@ -305,6 +299,7 @@ class System:
         self.token_path: Path | None = None
         self.adopted_servers: list = []
         self._stopping: threading.Thread | None = None     # stops an old back-end (take_over)
+        self._sock_lock = threading.Lock()
         self._lock_fd: int | None = None
         self.stop = threading.Event()
 
@@ -663,7 +658,7 @@ class System:
         watch = self.watches[name]
         proc = self.children.get(name)
         if watch.remnant is not None and watch.remnant_kill is not None and now >= watch.remnant_kill:
-            _signal_all(_remnant(watch.remnant), signal.SIGKILL)
+            _signal_all(watch.remnant, signal.SIGKILL)
             watch.remnant = watch.remnant_kill = None
         if watch.due is None:
             if proc is not None and proc.poll() is not None:
@@ -673,6 +668,26 @@ class System:
             return
         if now >= watch.due:
             self._restart(name, watch, now)
+
+    def _rebind(self) -> bool:
+        """Listen on the port again after an adopted front-end died (its socket went with it)."""
+        with self._sock_lock:
+            if self.sock is not None:
+                return True
+            try:
+                self.sock = _bind(self.args.host, self.args.port)
+                return True
+            except OSError:
+                return False
+
+    def _rebind_soon(self) -> None:
+        """Try to listen every 10 ms until the dead front-end's workers let the port go, so new
+        connections are refused for 10 ms at most, then wait in our backlog."""
+        def loop() -> None:
+            deadline = time.monotonic() + 30
+            while not self._rebind() and not self.stop.is_set() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        threading.Thread(target=loop, name="rebind", daemon=True).start()
 
     def _exited(self, name: str, proc, now: float) -> None:
         watch = self.watches[name]
@@ -684,8 +699,12 @@ class System:
         watch.restarts += 1
         watch.died, watch.due, watch.serving_check = now, now + delay, False
         if watch.remnant is not None:     # what an earlier death left has had its SIGTERM
-            _signal_all(_remnant(watch.remnant), signal.SIGKILL)
-        watch.remnant, watch.remnant_kill = proc.pid, None   # session leader: its group holds its workers
+            _signal_all(watch.remnant, signal.SIGKILL)
+        # It led its own session: its group holds what it left. Kept as psutil.Process objects,
+        # which refuse to signal a reused pid.
+        watch.remnant, watch.remnant_kill = _group(proc.pid) or None, None
+        if name == "frontend" and self.sock is None:
+            self._rebind_soon()
         line = (f"the {LABELS[name]} (pid {proc.pid}) exited with {_status(proc.poll())} after {ran:.1f} s; "
                 f"restarting it in {delay:g} s (restart {watch.restarts}; log {self.state / (name + '.log')})")
         say(f"run_system: {line}")
@@ -696,24 +715,21 @@ class System:
         if watch.remnant is not None and watch.remnant_kill is None:
             # A dead front-end's workers notice their master is gone and finish on their own;
             # SIGTERM is the reminder, SIGKILL follows REMNANT_GRACE later.
-            left = _remnant(watch.remnant)
+            left = [p for p in watch.remnant if _running(p)]
             if left:
                 _signal_all(left, signal.SIGTERM)
                 watch.remnant_kill = now + REMNANT_GRACE
             else:
                 watch.remnant = None
         if name == "frontend":
-            if self.sock is None:        # an adopted front-end took its socket with it
-                try:
-                    self.sock = _bind(self.args.host, self.args.port)
-                except OSError as exc:
-                    if not watch.bind_failed:
-                        say(f"run_system: cannot listen on {self.args.host}:{self.args.port} yet ({exc.strerror}); "
-                            f"retrying until the dead front-end's workers let it go")
-                    watch.bind_failed = True
-                    watch.due = now + WATCH_INTERVAL
-                    return
-                watch.bind_failed = False
+            if self.sock is None and not self._rebind():   # an adopted front-end's workers hold it
+                if not watch.bind_failed:
+                    say(f"run_system: cannot listen on {self.args.host}:{self.args.port} yet; "
+                        f"retrying until the dead front-end's workers let it go")
+                watch.bind_failed = True
+                watch.due = now + WATCH_INTERVAL
+                return
+            watch.bind_failed = False
             self._spawn_frontend()
             watch.serving_check = True
         else:
@@ -724,7 +740,7 @@ class System:
     def _check_serving(self, watch: _Watch, now: float) -> None:
         """Say once when a restarted front-end answers (not while the dead one's workers still could)."""
         if watch.remnant is not None:
-            if _remnant(watch.remnant):
+            if any(_running(p) for p in watch.remnant):
                 return
             watch.remnant = watch.remnant_kill = None
         try:
@@ -762,7 +778,7 @@ class System:
                     pass
         for watch in self.watches.values():      # workers of a front-end that died and were not done yet
             if watch.remnant is not None:
-                _signal_all(_remnant(watch.remnant), signal.SIGKILL)
+                _signal_all(watch.remnant, signal.SIGKILL)
         if self.cluster is not None:
             try:
                 self.cluster.reset()
