@@ -13,7 +13,7 @@ supervisor stops everything:
   up to 60 s, back to 1 s once it has run 60 s. The front-end and model servers keep serving
   while the back-end is down; a restarted front-end gets the same listening socket (the
   supervisor holds it, so connections wait in its backlog meanwhile instead of being refused:
-  measured, answers up to 2.8 s late, the new master serving 2.6-3.3 s after the kill), and the
+  measured, answers up to 2.8 s late, the new master serving 1.9-3.3 s after the kill), and the
   dead master's orphaned workers exit within a second (gunicorn's gevent worker checks its
   parent every second and then exits at once, dropping what it serves at that moment; what is
   left gets SIGTERM at the restart and SIGKILL 10 s later). Each exit is one line on the console
@@ -33,10 +33,12 @@ supervisor stops everything:
     restart it: a fresh gunicorn needs 0.6-1.1 s to boot and the old one 1.3 s to stop
     gracefully, and between the two nobody listens (connections refused); adopted, it never
     stops serving, so a prediction succeeds as soon as the new supervisor runs (measured: the
-    new supervisor's ready line 0.9-1.5 s after its start, no client request lost). The price: it
+    new supervisor's ready line 0.6-1.5 s after its start, no client request lost). The price: it
     is not our child, so it is watched by polling, its exit status is unknown when it dies,
-    and its socket went with it, so the restart binds the port again (retrying until the
-    dead master's workers have let it go: connections are refused for about a second then).
+    and its socket went with it, so the supervisor binds the port again, trying every 10 ms
+    from the death until the dead master's workers have let it go (what they were serving and
+    what was queued on their socket is lost, at most 3 requests under one client thread;
+    after that, connections wait in the new backlog).
     Code or settings changed since? Stop with Ctrl-C and start again: that is a clean start.
   - the back-end is always stopped (SIGTERM, SIGKILL after 0.5 s, in the background while the
     rest starts) and started afresh: it does not serve anything, a run killed half-way is safe
