@@ -1,0 +1,231 @@
+"""The experiment's results: results.json (the shape other tools read), results.md and PNG plots.
+
+results.json:
+    {"scenario": {...the scenario, its ground truth and seed...},
+     "trace": {"requests": N, "counts": {...per phase/zone/model...}},
+     "strategies": {NAME: {"latency": {"mean", "p50", "p95", "p99"},      # seconds, every arrival
+                           "phases": [{"phase", "latency": {...}, "sent", "ok", "failed", "slo_met"}, ...],
+                           "zones": {ZONE: {"latency": {...}, "sent", "ok", "failed", "slo_met"}},
+                           "sent", "ok", "failed", "slo_met", "parts": {"network", "server", "lookup"},
+                           "instances": [{"t", "instances", "memory_used", ...}, ...],
+                           "backend_runs": [{"t", "seconds", "status", "predicted_mean", ...}, ...],
+                           "predicted_mean", "achieved_mean_ok", "errors": {...}, "limits": ...}}}
+
+A failed request counts: as failed, and in the latency figures at the client's timeout. Nothing is
+discarded as warm-up.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+from .scenario import Scenario
+from .trace import Arrival, summarize
+
+__all__ = ["write_results", "latency_stats"]
+
+BIN = 10.0      # seconds per point of the p95-over-time plot
+
+
+def latency_stats(values: Sequence[float]) -> dict:
+    """mean, p50, p95, p99 (nearest rank) of `values` in seconds; None when empty."""
+    if not values:
+        return {"mean": None, "p50": None, "p95": None, "p99": None, "n": 0}
+    data = sorted(values)
+
+    def pct(q: float) -> float:
+        return round(data[min(len(data) - 1, max(0, math.ceil(q * len(data)) - 1))], 6)
+
+    return {"mean": round(sum(data) / len(data), 6), "p50": pct(0.50), "p95": pct(0.95), "p99": pct(0.99),
+            "n": len(data)}
+
+
+def _group(records: list, slo: float | None) -> dict:
+    out = {"latency": latency_stats([r.latency for r in records]),
+           "sent": sum(1 for r in records if r.started is not None),
+           "ok": sum(1 for r in records if r.ok), "failed": sum(1 for r in records if not r.ok)}
+    out["slo_met"] = (round(sum(1 for r in records if r.ok and r.latency <= slo) / len(records), 6)
+                      if slo is not None and records else None)
+    return out
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 6) if values else None
+
+
+def _strategy_doc(run, scenario: Scenario) -> dict:
+    records = run.clients.records
+    slo = scenario.slo
+    doc = _group(records, slo)
+    by_phase: dict[int, list] = defaultdict(list)
+    by_zone: dict[str, list] = defaultdict(list)
+    for r in records:
+        by_phase[r.phase].append(r)
+        by_zone[r.zone].append(r)
+    doc["phases"] = [{"phase": p.index, **_group(by_phase.get(p.index, []), slo)} for p in scenario.phases]
+    doc["zones"] = {z: _group(by_zone.get(z, []), slo) for z in scenario.zone_names}
+    ok = [r for r in records if r.ok]
+    doc["parts"] = {"network": _mean([r.network for r in ok if r.network is not None]),
+                    "server": _mean([r.server for r in ok if r.server is not None]),
+                    "lookup": _mean([r.lookup for r in ok if r.lookup is not None])}
+    errors: dict[str, int] = defaultdict(int)
+    for r in records:
+        if r.error:
+            errors[r.error.split(":")[0][:80]] += 1
+    doc["errors"] = dict(errors)
+    doc["instances"] = run.samples
+    doc["backend_runs"] = run.backend_runs
+    predicted = [(b["predicted_mean"], b["requests"]) for b in run.backend_runs
+                 if b.get("predicted_mean") is not None and b.get("requests")]
+    doc["predicted_mean"] = (round(sum(p * n for p, n in predicted) / sum(n for _, n in predicted), 6)
+                             if predicted else None)
+    doc["achieved_mean_ok"] = latency_stats([r.latency for r in ok])["mean"]
+    for phase_doc, phase in zip(doc["phases"], scenario.phases):
+        runs = [b for b in run.backend_runs if b.get("predicted_mean") is not None
+                and phase.start <= b["t"] < phase.end and b.get("requests")]
+        phase_doc["predicted_mean"] = (round(sum(b["predicted_mean"] * b["requests"] for b in runs)
+                                             / sum(b["requests"] for b in runs), 6) if runs else None)
+        phase_doc["achieved_mean_ok"] = latency_stats([r.latency for r in by_phase.get(phase.index, [])
+                                                       if r.ok])["mean"]
+    solve = [b["seconds"] for b in run.backend_runs if b.get("seconds") is not None]
+    doc["solve_seconds"] = latency_stats(solve)
+    doc["setup_seconds"] = round(run.setup_seconds, 3)
+    doc["limits"] = run.limits
+    doc["server_timing_missing"] = run.clients.server_timing_missing
+    return doc
+
+
+def _scenario_doc(scenario: Scenario) -> dict:
+    return {"path": str(scenario.path) if scenario.path else None, "seed": scenario.seed,
+            "nodes": [n.to_dict() for n in scenario.nodes],
+            "zones": [{"name": z.name, "rtt": dict(z.rtt)} for z in scenario.zones],
+            "alto": {z: dict(row) for z, row in (scenario.alto or {}).items()} or None,
+            "phases": [{"duration": p.duration, "rate": p.rate, "burstiness": p.burstiness,
+                        "zones": dict(p.zones), "popularity": dict(p.popularity), "zipf": p.zipf}
+                       for p in scenario.phases],
+            "slo": scenario.slo, "models": list(scenario.models)}
+
+
+def _ratio(value, base) -> str:
+    if value is None or not base:
+        return "-"
+    return f"{value / base:.2f}"
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{value * 1000:.1f}"
+
+
+def markdown(doc: dict) -> str:
+    strategies = doc["strategies"]
+    base = strategies.get("ours")
+    lines = [f"# Testbed results: {doc['scenario'].get('path') or 'scenario'}", "",
+             f"{doc['trace']['requests']} requests, seed {doc['scenario']['seed']}, client mode {doc['mode']}, "
+             f"back-end every {doc['every']:g} s, SLO {doc['scenario']['slo']} s. Latency in ms over every "
+             "arrival (a failed request counts at the client's timeout); ratios are to `ours`.", "",
+             "| strategy | sent | ok | failed | mean | p50 | p95 | p99 | SLO met | mean / ours | p95 / ours |"
+             " network | server | predicted mean | solve p50 |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, s in strategies.items():
+        lat = s["latency"]
+        slo = "-" if s["slo_met"] is None else f"{s['slo_met'] * 100:.1f}%"
+        lines.append(f"| {name} | {s['sent']} | {s['ok']} | {s['failed']} | {_ms(lat['mean'])} | {_ms(lat['p50'])} | "
+                     f"{_ms(lat['p95'])} | {_ms(lat['p99'])} | {slo} | "
+                     f"{_ratio(lat['mean'], base['latency']['mean'] if base else None)} | "
+                     f"{_ratio(lat['p95'], base['latency']['p95'] if base else None)} | "
+                     f"{_ms(s['parts']['network'])} | {_ms(s['parts']['server'])} | {_ms(s['predicted_mean'])} | "
+                     f"{_ms(s['solve_seconds']['p50'])} |")
+    lines += ["", "Per phase (mean / p95 ms; predicted mean of the back-end runs in that phase vs achieved mean"
+              " of the successful requests):", "",
+              "| strategy | " + " | ".join(f"phase {i}" for i in range(len(doc["scenario"]["phases"]))) + " |",
+              "| --- |" + " ---: |" * len(doc["scenario"]["phases"])]
+    for name, s in strategies.items():
+        cells = []
+        for p in s["phases"]:
+            cells.append(f"{_ms(p['latency']['mean'])} / {_ms(p['latency']['p95'])} "
+                         f"(pred {_ms(p.get('predicted_mean'))}, ach {_ms(p.get('achieved_mean_ok'))})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    zones = list(doc["scenario"]["zones"])
+    lines += ["", "Per zone (mean / p95 ms):", "",
+              "| strategy | " + " | ".join(z["name"] for z in zones) + " |", "| --- |" + " ---: |" * len(zones)]
+    for name, s in strategies.items():
+        lines.append(f"| {name} | " + " | ".join(
+            f"{_ms(s['zones'][z['name']]['latency']['mean'])} / {_ms(s['zones'][z['name']]['latency']['p95'])}"
+            for z in zones) + " |")
+    lines += ["", "Errors: " + "; ".join(f"{name}: {s['errors'] or 'none'}" for name, s in strategies.items()), ""]
+    return "\n".join(lines)
+
+
+def plot(doc: dict, runs, out_dir: Path, scenario: Scenario) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for run in runs:
+        data = sorted(r.latency * 1000 for r in run.clients.records)
+        if data:
+            ax.plot(data, [(i + 1) / len(data) for i in range(len(data))], label=run.name)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency (ms, log scale; failures at the timeout)")
+    ax.set_ylabel("share of requests")
+    ax.set_title("Latency CDF per strategy")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    written.append(out_dir / "latency_cdf.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for run in runs:
+        bins: dict[int, list[float]] = defaultdict(list)
+        for r in run.clients.records:
+            bins[int(r.scheduled // BIN)].append(r.latency)
+        xs = sorted(bins)
+        ax.plot([(x + 0.5) * BIN for x in xs], [latency_stats(bins[x])["p95"] * 1000 for x in xs],
+                marker=".", label=run.name)
+    for phase in scenario.phases[1:]:
+        ax.axvline(phase.start, color="grey", linestyle="--", linewidth=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("time (s); dashed: phase boundaries")
+    ax.set_ylabel(f"p95 latency per {BIN:g} s (ms, log)")
+    ax.set_title("p95 latency over time")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    written.append(out_dir / "p95_over_time.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for run in runs:
+        ax.step([s["t"] for s in run.samples], [s["instances"] for s in run.samples], where="post", label=run.name)
+    for phase in scenario.phases[1:]:
+        ax.axvline(phase.start, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel("time (s); dashed: phase boundaries")
+    ax.set_ylabel("ready model instances")
+    ax.set_title("Instances over time")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    written.append(out_dir / "instances_over_time.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+    return written
+
+
+def write_results(scenario: Scenario, trace: list[Arrival], runs, out_dir: Path, *, mode: str,
+                  every: float) -> dict:
+    """Write results.json, results.md and the plots; return the results document."""
+    doc = {"scenario": _scenario_doc(scenario), "mode": mode, "every": every,
+           "trace": {"requests": len(trace), "counts": summarize(trace)},
+           "strategies": {run.name: _strategy_doc(run, scenario) for run in runs}}
+    (out_dir / "results.json").write_text(json.dumps(doc, indent=1, allow_nan=False, default=str))
+    (out_dir / "results.md").write_text(markdown(doc))
+    doc["plots"] = [str(p) for p in plot(doc, runs, out_dir, scenario)]
+    return doc

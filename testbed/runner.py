@@ -1,0 +1,294 @@
+"""`python -m testbed run SCENARIO.yaml --out DIR`: the achieved-latency experiment.
+
+Each strategy (testbed.strategies) runs in turn on a clean system started by the same code
+`make run` uses (scripts/run_system.py): a local cluster with node limits on a private loopback
+block, the front-end under gunicorn, the back-end every `every` seconds. The clients
+(testbed.clients) replay the same seeded trace against each; the system is told only the
+scenario's ALTO map and learns the rest from the clients' reports. What is kept per strategy:
+every request's record (requests.jsonl), instances and memory over time, every back-end run
+(solve time, the solver's predicted mean latency), and the system's logs.
+
+The results (results.json, results.md, PNG plots) are written by testbed.report.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from .clients import ClientResults, run_clients
+from .scenario import Scenario
+from .strategies import STRATEGIES, Strategy, backend_flags
+from .trace import Arrival, generate_trace, write_trace
+
+__all__ = ["run_experiment", "StrategyRun", "spread_placement"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_EVERY = 2.0          # seconds between two samples of the cluster (instances, memory)
+
+
+@dataclass
+class StrategyRun:
+    name: str
+    clients: ClientResults
+    samples: list[dict] = field(default_factory=list)        # {t, instances, memory_used, per_model}
+    backend_runs: list[dict] = field(default_factory=list)   # {t, seconds, status, objective, predicted_mean,...}
+    started_at: float = 0.0
+    setup_seconds: float = 0.0
+    limits: str = ""
+    errors: list[str] = field(default_factory=list)
+
+
+def spread_placement(models: list[str], nodes: list[dict], memory: dict[str, int]) -> list[tuple[str, str]]:
+    """Replicas the way Kubernetes' default scheduler spreads them: least allocated node first.
+
+    Round after round, each model gets one more replica on the node with the smallest share of its
+    memory allocated that has room and no replica of it yet, until no replica fits anywhere
+    (as many as fit: the operator's best static deployment for an unknown load).
+    """
+    used = {n["name"]: 0 for n in nodes}
+    total = {n["name"]: int(n["memory"]) for n in nodes}
+    placed: list[tuple[str, str]] = []
+    has: set[tuple[str, str]] = set()
+    progress = True
+    while progress:
+        progress = False
+        for model in models:
+            fits = [n for n in total if (model, n) not in has and used[n] + memory[model] <= total[n]]
+            if not fits:
+                continue
+            node = min(fits, key=lambda n: (used[n] / total[n], n))
+            used[node] += memory[model]
+            has.add((model, node))
+            placed.append((model, node))
+            progress = True
+    return placed
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _cluster_file(scenario: Scenario, path: Path) -> Path:
+    """The scenario's nodes (or the shipped cluster's) on a loopback block of their own."""
+    shipped = yaml.safe_load(scenario.cluster_path.read_text())
+    by_name = {n["name"]: n for n in shipped.get("nodes", [])}
+    prefix = f"127.{random.randint(64, 99)}.{random.randint(2, 254)}"
+    nodes = []
+    for index, node in enumerate(scenario.nodes):
+        entry = dict(by_name.get(node.name, {}))
+        entry.update({"name": node.name, "class": node.node_class, "cpu": node.cpu, "memory": node.memory,
+                      "address": f"{prefix}.{index + 1}"})
+        if "cpu_quota" not in entry:
+            entry["cpu_quota"] = node.cpu
+        nodes.append(entry)
+    doc = {k: v for k, v in shipped.items() if k != "nodes"}
+    doc["nodes"] = nodes
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def _read_json_lines(path: Path) -> list[dict]:
+    out = []
+    try:
+        for line in path.read_text(errors="replace").splitlines():
+            line = line.strip()
+            if line.startswith("{") and '"solver"' in line:
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    continue
+    except OSError:
+        pass
+    return out
+
+
+def _backend_runs(log: Path, started_at: float) -> list[dict]:
+    runs = []
+    for report in _read_json_lines(log):
+        solver = report.get("solver") or {}
+        inputs = report.get("inputs") or {}
+        requests = inputs.get("requests") or 0
+        objective = solver.get("objective")
+        runs.append({
+            "t": round((report.get("started") or started_at) - started_at, 3),
+            "status": solver.get("status"), "solver": solver.get("name"), "seconds": solver.get("seconds"),
+            "objective": objective, "requests": requests,
+            "predicted_mean": (objective / requests) if objective is not None and requests else None,
+            "provisioned": (report.get("summary") or {}).get("provisioned", 0),
+            "deleted": (report.get("summary") or {}).get("deleted", 0),
+            "errors": report.get("errors") or [],
+        })
+    return runs
+
+
+class _System:
+    """scripts/run_system.py for one strategy, and the cluster it runs (read for samples)."""
+
+    def __init__(self, scenario: Scenario, strategy: Strategy, workdir: Path, *, every: float):
+        self.workdir = workdir
+        self.state = workdir / "state"
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.cluster_config = _cluster_file(scenario, workdir / "cluster.yaml")
+        self.alto = workdir / "alto.json"
+        self.alto.write_text(json.dumps(scenario.alto_cost_map(), indent=1))
+        command = [sys.executable, str(REPO_ROOT / "scripts" / "run_system.py"), "--port", str(self.port),
+                   "--state-dir", str(self.state), "--cluster-config", str(self.cluster_config),
+                   "--initial-model", "", "--alto", str(self.alto),
+                   "--frontend-setting", f"policy={strategy.policy}"]
+        flags = backend_flags(strategy)
+        if flags:
+            mode = flags[flags.index("--mode") + 1]
+            rest = [f for i, f in enumerate(flags) if f != "--mode" and (i == 0 or flags[i - 1] != "--mode")]
+            command += ["--mode", mode, "--every", str(every), "--backend-args", " ".join(rest)]
+        else:
+            command += ["--no-backend"]
+        self.command = command
+        self.proc: subprocess.Popen | None = None
+        self.cluster = None
+
+    def start(self, *, timeout: float = 120.0) -> None:
+        import requests
+
+        self.log = open(self.workdir / "run_system.log", "wb")
+        self.proc = subprocess.Popen(self.command, cwd=REPO_ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the system exited during start-up; see {self.workdir / 'run_system.log'}")
+            if "The system is running" in (self.workdir / "run_system.log").read_text(errors="replace"):
+                try:
+                    if requests.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"the system did not start within {timeout:g} s; see {self.workdir / 'run_system.log'}")
+        from cluster.local import LocalCluster
+        self.cluster = LocalCluster(self.cluster_config, state_path=self.state / "cluster.db",
+                                    models_dir=REPO_ROOT / "build" / "models")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        if getattr(self, "log", None) is not None:
+            self.log.close()
+
+    def sample(self, t: float) -> dict:
+        deployments = self.cluster.deployments()
+        nodes = self.cluster.nodes()
+        ready = [d for d in deployments if d.ready]
+        per_model: dict[str, int] = {}
+        for d in ready:
+            per_model[d.model] = per_model.get(d.model, 0) + 1
+        return {"t": round(t, 3), "instances": len(ready), "starting": len(deployments) - len(ready),
+                "memory_used": sum(n.memory_used for n in nodes), "per_model": per_model}
+
+
+def _requested_models(trace: list[Arrival], scenario: Scenario) -> list[str]:
+    asked = {a.model for a in trace}
+    return [m for m in scenario.models if m in asked]
+
+
+def _catalog_memory(scenario: Scenario) -> dict[str, int]:
+    doc = yaml.safe_load(scenario.catalog_path.read_text())
+    return {m["name"]: int(m["memory"]) for m in doc["models"]}
+
+
+def run_strategy(scenario: Scenario, strategy: Strategy, trace: list[Arrival], workdir: Path, *,
+                 mode: str, every: float, progress: Callable[[str], None]) -> StrategyRun:
+    """Start a clean system configured as `strategy`, replay `trace`, stop it; return what happened."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    system = _System(scenario, strategy, workdir, every=every)
+    begun = time.monotonic()
+    system.start()
+    try:
+        limits = getattr(system.cluster, "limits_status", "unknown")
+        if strategy.spread:
+            nodes = [{"name": n.name, "memory": n.memory} for n in scenario.nodes]
+            placed = spread_placement(_requested_models(trace, scenario), nodes, _catalog_memory(scenario))
+            progress(f"{strategy.name}: deploying {len(placed)} replicas (least allocated first)")
+            for model, node in placed:
+                system.cluster.deploy(model, node, wait=True, timeout=60)
+            time.sleep(2.0)        # every front-end worker has refreshed its view
+        setup = time.monotonic() - begun
+        samples: list[dict] = []
+        stop = threading.Event()
+        started = time.time()
+
+        def sampler() -> None:
+            while not stop.wait(SAMPLE_EVERY):
+                try:
+                    samples.append(system.sample(time.time() - started))
+                except Exception:           # a sample missed is a gap in a plot, not a failure
+                    continue
+
+        thread = threading.Thread(target=sampler, daemon=True)
+        samples.append(system.sample(0.0))
+        thread.start()
+        results = run_clients(system.url, scenario, mode=mode, trace=trace, out_path=workdir / "requests.jsonl",
+                              progress=lambda line: progress(f"{strategy.name}: {line}"))
+        stop.set()
+        thread.join(timeout=10)
+        samples.append(system.sample(time.time() - started))
+        return StrategyRun(name=strategy.name, clients=results, samples=samples,
+                           backend_runs=_backend_runs(system.state / "backend.log", results.started_at),
+                           started_at=results.started_at, setup_seconds=setup, limits=limits)
+    finally:
+        system.stop()
+        for name in ("frontend.log", "backend.log"):
+            if (system.state / name).exists():
+                shutil.copy(system.state / name, workdir / name)
+
+
+def run_experiment(scenario: Scenario, out_dir: Path, *, strategies: list[str] | None = None,
+                   mode: str = "lookup", every: float = 10.0,
+                   progress: Callable[[str], None] = print) -> dict:
+    """Run every strategy on the same trace; write results.json/.md and plots into `out_dir`."""
+    from .report import write_results
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = strategies or list(scenario.strategies)
+    unknown = [n for n in names if n not in STRATEGIES]
+    if unknown:
+        raise ValueError(f"strategies: unknown {', '.join(unknown)} (known: {', '.join(STRATEGIES)})")
+    trace = generate_trace(scenario)
+    write_trace(trace, out_dir / "trace.jsonl")
+    progress(f"trace: {len(trace)} requests over {scenario.duration:g} s, seed {scenario.seed}; "
+             f"strategies: {', '.join(names)} (mode {mode})")
+    runs: list[StrategyRun] = []
+    for name in names:
+        began = time.monotonic()
+        progress(f"== {name}: {STRATEGIES[name].description}")
+        run = run_strategy(scenario, STRATEGIES[name], trace, out_dir / name, mode=mode, every=every,
+                           progress=progress)
+        runs.append(run)
+        summary = run.clients.summary()
+        progress(f"== {name}: ok {summary['ok']}/{summary['arrivals']}, mean {summary['latency']['mean']} s, "
+                 f"p95 {summary['latency']['p95']} s ({time.monotonic() - began:.0f} s)")
+    return write_results(scenario, trace, runs, out_dir, mode=mode, every=every)

@@ -1,0 +1,82 @@
+"""The experiment's pure parts: Kubernetes-style spreading, strategy flags, the results document."""
+import json
+from pathlib import Path
+
+from testbed.clients import ClientResults, RequestRecord
+from testbed.report import latency_stats, write_results
+from testbed.runner import StrategyRun, _backend_runs, spread_placement
+from testbed.scenario import load_scenario
+from testbed.strategies import STRATEGIES, backend_flags
+from testbed.trace import generate_trace
+
+SMOKE = Path(__file__).resolve().parents[2] / "testbed" / "scenarios" / "smoke.yaml"
+
+
+def test_spread_is_least_allocated_first_and_as_many_as_fit():
+    nodes = [{"name": "a", "memory": 100}, {"name": "b", "memory": 100}, {"name": "c", "memory": 300}]
+    placed = spread_placement(["m", "n"], nodes, {"m": 60, "n": 40})
+    # Round 1: m on a (all empty, first name), n on b; round 2: m on c (b is 40% used, c 0%), n on a...
+    assert placed[:2] == [("m", "a"), ("n", "b")]
+    assert ("m", "c") in placed and ("n", "c") in placed
+    used = {"a": 0, "b": 0, "c": 0}
+    for model, node in placed:
+        used[node] += {"m": 60, "n": 40}[model]
+    assert all(used[n["name"]] <= n["memory"] for n in nodes)
+    assert len(set(placed)) == len(placed)                # one replica per (model, node)
+    # Nothing else fits anywhere.
+    for model, size in {"m": 60, "n": 40}.items():
+        assert all((model, n["name"]) in placed or used[n["name"]] + size > n["memory"] for n in nodes)
+
+
+def test_strategies_configure_what_the_issue_names():
+    assert STRATEGIES["kubernetes"].backend is None and STRATEGIES["kubernetes"].policy == "random"
+    thesis = backend_flags(STRATEGIES["thesis"])
+    assert thesis[:4] == ["--mode", "1", "--solver", "ipopt"] and "latency" in thesis
+    ours = backend_flags(STRATEGIES["ours"])
+    assert "highs" in ours and STRATEGIES["ours"].policy == "plan" and "reports" in ours
+    assert STRATEGIES["nearest"].policy == "nearest" and STRATEGIES["nearest"].backend == STRATEGIES["ours"].backend
+
+
+def test_backend_runs_are_read_from_the_log(tmp_path):
+    log = tmp_path / "backend.log"
+    report = {"started": 105.0, "solver": {"status": "optimal", "objective": 2.0, "seconds": 0.01, "name": "highs"},
+              "inputs": {"requests": 40}, "summary": {"provisioned": 2, "deleted": 0}, "errors": []}
+    log.write_text("--- header\nnot json\n" + json.dumps(report) + "\n")
+    runs = _backend_runs(log, started_at=100.0)
+    assert runs == [{"t": 5.0, "status": "optimal", "solver": "highs", "seconds": 0.01, "objective": 2.0,
+                     "requests": 40, "predicted_mean": 0.05, "provisioned": 2, "deleted": 0, "errors": []}]
+
+
+def test_results_document_has_the_promised_shape(tmp_path):
+    scenario = load_scenario(SMOKE)
+    trace = generate_trace(scenario)
+    runs = []
+    for name, base in (("ours", 0.010), ("kubernetes", 0.030)):
+        records = [RequestRecord(request_id=a.request_id, index=a.index, phase=a.phase, zone=a.zone, client=0,
+                                 model=a.model, scheduled=a.offset, started=a.offset, ok=i % 10 != 0,
+                                 latency=base if i % 10 else 10.0, node=scenario.node_names[0],
+                                 network=base / 2, server=base / 2, error=None if i % 10 else "timeout")
+                   for i, a in enumerate(trace)]
+        clients = ClientResults(mode="lookup", frontend="http://x", scheduled=len(trace), records=records,
+                                seconds=scenario.duration, started_at=1000.0, timeout=10.0, slo=scenario.slo)
+        runs.append(StrategyRun(name=name, clients=clients, samples=[{"t": 0.0, "instances": 1}],
+                                backend_runs=[{"t": 1.0, "predicted_mean": base, "requests": 10, "seconds": 0.01}]))
+    doc = write_results(scenario, trace, runs, tmp_path, mode="lookup", every=10.0)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    for name in ("ours", "kubernetes"):
+        s = saved["strategies"][name]
+        assert set(s["latency"]) >= {"mean", "p50", "p95", "p99"}
+        assert len(s["phases"]) == len(scenario.phases) and set(s["phases"][0]["latency"]) >= {"mean", "p95"}
+        assert set(s["zones"]) == set(scenario.zone_names)
+        assert s["sent"] == len(trace) and s["failed"] == len(trace[::10])      # failures count
+        assert s["latency"]["p99"] == 10.0                                      # ... in the tail, at the timeout
+    assert saved["scenario"]["seed"] == scenario.seed and saved["trace"]["requests"] == len(trace)
+    assert "| kubernetes |" in (tmp_path / "results.md").read_text()
+    for plot in ("latency_cdf.png", "p95_over_time.png", "instances_over_time.png"):
+        assert (tmp_path / plot).stat().st_size > 1000
+    assert doc["strategies"]["ours"]["predicted_mean"] == 0.01
+
+
+def test_latency_stats_nearest_rank():
+    assert latency_stats([0.1, 0.2, 0.3, 0.4]) == {"mean": 0.25, "p50": 0.2, "p95": 0.4, "p99": 0.4, "n": 4}
+    assert latency_stats([])["mean"] is None
