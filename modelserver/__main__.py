@@ -101,7 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     def load_app():
         """Load the sessions (in the worker) and build the WSGI app; exit 3 when that fails."""
         from .app import ModelServerApp
+        from .memory import tune_malloc
         from .repository import load_repository
+
+        tune_malloc()       # in the worker, before its request threads exist
 
         loading = time.monotonic()
         try:

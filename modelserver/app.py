@@ -18,7 +18,7 @@ import re
 import time
 from typing import Any, Callable, Iterable
 
-from . import codec
+from . import codec, memory
 from .errors import ApiError, BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge
 from .repository import ModelRepository, Servable
 
@@ -40,6 +40,25 @@ def _dumps(payload: Any) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
+class _Response:
+    """The WSGI body: one bytes object; `close()` (called by the server once it is sent) gives the
+    memory of a large request back to the system (see modelserver.memory)."""
+
+    def __init__(self, body: bytes, *, trim: bool) -> None:
+        self.body: bytes | None = body
+        self.trim = trim
+
+    def __iter__(self):
+        body, self.body = self.body, None
+        if body is not None:
+            yield body
+
+    def close(self) -> None:
+        self.body = None
+        if self.trim:
+            memory.trim()
+
+
 class ModelServerApp:
     """Serve one model repository with TF Serving's REST API as a WSGI callable."""
 
@@ -57,6 +76,11 @@ class ModelServerApp:
         if request_id:
             headers.append(("X-Request-Id", request_id[:200]))
         try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        large = length > memory.TRIM_ABOVE or (not length and environ.get("HTTP_TRANSFER_ENCODING"))
+        try:
             status, payload = 200, self.dispatch(method, path, environ)
         except ApiError as exc:
             status, payload = exc.status, {"error": exc.message}
@@ -66,13 +90,15 @@ class ModelServerApp:
             log.exception("internal error", extra={"fields": {"path": path, "request_id": request_id}})
             status, payload = 500, {"error": f"internal error: {type(exc).__name__}"}
         body = _dumps(payload)
+        error = payload.get("error") if status >= 400 else None
+        del payload                  # the parsed request and its answer: only `body` is kept
         headers.append(("Content-Length", str(len(body))))
         start_response(f"{status} {_REASONS.get(status, 'Error')}", headers)
         if status >= 400 and log.isEnabledFor(logging.DEBUG):
             log.debug("request failed", extra={"fields": {
-                "method": method, "path": path, "status": status, "error": payload["error"],
+                "method": method, "path": path, "status": status, "error": error,
                 "request_id": request_id, "seconds": round(time.perf_counter() - started, 6)}})
-        return [body]
+        return _Response(body, trim=bool(large) or len(body) > memory.TRIM_ABOVE)
 
     # -- routing -------------------------------------------------------------------------------
     def dispatch(self, method: str, path: str, environ: dict) -> dict:
