@@ -351,12 +351,10 @@ class System:
                 continue
             say(f"stopping the {LABELS[name]} left by an earlier run (pid {proc.pid})")
             (backends if name == "backend" else stops).append(proc)
-        adopted_family = set()
-        if adopted is not None:
-            adopted_family = {adopted.pid} | {c.pid for c in _children_of(adopted)}
+        accounted = {p.pid for p in stops + backends + ([adopted] if adopted is not None else [])}
+        accounted |= {c.pid for p in stops + ([adopted] if adopted is not None else []) for c in _children_of(p)}
         holder = _listener(self.args.host, self.args.port)
-        if holder is not None and holder.pid not in adopted_family and _ours(holder) and \
-                all(holder.pid != p.pid for p in stops + backends):
+        if holder is not None and holder.pid not in accounted and _ours(holder):
             say(f"stopping an orphaned front-end holding port {self.args.port} (pid {holder.pid})")
             stops.append(holder)
         # An old back-end may be half-way through a run (SIGTERM lets it finish, which can take a
