@@ -209,14 +209,13 @@ def _input_file(path: str | None, option: str, kind: str) -> None:
 
 
 def _state_file(path: str | None, option: str) -> None:
-    """Raise UsageError when an existing, non-empty state file is not an SQLite database."""
+    """Raise UsageError when an existing, non-empty state file is not an SQLite database (one that
+    cannot be opened, a folder say, is left to the cluster adapter, as `python -m cluster` does)."""
     from .pipeline import UsageError
 
-    if not path or not Path(path).exists():
+    if not path or not Path(path).is_file():
         return
     try:
-        if Path(path).is_dir():
-            raise UsageError(f"{option} {path}: is a folder, not a file")
         with open(path, "rb") as handle:
             head = handle.read(16)
     except OSError as exc:

@@ -4,7 +4,7 @@ For operators and tests. Every failure is one line on stderr, never a traceback:
 input (unknown model or node, bad config or arguments: a config or catalog file that is binary,
 not YAML or invalid, a --state file that is not an SQLite database, a non-finite, negative or huge
 --timeout), exit 1 when the cluster fails (no room, node down, a server that does not start, the
-state file unavailable: locked or not writable).
+state file unavailable: a folder, locked or not writable).
 """
 from __future__ import annotations
 
@@ -35,17 +35,16 @@ def _timeout(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r} (expected seconds)") from None
     if not 0 < value <= MAX_TIMEOUT:      # NaN, inf, negatives and zero too
         raise argparse.ArgumentTypeError(f"must be more than 0 and at most {MAX_TIMEOUT:g} seconds, got {text!r}")
     return value
 
 
 def _check_paths(args: argparse.Namespace) -> None:
-    """Refuse, as bad input, a --state that is not an SQLite database and a --models-dir that is a file."""
+    """Refuse, as bad input, a --state file that is not an SQLite database and a --models-dir that is a
+    file (a --state that cannot be opened, a folder say, stays a cluster failure: exit 1)."""
     state = args.state
-    if os.path.isdir(state):
-        raise _UsageError(f"--state {state}: is a folder, not a file")
     if os.path.isfile(state):
         try:
             with open(state, "rb") as handle:
