@@ -45,3 +45,32 @@ def test_parse_weights():
     assert parse_weights("a=1, b=0.5", what="x") == {"a": 1.0, "b": 0.5}
     with pytest.raises(ValueError, match="x: 'a' needs a number"):
         parse_weights("a=z", what="x")
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--timeout", "-5"), ("--timeout", "nan"), ("--timeout", "inf"), ("--timeout", "0"), ("--timeout", "1e9"),
+    ("--rate", "nan"), ("--rate", "inf"), ("--rate", "-1"),
+    ("--duration", "nan"), ("--duration", "-inf"), ("--duration", "1e300"),
+    ("--concurrency", "0"), ("--concurrency", "-3"), ("--concurrency", "100000000"),
+    ("--zone-delay", "z=nan"), ("--zone-delay", "z=inf"), ("--zone-delay", "z=-1"),
+    ("--popularity", "a=nan"), ("--popularity", "a=inf"), ("--seed", "x"),
+    ("--body", "a=/bin/ls"), ("--body", "a={binary}"), ("--body", "a={deep}"), ("--body", "a={folder}"),
+])
+def test_loadgen_bad_values_exit_2_in_one_line_as_a_process(option, value, tmp_path):
+    """Run as an operator would (a subprocess): exit 2, one line on stderr, no traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "binary").write_bytes(b"\xff\xfe\x00\x01" * 64)
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    value = value.format(binary=tmp_path / "binary", deep=tmp_path / "deep.json", folder=tmp_path)
+    argv = {"--frontend": "http://127.0.0.1:1", "--zones": "z", "--popularity": "a=1", "--rate": "1",
+            "--duration": "1", option: value}
+    args = [part for key, val in argv.items() for part in (key, val)]
+    done = subprocess.run([sys.executable, "-m", "backend.loadgen", *args], capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and option in lines[0], done.stderr

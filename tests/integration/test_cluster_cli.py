@@ -109,3 +109,37 @@ def test_help_works():
     assert result.returncode == 0
     for command in ("status", "deploy", "remove", "node-down", "node-up", "reset"):
         assert command in result.stdout
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--config", "/bin/ls", "status"], "not UTF-8"),
+    (["--config", "{binary}", "status"], "not UTF-8"),
+    (["--config", "{deep}", "status"], "nested too deeply"),
+    (["--config", "{folder}", "status"], "cannot read"),
+    (["--config", "{huge}", "status"], "too large"),
+    (["--catalog", "/bin/ls", "status"], "not UTF-8"),
+    (["--catalog", "{binary}", "status"], "not UTF-8"),
+    (["--catalog", "{deep}", "status"], "nested too deeply"),
+    (["--state", "/bin/ls", "status"], "not an SQLite database"),
+    (["--state", "{binary}", "status"], "not an SQLite database"),
+    (["--models-dir", "/bin/ls", "status"], "not a folder"),
+    (["deploy", "m", "n", "--timeout", "-5"], "--timeout"),
+    (["deploy", "m", "n", "--timeout", "nan"], "--timeout"),
+    (["deploy", "m", "n", "--timeout", "inf"], "--timeout"),
+    (["deploy", "m", "n", "--timeout", "0"], "--timeout"),
+    (["node-up", "n", "--timeout", "1e300"], "--timeout"),
+    (["node-up", "n", "--timeout", "-inf"], "--timeout"),
+])
+def test_bad_files_and_numbers_exit_2_in_one_line(tmp_path, args, fragment):
+    (tmp_path / "binary").write_bytes(b"\xff\xfe\x00\x01" * 64)
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (tmp_path / "huge.yaml").write_text(
+        "nodes:\n  - {name: n1, address: 127.0.0.2, memory: 1" + "0" * 400 + ", cpu: 1, class: small}\n")
+    files = {"binary": tmp_path / "binary", "deep": tmp_path / "deep.json", "folder": tmp_path,
+             "huge": tmp_path / "huge.yaml"}
+    # the defaults first, so that the file under test (given after them) is the one used
+    base = [sys.executable, "-m", "cluster", "--state", str(tmp_path / "s.db")]
+    result = subprocess.run(base + [a.format(**files) for a in args], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert fragment in one_line_error(result)

@@ -160,3 +160,72 @@ def test_render_and_check_commands(tmp_path, golden):
     bad["assignment"][0]["count"] += 5
     verdict = run("check", path, "-", stdin=json.dumps(bad))
     assert verdict.returncode == 1 and "dispatched, count is" in " ".join(json.loads(verdict.stdout)["violations"])
+
+
+# --- issue 11, point 7.2: every bad input is exit 2 with one line, never a traceback ----------------
+
+def _bad_files(tmp_path: Path, golden: dict) -> dict[str, str]:
+    def with_change(name: str, change) -> str:
+        data = copy.deepcopy(golden)
+        change(data)
+        return problem_file(tmp_path, data, name)
+
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe\x00\x01" * 64)
+    digits = tmp_path / "digits.json"
+    digits.write_text(GOLDEN.read_text().replace('"count": 3', '"count": 1' + "0" * 5000, 1))
+    return {
+        "deep": str(deep), "binary": str(binary), "ls": "/bin/ls", "folder": str(tmp_path), "digits": str(digits),
+        "huge-memory": with_change("m.json", lambda d: d["nodes"][0].update(memory=10 ** 400)),
+        "huge-count": with_change("c.json", lambda d: d["requests"][0].update(count=10 ** 400)),
+        "big-count": with_change("b.json", lambda d: d["requests"][0].update(count=10 ** 30)),
+        "huge-cpu": with_change("u.json", lambda d: d["models"][0].update(cpu=1e308)),
+        "golden": str(GOLDEN),
+    }
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["solve", "{deep}"], "nested too deeply"),
+    (["solve", "{binary}"], "not UTF-8"),
+    (["solve", "{ls}"], "not UTF-8"),
+    (["solve", "{folder}"], "cannot read"),
+    (["solve", "{digits}"], "not valid JSON"),
+    (["solve", "{huge-memory}"], "nodes[0].memory: too large"),
+    (["solve", "{huge-count}"], "requests[0].count: too large"),
+    (["solve", "{big-count}"], "requests[0].count: too large"),
+    (["solve", "{huge-cpu}"], "models[0].cpu: too large"),
+    (["render", "{deep}", "--out", "{folder}"], "nested too deeply"),
+    (["check", "{golden}", "{deep}"], "nested too deeply"),
+    (["check", "{golden}", "{binary}"], "not UTF-8"),
+    (["solve", "{golden}", "--time-limit", "nan"], "--time-limit"),
+    (["solve", "{golden}", "--time-limit", "inf"], "--time-limit"),
+    (["solve", "{golden}", "--time-limit", "-5"], "--time-limit"),
+    (["solve", "{golden}", "--time-limit", "0"], "--time-limit"),
+    (["solve", "{golden}", "--time-limit", "1e400"], "--time-limit"),
+    (["simulate", "--seeds", "-1"], "--seeds"),
+    (["simulate", "--seeds", "nan"], "--seeds"),
+    (["simulate", "--seeds", "1000000000"], "--seeds"),
+])
+def test_every_bad_input_exits_2_with_one_line(tmp_path, golden, args, fragment):
+    files = _bad_files(tmp_path, golden)
+    done = run(*[a.format(**files) for a in args])
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], done.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["render", str(GOLDEN), "--out", "/proc/x"],
+    ["render", str(GOLDEN), "--out", "/dev/null/x"],
+    ["solve", str(GOLDEN), "--solver", "glpk", "--keep-files", "/proc/x"],
+    ["simulate", "--seeds", "1", "--out", "/proc/x"],
+])
+def test_an_output_that_cannot_be_written_exits_1_with_one_line(args):
+    done = run(*args)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot write" in lines[0], done.stderr
