@@ -556,8 +556,11 @@ class System:
             "FRONTEND_DATABASE": str(self.state / "frontend.db"),
             "FRONTEND_TOKEN_FILE": str(self.state / "token"),
             "FRONTEND_POLICY": "plan",
-            "FRONTEND_ALTO_COST_MAP": str(REPO_ROOT / "config" / "alto-costmap.json"),
+            "FRONTEND_ALTO_COST_MAP": str(Path(self.args.alto).resolve()) if self.args.alto else "",
         })
+        for item in self.args.frontend_setting:
+            key, _, value = item.partition("=")
+            env[f"FRONTEND_{key.strip().replace('-', '_').upper()}"] = value
         return env
 
     def _spawn_frontend(self) -> None:
@@ -592,17 +595,17 @@ class System:
         raise StartError(f"the front-end did not answer within 60 s; see {self.state / 'frontend.log'}")
 
     def deploy_initial(self) -> str:
-        ready = [d for d in self.cluster.deployments() if d.model == INITIAL_MODEL and d.ready]
+        ready = [d for d in self.cluster.deployments() if d.model == self.args.initial_model and d.ready]
         if ready:                  # adopted from a crashed run: the front-end already knows it
             return ready[0].node
         nodes = sorted(self.cluster.nodes(), key=lambda n: -n.memory_available)
         node = nodes[0].name
-        self.cluster.deploy(INITIAL_MODEL, node, wait=True, timeout=60)
+        self.cluster.deploy(self.args.initial_model, node, wait=True, timeout=60)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
                 listing = requests.get(f"{self.url}/services", timeout=5).json()
-                if any(s.get("model") == INITIAL_MODEL for s in listing.get("services", [])):
+                if any(s.get("model") == self.args.initial_model for s in listing.get("services", [])):
                     break
             except (requests.RequestException, ValueError):
                 pass
@@ -612,14 +615,20 @@ class System:
         time.sleep(1.5)
         return node
 
+    def example_body(self) -> str:
+        from backend.loadgen import example_body
+        return EXAMPLE_BODY if self.args.initial_model == INITIAL_MODEL else json.dumps(
+            example_body(self.args.initial_model))
+
     def check_prediction(self) -> str:
         """Send the banner's request once; return the answer (proof the whole path works)."""
-        url = f"{self.url}/services/{INITIAL_MODEL}/v1/models/{INITIAL_MODEL}:predict"
+        model = self.args.initial_model
+        url = f"{self.url}/services/{model}/v1/models/{model}:predict"
         deadline = time.monotonic() + 30
         last = ""
         while time.monotonic() < deadline:
             try:
-                answer = requests.post(url, data=EXAMPLE_BODY, timeout=10)
+                answer = requests.post(url, data=self.example_body(), timeout=10)
                 if answer.status_code == 200:
                     return answer.text.strip()
                 last = f"{answer.status_code} {answer.text.strip()}"
@@ -638,6 +647,7 @@ class System:
                    "--token-file", str(token), "--every", str(a.every),
                    "--cluster-config", str(self.cluster_config), "--cluster-state", str(self.state / "cluster.db"),
                    "--lock", str(self.state / "backend.lock"), "--report", str(self.state / "backend-report.json"),
+                   "--alto", str(Path(a.alto).resolve()) if a.alto else "",
                    *shlex.split(a.backend_args or "")]
         self._spawn("backend", command, env=self._env(), log="backend.log")
 
@@ -692,6 +702,15 @@ class System:
     def _exited(self, name: str, proc, now: float) -> None:
         watch = self.watches[name]
         ran = now - watch.started
+        if name == "backend" and proc.poll() == 2:
+            # Exit 2 is the back-end refusing its command line: a restart would refuse it again.
+            line = (f"the back-end (pid {proc.pid}) refused its arguments (exit 2; see "
+                    f"{self.state / 'backend.log'}); not restarting it, dispatch goes on")
+            say(f"run_system: {line}")
+            self._note(name, line)
+            del self.children[name]
+            self._record()
+            return
         if ran >= HEALTHY_AFTER:
             watch.delay = BACKOFF_FIRST
         delay = watch.delay
@@ -799,24 +818,30 @@ def _children_of(proc: psutil.Process) -> list[psutil.Process]:
         return []
 
 
-def banner(system: System, node: str, token: Path, answer: str) -> str:
+def banner(system: System, node: str | None, token: Path, answer: str | None) -> str:
     url = system.url
-    curl = (f"curl -s -X POST {url}/services/{INITIAL_MODEL}/v1/models/{INITIAL_MODEL}:predict "
-            f"-d '{EXAMPLE_BODY}'")
+    model = system.args.initial_model or INITIAL_MODEL
+    curl = (f"curl -s -X POST {url}/services/{model}/v1/models/{model}:predict "
+            f"-d '{system.example_body() if system.args.initial_model else EXAMPLE_BODY}'")
+    backend = ("none (--no-backend: nothing re-plans)" if system.args.no_backend else
+               f"Mode {system.args.mode} every {system.args.every:g} s   (log {system.state / 'backend.log'}, "
+               f"last report {system.state / 'backend-report.json'})")
+    limits = getattr(system.cluster, "limits_status", "unknown")
     return "\n".join([
         "",
         f"The system is running (state, logs and token in {system.state}).",
         f"  front-end:  {url}   (gunicorn, {system.args.workers} workers; log {system.state / 'frontend.log'})",
-        f"  back-end:   Mode {system.args.mode} every {system.args.every:g} s   (log {system.state / 'backend.log'}, "
-        f"last report {system.state / 'backend-report.json'})",
+        f"  back-end:   {backend}",
         f"  cluster:    {system.cluster_config} ({len(system.cluster.nodes())} nodes); "
-        f"{INITIAL_MODEL} deployed on {node}",
+        + (f"{model} deployed on {node}" if node else "nothing deployed yet"),
+        f"  node limits: {limits}",
         "",
-        "Get a prediction through the proxy:",
+        "Get a prediction through the proxy" + ("" if answer else " (the first call provisions the model: "
+                                                "503 with Retry-After until it is ready)") + ":",
         f"  {curl}",
-        f"  -> {answer}",
-        "Ask where a model runs (add -H 'X-Client-Zone: zone-1' -H 'X-Client-Latency: 0.02' to report where you are):",
-        f"  curl -s {url}/services/{INITIAL_MODEL}",
+        *([f"  -> {answer}"] if answer else []),
+        "Ask where a model runs (add -H 'X-Client-Zone: zone-1' to say where you are):",
+        f"  curl -s {url}/services/{model}",
         "Statistics (admin token):",
         f"  curl -s -H \"Authorization: Bearer $(cat {token})\" {url}/stats/models",
         "Generate load from several zones and watch the back-end adapt:",
@@ -841,7 +866,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
     p.add_argument("--backend-args", default="", metavar="'FLAGS'",
                    help="more flags for `python -m backend`, one string, e.g. --backend-args='--wait-ready'")
+    p.add_argument("--no-backend", action="store_true", help="run no back-end (nothing re-plans)")
+    p.add_argument("--frontend-setting", action="append", default=[], metavar="KEY=VALUE",
+                   help="a front-end setting (frontend/config.py), e.g. policy=nearest; repeatable")
+    p.add_argument("--alto", default=str(REPO_ROOT / "config" / "alto-costmap.json"), metavar="FILE",
+                   help="ALTO cost map the front-end and back-end are told (default config/alto-costmap.json)")
+    p.add_argument("--initial-model", default=INITIAL_MODEL, metavar="NAME",
+                   help=f"model deployed at start and used for the example prediction (default {INITIAL_MODEL}; "
+                        "'' for none)")
     args = p.parse_args(argv)
+    for item in args.frontend_setting:
+        key, sep, _ = item.partition("=")
+        if not sep or not key.strip() or not key.replace("_", "").replace("-", "").isalnum():
+            p.error(f"--frontend-setting: expected KEY=VALUE, got {item!r}")
+    if args.alto and not Path(args.alto).is_file():
+        p.error(f"--alto: {args.alto} is not a file")
     if not 1 <= args.port <= 65535 or args.every <= 0 or args.workers < 1:
         p.error("--port must be 1..65535, --every > 0 and --workers >= 1")
     try:
@@ -873,9 +912,12 @@ def main(argv: list[str] | None = None) -> int:
         system.take_over()
         system.open_cluster()
         system.start_frontend(token)
-        node = system.deploy_initial()
-        answer = system.check_prediction()
-        system.start_backend(token)
+        node = answer = None
+        if args.initial_model:
+            node = system.deploy_initial()
+            answer = system.check_prediction()
+        if not args.no_backend:
+            system.start_backend(token)
         if not system.stop.is_set():
             say(banner(system, node, token, answer))
             code = system.watch()
