@@ -102,24 +102,19 @@ def _cluster_file(scenario: Scenario, path: Path) -> Path:
     return path
 
 
-def _read_json_lines(path: Path) -> list[dict]:
-    out = []
+def _read_report(path: Path) -> dict | None:
+    """The back-end's latest run report (it rewrites the file atomically after every run)."""
     try:
-        for line in path.read_text(errors="replace").splitlines():
-            line = line.strip()
-            if line.startswith("{") and '"solver"' in line:
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    continue
-    except OSError:
-        pass
-    return out
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and "solver" in doc else None
 
 
-def _backend_runs(log: Path, started_at: float) -> list[dict]:
+def _backend_runs(reports: list[dict], started_at: float) -> list[dict]:
+    """One entry per back-end run report: when, solver status and time, predicted mean latency."""
     runs = []
-    for report in _read_json_lines(log):
+    for report in reports:
         solver = report.get("solver") or {}
         inputs = report.get("inputs") or {}
         requests = inputs.get("requests") or 0
@@ -238,11 +233,16 @@ def run_strategy(scenario: Scenario, strategy: Strategy, trace: list[Arrival], w
             time.sleep(2.0)        # every front-end worker has refreshed its view
         setup = time.monotonic() - begun
         samples: list[dict] = []
+        reports: dict[float, dict] = {}
         stop = threading.Event()
         started = time.time()
+        report_path = system.state / "backend-report.json"
 
         def sampler() -> None:
             while not stop.wait(SAMPLE_EVERY):
+                report = _read_report(report_path)
+                if report is not None and report.get("started") is not None:
+                    reports.setdefault(report["started"], report)   # every run, once (runs are >= 2 s apart)
                 try:
                     samples.append(system.sample(time.time() - started))
                 except Exception:           # a sample missed is a gap in a plot, not a failure
@@ -256,8 +256,12 @@ def run_strategy(scenario: Scenario, strategy: Strategy, trace: list[Arrival], w
         stop.set()
         thread.join(timeout=10)
         samples.append(system.sample(time.time() - started))
+        last = _read_report(report_path)
+        if last is not None and last.get("started") is not None:
+            reports.setdefault(last["started"], last)
+        runs = [reports[k] for k in sorted(reports) if k >= started - 1]
         return StrategyRun(name=strategy.name, clients=results, samples=samples,
-                           backend_runs=_backend_runs(system.state / "backend.log", results.started_at),
+                           backend_runs=_backend_runs(runs, results.started_at),
                            started_at=results.started_at, setup_seconds=setup, limits=limits)
     finally:
         system.stop()

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from testbed.clients import ClientResults, RequestRecord
 from testbed.report import latency_stats, write_results
-from testbed.runner import StrategyRun, _backend_runs, spread_placement
+from testbed.runner import StrategyRun, _backend_runs, _read_report, spread_placement
 from testbed.scenario import load_scenario
 from testbed.strategies import STRATEGIES, backend_flags
 from testbed.trace import generate_trace
@@ -37,12 +37,13 @@ def test_strategies_configure_what_the_issue_names():
     assert STRATEGIES["nearest"].policy == "nearest" and STRATEGIES["nearest"].backend == STRATEGIES["ours"].backend
 
 
-def test_backend_runs_are_read_from_the_log(tmp_path):
-    log = tmp_path / "backend.log"
+def test_backend_runs_come_from_the_run_reports(tmp_path):
     report = {"started": 105.0, "solver": {"status": "optimal", "objective": 2.0, "seconds": 0.01, "name": "highs"},
               "inputs": {"requests": 40}, "summary": {"provisioned": 2, "deleted": 0}, "errors": []}
-    log.write_text("--- header\nnot json\n" + json.dumps(report) + "\n")
-    runs = _backend_runs(log, started_at=100.0)
+    path = tmp_path / "backend-report.json"
+    path.write_text(json.dumps(report))
+    assert _read_report(path) == report and _read_report(tmp_path / "missing.json") is None
+    runs = _backend_runs([report], started_at=100.0)
     assert runs == [{"t": 5.0, "status": "optimal", "solver": "highs", "seconds": 0.01, "objective": 2.0,
                      "requests": 40, "predicted_mean": 0.05, "provisioned": 2, "deleted": 0, "errors": []}]
 
