@@ -198,5 +198,9 @@ class IpoptBackend(Backend):
             return solution_from_relaxation(problem, arrays, model, solve_relaxation(model), solver=self.name)
         deadline = Deadline(time_limit)
         model = build_model(arrays)
+        if multiprocessing.current_process().daemon:      # may not start a child: Ipopt's own limits only
+            budget = max(0.01, deadline.remaining() - reserve_for_repair(time_limit))
+            return solution_from_relaxation(problem, arrays, model, solve_relaxation(model, time_limit=budget),
+                                            solver=self.name, deadline=deadline)
         relaxed = solve_relaxation_bounded(model, max(0.0, deadline.remaining() - reserve_for_repair(time_limit)))
         return solution_from_relaxation(problem, arrays, model, relaxed, solver=self.name, deadline=deadline)

@@ -183,6 +183,8 @@ def _bad_files(tmp_path: Path, golden: dict) -> dict[str, str]:
         "big-count": with_change("b.json", lambda d: d["requests"][0].update(count=10 ** 30)),
         "huge-cpu": with_change("u.json", lambda d: d["models"][0].update(cpu=1e308)),
         "golden": str(GOLDEN),
+        "huge-solution": problem_file(tmp_path, {"status": "feasible", "assignment": [
+            {"request": 0, "node": "edge-1", "count": 10 ** 400}]}, "s.json"),
     }
 
 
@@ -199,6 +201,7 @@ def _bad_files(tmp_path: Path, golden: dict) -> dict[str, str]:
     (["render", "{deep}", "--out", "{folder}"], "nested too deeply"),
     (["check", "{golden}", "{deep}"], "nested too deeply"),
     (["check", "{golden}", "{binary}"], "not UTF-8"),
+    (["check", "{golden}", "{huge-solution}"], "assignment[0].count: too large"),
     (["solve", "{golden}", "--time-limit", "nan"], "--time-limit"),
     (["solve", "{golden}", "--time-limit", "inf"], "--time-limit"),
     (["solve", "{golden}", "--time-limit", "-5"], "--time-limit"),
