@@ -93,6 +93,9 @@ class ModelServerApp:
         error = payload.get("error") if status >= 400 else None
         del payload                  # the parsed request and its answer: only `body` is kept
         headers.append(("Content-Length", str(len(body))))
+        # The server's own time (parse, inference, encode) in the standard header, so a client can
+        # tell the network's share of what it waited from the server's (issue 9: RTT measured right).
+        headers.append(("Server-Timing", f"app;dur={(time.perf_counter() - started) * 1000:.3f}"))
         start_response(f"{status} {_REASONS.get(status, 'Error')}", headers)
         if status >= 400 and log.isEnabledFor(logging.DEBUG):
             log.debug("request failed", extra={"fields": {

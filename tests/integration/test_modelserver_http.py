@@ -147,6 +147,15 @@ def test_unknown_model_version_label_or_path_is_404(logreg, path, fragment):
     assert_error(requests.get(logreg.url + path, timeout=10), 404, fragment)
 
 
+def test_every_answer_says_the_servers_own_time_in_server_timing(hp2):
+    import re
+    for response in (post(hp2, "/v1/models/half_plus_two:predict", {"instances": [1.0]}),
+                     requests.get(f"{hp2.url}/v1/models/nope", timeout=10)):
+        match = re.fullmatch(r"app;dur=([0-9.]+)", response.headers["Server-Timing"])
+        assert match, response.headers["Server-Timing"]
+        assert 0 < float(match.group(1)) < 10_000        # milliseconds, the standard's unit
+
+
 def test_unknown_model_on_predict_is_404(hp2):
     error = assert_error(post(hp2, "/v1/models/half:predict", {"instances": [1.0, 5.0]}), 404)
     assert error == "Servable not found for request: Latest(half)"
