@@ -7,6 +7,7 @@ import numpy as np
 
 from solver import status as st
 from solver.backends.base import Backend
+from solver.backends.child import can_start_children, run_bounded
 from solver.check import explain_infeasible
 from solver.data import Arrays
 from solver.deadline import Deadline
@@ -87,6 +88,17 @@ def run_highs(model: LinearModel, *, time_limit: float | None = None, integral: 
                        objective=objective, bound=bound, gap=gap, row_dual=row_dual)
 
 
+def _run_highs_exact(model: LinearModel, time_limit: float) -> HighsResult:
+    return run_highs(model, time_limit=time_limit, mip_gap=EXACT_GAP)
+
+
+def run_highs_bounded(model: LinearModel, seconds: float) -> HighsResult | None:
+    """The exact MILP in a fresh child process killed after `seconds` (HiGHS's presolve of a large
+    model does not look at its time limit); None when it had not answered."""
+    done, result = run_bounded(_run_highs_exact, (model, max(0.01, 0.9 * seconds - 0.1)), seconds, method="spawn")
+    return result if done else None
+
+
 def packer_from_columns(arrays: Arrays, model: LinearModel, x: np.ndarray) -> Packer:
     """Return the integral assignment of a MILP solution's x columns (values rounded to integers)."""
     packer = Packer(arrays)
@@ -115,7 +127,16 @@ class HighsBackend(Backend):
                keep_files: str | None) -> Solution:
         deadline = Deadline(time_limit)
         model = build_model(arrays)          # the model's construction counts against the limit
-        result = run_highs(model, time_limit=None if time_limit is None else deadline.remaining(), mip_gap=EXACT_GAP)
+        if time_limit is None:
+            result = run_highs(model, mip_gap=EXACT_GAP)
+        elif model.n_cols <= SMALL_MODEL or not can_start_children():    # no presolve: HiGHS keeps the limit
+            result = run_highs(model, time_limit=deadline.remaining(), mip_gap=EXACT_GAP)
+        else:
+            left = deadline.remaining()
+            result = run_highs_bounded(model, left - min(max(0.1 * left, 0.1), 2.0))   # the rest: the assignment
+            if result is None:
+                return Solution(status=st.TIME_LIMIT, objective=None, bound=None, solver=self.name, seconds=0.0,
+                                message=f"{st.TIME_LIMIT_NOTE}: HiGHS had no answer yet (stopped)")
         if result.status == "kInfeasible":
             return Solution(status=st.INFEASIBLE, objective=None, bound=None, solver=self.name, seconds=0.0,
                             message=explain_infeasible(problem))

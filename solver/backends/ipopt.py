@@ -12,14 +12,13 @@ check the deadline too. Without a relaxation the repair starts from nothing (the
 """
 from __future__ import annotations
 
-import multiprocessing
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from solver import status as st
 from solver.backends.base import Backend
+from solver.backends.child import can_start_children, run_bounded
 from solver.check import explain_infeasible
 from solver.data import Arrays
 from solver.deadline import NEVER, Deadline
@@ -78,44 +77,16 @@ def reserve_for_repair(budget: float) -> float:
     return min(max(0.25 * budget, 0.1), 5.0)
 
 
-def _relaxation_child(model: LinearModel, time_limit: float, conn: object) -> None:
-    try:
-        relaxed = solve_relaxation(model, time_limit=time_limit)
-        conn.send(("ok", relaxed.status, relaxed.success, relaxed.x, relaxed.objective))  # type: ignore[attr-defined]
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))  # type: ignore[attr-defined]
-    finally:
-        conn.close()  # type: ignore[attr-defined]
-
-
 def solve_relaxation_bounded(model: LinearModel, seconds: float) -> Relaxation | None:
     """Solve the relaxation in a child process given `seconds` of wall time in all; None when it
     did not answer in time (the child is killed). Raise RuntimeError if the child failed."""
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    receive, send = context.Pipe(duplex=False)
-    started = time.monotonic()
     # Ipopt's own limits stop it between iterations, leaving time to send its iterate back
-    child = context.Process(target=_relaxation_child, args=(model, max(0.01, 0.8 * seconds - 0.05), send),
-                            daemon=True)
-    child.start()
-    send.close()
-    try:
-        if not receive.poll(max(0.0, seconds - (time.monotonic() - started))):
-            return None
-        try:
-            message = receive.recv()
-        except EOFError:
-            raise RuntimeError(f"the Ipopt process died (exit status {child.exitcode})") from None
-    finally:
-        receive.close()
-        if child.is_alive():
-            child.kill()
-        child.join(5)
-    if message[0] != "ok":
-        raise RuntimeError(message[1])
-    _, status, success, x, objective = message
-    return Relaxation(status=status, success=success, x=x, objective=objective)
+    done, relaxed = run_bounded(_relax, (model, max(0.01, 0.8 * seconds - 0.05)), seconds, method="fork")
+    return relaxed if done else None
+
+
+def _relax(model: LinearModel, seconds: float) -> Relaxation:
+    return solve_relaxation(model, time_limit=seconds)
 
 
 def fractional_placement(arrays: Arrays, model: LinearModel, x: np.ndarray) -> dict[str, dict[str, float]]:
@@ -198,7 +169,7 @@ class IpoptBackend(Backend):
             return solution_from_relaxation(problem, arrays, model, solve_relaxation(model), solver=self.name)
         deadline = Deadline(time_limit)
         model = build_model(arrays)
-        if multiprocessing.current_process().daemon:      # may not start a child: Ipopt's own limits only
+        if not can_start_children():      # a daemonic process: Ipopt's own limits only
             budget = max(0.01, deadline.remaining() - reserve_for_repair(time_limit))
             return solution_from_relaxation(problem, arrays, model, solve_relaxation(model, time_limit=budget),
                                             solver=self.name, deadline=deadline)
