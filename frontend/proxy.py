@@ -39,7 +39,7 @@ def _body_hints(body: bytes, content_type: str | None) -> tuple[dict, bytes]:
         return {}, body
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return {}, body           # the model server will say what is wrong with it
     if not isinstance(doc, dict) or not ({"zone", "latency"} & doc.keys()):
         return {}, body
