@@ -44,7 +44,8 @@ observation:
   kept for the front-end's older hint.
 
 A client whose previous request is still in flight reports its last completed one. Failed
-requests are not observations. `X-Request-Id` is the arrival's request id.
+requests are not observations. `X-Request-Id` is the arrival's request id. There are no retries:
+a 503 while a model is provisioned on demand is a failed request, as its user would see it.
 
 **Output.** One JSON line per arrival, written as it completes (`--out`): `request_id, index,
 phase, zone, client, model, scheduled` (offset, s), `started` (actual offset, s; null if never
