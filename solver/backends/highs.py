@@ -95,7 +95,8 @@ def _run_highs_exact(model: LinearModel, time_limit: float) -> HighsResult:
 def run_highs_bounded(model: LinearModel, seconds: float) -> HighsResult | None:
     """The exact MILP in a fresh child process killed after `seconds` (HiGHS's presolve of a large
     model does not look at its time limit); None when it had not answered."""
-    done, result = run_bounded(_run_highs_exact, (model, max(0.01, 0.9 * seconds - 0.1)), seconds, method="spawn")
+    own = seconds - min(max(0.15 * seconds, 0.1), 1.5)     # HiGHS's own limit, after ~0.5 s of start-up
+    done, result = run_bounded(_run_highs_exact, (model, max(0.01, own)), seconds, method="spawn")
     return result if done else None
 
 
