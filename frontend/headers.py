@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-__all__ = ["HOP_BY_HOP", "upstream_headers", "downstream_headers"]
+__all__ = ["HOP_BY_HOP", "upstream_headers", "downstream_headers", "timing_headers"]
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
@@ -12,8 +12,11 @@ HOP_BY_HOP = frozenset({
 # Set by the proxy itself or meaningless to the model server; the client's credentials for the
 # front-end and its cookies are not the model server's business.
 _NOT_FORWARDED_UP = frozenset({"host", "content-length", "accept-encoding", "authorization", "cookie",
-                               "x-client-zone", "x-client-latency", "expect"})
-_NOT_FORWARDED_DOWN = frozenset({"content-length", "server", "date", "set-cookie"})
+                               "x-client-zone", "x-client-latency", "x-client-rtt", "x-client-rtt-node",
+                               "expect"})
+# Server-Timing is rewritten by the proxy (its own time, the model server's as `upstream`).
+_NOT_FORWARDED_DOWN = frozenset({"content-length", "server", "date", "set-cookie", "server-timing",
+                                 "x-served-by"})
 
 
 def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
@@ -51,3 +54,25 @@ def downstream_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, st
     headers = list(headers)
     drop = HOP_BY_HOP | _NOT_FORWARDED_DOWN | _connection_tokens(headers)
     return [(n, v) for n, v in headers if n.lower() not in drop]
+
+
+def timing_headers(*, node: str, seconds: float, upstream: Iterable[tuple[str, str]] = ()) -> list[tuple[str, str]]:
+    """`X-Served-By` (the node that answered) and `Server-Timing` for a proxied answer.
+
+    `app` is the front-end's whole time for the call (the model server's included), so a client
+    that subtracts it from what it waited is left with the network's share; `upstream` repeats
+    the model server's own `app` figure when it sent one.
+    """
+    metrics = [f"app;dur={seconds * 1000:.3f}"]
+    for name, value in upstream:
+        if name.lower() == "server-timing":
+            for part in value.split(","):
+                fields = [f.strip() for f in part.split(";")]
+                if fields[0] == "app":
+                    dur = next((f[4:] for f in fields[1:] if f.startswith("dur=")), None)
+                    try:
+                        metrics.append(f"upstream;dur={float(dur):.3f}")
+                    except (TypeError, ValueError):
+                        pass
+                    break
+    return [("X-Served-By", node), ("Server-Timing", ", ".join(metrics[:2]))]

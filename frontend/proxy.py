@@ -15,7 +15,7 @@ import time
 from flask import Blueprint, Flask, Response, g, request
 
 from .errors import ApiError, read_body
-from .headers import downstream_headers, upstream_headers
+from .headers import downstream_headers, timing_headers, upstream_headers
 from .hints import HintError, parse_hints
 from .observe import note_model_request, update_model_request
 from .predcache import CachedAnswer, PredictionCache
@@ -50,6 +50,7 @@ def _body_hints(body: bytes, content_type: str | None) -> tuple[dict, bytes]:
 @bp.route("/services/<model>/<path:tfs_path>", methods=["GET", "POST"])
 def forward(model: str, tfs_path: str):
     """Proxy a TF Serving REST call for `model` to one of its instances."""
+    began = time.perf_counter()
     rt = current_runtime()
     if not MODEL_NAME.fullmatch(model):
         raise ApiError(404, f"unknown model {model!r}")
@@ -81,7 +82,8 @@ def forward(model: str, tfs_path: str):
         update_model_request(cached=hit is not None)
         if hit is not None:
             update_model_request(node=hit.node)
-            return Response(hit.body, status=hit.status, headers=list(hit.headers))
+            return Response(hit.body, status=hit.status, headers=[
+                *hit.headers, *timing_headers(node=hit.node, seconds=time.perf_counter() - began)])
 
     tried: set[str] = set()
     attempts = 1 + max(0, rt.settings.proxy_retries)
@@ -129,6 +131,8 @@ def forward(model: str, tfs_path: str):
             cache.put(cache_key, CachedAnswer(status=200, headers=tuple(headers), body=content,
                                               node=chosen.node.name, stored=time.monotonic(),
                                               generation=rt.cache.state.generation.get(model, ())))
+        headers += timing_headers(node=chosen.node.name, seconds=time.perf_counter() - began,
+                                  upstream=upstream.headers)
         return Response(content, status=upstream.status, headers=headers)
     assert last_error is not None
     raise last_error

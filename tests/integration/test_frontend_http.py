@@ -55,6 +55,10 @@ def test_proxy_returns_the_model_servers_answer_unchanged(make_frontend):
     assert answer.status_code == 200 and answer.json() == {"predictions": [2.5, 3.0, 4.5]}
     assert answer.headers["X-Request-Id"]
     assert "Keep-Alive" not in answer.headers
+    # Which node answered, and the front-end's whole time (app) beside the model server's (upstream).
+    assert answer.headers["X-Served-By"] == "node-a"
+    timing = dict(part.strip().split(";dur=") for part in answer.headers["Server-Timing"].split(","))
+    assert set(timing) == {"app", "upstream"} and float(timing["app"]) >= float(timing["upstream"]) > 0
 
     from modelserver.build_models import digits_split
     _, _, x_test, _ = digits_split()

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from frontend.headers import downstream_headers, upstream_headers
+from frontend.headers import downstream_headers, timing_headers, upstream_headers
 from frontend.hints import HintError, parse_hints, parse_request_id
 from frontend.metrics import BUCKETS, observe, render
 from frontend.predcache import CachedAnswer, PredictionCache
@@ -110,3 +110,11 @@ def test_prediction_cache_invalidates_on_generation_and_ttl():
     off = PredictionCache(entries=0, max_bytes=1000)
     off.put(key, _answer(b"r"))
     assert not off.enabled and len(off) == 0
+
+
+def test_timing_headers_name_the_node_and_both_times():
+    got = timing_headers(node="n-a", seconds=0.0125, upstream=[("Server-Timing", "db;dur=1, app;dur=2.5;desc=x")])
+    assert got == [("X-Served-By", "n-a"), ("Server-Timing", "app;dur=12.500, upstream;dur=2.500")]
+    assert timing_headers(node="n", seconds=0.001, upstream=[("Server-Timing", "app;dur=zz")])[1] == \
+        ("Server-Timing", "app;dur=1.000")
+    assert downstream_headers([("Server-Timing", "app;dur=1"), ("X-Served-By", "evil")]) == []
