@@ -72,11 +72,12 @@ def test_proxy_mode_against_the_real_frontend(make_frontend):
     fe = make_frontend(nodes=scenario.cluster_nodes(), deploy=((HP2, "xavier"), (HP3, "nano-1")))
     results = run_clients(fe.url, scenario, mode="proxy")
     assert results.sent == results.scheduled and results.ok == results.scheduled
+    # the front-end names the serving node (X-Served-By) and its own time (Server-Timing: app)
     for record in results.records:
-        if record.node is None:      # the front-end does not name the serving node: zone mean held
-            assert record.latency >= sum(scenario.zone(record.zone).rtt.values()) / 2
-        else:
-            assert record.latency >= scenario.rtt(record.zone, record.node)
+        assert record.node == ("xavier" if record.model == HP2 else "nano-1"), record
+        assert record.server is not None and record.latency >= scenario.rtt(record.zone, record.node)
+    far = [r for r in results.records if scenario.rtt(r.zone, r.node) == 0.05]
+    assert far and median(r.network for r in far) == pytest.approx(0.05, abs=0.010)
 
 
 # -- a recording stand-in for the front-end and a model server ----------------------------------------
