@@ -105,18 +105,18 @@ def forward(model: str, tfs_path: str):
             upstream = rt.pool(chosen.endpoint).request(path.method, path.url_path(), headers=forward_headers,
                                                         body=body)
         except UpstreamRefused:
-            rt.cache.mark_bad(chosen.endpoint)
+            rt.cache.mark_bad(chosen.endpoint, created=chosen.deployment.created)
             last_error = ApiError(502, f"cannot reach {where}")
             continue
         except UpstreamConnectTimeout:
-            rt.cache.mark_bad(chosen.endpoint)
+            rt.cache.mark_bad(chosen.endpoint, created=chosen.deployment.created)
             last_error = ApiError(504, f"timed out connecting to {where}")
             continue
         except UpstreamTimeout:
             raise ApiError(504, f"{where} did not answer within the {rt.settings.call_timeout:g} s call deadline") \
                 from None
         except UpstreamProtocolError as exc:
-            rt.cache.mark_bad(chosen.endpoint)
+            rt.cache.mark_bad(chosen.endpoint, created=chosen.deployment.created)
             last_error = ApiError(502, f"bad answer from {where}: {exc}")
             continue
         except UpstreamError as exc:

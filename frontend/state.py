@@ -79,7 +79,9 @@ class StateCache:
         self.configured_rtt = self._load_rtt()      # settings rtt, then the ALTO cost map
         self.rtt = self.configured_rtt                # ... overlaid with the plan's measured rtt
         self.rtt_version = 0                          # bumped whenever self.rtt is replaced
-        self._bad: dict[str, float] = {}          # endpoint -> monotonic time it may be used again
+        # endpoint -> (monotonic time it may be used again, created time of the instance that failed):
+        # a replacement on the same address and port (a restarted model server) is a new instance.
+        self._bad: dict[str, tuple[float, float | None]] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -278,8 +280,12 @@ class StateCache:
         found = self.state.serving.get(model, ())
         if self._bad and found:
             now = time.monotonic()
-            return tuple(c for c in found if self._bad.get(c.endpoint, 0.0) <= now)
+            return tuple(c for c in found if not self._skipped(c, now))
         return found
+
+    def _skipped(self, candidate: Candidate, now: float) -> bool:
+        until, created = self._bad.get(candidate.endpoint, (0.0, None))
+        return until > now and (created is None or created == candidate.deployment.created)
 
     @property
     def has_bad(self) -> bool:
@@ -289,12 +295,14 @@ class StateCache:
     def bad_for(self, model: str) -> float:
         """Return seconds until the first of `model`'s skipped endpoints may be used again."""
         now = time.monotonic()
-        waits = [self._bad.get(c.endpoint, now) - now for c in self.state.serving.get(model, ())]
+        waits = [self._bad[c.endpoint][0] - now if self._skipped(c, now) else 0.0
+                 for c in self.state.serving.get(model, ())]
         return max(0.0, min(waits)) if waits else 0.0
 
-    def mark_bad(self, endpoint: str) -> None:
-        """Keep `endpoint` out of this worker's answers for bad_endpoint_seconds."""
-        self._bad[endpoint] = time.monotonic() + self.settings.bad_endpoint_seconds
+    def mark_bad(self, endpoint: str, *, created: float | None = None) -> None:
+        """Keep `endpoint` out of this worker's answers for bad_endpoint_seconds; with `created`,
+        only the instance created then (a replacement at the same endpoint is served at once)."""
+        self._bad[endpoint] = (time.monotonic() + self.settings.bad_endpoint_seconds, created)
         log.warning("endpoint refused a connection; skipping it",
                     extra={"event": "endpoint_bad", "endpoint": endpoint})
         self.poke()
@@ -303,9 +311,11 @@ class StateCache:
         if not self._bad:
             return
         now = time.monotonic()
-        live = {d.endpoint for d in state.deployments}
-        for endpoint, until in list(self._bad.items()):
-            if until <= now or endpoint not in live:
+        live = {(d.endpoint, d.created) for d in state.deployments}
+        endpoints = {endpoint for endpoint, _ in live}
+        for endpoint, (until, created) in list(self._bad.items()):
+            gone = endpoint not in endpoints if created is None else (endpoint, created) not in live
+            if until <= now or gone:
                 self._bad.pop(endpoint, None)
 
     def age(self) -> float | None:

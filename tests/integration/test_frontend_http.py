@@ -452,3 +452,22 @@ def test_retention_and_catalog_reload(make_frontend, tmp_path):
     wait_for(lambda: "digits_forest" not in names(), what="catalog reloaded")
     assert requests.get(f"{fe.url}/services/digits_forest", timeout=10).status_code == 404
     assert requests.get(f"{fe.url}/services/{HP2}", timeout=10).status_code == 200
+
+
+def test_a_replacement_at_the_same_endpoint_is_served_at_once(make_frontend):
+    """A worker that found an instance dead skips that instance, not its address: the model server
+    restarted on the same node and port is a new instance and is used at once."""
+    fe = make_frontend([{"name": "node-a"}], deploy=((HP2, "node-a"),), bad_endpoint_seconds=60)
+    cache = fe.server.app.extensions["frontend"].cache
+    old = dep_of(fe.cluster, HP2, "node-a")
+    cache.refresh()
+    cache.mark_bad(old.endpoint, created=old.created)
+    assert cache.candidates(HP2) == ()
+    fe.cluster.remove(HP2, "node-a")
+    fe.cluster.deploy(HP2, "node-a")
+    new = dep_of(fe.cluster, HP2, "node-a")
+    assert new.endpoint == old.endpoint and new.created != old.created
+    cache.refresh()
+    assert [c.deployment.created for c in cache.candidates(HP2)] == [new.created]
+    answer = requests.post(f"{fe.url}/services/{HP2}/v1/models/{HP2}:predict", data=predict_body([1.0]), timeout=10)
+    assert answer.status_code == 200
