@@ -7,6 +7,9 @@ otherwise it answers with status `error` and says what to install (the CLI exits
 """
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -18,7 +21,6 @@ from solver.backends.ipopt import Relaxation, reserve_for_repair, solution_from_
 from solver.data import Arrays
 from solver.deadline import Deadline
 from solver.formulation import LinearModel, build_model
-from solver.native import silenced
 from solver.problem import Problem, Solution
 
 INSTALL_HINT = ("AMPL is not installed: install AMPL with the Ipopt solver and put its directory on PATH "
@@ -28,19 +30,38 @@ INSTALL_HINT = ("AMPL is not installed: install AMPL with the Ipopt solver and p
 _available: bool | None = None
 
 
+def _installation_present() -> bool:
+    """Whether an AMPL binary is on PATH or installed as amplpy modules (no process started)."""
+    if shutil.which("ampl"):
+        return True
+    try:
+        from amplpy import modules
+
+        return bool(modules.installed())
+    except Exception:  # amplpy missing or broken
+        return False
+
+
 def ampl_available() -> bool:
-    """Return True when amplpy can start an AMPL process here (checked once per process)."""
+    """Return True when amplpy can start an AMPL process here (checked once per process).
+
+    The start is tried in a child process with a deadline, and only when an installation exists:
+    amplpy forks to start AMPL, and a fork of a process that has threads (the test runner, a
+    gunicorn worker) can deadlock in the child; one such child kept the test run's output open.
+    """
     global _available
     if _available is None:
-        try:
-            from amplpy import AMPL
-
-            with silenced():
-                AMPL().close()
-            _available = True
-        except Exception:  # ImportError, or RuntimeError("AMPL could not be started")
-            _available = False
+        _available = _installation_present() and _starts()
     return _available
+
+
+def _starts() -> bool:
+    try:
+        done = subprocess.run([sys.executable, "-c", "from amplpy import AMPL; AMPL().close()"],
+                              capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
 
 
 class AmplBackend(Backend):
