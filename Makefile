@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 PIP_STAMP := $(VENV)/.requirements-installed
 MODELS_STAMP := build/models/.built
 
-.PHONY: setup setup-test setup-bench test run bench simulate clean k8s-tools
+.PHONY: setup setup-test setup-bench test run bench simulate experiment clean k8s-tools
 
 setup: $(PIP_STAMP) $(MODELS_STAMP)
 
@@ -55,6 +55,10 @@ bench: setup-bench
 
 simulate: setup
 	$(PY) -m solver simulate --out build/simulation
+
+# The achieved-latency experiment on the shipped default scenario (every strategy, ~15 min).
+experiment: setup
+	$(PY) -m testbed run testbed/scenarios/default.yaml --out build/experiment
 
 clean:
 	rm -rf build .run .pytest_cache

@@ -33,6 +33,7 @@ __all__ = ["main", "LoadSpec", "run_load", "parse_weights", "example_body"]
 _EXAMPLES = {
     "digits_logreg": {"instances": [[0.0] * 64]},
     "digits_forest": {"instances": [[0.0] * 64]},
+    "digits_cnn": {"instances": [[0.0] * 64]},
 }
 _DEFAULT_EXAMPLE = {"instances": [1.0, 2.0, 5.0]}
 MAX_REQUESTS = 1_000_000

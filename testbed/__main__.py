@@ -1,4 +1,8 @@
-"""`python -m testbed check|trace SCENARIO.yaml [--catalog FILE] [--cluster FILE] [--json]`.
+"""`python -m testbed check|trace|run SCENARIO.yaml [--catalog FILE] [--cluster FILE] [--json]`.
+
+`run SCENARIO.yaml --out DIR [--strategies a,b] [--mode lookup|proxy] [--every S]` runs the
+achieved-latency experiment (testbed.runner): every strategy on a clean system, the same trace,
+results.json / results.md / plots in DIR.
 
 `check` prints a summary of a valid scenario (exit 0) or its one-line error (exit 2, no
 traceback); `trace` prints the counts of its seeded trace per phase, zone and model (JSON), and
@@ -28,12 +32,49 @@ def main(argv: list[str] | None = None) -> int:
     trace.add_argument("--catalog", help="model catalog (default config/models.yaml)")
     trace.add_argument("--cluster", help="cluster config used when the scenario has no nodes")
     trace.add_argument("--out", help="write the arrivals to this file (JSON lines)")
+    run = sub.add_parser("run", help="run the experiment: every strategy on the same trace")
+    run.add_argument("scenario", help="scenario YAML file")
+    run.add_argument("--out", required=True, help="folder for results.json, results.md, plots and logs")
+    run.add_argument("--strategies", help="comma-separated subset (default: the scenario's)")
+    run.add_argument("--mode", choices=("lookup", "proxy"), default="lookup",
+                     help="lookup: GET /services then call the node (the thesis's client); proxy: through the front-end")
+    run.add_argument("--every", type=float, default=10.0, help="seconds between back-end runs (default 10)")
+    run.add_argument("--catalog", help="model catalog (default config/models.yaml)")
+    run.add_argument("--cluster", help="cluster config used when the scenario has no nodes")
     args = parser.parse_args(argv)
+    if args.command == "run" and not (0 < args.every <= 3600):
+        print("testbed: --every must be between 0 and 3600 seconds", file=sys.stderr)
+        return 2
     try:
         scenario = load_scenario(args.scenario, catalog_path=args.catalog, cluster_path=args.cluster)
     except ScenarioError as exc:
         print(f"testbed: {exc}", file=sys.stderr)
         return 2
+    if args.command == "run":
+        from pathlib import Path
+
+        from .runner import run_experiment
+        from .strategies import STRATEGIES
+
+        names = [n.strip() for n in args.strategies.split(",") if n.strip()] if args.strategies else None
+        unknown = [n for n in names or [] if n not in STRATEGIES]
+        if unknown or names == []:
+            print(f"testbed: --strategies: unknown {', '.join(unknown) or '(empty)'} "
+                  f"(known: {', '.join(STRATEGIES)})", file=sys.stderr)
+            return 2
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            print(f"testbed: --out {out} is not a folder", file=sys.stderr)
+            return 2
+        try:
+            doc = run_experiment(scenario, out, strategies=names, mode=args.mode, every=args.every,
+                                 progress=lambda line: print(line, file=sys.stderr, flush=True))
+        except (RuntimeError, OSError, ValueError) as exc:
+            print(f"testbed: {exc}", file=sys.stderr)
+            return 1
+        print((out / "results.md").read_text())
+        print(f"results: {out / 'results.json'}; plots: {', '.join(doc.get('plots', []))}")
+        return 0
     if args.command == "trace":
         from .trace import generate_trace, summarize, write_trace
 

@@ -44,7 +44,9 @@ observation:
   kept for the front-end's older hint.
 
 A client whose previous request is still in flight reports its last completed one. Failed
-requests are not observations. `X-Request-Id` is the arrival's request id. There are no retries:
+requests are not observations. A `503` with `Retry-After` (the model is being provisioned on
+demand) is waited out and asked again, as a thesis client would, while the request's timeout
+allows; the wait counts in its latency (`retries` in the summary). `X-Request-Id` is the arrival's request id. There are no retries:
 a 503 while a model is provisioned on demand is a failed request, as its user would see it.
 
 **Output.** One JSON line per arrival, written as it completes (`--out`): `request_id, index,
@@ -98,6 +100,7 @@ OVERLOAD = "client overload"
 _EXAMPLES = {
     "digits_logreg": {"instances": [[0.0] * 64]},
     "digits_forest": {"instances": [[0.0] * 64]},
+    "digits_cnn": {"instances": [[0.0] * 64]},
 }
 _DEFAULT_EXAMPLE = {"instances": [1.0, 2.0, 5.0]}
 
@@ -225,6 +228,7 @@ class ClientResults:
     slo: float | None
     stopped: bool = False            # stop_event ended the run early
     server_timing_missing: int = 0   # answers without Server-Timing (network = whole call)
+    retries: int = 0                 # 503 + Retry-After answers waited out and asked again
 
     @property
     def sent(self) -> int:
@@ -273,7 +277,7 @@ class ClientResults:
             "server_ok": _stats([r.server for r in ok if r.server is not None]),
             "start_lateness": _stats(lateness),
             "errors": dict(Counter(r.error for r in records if r.error)),
-            "server_timing_missing": self.server_timing_missing,
+            "server_timing_missing": self.server_timing_missing, "retries": self.retries,
             "phases": phases,
         }
 
@@ -296,6 +300,7 @@ class _Shared:
         self.ok = 0
         self.failed = 0
         self.server_timing_missing = 0
+        self.retries = 0
         self.recent: list[float] = []
 
 
@@ -392,6 +397,23 @@ def run_clients(frontend_url: str, scenario: Scenario, *, mode: str = "lookup",
             return rtts[zone][node]
         return mean_rtt[zone]
 
+    def wait_and_retry(answer, deadline: float) -> bool:
+        """A 503 with Retry-After (the model is being provisioned): wait as told and say to ask
+        again, as a mobile client of the thesis would; False when it is another answer or the
+        wait would pass the request's deadline (the 503 then stands)."""
+        if answer.status != 503:
+            return False
+        try:
+            wait = float(answer.headers.get("Retry-After", ""))
+        except ValueError:
+            return False
+        if not 0 <= wait <= 60 or time.perf_counter() + wait >= deadline:
+            return False
+        with shared.lock:
+            shared.retries += 1
+        hold(wait)
+        return True
+
     def send(arrival: Arrival, record: RequestRecord, began: float) -> None:
         zone, model = arrival.zone, arrival.model
         t0 = time.perf_counter()
@@ -402,10 +424,13 @@ def run_clients(frontend_url: str, scenario: Scenario, *, mode: str = "lookup",
         body = bodies[model]
         try:
             if mode == "lookup":
-                hold(frontend_rtt / 2)
-                answer = call("GET", f"{base_url}/services/{model}", headers=headers, body=None,
-                              remaining=deadline - time.perf_counter())
-                hold(frontend_rtt / 2)
+                while True:
+                    hold(frontend_rtt / 2)
+                    answer = call("GET", f"{base_url}/services/{model}", headers=headers, body=None,
+                                  remaining=deadline - time.perf_counter())
+                    hold(frontend_rtt / 2)
+                    if not wait_and_retry(answer, deadline):
+                        break
                 record.status = answer.status
                 if answer.status != 200:
                     raise _HTTPError(answer.status, "lookup: " + error_text(answer))
@@ -428,8 +453,12 @@ def run_clients(frontend_url: str, scenario: Scenario, *, mode: str = "lookup",
             else:
                 headers["Content-Type"] = "application/json"
                 t1 = t0
-                answer = call("POST", f"{base_url}/services/{model}/v1/models/{model}:predict",
-                              headers=headers, body=body, remaining=deadline - time.perf_counter())
+                while True:
+                    answer = call("POST", f"{base_url}/services/{model}/v1/models/{model}:predict",
+                                  headers=headers, body=body, remaining=deadline - time.perf_counter())
+                    if not wait_and_retry(answer, deadline):
+                        break
+                    t1 = time.perf_counter()       # the node's distance applies to the call that is answered
                 served_by = answer.headers.get(SERVED_BY_HEADER)
                 node = served_by.strip() if served_by and served_by.strip() else None
                 record.node = node
@@ -538,7 +567,7 @@ def run_clients(frontend_url: str, scenario: Scenario, *, mode: str = "lookup",
     results = ClientResults(mode=mode, frontend=base_url, scheduled=total, records=done, seconds=seconds,
                             started_at=started_at, timeout=timeout, slo=scenario.slo,
                             stopped=stop_event.is_set() and len(done) < total,
-                            server_timing_missing=shared.server_timing_missing)
+                            server_timing_missing=shared.server_timing_missing, retries=shared.retries)
     if progress is not None:
         progress(f"clients: done in {seconds:.1f} s: {results.sent}/{total} sent, {results.ok} ok, "
                  f"{results.failed} failed")
