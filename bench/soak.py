@@ -109,15 +109,22 @@ def run(args) -> dict:
                 raise RuntimeError(f"the system did not serve a prediction; see {tmp / 'run_system.log'}")
             time.sleep(0.5)
         print(f"system up on {url} (state {tmp / 'state'})", flush=True)
+        predict_url = f"{url}/services/{MODEL}/v1/models/{MODEL}:predict"
+        # Let the back-end see the load and settle its placement first (it adds instances, on
+        # nodes with their own CPU quotas): the maximum and the soak then measure one system.
+        warm = _run_wrk(predict_url, method="POST", body=BODY, connections=CONNECTIONS, seconds=args.warmup,
+                        delay_ms=CONNECTIONS * 1000.0 / 400)
+        print(f"warm-up {args.warmup:g} s at {warm.rps:.0f} req/s; instances: {_instances(tmp / 'state')}",
+              flush=True)
         best = _run_wrk(f"{url}/services/{MODEL}/v1/models/{MODEL}:predict", method="POST", body=BODY,
                         connections=CONNECTIONS, seconds=args.calibrate)
         target = args.share * best.rps
         print(f"maximum {best.rps:.0f} req/s (p50 {best.p50_ms:.1f} ms, errors {best.errors}); "
               f"holding {target:.0f} req/s", flush=True)
-        predict_url = f"{url}/services/{MODEL}/v1/models/{MODEL}:predict"
         pause, paced = _calibrate(predict_url, target, args.calibrate)
         print(f"pause {pause:.0f} ms per connection -> {paced.rps:.0f} req/s", flush=True)
         start = _footprint(port)
+        placed_start = _instances(tmp / "state")
         minutes = []
         for index in range(args.minutes):
             result = _run_wrk(predict_url, method="POST", body=BODY, connections=CONNECTIONS,
@@ -130,6 +137,7 @@ def run(args) -> dict:
         end = _footprint(port)
         backend_runs = _backend_runs(tmp / "state")
         return {"max_rps": best.rps, "target_rps": target, "pause_ms": pause, "minutes": minutes,
+                "instances_start": placed_start, "instances_end": _instances(tmp / "state"),
                 "start": start, "end": end, "backend_runs": backend_runs, "every": args.every,
                 "minute_seconds": args.minute}
     finally:
@@ -150,6 +158,17 @@ def _calibrate(url: str, target: float, seconds: float) -> tuple[float, LoadResu
         pause = max(0.0, CONNECTIONS * 1000.0 / target - service_ms)
         result = _run_wrk(url, method="POST", body=BODY, connections=CONNECTIONS, seconds=seconds, delay_ms=pause)
     return pause, result
+
+
+def _instances(state: Path) -> str:
+    """The ready instances of the model, per node, from the local cluster's state file."""
+    import sqlite3
+    try:
+        with sqlite3.connect(f"file:{state / 'cluster.db'}?mode=ro", uri=True) as conn:
+            rows = conn.execute("SELECT node FROM instances WHERE model = ?", (MODEL,)).fetchall()
+    except sqlite3.Error as exc:
+        return f"unknown ({exc})"
+    return ", ".join(sorted(r[0] for r in rows)) or "none"
 
 
 def _backend_runs(state: Path) -> int:
@@ -184,7 +203,8 @@ def report(results: dict) -> str:
     ]
     head = (f"maximum {results['max_rps']:.0f} req/s through the proxy ({CONNECTIONS} connections, wrk); held "
             f"{results['target_rps']:.0f} req/s ({results['pause_ms']:.0f} ms pause per connection), "
-            f"{results['minute_seconds']:.0f} s per row; back-end every {results['every']:g} s")
+            f"{results['minute_seconds']:.0f} s per row; back-end every {results['every']:g} s; "
+            f"{MODEL} instances: {results['instances_start']} at the start, {results['instances_end']} at the end")
     return "\n".join([head, "", *rows, "", *verdicts])
 
 
@@ -195,12 +215,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--share", type=float, default=0.7, help="share of the measured maximum (default 0.7)")
     parser.add_argument("--calibrate", type=float, default=10.0, help="seconds per calibration run (default 10)")
     parser.add_argument("--every", type=float, default=30.0, help="seconds between back-end runs (default 30)")
+    parser.add_argument("--warmup", type=float, default=75.0,
+                        help="seconds of load before measuring, so the back-end settles (default 75)")
     parser.add_argument("--quick", action="store_true", help="3 rows of 20 s (smoke check)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.minutes, args.minute, args.calibrate = 3, 20.0, 5.0
-    if args.minutes < 1 or not 0 < args.share <= 1 or args.minute < 1 or args.calibrate < 1 or args.every <= 0:
-        parser.error("--minutes >= 1, 0 < --share <= 1, --minute >= 1, --calibrate >= 1, --every > 0")
+        args.minutes, args.minute, args.calibrate, args.warmup = 3, 20.0, 5.0, 35.0
+    if args.minutes < 1 or not 0 < args.share <= 1 or args.minute < 1 or args.calibrate < 1 or args.every <= 0 \
+            or args.warmup < 1:
+        parser.error("--minutes >= 1, 0 < --share <= 1, --minute >= 1, --calibrate >= 1, --every > 0, --warmup >= 1")
     if not shutil.which("wrk"):
         parser.error("wrk is not installed (apt-get install wrk; `make bench` installs it)")
     try:

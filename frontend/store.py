@@ -231,6 +231,20 @@ def _off_the_event_loop(fn):
     return get_hub().threadpool.apply(fn)
 
 
+def _summary_rows(conn: sqlite3.Connection, first: int, first_hist: int) -> tuple[list, list, list]:
+    """The aggregate rows of GET /stats/summary from the given first buckets on."""
+    return (conn.execute(
+        "SELECT model, zone, node, kind, sum(count), sum(ok), sum(latency_count), sum(latency_sum),"
+        " sum(duration_count), sum(duration_sum), max(last) FROM agg_requests WHERE bucket >= ?"
+        " GROUP BY model, zone, node, kind ORDER BY model, zone, node, kind", (first,)).fetchall(),
+        conn.execute(
+        "SELECT model, node, kind, bin, sum(count), sum(sum) FROM agg_durations WHERE bucket >= ?"
+        " GROUP BY model, node, kind, bin ORDER BY model, node, kind, bin", (first_hist,)).fetchall(),
+        conn.execute(
+        "SELECT zone, node, bucket, count, sum, sumsq FROM agg_rtt WHERE bucket >= ?"
+        " ORDER BY zone, node, bucket", (first,)).fetchall())
+
+
 class _Aggregates:
     """The agg_requests, agg_durations and agg_rtt increments of a batch of records."""
 
@@ -326,13 +340,17 @@ class StatsStore:
         atexit.register(lambda: (store := ref()) is not None and store._flush_at_exit())
 
     # -- connections -------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+        return conn
+
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
-                                   check_same_thread=False)
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+            conn = self._connect()
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
@@ -561,17 +579,14 @@ class StatsStore:
         first_hist = max(0, math.floor((now - window) / HISTOGRAM_SECONDS))
 
         def read() -> tuple[list, list, list]:
-            conn = self._conn()
-            return (conn.execute(
-                "SELECT model, zone, node, kind, sum(count), sum(ok), sum(latency_count), sum(latency_sum),"
-                " sum(duration_count), sum(duration_sum), max(last) FROM agg_requests WHERE bucket >= ?"
-                " GROUP BY model, zone, node, kind ORDER BY model, zone, node, kind", (first,)).fetchall(),
-                conn.execute(
-                "SELECT model, node, kind, bin, sum(count), sum(sum) FROM agg_durations WHERE bucket >= ?"
-                " GROUP BY model, node, kind, bin ORDER BY model, node, kind, bin", (first_hist,)).fetchall(),
-                conn.execute(
-                "SELECT zone, node, bucket, count, sum, sumsq FROM agg_rtt WHERE bucket >= ?"
-                " ORDER BY zone, node, bucket", (first,)).fetchall())
+            # A connection of its own, closed after: gevent's pool threads come and go (an idle one
+            # exits after 5 s), and a per-thread connection would be left open by each (a
+            # 10-minute soak showed the front-end's descriptors growing by ~4 a minute).
+            conn = self._connect()
+            try:
+                return _summary_rows(conn, first, first_hist)
+            finally:
+                conn.close()
 
         rows, bins, rtt_rows = _off_the_event_loop(read)
         groups = []

@@ -195,3 +195,20 @@ def test_requests_route_accepts_the_extreme_valid_values(client):
     for query in ("after=9223372036854775807", "since=1e308", "limit=100000", "after=0&since=0&limit=1"):
         answer = http.get(f"/stats/requests?{query}", headers=AUTH)
         assert answer.status_code == 200 and answer.get_json() == {"requests": []}, query
+
+
+def test_summaries_from_threads_that_come_and_go_leave_no_connection_open(tmp_path):
+    """gevent's pool threads exit after 5 s idle and new ones serve the next collection: a summary
+    must not leave a per-thread SQLite connection (and its descriptors) behind each time."""
+    import os
+    import threading
+
+    store = StatsStore(tmp_path / "fe.db")
+    store.summary(window=600, now=1000.0)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        thread = threading.Thread(target=store.summary, kwargs={"window": 600, "now": 1000.0})
+        thread.start()
+        thread.join()
+    assert len(os.listdir("/proc/self/fd")) == before
+    store.close()
