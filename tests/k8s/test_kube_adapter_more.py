@@ -86,6 +86,9 @@ def test_a_node_added_after_start_is_found(kube):
     late = kube.node_name("late")
     assert late not in _by_name(cluster)
     kube.add_node("late")
+    # The API server says Ready; the adapter learns it from its watch, a moment later.
+    wait_for(lambda: late in _by_name(cluster) and _by_name(cluster)[late].ready, timeout=30,
+             what="the watch cache sees the new node ready")
     dep = cluster.deploy(MODEL, late, timeout=60)
     assert dep.ready and dep.node == late
     assert late in _by_name(cluster)

@@ -37,11 +37,16 @@ def test_prediction_through_the_proxy_to_the_pods_node(kube, standin_factory, fr
     answer = wait_for(predict, timeout=30, what="a 200 prediction through the front-end")
     assert answer.json() == {"predictions": [2.5, 3.0, 4.5]}
 
-    rows = requests.get(f"{frontend.url}/stats/requests", params={"since": started}, headers=AUTH,
-                        timeout=10).json()["requests"]
-    served = [r for r in rows if r["model"] == MODEL and r["status"] == 200]
-    assert served and all(r["node"] == node_b for r in served)
-    assert served[-1]["zone"] == "zone-1"
+    def served() -> list:
+        # The worker that answered writes its statistics within stats_flush_interval; a read on
+        # another worker flushes only its own buffer.
+        rows = requests.get(f"{frontend.url}/stats/requests", params={"since": started}, headers=AUTH,
+                            timeout=10).json()["requests"]
+        return [r for r in rows if r["model"] == MODEL and r["status"] == 200]
+
+    rows = wait_for(served, timeout=10, what="the prediction's statistics row")
+    assert all(r["node"] == node_b for r in rows)
+    assert rows[-1]["zone"] == "zone-1"
 
 
 def test_unknown_model_404_and_on_demand_provisioning_through_kubernetes(kube, standin_factory, frontend_factory):
