@@ -37,6 +37,9 @@ accesslog = os.environ.get("FRONTEND_ACCESS_LOG") or None
 errorlog = "-"
 loglevel = "info"
 proc_name = "edge-frontend"
+# Several front-ends may run side by side (tests, benches, the testbed): gunicorn 27's control
+# socket has one default path per user, so it is off.
+control_socket_disable = True
 # The app must be importable whatever directory gunicorn is started from.
 chdir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
