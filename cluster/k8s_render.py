@@ -8,7 +8,7 @@ passed through the `yaml` filter, which emits a quoted YAML scalar or flow colle
 string cannot add keys or documents. A template expression that forgets the filter is refused at
 render time rather than trusted.
 
-Resource rule (documented in the README, section Kubernetes):
+Resource rule (documented in docs/kubernetes.md):
 
 - memory: request = the catalog's KB per instance, as `<KB>Ki`; limit = the same (or none).
 - cpu: the catalog gives cores one request keeps busy; the pod requests room for

@@ -2,7 +2,7 @@
 
 Why a single place: gunicorn workers, `python -m frontend`, the tests and the benchmark all build
 the app from the same `Settings`, so a key means the same thing everywhere. Every field below is
-documented with its unit and default; the README's front-end section repeats the table.
+documented with its unit and default; docs/frontend.md repeats the table.
 
 Precedence (lowest first): defaults < file named by FRONTEND_CONFIG < FRONTEND_<KEY> variables.
 `create_app(mapping)` skips the file and the environment entirely: the mapping overlays the defaults,
