@@ -29,7 +29,7 @@ __all__ = ["Action", "Thresholds", "Instance", "Plan", "desired_pairs", "instanc
 
 PROVISION = "provision"
 DELETE = "delete"
-SOLVED_STATUSES = ("optimal", "feasible")
+SOLVED_STATUSES = ("optimal", "repaired", "feasible")
 
 
 @dataclass(frozen=True)

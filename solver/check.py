@@ -75,7 +75,10 @@ def check_assignment(problem: Problem, assignment: Iterable[Assignment]) -> Chec
             memory[node] += count * model.memory
         else:
             instances.add((group.model, node))
-    if problem.formulation == "placement":
+    latency_terms: list[Fraction] = []
+    if problem.formulation == "latency":
+        latency_terms = _latency_terms(problem, placed, violations)
+    if problem.formulation in ("placement", "latency"):
         deployed = set(map(tuple, problem.deployed))
         for model_name, node in instances:
             if (model_name, node) not in deployed:
@@ -83,7 +86,7 @@ def check_assignment(problem: Problem, assignment: Iterable[Assignment]) -> Chec
     for k, group in enumerate(problem.requests):
         if problem.formulation == "thesis" and total[k] < group.count:
             violations.append(f"requests[{k}]: {total[k]} of {group.count} requests placed")
-        elif problem.formulation == "placement" and total[k] != group.count:
+        elif problem.formulation in ("placement", "latency") and total[k] != group.count:
             violations.append(f"requests[{k}]: {total[k]} requests dispatched, count is {group.count}")
     used_cpu = {n: math.fsum(v) for n, v in cpu.items()}
     for name, node in nodes.items():
@@ -94,26 +97,65 @@ def check_assignment(problem: Problem, assignment: Iterable[Assignment]) -> Chec
         if not fits(used_cpu[name], node.cpu):
             ratio = f" ({used_cpu[name] / node.cpu:.2f}x)" if node.cpu else ""
             violations.append(f"compute[{name}]: {used_cpu[name]:g} cores used > {node.cpu:g} cores{ratio}")
-    return CheckResult(ok=not violations, violations=violations, objective=exact_sum(terms),
+    objective = exact_sum(terms)
+    if problem.formulation == "latency":
+        objective = float(exact_fraction(terms) + sum(latency_terms, Fraction(0)))
+    return CheckResult(ok=not violations, violations=violations, objective=objective,
                        memory_used={n: float(v) for n, v in memory.items()}, cpu_used=used_cpu)
 
 
 def exact_sum(terms: Iterable[tuple[int, float]]) -> float:
     """Return sum(count * value) computed exactly (floats are dyadic rationals), rounded once."""
+    return float(exact_fraction(terms))
+
+
+def exact_fraction(terms: Iterable[tuple[int, float]]) -> Fraction:
+    """Return sum(count * value) as an exact rational."""
     ratios = [(count, *float(value).as_integer_ratio()) for count, value in terms]
     if not ratios:
-        return 0.0
+        return Fraction(0)
     scale = max(d for _, _, d in ratios)            # every denominator is a power of two
     total = sum(count * n * (scale // d) for count, n, d in ratios)
-    return float(Fraction(total, scale))
+    return Fraction(total, scale)
+
+
+def _latency_terms(problem: Problem, placed: dict[tuple[int, str], int], violations: list[str]) -> list[Fraction]:
+    """The `latency` objective beyond sum(count * (rtt + exec_time)), exactly: each request's cost
+    per request on its node, each instance's M/M/1 waiting W rho^2 / (1 - rho) with rho = s n / W,
+    and each instance's cost per hour over the window; a violation for rho above the ceiling."""
+    nodes = {n.name: n for n in problem.nodes}
+    window = Fraction(problem.window)
+    ceiling = Fraction(problem.max_utilisation)
+    per_instance: dict[tuple[str, str], int] = {}
+    out: list[Fraction] = []
+    for (k, node), count in placed.items():
+        model = problem.requests[k].model
+        per_instance[(model, node)] = per_instance.get((model, node), 0) + count
+        out.append(count * Fraction(nodes[node].cost_per_request))
+    for (model, node), n in sorted(per_instance.items()):
+        rho = Fraction(problem.exec_time[model][node]) * n / window
+        if rho > ceiling * (1 + Fraction(1, 10**9)):
+            violations.append(f"utilisation['{model}','{node}']: {float(rho):.4g} > max_utilisation "
+                              f"{problem.max_utilisation:g} ({n} requests in {problem.window:g} s)")
+            if rho >= 1:
+                continue
+        out.append(window * rho * rho / (1 - rho))
+    opened = set(per_instance) | set(map(tuple, problem.deployed))
+    for _, node in opened:
+        out.append(Fraction(nodes[node].cost_per_instance_hour) * window / 3600)
+    return out
 
 
 def explain_infeasible(problem: Problem) -> str:
     """Return which capacity cannot be met, by the simplest argument that shows it."""
     nodes = problem.nodes
     models = {m.name: m for m in problem.models}
-    deployed = set(map(tuple, problem.deployed)) if problem.formulation == "placement" else set()
+    deployed = set(map(tuple, problem.deployed)) if problem.formulation != "thesis" else set()
     reasons: list[str] = []
+    if problem.formulation == "latency":
+        overload = _overload(problem, deployed)
+        if overload:
+            return overload
     for k, group in enumerate(problem.requests):
         if group.count <= 0:
             continue
@@ -145,8 +187,36 @@ def explain_infeasible(problem: Problem) -> str:
                            f"the nodes have {mem_have} KB")
     if reasons:
         return _join(reasons)
+    if problem.formulation == "latency":
+        return ("memory, compute and utilisation: the requests cannot be packed onto the nodes within the "
+                f"capacities with every instance at utilisation <= {problem.max_utilisation:g}")
     return ("memory and compute: the requests cannot be packed onto the nodes within both capacities "
             "(each fits somewhere and the totals suffice, but no assignment satisfies every node)")
+
+
+def _overload(problem: Problem, deployed: set) -> str:
+    """`latency`: the models whose arrival rate reaches what all their possible instances serve
+    at the utilisation ceiling (each node that could hold one instance; memory shared ignored)."""
+    rates: dict[str, int] = {}
+    for group in problem.requests:
+        rates[group.model] = rates.get(group.model, 0) + group.count
+    reasons = []
+    for model in problem.models:
+        n = rates.get(model.name, 0)
+        if not n:
+            continue
+        capacity = 0.0
+        for node in problem.nodes:
+            if not _one_fits(model, node, (model.name, node.name) in deployed):
+                continue
+            s = problem.exec_time[model.name][node.name]
+            capacity = float("inf") if s <= 0 else capacity + problem.max_utilisation / s
+        rate = n / problem.window
+        if rate > capacity * (1 + 1e-9):
+            reasons.append(f"overload: model {model.name} receives {rate:.4g} requests/s, its instances on every "
+                           f"node that can hold one serve at most {capacity:.4g}/s at utilisation "
+                           f"<= {problem.max_utilisation:g}")
+    return _join(reasons)
 
 
 def _one_fits(model: object, node: object, deployed: bool) -> bool:

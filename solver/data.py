@@ -17,7 +17,7 @@ from solver.problem import Problem
 class Arrays:
     """The problem as arrays: G groups, S nodes, M models."""
 
-    placement: bool             # formulation == "placement"
+    placement: bool             # memory once per instance: formulation "placement" or "latency"
     node_names: list[str]
     model_names: list[str]
     count: np.ndarray           # (G,) int64 requests per group
@@ -29,11 +29,18 @@ class Arrays:
     mem_cap: np.ndarray         # (S,) KB
     cpu_cap: np.ndarray         # (S,) cores
     deployed: np.ndarray        # (M, S) bool, running already (placement only: no memory charged)
+    latency: bool = False       # formulation == "latency": queueing delay, costs, utilisation ceiling
+    window: float = 0.0         # latency: seconds the counts were observed over
+    max_util: float = 1.0       # latency: utilisation ceiling per instance
+    cost_req: np.ndarray | None = None    # (S,) latency: objective seconds added per request on a node
+    cost_inst: np.ndarray | None = None   # (S,) latency: objective seconds per instance over the window
 
     @property
     def cost(self) -> np.ndarray:
-        """Return the (G, S) unit cost rtt + exec_time of each group on each node."""
-        return self.rtt + self.exec_time[self.group_model]
+        """Return the (G, S) unit cost rtt + exec_time of each group on each node (+ the cost per request
+        in `latency`, where it is the low-load cost: waiting comes on top)."""
+        base = self.rtt + self.exec_time[self.group_model]
+        return base + self.cost_req[None, :] if self.latency else base
 
     @property
     def n_groups(self) -> int:
@@ -68,7 +75,8 @@ def to_arrays(problem: Problem) -> Arrays:
     exec_time = np.array([[problem.exec_time[m][n] for n in node_names] for m in model_names], dtype=float)
     exec_time = exec_time.reshape(len(model_names), len(node_names))
     deployed = np.zeros((len(model_names), len(node_names)), dtype=bool)
-    placement = problem.formulation == "placement"
+    placement = problem.formulation in ("placement", "latency")
+    latency = problem.formulation == "latency"
     if placement:
         for model, node in problem.deployed:
             deployed[model_index[model], node_index[node]] = True
@@ -85,4 +93,10 @@ def to_arrays(problem: Problem) -> Arrays:
         mem_cap=np.array([n.memory for n in problem.nodes], dtype=float),
         cpu_cap=np.array([n.cpu for n in problem.nodes], dtype=float),
         deployed=deployed,
+        latency=latency,
+        window=float(problem.window or 0.0),
+        max_util=float(problem.max_utilisation) if latency else 1.0,
+        cost_req=np.array([n.cost_per_request for n in problem.nodes], dtype=float) if latency else None,
+        cost_inst=(np.array([n.cost_per_instance_hour for n in problem.nodes], dtype=float)
+                   * float(problem.window or 0.0) / 3600.0) if latency else None,
     )

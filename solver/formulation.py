@@ -36,8 +36,9 @@ class LinearModel:
     pair_j: np.ndarray          # node of each x column
     y_m: np.ndarray             # model of each y column (after the x columns; placement only)
     y_j: np.ndarray             # node of each y column
-    n_slack: int                # unserved[g] columns at the end (0 unless slack_cost was given)
+    n_slack: int                # unserved[g] columns (0 unless slack_cost was given)
     rows: dict[str, slice]      # constraint family -> its rows
+    n_wait: int = 0             # latency: wait[m,j] columns at the end, one per y column (same order)
 
     @property
     def n_x(self) -> int:
@@ -58,6 +59,8 @@ class LinearModel:
                     return f"{family}['{arrays.node_names[k]}']"
                 if family in ("select", "demand"):
                     return f"{family}[{k}]"
+                if family == "wait":
+                    return f"wait[{k}]"
                 if family == "link" and len(self.pair_g) == rows.stop - rows.start:
                     return f"link[{self.pair_g[k]},'{arrays.node_names[self.pair_j[k]]}']"
                 return f"{family}['{arrays.model_names[self.y_m[k]]}','{arrays.node_names[self.y_j[k]]}']"
@@ -73,8 +76,15 @@ def all_pairs(arrays: Arrays) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_model(arrays: Arrays, *, pairs: tuple[np.ndarray, np.ndarray] | None = None,
-                linking: str = LINK_GROUP, slack_cost: float | None = None) -> LinearModel:
+                linking: str = LINK_GROUP, slack_cost: float | None = None,
+                tangents: np.ndarray | None = None,
+                extra_cuts: dict[tuple[int, int], list[float]] | None = None) -> LinearModel:
     """Build the MILP of the problem's formulation over the given candidate pairs (default: all).
+
+    `latency` (placement's rows, plus): `ceiling[m,j]`: sum_g x[g,j] <= cap[m,j] * y[m,j] (the
+    utilisation ceiling), and a column wait[m,j] >= 0 (cost 1) above the tangent cuts of the
+    instance's waiting at the utilisations `tangents` (plus `extra_cuts[(m, j)]`): the
+    piecewise-linear outer approximation of solver/queueing.py; y costs the instance's cost.
 
     With `slack_cost`, every group also gets a continuous column `unserved[g]` of that unit cost in
     its demand row (after the x and y columns), so a model restricted to candidate pairs always
@@ -100,13 +110,16 @@ def build_model(arrays: Arrays, *, pairs: tuple[np.ndarray, np.ndarray] | None =
         y_deployed = np.zeros(0, dtype=bool)
     n_y = len(y_m)
     n_s = n_groups if slack_cost is not None else 0
-    c = np.concatenate([arrays.rtt[g, j] + arrays.exec_time[m, j], np.zeros(n_y), np.full(n_s, slack_cost or 0.0)])
-    lb = np.concatenate([np.zeros(n_x), y_deployed.astype(float), np.zeros(n_s)])
-    ub = np.concatenate([count[g], np.ones(n_y), count[:n_s]])
-    integer = np.concatenate([np.ones(n_x + n_y, dtype=bool), np.zeros(n_s, dtype=bool)])
+    n_t = n_y if arrays.latency else 0
+    y_cost = arrays.cost_inst[y_j] if arrays.latency else np.zeros(n_y)
+    c = np.concatenate([arrays.cost[g, j], y_cost, np.full(n_s, slack_cost or 0.0), np.ones(n_t)])
+    lb = np.concatenate([np.zeros(n_x), y_deployed.astype(float), np.zeros(n_s), np.zeros(n_t)])
+    ub = np.concatenate([count[g], np.ones(n_y), count[:n_s], np.full(n_t, np.inf)])
+    integer = np.concatenate([np.ones(n_x + n_y, dtype=bool), np.zeros(n_s + n_t, dtype=bool)])
     x_cols = np.arange(n_x)
     y_cols = n_x + np.arange(n_y)
     s_cols = n_x + n_y + np.arange(n_s)
+    t_cols = n_x + n_y + n_s + np.arange(n_t)
     s_rows = np.arange(n_s)
 
     rows_i: list[np.ndarray] = []
@@ -156,9 +169,49 @@ def build_model(arrays: Arrays, *, pairs: tuple[np.ndarray, np.ndarray] | None =
                arrays.mem_cap.astype(float))
     # compute[j]: sum_g cpu[m] * x[g,j] <= cpu_cap[j]
     family("compute", n_nodes, j, x_cols, arrays.cpu[m], np.full(n_nodes, -np.inf), arrays.cpu_cap.astype(float))
+    if arrays.latency:
+        from solver.queueing import BIG, cut_rows, unit_caps
+
+        caps = unit_caps(arrays)[y_m, y_j]
+        # ceiling[m,j]: sum_{g of m} x[g,j] - cap[m,j] * y[m,j] <= 0   (rows of uncapped instances are empty)
+        finite = caps < BIG
+        family("ceiling", n_y, np.concatenate([x_to_y, np.arange(n_y)]), np.concatenate([x_cols, y_cols]),
+               np.concatenate([np.where(finite[x_to_y], 1.0, 0.0), -np.where(finite, caps, 0.0)]),
+               np.full(n_y, -np.inf), np.zeros(n_y))
+        # wait[m,j,k]: slope_k * sum_{g of m} x[g,j] - wait[m,j] <= -intercept_k   (t >= each tangent)
+        points = np.zeros(1) if tangents is None else np.asarray(tangents, dtype=float)
+        slope, intercept = cut_rows(arrays, y_m, y_j, points)          # (n_y, K)
+        n_k = len(points)
+        base = np.arange(n_y) * n_k
+        kk = np.arange(n_k)
+        r_x = (base[x_to_y][:, None] + kk[None, :]).ravel()
+        c_x = np.repeat(x_cols, n_k)
+        v_x = slope[x_to_y].ravel()
+        r_t = (base[:, None] + kk[None, :]).ravel()
+        rows_w, cols_w, vals_w, hi_w = [r_x, r_t], [c_x, np.repeat(t_cols, n_k)], [v_x, np.full(n_y * n_k, -1.0)], \
+            [-intercept.ravel()]
+        n_rows = n_y * n_k
+        if extra_cuts:
+            position = {(int(mm), int(jj)): yk for yk, (mm, jj) in enumerate(zip(y_m.tolist(), y_j.tolist()))}
+            members = np.argsort(x_to_y, kind="stable")
+            bounds = np.searchsorted(x_to_y[members], np.arange(n_y + 1))
+            for key, rhos in extra_cuts.items():
+                yk = position.get(key)
+                if yk is None:
+                    continue
+                cols = members[bounds[yk]:bounds[yk + 1]]
+                sl, ic = cut_rows(arrays, np.array([y_m[yk]]), np.array([y_j[yk]]), np.asarray(rhos, dtype=float))
+                for a_k, b_k in zip(sl[0].tolist(), ic[0].tolist()):
+                    rows_w += [np.full(len(cols), n_rows), np.array([n_rows])]
+                    cols_w += [x_cols[cols], np.array([t_cols[yk]])]
+                    vals_w += [np.full(len(cols), a_k), np.array([-1.0])]
+                    hi_w.append(np.array([-b_k]))
+                    n_rows += 1
+        family("wait", n_rows, np.concatenate(rows_w), np.concatenate(cols_w), np.concatenate(vals_w),
+               np.full(n_rows, -np.inf), np.concatenate(hi_w))
 
     A = sp.csr_matrix((np.concatenate(vals_i), (np.concatenate(rows_i), np.concatenate(cols_i))),
-                      shape=(next_row, n_x + n_y + n_s))
+                      shape=(next_row, n_x + n_y + n_s + n_t))
     return LinearModel(c=c, lb=lb, ub=ub, integer=integer, A=A, row_lb=np.concatenate(row_lb),
                        row_ub=np.concatenate(row_ub), pair_g=g, pair_j=j, y_m=y_m, y_j=y_j, n_slack=n_s,
-                       rows=families)
+                       rows=families, n_wait=n_t)

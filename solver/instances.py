@@ -168,3 +168,17 @@ def zoned_problem(seed: int, *, n_nodes: int = 1000, n_models: int = 50, n_zones
         exec_time={model_names[k]: {node_names[j]: float(exec_time[k, j]) for j in range(n_nodes)}
                    for k in range(n_models)},
     )
+
+
+def latency_problem(seed: int, *, n_nodes: int = 1000, n_models: int = 50, n_zones: int = 100,
+                    n_requests: int = 100_000, load: float = 0.3, max_utilisation: float = 0.85) -> Problem:
+    """Return `zoned_problem` as a `latency` instance: the window is chosen so that the requests'
+    summed service time is `load` x the window x the number of nodes (one instance per node busy
+    `load` of the time, on average), so waiting matters and some instances reach the ceiling."""
+    import dataclasses
+
+    base = zoned_problem(seed, n_nodes=n_nodes, n_models=n_models, n_zones=n_zones, n_requests=n_requests)
+    mean_exec = {m: float(np.mean(list(row.values()))) for m, row in base.exec_time.items()}
+    service = sum(g.count * mean_exec[g.model] for g in base.requests)
+    window = float(round(service / (load * n_nodes), 3))
+    return dataclasses.replace(base, formulation="latency", window=window, max_utilisation=max_utilisation)

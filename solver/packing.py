@@ -48,6 +48,11 @@ class Packer:
         self.mem_slack = _SLACK * np.maximum(1.0, arrays.mem_cap)
         self.cpu_slack = _SLACK * np.maximum(1.0, arrays.cpu_cap)
         self.units = np.zeros((arrays.n_models, arrays.n_nodes), dtype=np.int64)  # units per instance
+        self.unit_cap = None              # `latency`: requests an instance may serve at the ceiling
+        if arrays.latency:
+            from solver.queueing import unit_caps
+
+            self.unit_cap = unit_caps(arrays)
 
     # --- capacity -------------------------------------------------------------------------
     def room(self, g: int, j: int) -> int:
@@ -62,6 +67,8 @@ class Packer:
                 return 0
         elif mem > 0:
             k = min(k, _units((self.mem_free[j] + self.mem_slack[j]) / mem))
+        if self.unit_cap is not None:
+            k = min(k, int(self.unit_cap[m, j]) - int(self.units[m, j]))
         return max(k, 0)
 
     def room_all(self, g: int) -> np.ndarray:
@@ -80,6 +87,8 @@ class Packer:
                 k = np.where(closed, 0.0, k)
         elif mem > 0:
             k = np.minimum(k, np.floor((self.mem_free + self.mem_slack) / mem))
+        if self.unit_cap is not None:
+            k = np.minimum(k, self.unit_cap[m] - self.units[m])
         return np.maximum(k, 0.0)
 
     # --- changes --------------------------------------------------------------------------
@@ -132,7 +141,13 @@ class Packer:
                     self.add(g, j, k)
 
     def fill_cheapest(self, *, deadline: Deadline = NEVER) -> None:
-        """Greedy: every candidate pair by ascending unit cost, each filled as far as it fits."""
+        """Greedy: every candidate pair by ascending unit cost, each filled as far as it fits
+        (`latency`: by marginal cost, waiting included, in chunks)."""
+        if self.a.latency:
+            from solver.latency_search import fill_marginal
+
+            fill_marginal(self, deadline=deadline)
+            return
         g = np.repeat(np.arange(self.a.n_groups), self.candidates.shape[1])
         j = self.candidates.ravel()
         g, j = g[self.remaining[g] > 0], j[self.remaining[g] > 0]
@@ -159,6 +174,11 @@ class Packer:
 
     def improve(self, *, passes: int = 20, deadline: Deadline = NEVER) -> None:
         """Local search: move requests to a cheaper node with room until no move helps (or time is up)."""
+        if self.a.latency:
+            from solver.latency_search import improve_marginal
+
+            improve_marginal(self, passes=passes, deadline=deadline)
+            return
         cost = self.cost
         for _ in range(passes):
             moved = False
@@ -202,10 +222,15 @@ class Packer:
 
     def feasible(self) -> bool:
         """Return True when no node is over capacity."""
-        return bool((self.mem_free >= -self.mem_slack).all() and (self.cpu_free >= -self.cpu_slack).all())
+        return bool((self.mem_free >= -self.mem_slack).all() and (self.cpu_free >= -self.cpu_slack).all()
+                    and (self.unit_cap is None or (self.units <= self.unit_cap).all()))
 
     def objective(self) -> float:
         """Return the assignment's value."""
+        if self.a.latency:
+            from solver.queueing import objective
+
+            return objective(self.a, self.x, self.units)
         return math.fsum(k * float(self.cost[g, j]) for (g, j), k in self.x.items())
 
     def assignment(self) -> list[Assignment]:

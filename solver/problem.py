@@ -19,8 +19,10 @@ __all__ = [
     "ProblemError", "load_problem",
 ]
 
-FORMULATIONS = ("thesis", "placement")
-STATUSES = ("optimal", "feasible", "infeasible", "time_limit", "error")
+FORMULATIONS = ("thesis", "placement", "latency")
+STATUSES = ("optimal", "repaired", "feasible", "infeasible", "time_limit", "error")
+TIERS = ("edge", "cloud")
+DEFAULT_MAX_UTILISATION = 0.85     # `latency`: no instance planned busier than this
 # Names end up quoted in AMPL/MathProg data files and in Kubernetes object names: keep them plain.
 # Every number must be at most this (2**53: integers stay exact as floats; sums and products of the
 # capacities and costs stay finite). Memory in KB up to 8 EB, counts up to 9e15 requests.
@@ -38,11 +40,18 @@ class ProblemError(ValueError):
 
 @dataclass(frozen=True)
 class NodeCap:
-    """A node and what the solver may use on it: memory (KB) and cpu (cores)."""
+    """A node and what the solver may use on it: memory (KB) and cpu (cores).
+
+    `tier` (edge or cloud) and the costs are optional; only `latency` weighs the costs, in the
+    objective's unit (seconds): `cost_per_request` is added to every request served there,
+    `cost_per_instance_hour` to every instance there per hour of the window."""
 
     name: str
     memory: int
     cpu: float
+    tier: str = "edge"
+    cost_per_request: float = 0.0
+    cost_per_instance_hour: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,8 @@ class Problem:
     requests: list[RequestGroup]
     exec_time: dict[str, dict[str, float]]
     deployed: list[tuple[str, str]] = field(default_factory=list)
+    window: float | None = None         # `latency`: seconds the counts were observed over (rate = count / window)
+    max_utilisation: float = DEFAULT_MAX_UTILISATION   # `latency`: ceiling on each instance's utilisation
 
     @classmethod
     def from_dict(cls, d: Any) -> Problem:
@@ -87,14 +98,19 @@ class Problem:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the problem-file JSON form."""
-        return {
+        out = {
             "formulation": self.formulation,
-            "nodes": [{"name": n.name, "memory": n.memory, "cpu": n.cpu} for n in self.nodes],
+            "nodes": [_node_dict(n) for n in self.nodes],
             "models": [{"name": m.name, "memory": m.memory, "cpu": m.cpu} for m in self.models],
             "requests": [{"model": r.model, "count": r.count, "rtt": dict(r.rtt)} for r in self.requests],
             "exec_time": {m: dict(row) for m, row in self.exec_time.items()},
             "deployed": [{"model": m, "node": n} for m, n in self.deployed],
         }
+        if self.window is not None:
+            out["window"] = self.window
+        if self.max_utilisation != DEFAULT_MAX_UTILISATION:
+            out["max_utilisation"] = self.max_utilisation
+        return out
 
     def validate(self) -> None:
         """Check a Problem built in code (names, signs, coverage); raise ProblemError on the first pass."""
@@ -114,6 +130,20 @@ class Problem:
             for k, item in enumerate(items):
                 _check_int(f"{kind}[{k}].memory", item.memory, errors)
                 _check_number(f"{kind}[{k}].cpu", item.cpu, errors)
+        for k, node in enumerate(self.nodes):
+            if node.tier not in TIERS:
+                errors.append(f"nodes[{k}].tier: must be one of {', '.join(TIERS)}, not {node.tier!r}")
+            _check_number(f"nodes[{k}].cost_per_request", node.cost_per_request, errors)
+            _check_number(f"nodes[{k}].cost_per_instance_hour", node.cost_per_instance_hour, errors)
+        if self.formulation == "latency" and self.window is None:
+            errors.append("window: missing (the `latency` formulation needs the seconds the counts were observed over)")
+        if self.window is not None:
+            _check_number("window", self.window, errors)
+            if isinstance(self.window, (int, float)) and not isinstance(self.window, bool) and self.window == 0:
+                errors.append("window: must be positive")
+        mu = self.max_utilisation
+        if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not 0 < mu < 1:
+            errors.append(f"max_utilisation: must be a number strictly between 0 and 1, not {mu!r}")
         node_set = set(node_names)
         checked: set[int] = set()             # groups often share one rtt mapping: check each once
         for k, group in enumerate(self.requests):
@@ -206,7 +236,7 @@ class Solution:
     @property
     def ok(self) -> bool:
         """Return True when the solution carries a usable assignment (optimal or feasible)."""
-        return self.status in ("optimal", "feasible")
+        return self.status in ("optimal", "repaired", "feasible")
 
     def pairs(self, problem: Problem) -> set[tuple[str, str]]:
         """Return the (model, node) pairs this solution sends traffic to."""
@@ -244,7 +274,19 @@ def parse_json(text: str, path: str) -> Any:
 
 # --- parsing (pure) ---------------------------------------------------------------------------
 
-_TOP = {"formulation", "nodes", "models", "requests", "exec_time", "deployed"}
+_TOP = {"formulation", "nodes", "models", "requests", "exec_time", "deployed", "window", "max_utilisation"}
+_NODE_OPTIONAL = ("tier", "cost_per_request", "cost_per_instance_hour")
+
+
+def _node_dict(n: NodeCap) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": n.name, "memory": n.memory, "cpu": n.cpu}
+    if n.tier != "edge":
+        out["tier"] = n.tier
+    if n.cost_per_request:
+        out["cost_per_request"] = n.cost_per_request
+    if n.cost_per_instance_hour:
+        out["cost_per_instance_hour"] = n.cost_per_instance_hour
+    return out
 
 
 def _parse(d: Any, errors: list[str]) -> Problem | None:
@@ -263,7 +305,8 @@ def _parse(d: Any, errors: list[str]) -> Problem | None:
     if not isinstance(formulation, str):
         errors.append("formulation: must be a string")
         return None
-    nodes = [NodeCap(**fields) for fields in _parse_items("nodes", d["nodes"], ("name", "memory", "cpu"), errors)]
+    nodes = [NodeCap(**fields) for fields in _parse_items("nodes", d["nodes"], ("name", "memory", "cpu"), errors,
+                                                         optional=_NODE_OPTIONAL)]
     models = [ModelReq(**fields) for fields in _parse_items("models", d["models"], ("name", "memory", "cpu"), errors)]
     requests: list[RequestGroup] = []
     if not isinstance(d["requests"], list):
@@ -300,21 +343,24 @@ def _parse(d: Any, errors: list[str]) -> Problem | None:
     if errors:
         return None
     return Problem(formulation=formulation, nodes=nodes, models=models, requests=requests,
-                   exec_time={m: dict(row) for m, row in exec_time.items()}, deployed=deployed)
+                   exec_time={m: dict(row) for m, row in exec_time.items()}, deployed=deployed,
+                   window=d.get("window"), max_utilisation=d.get("max_utilisation", DEFAULT_MAX_UTILISATION))
 
 
-def _parse_items(kind: str, raw: Any, keys: tuple[str, ...], errors: list[str]) -> list[dict[str, Any]]:
+def _parse_items(kind: str, raw: Any, keys: tuple[str, ...], errors: list[str],
+                 optional: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     if not isinstance(raw, list):
         errors.append(f"{kind}: must be a list")
         return []
     out = []
     for k, item in enumerate(raw):
-        if _expect_keys(f"{kind}[{k}]", item, keys, errors):
-            out.append({key: item[key] for key in keys})
+        if _expect_keys(f"{kind}[{k}]", item, keys, errors, optional):
+            out.append({key: item[key] for key in keys + optional if key in item})
     return out
 
 
-def _expect_keys(where: str, item: Any, keys: tuple[str, ...], errors: list[str]) -> bool:
+def _expect_keys(where: str, item: Any, keys: tuple[str, ...], errors: list[str],
+                 optional: tuple[str, ...] = ()) -> bool:
     if not isinstance(item, Mapping):
         errors.append(f"{where}: must be an object with {', '.join(keys)}")
         return False
@@ -324,7 +370,7 @@ def _expect_keys(where: str, item: Any, keys: tuple[str, ...], errors: list[str]
             errors.append(f"{where}.{key}: missing")
             ok = False
     for key in item:
-        if key not in keys:
+        if key not in keys and key not in optional:
             errors.append(f"{where}.{key}: unknown field")
             ok = False
     return ok

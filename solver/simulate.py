@@ -134,7 +134,7 @@ def mean_objective(rows: list[Row], *, field: str = "objective", usable_only: bo
     """Return the mean objective (or bound) over the seeds of one point, solver and mode."""
     chosen = select(rows, **match)
     if usable_only and match.get("solver") != "search":
-        chosen = [r for r in chosen if r.status in ("optimal", "feasible")]
+        chosen = [r for r in chosen if r.status in ("optimal", "repaired", "feasible")]
     values = [getattr(r, field) for r in chosen if getattr(r, field) is not None]
     return _mean(values)
 
@@ -213,7 +213,7 @@ def report(rows: list[Row], *, seeds: int, solvers: list[str], exec_per: str, se
             cells = []
             for s in present:
                 v = mean_objective(rows, solver=s, **m)
-                usable = len([r for r in select(rows, solver=s, **m) if r.status in ("optimal", "feasible")])
+                usable = len([r for r in select(rows, solver=s, **m) if r.status in ("optimal", "repaired", "feasible")])
                 total = len(select(rows, solver=s, **m))
                 note = f" ({_pct(v / opt - 1)})" if v is not None and opt and s != "highs" else ""
                 short = f" [{usable}/{total} feasible]" if usable < total else ""

@@ -100,18 +100,35 @@ def run_highs_bounded(model: LinearModel, seconds: float) -> HighsResult | None:
     return result if done else None
 
 
-def packer_from_columns(arrays: Arrays, model: LinearModel, x: np.ndarray) -> Packer:
-    """Return the integral assignment of a MILP solution's x columns (values rounded to integers)."""
+def run_within(model: LinearModel, deadline: Deadline, time_limit: float | None) -> HighsResult | None:
+    """Run the exact MILP within the deadline (None: a child killed at the deadline had no answer)."""
+    if time_limit is None:
+        return run_highs(model, mip_gap=EXACT_GAP)
+    if model.n_cols <= SMALL_MODEL or not can_start_children():    # no presolve: HiGHS keeps the limit
+        return run_highs(model, time_limit=deadline.remaining(), mip_gap=EXACT_GAP)
+    left = deadline.remaining()
+    return run_highs_bounded(model, left - min(max(0.1 * left, 0.1), 2.0))   # the rest: the assignment
+
+
+def packer_from_columns(arrays: Arrays, model: LinearModel, x: np.ndarray) -> tuple[Packer, bool]:
+    """Return the integral assignment of a MILP solution's x columns (values rounded to integers),
+    and whether repairing it changed the MILP's answer (a row left over capacity, requests shed
+    or filled in): then that answer's optimality no longer carries over."""
     packer = Packer(arrays)
     units = np.rint(x[: model.n_x]).astype(np.int64)
+    changed = False
     for k in np.flatnonzero(units > 0).tolist():
         g = int(model.pair_g[k])
-        packer.add(g, int(model.pair_j[k]), int(min(units[k], packer.remaining[g])))
+        take = int(min(units[k], packer.remaining[g]))
+        changed |= take != units[k]
+        packer.add(g, int(model.pair_j[k]), take)
     if not packer.feasible():
         packer.shed_overload()          # integrality tolerance left a row a hair over
+        changed = True
     if not packer.complete:
         packer.fill_cheapest()
-    return packer
+        changed = True
+    return packer, changed
 
 
 _STOPS = {"kTimeLimit": "time limit", "kIterationLimit": "iteration limit", "kSolutionLimit": "solution limit",
@@ -127,17 +144,15 @@ class HighsBackend(Backend):
     def _solve(self, problem: Problem, arrays: Arrays, *, time_limit: float | None,
                keep_files: str | None) -> Solution:
         deadline = Deadline(time_limit)
+        if arrays.latency:
+            from solver.backends.highs_latency import solve_latency
+
+            return solve_latency(problem, arrays, deadline=deadline, time_limit=time_limit)
         model = build_model(arrays)          # the model's construction counts against the limit
-        if time_limit is None:
-            result = run_highs(model, mip_gap=EXACT_GAP)
-        elif model.n_cols <= SMALL_MODEL or not can_start_children():    # no presolve: HiGHS keeps the limit
-            result = run_highs(model, time_limit=deadline.remaining(), mip_gap=EXACT_GAP)
-        else:
-            left = deadline.remaining()
-            result = run_highs_bounded(model, left - min(max(0.1 * left, 0.1), 2.0))   # the rest: the assignment
-            if result is None:
-                return Solution(status=st.TIME_LIMIT, objective=None, bound=None, solver=self.name, seconds=0.0,
-                                message=f"{st.TIME_LIMIT_NOTE}: HiGHS had no answer yet (stopped)")
+        result = run_within(model, deadline, time_limit)
+        if result is None:
+            return Solution(status=st.TIME_LIMIT, objective=None, bound=None, solver=self.name, seconds=0.0,
+                            message=f"{st.TIME_LIMIT_NOTE}: HiGHS had no answer yet (stopped)")
         if result.status == "kInfeasible":
             return Solution(status=st.INFEASIBLE, objective=None, bound=None, solver=self.name, seconds=0.0,
                             message=explain_infeasible(problem))
@@ -148,13 +163,18 @@ class HighsBackend(Backend):
                                 seconds=0.0, message=f"{st.TIME_LIMIT_NOTE}: HiGHS had no feasible assignment yet")
             return Solution(status=st.ERROR, objective=None, bound=result.bound, solver=self.name, seconds=0.0,
                             message=f"HiGHS stopped ({result.status}) without a feasible assignment")
-        packer = packer_from_columns(arrays, model, result.x)
+        packer, changed = packer_from_columns(arrays, model, result.x)
         optimal = result.status == "kOptimal"
         stop = st.TIME_LIMIT_NOTE if timed_out else f"stopped ({_STOPS.get(result.status, result.status)})"
         message = "optimal" if optimal else (
             f"{stop}: gap {100 * (result.gap or 0):.2f}% to the bound {result.bound:.6g}"
             if result.bound is not None else stop)
-        return Solution(status=st.OPTIMAL if optimal else st.FEASIBLE, objective=packer.objective(),
+        status = st.OPTIMAL if optimal else st.FEASIBLE
+        if optimal and changed:
+            status = st.REPAIRED
+            message = ("the MILP's optimum was proven, but its columns needed repair into an integral "
+                       f"assignment (not proven optimal; bound {result.bound:.6g})")
+        return Solution(status=status, objective=packer.objective(),
                         bound=result.bound, solver=self.name, seconds=0.0,
                         assignment=packer.assignment(), placement=packer.placement(),
                         message=message)

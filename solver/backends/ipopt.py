@@ -48,23 +48,57 @@ class Relaxation:
     objective: float | None
 
 
-def solve_relaxation(model: LinearModel, *, time_limit: float | None = None) -> Relaxation:
-    """Solve the continuous relaxation of a LinearModel with Ipopt through CasADi."""
+@dataclass
+class Waiting:
+    """`latency`: each instance's load n_k = (loads @ x)_k, its service time and the window; the
+    relaxation adds sum_k W h(s_k n_k / W) (solver/queueing.py) to the linear objective."""
+
+    loads: "object"             # scipy.sparse csr (instances x columns)
+    service: np.ndarray
+    window: float
+
+
+def waiting_terms(arrays: Arrays, model: LinearModel) -> Waiting:
+    """Return the instances' loads over the model's x columns (the y columns' order)."""
+    import scipy.sparse as sp
+
+    keys = arrays.group_model[model.pair_g] * arrays.n_nodes + model.pair_j
+    ykeys = model.y_m * arrays.n_nodes + model.y_j
+    rows = np.searchsorted(ykeys, keys)          # y columns are sorted by key (formulation.py)
+    loads = sp.csr_matrix((np.ones(model.n_x), (rows, np.arange(model.n_x))), shape=(len(ykeys), model.n_cols))
+    return Waiting(loads=loads, service=arrays.exec_time[model.y_m, model.y_j], window=arrays.window)
+
+
+def solve_relaxation(model: LinearModel, *, time_limit: float | None = None,
+                     waiting: Waiting | None = None) -> Relaxation:
+    """Solve the continuous relaxation of a LinearModel with Ipopt through CasADi (with `waiting`,
+    the `latency` model's convex waiting replaces its piecewise-linear wait columns)."""
     import casadi as ca
 
     csc = model.A.tocsc()
     A = ca.DM(ca.Sparsity(csc.shape[0], csc.shape[1], csc.indptr.tolist(), csc.indices.tolist()), csc.data)
     x = ca.MX.sym("x", model.n_cols)
-    nlp = {"x": x, "f": ca.dot(ca.DM(model.c), x), "g": ca.densify(ca.mtimes(A, x))}
+    c, ub = model.c, model.ub
     options = dict(IPOPT_OPTIONS)
+    f = ca.dot(ca.DM(c), x)
+    if waiting is not None and model.n_wait:
+        c, ub = c.copy(), ub.copy()
+        c[model.n_cols - model.n_wait:] = 0.0            # the wait columns are fixed at 0 ...
+        ub[model.n_cols - model.n_wait:] = 0.0
+        L = waiting.loads.tocsc()
+        B = ca.DM(ca.Sparsity(L.shape[0], L.shape[1], L.indptr.tolist(), L.indices.tolist()), L.data)
+        rho = ca.DM(waiting.service / waiting.window) * ca.mtimes(B, x)
+        f = ca.dot(ca.DM(c), x) + waiting.window * ca.sum1(rho * rho / (1 - rho))   # ... and W h(rho) counted
+        options["ipopt.hessian_constant"] = "no"
+    nlp = {"x": x, "f": f, "g": ca.densify(ca.mtimes(A, x))}
     if time_limit is not None:
         options["ipopt.max_wall_time"] = float(max(time_limit, 0.01))
         options["ipopt.max_cpu_time"] = float(max(time_limit, 0.01))
     solver = ca.nlpsol("relaxation", "ipopt", nlp, options)
-    result = solver(x0=np.clip(np.zeros(model.n_cols), model.lb, model.ub), lbx=model.lb, ubx=model.ub,
+    result = solver(x0=np.clip(np.zeros(model.n_cols), model.lb, ub), lbx=model.lb, ubx=ub,
                     lbg=model.row_lb, ubg=model.row_ub)
     stats = solver.stats()
-    values = np.clip(np.asarray(result["x"]).ravel(), model.lb, model.ub)
+    values = np.clip(np.asarray(result["x"]).ravel(), model.lb, ub)
     return Relaxation(status=str(stats.get("return_status")), success=bool(stats.get("success")),
                       x=values, objective=float(result["f"]))
 
@@ -77,16 +111,16 @@ def reserve_for_repair(budget: float) -> float:
     return min(max(0.25 * budget, 0.1), 5.0)
 
 
-def solve_relaxation_bounded(model: LinearModel, seconds: float) -> Relaxation | None:
+def solve_relaxation_bounded(model: LinearModel, seconds: float, waiting: Waiting | None = None) -> Relaxation | None:
     """Solve the relaxation in a child process given `seconds` of wall time in all; None when it
     did not answer in time (the child is killed). Raise RuntimeError if the child failed."""
     # Ipopt's own limits stop it between iterations, leaving time to send its iterate back
-    done, relaxed = run_bounded(_relax, (model, max(0.01, 0.8 * seconds - 0.05)), seconds, method="fork")
+    done, relaxed = run_bounded(_relax, (model, max(0.01, 0.8 * seconds - 0.05), waiting), seconds, method="fork")
     return relaxed if done else None
 
 
-def _relax(model: LinearModel, seconds: float) -> Relaxation:
-    return solve_relaxation(model, time_limit=seconds)
+def _relax(model: LinearModel, seconds: float, waiting: Waiting | None = None) -> Relaxation:
+    return solve_relaxation(model, time_limit=seconds, waiting=waiting)
 
 
 def fractional_placement(arrays: Arrays, model: LinearModel, x: np.ndarray) -> dict[str, dict[str, float]]:
@@ -166,12 +200,17 @@ class IpoptBackend(Backend):
                keep_files: str | None) -> Solution:
         if time_limit is None:
             model = build_model(arrays)
-            return solution_from_relaxation(problem, arrays, model, solve_relaxation(model), solver=self.name)
+            waiting = waiting_terms(arrays, model) if arrays.latency else None
+            return solution_from_relaxation(problem, arrays, model, solve_relaxation(model, waiting=waiting),
+                                            solver=self.name)
         deadline = Deadline(time_limit)
         model = build_model(arrays)
+        waiting = waiting_terms(arrays, model) if arrays.latency else None
         if not can_start_children():      # a daemonic process: Ipopt's own limits only
             budget = max(0.01, deadline.remaining() - reserve_for_repair(time_limit))
-            return solution_from_relaxation(problem, arrays, model, solve_relaxation(model, time_limit=budget),
+            return solution_from_relaxation(problem, arrays, model,
+                                            solve_relaxation(model, time_limit=budget, waiting=waiting),
                                             solver=self.name, deadline=deadline)
-        relaxed = solve_relaxation_bounded(model, max(0.0, deadline.remaining() - reserve_for_repair(time_limit)))
+        relaxed = solve_relaxation_bounded(model, max(0.0, deadline.remaining() - reserve_for_repair(time_limit)),
+                                           waiting)
         return solution_from_relaxation(problem, arrays, model, relaxed, solver=self.name, deadline=deadline)

@@ -149,6 +149,10 @@ class LpFixBackend(Backend):
 
     def _solve(self, problem: Problem, arrays: Arrays, *, time_limit: float | None,
                keep_files: str | None) -> Solution:
+        if arrays.latency:
+            from solver.backends.large_latency import solve_lp_fix_latency
+
+            return solve_lp_fix_latency(problem, arrays, time_limit=time_limit)
         started = time.monotonic()
         budget = DEFAULT_TIME_LIMIT if time_limit is None else time_limit
         deadline = started + budget
