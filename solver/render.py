@@ -13,6 +13,9 @@ from typing import Any
 import jinja2
 
 from solver.problem import Problem
+from solver.queueing import tangent_points
+
+TANGENT_TOL = 0.01      # `latency`: the tangents' error bound on h (solver/backends/highs_latency.py uses the same)
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "ampl"
 KINDS = ("model", "data", "run")
@@ -46,7 +49,9 @@ def number(value: float | int) -> str:
 def context(problem: Problem, *, time_limit: float | None = None) -> dict[str, Any]:
     """Return the template variables of a problem."""
     node_names = [n.name for n in problem.nodes]
-    nodes = [{"key": quote(n.name), "memory": number(n.memory), "cpu": number(n.cpu)} for n in problem.nodes]
+    nodes = [{"key": quote(n.name), "memory": number(n.memory), "cpu": number(n.cpu),
+              "cost_per_request": number(n.cost_per_request), "cost_per_instance_hour": number(n.cost_per_instance_hour)}
+             for n in problem.nodes]
     models = [{"key": quote(m.name), "memory": number(m.memory), "cpu": number(m.cpu),
                "exec_time": [number(problem.exec_time[m.name][n]) for n in node_names]} for m in problem.models]
     groups = [{"index": k + 1, "model": quote(g.model), "count": g.count,
@@ -68,7 +73,11 @@ def context(problem: Problem, *, time_limit: float | None = None) -> dict[str, A
         "groups": groups,
         "requests": requests if problem.formulation == "thesis" else [],
         "deployed": [{"model": quote(m), "node": quote(n)} for m, n in problem.deployed]
-                    if problem.formulation == "placement" else [],
+                    if problem.formulation in ("placement", "latency") else [],
+        "window": number(problem.window) if problem.window is not None else None,
+        "max_util": number(problem.max_utilisation),
+        "tangents": [number(float(v)) for v in tangent_points(problem.max_utilisation, TANGENT_TOL)[0]]
+                    if problem.formulation == "latency" else [],
         "time_limit": number(time_limit) if time_limit else None,
     }
 

@@ -132,6 +132,15 @@ class GlpkBackend(Backend):
             return _fail(f"glpsol found no integer solution (status {output.status or 'unknown'})")
         packer = _packer(problem, arrays, output.columns)
         optimal = output.status == "INTEGER OPTIMAL"
+        if arrays.latency:
+            # the files hold the piecewise-linear outer approximation: its optimum is a lower bound of
+            # the true one, and the assignment (valued exactly by the checker) is only feasible
+            return Solution(status=st.FEASIBLE, objective=packer.objective(),
+                            bound=output.objective if optimal else None, solver=self.name, seconds=0.0,
+                            assignment=packer.assignment(), placement=packer.placement(),
+                            message=(f"{st.TIME_LIMIT_NOTE}: " if timed_out and not optimal else "")
+                            + f"glpsol: {output.status.lower()} on the piecewise-linear (tangent) approximation; "
+                              "bound = its optimum")
         return Solution(status=st.OPTIMAL if optimal else st.FEASIBLE, objective=packer.objective(), bound=None,
                         solver=self.name, seconds=0.0, assignment=packer.assignment(),
                         placement=packer.placement(),

@@ -23,7 +23,7 @@ from solver.formulation import build_model
 from solver.problem import Problem, Solution
 from solver.queueing import tangent_points, wait
 
-TANGENT_TOL = 0.01     # h's under-estimate by the initial tangents (x W seconds per instance)
+from solver.render import TANGENT_TOL   # h's under-estimate by the initial tangents (x W seconds per instance)
 MAX_ROUNDS = 12        # outer-approximation rounds
 CUT_TOL = 1e-6         # relative: an instance whose waiting is under-estimated by more gets a cut
 

@@ -63,6 +63,34 @@ def test_glpk_on_the_rendered_files_reaches_the_highs_optimum(tmp_path, golden):
         assert glpk["objective"] == pytest.approx(highs["objective"], abs=1e-9)
 
 
+def test_glpk_on_the_latency_files_is_within_the_tangent_error_of_the_highs_optimum(tmp_path):
+    """glpsol solves the rendered piecewise-linear model: a lower bound and an assignment within the
+    tangents' stated error of the exact optimum (which `highs` refines to)."""
+    import sys as _sys
+
+    _sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+    from test_solver_render import golden_problem
+
+    from solver.queueing import tangent_points
+    from solver.render import TANGENT_TOL
+
+    problem = golden_problem("latency")
+    path = tmp_path / "latency.json"
+    path.write_text(json.dumps(problem.to_dict()))
+    highs = json.loads(run("solve", str(path), "--solver", "highs").stdout)
+    done = run("solve", str(path), "--solver", "glpk", "--keep-files", str(tmp_path / "kept"))
+    assert done.returncode == 0, done.stderr
+    glpk = json.loads(done.stdout)
+    assert highs["status"] == "optimal" and glpk["status"] == "feasible"
+    verdict = check_assignment(problem, Solution.from_dict(glpk).assignment)
+    assert verdict.ok and glpk["objective"] == verdict.objective
+    _, error = tangent_points(problem.max_utilisation, TANGENT_TOL)
+    instances = sum(len(row) for row in glpk["placement"].values())
+    assert glpk["bound"] <= highs["objective"] + 1e-9 <= glpk["objective"] + 2e-9
+    assert glpk["objective"] - glpk["bound"] <= instances * problem.window * error + 1e-9
+    assert {p.name for p in (tmp_path / "kept").iterdir()} >= {"latency.mod", "latency.dat", "latency.run"}
+
+
 def test_keep_files_keeps_them_and_temporary_files_are_deleted(tmp_path, golden):
     scratch = tmp_path / "tmp"
     scratch.mkdir()

@@ -21,10 +21,14 @@ GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "ampl"
 
 def golden_problem(formulation: str) -> Problem:
     problem = Problem.from_dict(json.loads((GOLDEN / "problem.json").read_text()))
+    if formulation == "latency":          # with a window and a cloud site that has costs
+        nodes = list(problem.nodes)
+        nodes[-1] = dataclasses.replace(nodes[-1], tier="cloud", cost_per_request=0.02, cost_per_instance_hour=1.5)
+        return dataclasses.replace(problem, formulation=formulation, nodes=nodes, window=2.0)
     return dataclasses.replace(problem, formulation=formulation)
 
 
-@pytest.mark.parametrize("formulation", ["thesis", "placement"])
+@pytest.mark.parametrize("formulation", ["thesis", "placement", "latency"])
 def test_rendering_matches_the_golden_files(formulation):
     texts = render(golden_problem(formulation))
     assert sorted(texts) == sorted(file_names(formulation).values())
@@ -35,7 +39,7 @@ def test_rendering_matches_the_golden_files(formulation):
         assert text == path.read_text(), f"{name} differs from its golden file"
 
 
-@pytest.mark.parametrize("formulation", ["thesis", "placement"])
+@pytest.mark.parametrize("formulation", ["thesis", "placement", "latency"])
 def test_rendering_is_deterministic(formulation, tmp_path):
     first = render(golden_problem(formulation))
     again = render(Problem.from_dict(golden_problem(formulation).to_dict()))
@@ -58,7 +62,7 @@ def test_run_file_carries_the_time_limit_only_when_given():
 
 def test_templates_are_strict():
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)), undefined=jinja2.StrictUndefined)
-    for name in ("thesis.dat.j2", "placement.dat.j2", "thesis.mod.j2", "thesis.run.j2"):
+    for name in ("thesis.dat.j2", "placement.dat.j2", "latency.dat.j2", "thesis.mod.j2", "thesis.run.j2"):
         with pytest.raises(jinja2.UndefinedError):
             env.get_template(name).render({})
 
