@@ -42,6 +42,17 @@ def _number(kind, *, zero_ok: bool, most: float):
     return parse
 
 
+def _utilisation(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {text!r}")
+    return value
+
+
 DAY = 86_400.0
 YEAR = 365 * DAY
 
@@ -101,7 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-file", metavar="FILE", help="read the token from the first line of FILE")
     p.add_argument("--solver", default="ipopt", help="solver backend: ipopt, highs, ampl, glpk, search, "
                                                      "nearest, least-loaded, greedy")
-    p.add_argument("--formulation", default="placement", choices=FORMULATIONS, help="problem formulation")
+    p.add_argument("--formulation", default="placement", choices=FORMULATIONS,
+                   help="problem formulation; 'latency': load-aware (M/M/1 waiting per instance from the "
+                        "window's arrival rates and the catalog's service times; cloud sites' costs weighed)")
+    p.add_argument("--max-utilisation", type=_utilisation, default=0.85, metavar="RHO",
+                   help="--formulation latency: no instance is planned busier than this (0 < RHO < 1)")
     p.add_argument("--time-limit", type=_positive(float, 7 * DAY), default=30.0, metavar="SECONDS",
                    help="seconds the solver may take")
     p.add_argument("--idle-seconds", type=_non_negative(float, 100 * YEAR), default=900.0, metavar="S",
@@ -266,7 +281,7 @@ def config_from_args(args: argparse.Namespace):
         build=BuildSettings(mode=args.mode, formulation=args.formulation, window=args.window,
                             default_rtt=args.default_rtt, min_exec_samples=args.min_exec_samples,
                             compute=args.compute, rtt_source=args.rtt_source,
-                            rtt_half_life=args.rtt_half_life),
+                            rtt_half_life=args.rtt_half_life, max_utilisation=args.max_utilisation),
         thresholds=Thresholds(idle_seconds=args.idle_seconds, min_requests=args.min_requests),
         execution=ExecSettings(max_deletions=args.max_deletions, concurrency=args.concurrency,
                                wait_ready=args.wait_ready, ready_timeout=args.ready_timeout,

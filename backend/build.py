@@ -33,6 +33,10 @@ where every number came from (the report prints it).
   node's constraint bounds the average cores in use over the window (Little's law). The literal
   thesis reading (`compute="per-request"`) bounds the number of requests in a window by the
   node's cores, which makes any busy window infeasible.
+- `latency` (the load-aware formulation): each group's arrival rate is its count / `window` (req/s),
+  the service time is the catalog's low-load profile for the node's class (the measured proxy
+  times hold waiting, which the queueing model adds itself), and no instance is planned above
+  `max_utilisation`. Nodes carry their tier and costs (cloud sites) from the cluster.
 - Only ready nodes are offered to the solver: a node that is down can neither be deployed to nor
   serve, and its deployments are left alone until it returns (thesis 4.5).
 """
@@ -60,7 +64,7 @@ __all__ = ["BuildSettings", "Built", "build_problem", "group_requests", "rtt_tab
            "rtt_reports_from_rows", "recency_mean", "rtt_table_from_reports", "measured_part",
            "FORMULATIONS", "COMPUTE_BASES", "RTT_SOURCES"]
 
-FORMULATIONS = ("placement", "thesis")
+FORMULATIONS = ("placement", "thesis", "latency")
 COMPUTE_BASES = ("average", "per-request")
 RTT_SOURCES = ("reports", "latency")
 
@@ -77,6 +81,7 @@ class BuildSettings:
     compute: str = "average"            # "average" (Little's law over the window) or "per-request"
     rtt_source: str = "reports"         # "reports" (X-Client-RTT, network only) or "latency" (the thesis's)
     rtt_half_life: float = 60.0         # seconds: a report this much older weighs half as much
+    max_utilisation: float = 0.85       # `latency`: ceiling on each instance's planned utilisation
 
     def __post_init__(self) -> None:
         if self.mode not in (1, 2):
@@ -87,6 +92,8 @@ class BuildSettings:
             raise ValueError(f"compute must be one of {', '.join(COMPUTE_BASES)}")
         if self.rtt_source not in RTT_SOURCES:
             raise ValueError(f"rtt_source must be one of {', '.join(RTT_SOURCES)}")
+        if not 0 < self.max_utilisation < 1:
+            raise ValueError("max_utilisation must be strictly between 0 and 1")
         if not self.rtt_half_life > 0:
             raise ValueError("rtt_half_life must be > 0")
         if self.window <= 0 or self.default_rtt < 0 or self.min_exec_samples < 1:
@@ -363,14 +370,19 @@ def build_problem(*, requests: list[RequestStat], nodes: list[NodeMemory], catal
         rtt, rtt_sources = rtt_table(requests, zones, node_names, cost_map=cost_map,
                                      default_rtt=settings.default_rtt)
         measured = {(_zone(r), r.node) for r in requests if r.latency is not None and r.node is not None}
-    if summary is not None:
+    if settings.formulation == "latency":
+        # the queueing model adds the waiting itself: it needs the low-load service time (the catalog's
+        # profile, measured by `python -m cluster profile`), not the proxy's times, which hold waiting
+        exec_time, exec_sources = exec_table([], catalog, ready, min_samples=settings.min_exec_samples)
+    elif summary is not None:
         exec_time, exec_sources = exec_table_from_summary(summary.durations, catalog, ready,
                                                           min_samples=settings.min_exec_samples)
     else:
         exec_time, exec_sources = exec_table(requests, catalog, ready, min_samples=settings.min_exec_samples)
 
     node_caps = [NodeCap(name=n.node, memory=int(n.available if settings.mode == 1 else n.total),
-                         cpu=float(n.cpu_capacity)) for n in ready]
+                         cpu=float(n.cpu_capacity), tier=n.tier, cost_per_request=n.cost_per_request,
+                         cost_per_instance_hour=n.cost_per_instance_hour) for n in ready]
     models = []
     for spec in catalog:
         cpu = spec.cpu
@@ -384,8 +396,10 @@ def build_problem(*, requests: list[RequestStat], nodes: list[NodeMemory], catal
     deployed: list[tuple[str, str]] = []
     if settings.mode == 1:
         deployed = sorted({(d.model, d.node) for d in deployments if d.node in ready_set and d.model in known})
+    latency = settings.formulation == "latency"
     problem = Problem(formulation=settings.formulation, nodes=node_caps, models=models, requests=groups,
-                      exec_time=exec_time, deployed=deployed)
+                      exec_time=exec_time, deployed=deployed, window=settings.window if latency else None,
+                      max_utilisation=settings.max_utilisation)
     summary = {
         "window_seconds": settings.window,
         "requests": sum(counts.values()),
@@ -403,5 +417,9 @@ def build_problem(*, requests: list[RequestStat], nodes: list[NodeMemory], catal
         "exec_time_sources": exec_sources,
         "compute": settings.compute,
         "statistics": "summary" if summary is not None else "rows",
+        "tiers": {n.node: n.tier for n in ready if n.tier != "edge"},
     }
+    if latency:
+        summary["max_utilisation"] = settings.max_utilisation
+        summary["rates"] = {f"{model}/{zone}": round(counts[(model, zone)] / settings.window, 6) for model, zone in keys}
     return Built(problem=problem, groups=keys, summary=summary, measured_rtt=measured_part(rtt, measured=measured))

@@ -88,6 +88,9 @@ class NodeMemory:
     available: int
     cpu_capacity: float
     cpu_usage: float
+    tier: str = "edge"                  # "edge" or "cloud" (a cloud site: far, large, maybe priced)
+    cost_per_request: float = 0.0       # objective seconds per request served there (`latency` weighs it)
+    cost_per_instance_hour: float = 0.0  # objective seconds per instance-hour there
 
 
 @dataclass(frozen=True)
@@ -321,7 +324,10 @@ def parse_memory(doc: Any) -> list[NodeMemory]:
                               node_class=cls if isinstance(cls, str) and cls else None,
                               total=int(total), used=int(used), available=int(available),
                               cpu_capacity=_num(item.get("cpu_capacity")) or 0.0,
-                              cpu_usage=_num(item.get("cpu_usage")) or 0.0))
+                              cpu_usage=_num(item.get("cpu_usage")) or 0.0,
+                              tier="cloud" if item.get("tier") == "cloud" else "edge",
+                              cost_per_request=max(0.0, _num(item.get("cost_per_request")) or 0.0),
+                              cost_per_instance_hour=max(0.0, _num(item.get("cost_per_instance_hour")) or 0.0)))
     return out
 
 

@@ -130,7 +130,7 @@ class LocalCluster(Cluster):
         return [Node(name=spec.name, address=spec.address, ready=spec.name not in down,
                      memory_total=spec.memory, memory_used=used[spec.name],
                      cpu_capacity=spec.cpu, cpu_usage=usage[spec.name].cpu,
-                     labels={"node-class": spec.node_class}, memory_rss=usage[spec.name].rss)
+                     labels=spec.labels(), memory_rss=usage[spec.name].rss)
                 for spec in specs]
 
     def deployments(self) -> list[Deployment]:

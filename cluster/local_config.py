@@ -27,7 +27,9 @@ __all__ = ["LocalNodeSpec", "LocalConfigError", "load_local_config", "parse_loca
 DEFAULT_LOCAL_CONFIG = Path(__file__).resolve().parent.parent / "config" / "cluster.local.yaml"
 # Node names appear in URLs, log file names and Kubernetes labels: DNS-1123 label alphabet.
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_FIELDS = {"name", "address", "memory", "cpu", "class", "cpu_quota"}
+_FIELDS = {"name", "address", "memory", "cpu", "class", "cpu_quota", "tier", "cost_per_request",
+           "cost_per_instance_hour"}
+_TIERS = ("edge", "cloud")
 _TOP_FIELDS = {"nodes", "limits"}
 _MIN_CPU_QUOTA = 0.01       # cores; below this the kernel's 1 ms minimum quota needs a > 0.1 s period
 _LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
@@ -47,6 +49,20 @@ class LocalNodeSpec:
     cpu: float              # cores
     node_class: str         # matches a catalog exec_time key (e.g. "small", "large")
     cpu_quota: float | None = None   # cores of this host its cgroup may use (None: no CPU ceiling)
+    tier: str = "edge"               # "cloud": a cloud site (far, large; the front-end falls back to it)
+    cost_per_request: float = 0.0    # objective seconds per request served here (--formulation latency)
+    cost_per_instance_hour: float = 0.0  # objective seconds per instance-hour here
+
+    def labels(self) -> dict[str, str]:
+        """The node's labels as the Cluster port reports them (class, and tier and costs when set)."""
+        out = {"node-class": self.node_class}
+        if self.tier != "edge":
+            out["topology"] = self.tier
+        if self.cost_per_request:
+            out["cost-per-request"] = repr(self.cost_per_request)
+        if self.cost_per_instance_hour:
+            out["cost-per-instance-hour"] = repr(self.cost_per_instance_hour)
+        return out
 
 
 @dataclass(frozen=True)
@@ -95,8 +111,20 @@ def _node(errors: list[str], source: str, index: int, entry: object) -> LocalNod
         errors.append(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
     if len(errors) > before:
         return None
+    tier = entry.get("tier", "edge")
+    if tier not in _TIERS:
+        errors.append(f"{where}: field 'tier' must be one of {', '.join(_TIERS)}, got {tier!r}")
+    costs = []
+    for key in ("cost_per_request", "cost_per_instance_hour"):
+        value = entry.get(key, 0.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            errors.append(f"{where}: field '{key}' must be a finite number >= 0, got {value!r}")
+            value = 0.0
+        costs.append(float(value))
     return LocalNodeSpec(name=name, address=address, memory=memory, cpu=cpu,
-                         node_class=node_class.strip(), cpu_quota=cpu_quota)
+                         node_class=node_class.strip(), cpu_quota=cpu_quota,
+                         tier=tier if tier in _TIERS else "edge", cost_per_request=costs[0],
+                         cost_per_instance_hour=costs[1])
 
 
 def _cpu_quota(errors: list[str], where: str, entry: dict) -> float | None:

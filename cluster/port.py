@@ -19,7 +19,7 @@ import abc
 from dataclasses import dataclass, field
 
 __all__ = [
-    "Node", "Deployment", "Cluster",
+    "Node", "Deployment", "Cluster", "TIER_LABEL", "COST_REQUEST_LABEL", "COST_HOUR_LABEL", "node_tier", "node_costs",
     "ClusterError", "UnknownModel", "UnknownNode", "NodeNotReady",
     "InsufficientMemory", "ClusterUnavailable",
 ]
@@ -47,6 +47,28 @@ class Node:
     def cpu_fraction(self) -> float:
         """CPU usage as a fraction of capacity (the lowest-cpu dispatch key)."""
         return self.cpu_usage / self.cpu_capacity if self.cpu_capacity > 0 else 1.0
+
+
+TIER_LABEL = "topology"                       # "cloud" marks a cloud site; anything else is edge
+COST_REQUEST_LABEL = "cost-per-request"       # objective seconds per request served there
+COST_HOUR_LABEL = "cost-per-instance-hour"    # objective seconds per instance-hour there
+
+
+def node_tier(node: Node) -> str:
+    """Return "cloud" for a node labelled topology=cloud, else "edge"."""
+    return "cloud" if node.labels.get(TIER_LABEL) == "cloud" else "edge"
+
+
+def node_costs(node: Node) -> tuple[float, float]:
+    """Return (cost per request, cost per instance-hour) from the node's labels (0 when absent or bad)."""
+    out = []
+    for key in (COST_REQUEST_LABEL, COST_HOUR_LABEL):
+        try:
+            value = float(node.labels.get(key, 0.0))
+        except (TypeError, ValueError):
+            value = 0.0
+        out.append(value if value >= 0 and value == value and value != float("inf") else 0.0)
+    return out[0], out[1]
 
 
 @dataclass(frozen=True)

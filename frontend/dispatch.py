@@ -12,6 +12,12 @@ its arguments (randomness and counters are passed in), so the unit tests need no
 - `round-robin`: candidates in node-name order, one after another.
 - `random`: uniformly at random among the ready instances (what a Kubernetes Service gives:
   kube-proxy's default iptables mode picks an endpoint at random); the testbed's baseline.
+
+Cloud sites (nodes labelled `topology=cloud`) are a fallback: every policy but `plan` chooses
+among the edge instances whose node is below OVERLOAD_CPU of its cores, and only when there is
+none (all overloaded, down, or refusing connections) among the cloud instances; `plan` follows
+the back-end's weights, cloud included, and moves to the cloud when its pick is an overloaded
+edge node. With no cloud instance the edge ones are used as before (busy beats a 503).
 """
 from __future__ import annotations
 
@@ -19,17 +25,23 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from cluster.port import Node
+from cluster.port import Node, node_tier
 
 from .hints import MAX_RTT, NODE_RE, ZONE_RE
 from .snapshot import Candidate, ClusterState
 
 __all__ = [
     "choose", "lowest_cpu", "round_robin", "uniform", "nearest", "planned", "Plan", "PlanError", "parse_plan",
-    "rtt_from_alto", "merge_rtt", "Placement", "choose_provision_node", "ZONE_LABELS",
+    "rtt_from_alto", "merge_rtt", "Placement", "choose_provision_node", "ZONE_LABELS", "OVERLOAD_CPU", "overloaded",
 ]
 
 ZONE_LABELS = ("zone", "topology.kubernetes.io/zone")
+OVERLOAD_CPU = 0.9       # an edge node using this fraction of its cores or more takes no more (cloud first)
+
+
+def overloaded(candidate: Candidate) -> bool:
+    """Return True when the candidate's node is at or above OVERLOAD_CPU of its cores."""
+    return candidate.node.cpu_fraction >= OVERLOAD_CPU
 
 
 def lowest_cpu(candidates: Sequence[Candidate]) -> Candidate:
@@ -195,9 +207,25 @@ def planned(candidates: Sequence[Candidate], model: str, zone: str | None, plan:
 def choose(policy: str, candidates: Sequence[Candidate], *, model: str, zone: str | None = None,
            plan: Plan | None = None, rtt: Mapping[str, Mapping[str, float]] | None = None,
            counter: int = 0, u: float = 0.0) -> Candidate:
-    """Pick one of `candidates` (non-empty) for `model` under `policy`."""
+    """Pick one of `candidates` (non-empty) for `model` under `policy` (cloud sites as the fallback)."""
     if not candidates:
         raise ValueError("no candidates")
+    if len(candidates) == 1:
+        return candidates[0]
+    cloud = [c for c in candidates if node_tier(c.node) == "cloud"]
+    if cloud:
+        edge = [c for c in candidates if node_tier(c.node) != "cloud"]
+        if policy == "plan":
+            pick = planned(candidates, model, zone, plan, u)
+            if node_tier(pick.node) == "cloud" or not overloaded(pick):
+                return pick
+        usable = [c for c in edge if not overloaded(c)]
+        return _choose(policy, usable or cloud, model=model, zone=zone, plan=plan, rtt=rtt, counter=counter, u=u)
+    return _choose(policy, candidates, model=model, zone=zone, plan=plan, rtt=rtt, counter=counter, u=u)
+
+
+def _choose(policy: str, candidates: Sequence[Candidate], *, model: str, zone: str | None,
+            plan: Plan | None, rtt: Mapping[str, Mapping[str, float]] | None, counter: int, u: float) -> Candidate:
     if len(candidates) == 1:
         return candidates[0]
     if policy == "lowest-cpu":

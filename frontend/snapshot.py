@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cluster.port import Deployment, Node
+from cluster.port import Deployment, Node, node_tier
 
 __all__ = ["Candidate", "ClusterState", "EMPTY_STATE"]
 
@@ -23,7 +23,7 @@ class Candidate:
         """Return the contract's service object for this candidate."""
         model = self.deployment.model
         return {"model": model, "node": self.node.name, "endpoint": self.endpoint,
-                "url": f"http://{self.endpoint}/v1/models/{model}"}
+                "url": f"http://{self.endpoint}/v1/models/{model}", "tier": node_tier(self.node)}
 
 
 @dataclass(frozen=True)

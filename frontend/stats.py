@@ -9,6 +9,8 @@ import time
 
 from flask import Blueprint, Flask, request
 
+from cluster.port import node_costs, node_tier
+
 from .auth import require_token
 from .dispatch import PlanError, parse_plan
 from .errors import ApiError
@@ -93,7 +95,8 @@ def memory():
         nodes.append({"node": node.name, "ready": node.ready, "class": node.labels.get("node-class"),
                       "total": node.memory_total, "used": node.memory_used, "available": node.memory_available,
                       "cpu_capacity": node.cpu_capacity, "cpu_usage": node.cpu_usage,
-                      "address": node.address, "rss": node.memory_rss})
+                      "address": node.address, "rss": node.memory_rss, "tier": node_tier(node),
+                      "cost_per_request": node_costs(node)[0], "cost_per_instance_hour": node_costs(node)[1]})
     return {"nodes": nodes, "fetched": state.fetched or None}
 
 
