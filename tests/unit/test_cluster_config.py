@@ -58,6 +58,9 @@ def test_good_config_parses(tmp_path):
     ("class", "", "field 'class' must be a non-empty string"),
     ("class", 3, "field 'class' must be a non-empty string"),
     ("colour", "red", "unknown field(s) colour"),
+    ("tier", "fog", "field 'tier' must be one of edge, cloud"),
+    ("cost_per_request", -1, "field 'cost_per_request' must be a finite number >= 0"),
+    ("cost_per_instance_hour", float("nan"), "field 'cost_per_instance_hour' must be a finite number >= 0"),
 ])
 def test_each_bad_field_is_named(tmp_path, field, value, expect):
     entry = {**GOOD, field: value}
@@ -115,3 +118,20 @@ def test_unreadable_and_invalid_yaml(tmp_path):
 
 def test_config_errors_are_cluster_errors():
     assert issubclass(LocalConfigError, ClusterError)
+
+
+def test_a_cloud_node_carries_its_tier_and_costs_as_labels(tmp_path):
+    from cluster.port import Node, node_costs, node_tier
+
+    cloud = {**GOOD, "name": "cloud-1", "address": "127.0.1.2", "tier": "cloud", "cost_per_request": 0.01,
+             "cost_per_instance_hour": 2}
+    edge, spec = load_local_config(_write(tmp_path, {"nodes": [GOOD, cloud]}))
+    assert (edge.tier, edge.labels()) == ("edge", {"node-class": "small"})
+    assert spec.tier == "cloud" and spec.labels() == {"node-class": "small", "topology": "cloud",
+                                                      "cost-per-request": "0.01", "cost-per-instance-hour": "2.0"}
+    node = Node(name="cloud-1", address="127.0.1.2", ready=True, memory_total=1000, memory_used=0,
+                cpu_capacity=2, cpu_usage=0, labels=spec.labels())
+    assert node_tier(node) == "cloud" and node_costs(node) == (0.01, 2.0)
+    bad = Node(name="x", address="127.0.1.3", ready=True, memory_total=1, memory_used=0, cpu_capacity=1,
+               cpu_usage=0, labels={"topology": "edge", "cost-per-request": "nan"})
+    assert node_tier(bad) == "edge" and node_costs(bad) == (0.0, 0.0)

@@ -163,3 +163,28 @@ def test_random_policy_is_uniform_over_the_candidates():
     cands = s.serving["m"]
     picks = [choose("random", cands, model="m", u=i / 300).node.name for i in range(300)]
     assert {n: picks.count(n) for n in set(picks)} == {"n-a": 100, "n-b": 100, "n-c": 100}
+
+
+def test_cloud_is_the_fallback_when_no_edge_instance_can_take_the_request():
+    cloud = {"topology": "cloud"}
+    edges_busy = state([node("n-a", cpu=1.9), node("n-b", cpu=1.85), node("n-c", cpu=0.0, capacity=64, labels=cloud)],
+                       [dep("m", "n-a"), dep("m", "n-b"), dep("m", "n-c")])
+    edge_free = state([node("n-a", cpu=1.9), node("n-b", cpu=0.5), node("n-c", cpu=0.0, capacity=64, labels=cloud)],
+                      [dep("m", "n-a"), dep("m", "n-b"), dep("m", "n-c")])
+    for policy in ("lowest-cpu", "round-robin", "nearest", "random"):
+        # the cloud's idle cores do not make it the lowest-cpu choice: an edge node with room wins
+        assert choose(policy, edge_free.serving["m"], model="m", zone="z", rtt={"z": {"n-c": 0.001}},
+                      counter=2, u=0.99).node.name == "n-b"
+        # every edge node at or above OVERLOAD_CPU: the cloud
+        assert choose(policy, edges_busy.serving["m"], model="m", counter=1, u=0.1).node.name == "n-c"
+    # no cloud instance: a busy edge node is still better than a 503
+    no_cloud = state([node("n-a", cpu=1.9), node("n-b", cpu=1.95)], [dep("m", "n-a"), dep("m", "n-b")])
+    assert choose("lowest-cpu", no_cloud.serving["m"], model="m").node.name == "n-a"
+    # plan: the back-end's weights, cloud included; an overloaded edge pick moves to the cloud
+    plan = Plan(created=1.0, mode=1, solver="highs", weights={"m": {"z": {"n-a": 0.5, "n-c": 0.5}}})
+    assert choose("plan", edge_free.serving["m"], model="m", zone="z", plan=plan, u=0.9).node.name == "n-c"
+    assert choose("plan", edge_free.serving["m"], model="m", zone="z", plan=plan, u=0.1).node.name == "n-b"
+    only_a = Plan(created=1.0, mode=1, solver="highs", weights={"m": {"z": {"n-b": 1.0}}})
+    assert choose("plan", edges_busy.serving["m"], model="m", zone="z", plan=only_a, u=0.1).node.name == "n-c"
+    assert edges_busy.serving["m"][2].to_json()["tier"] == "cloud"
+    assert edges_busy.serving["m"][0].to_json()["tier"] == "edge"
