@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -96,7 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", type=int, choices=(1, 2), required=True,
                    help="1: provision what the solver places, delete by recency/frequency, solver sees "
                         "available memory; 2: follow the solver strictly, solver sees total memory")
-    p.add_argument("--frontend", required=True, metavar="URL", help="front-end base URL, e.g. http://127.0.0.1:5000")
+    p.add_argument("--frontend", metavar="URL", help="front-end base URL, e.g. http://127.0.0.1:5000 "
+                   "(required unless --frontend-service)")
+    p.add_argument("--frontend-service", metavar="NAME",
+                   help="--cluster kubernetes: the front-end runs as replicas behind this Service in the "
+                        "cluster's namespace: read the statistics of every ready replica and merge them, and "
+                        "write the plan to the ConfigMap edge-inference-plan that every replica watches "
+                        "(instead of PUT /plan)")
     p.add_argument("--token", help="bearer token for /stats and /plan (default: $BACKEND_TOKEN)")
     p.add_argument("--token-file", metavar="FILE", help="read the token from the first line of FILE")
     p.add_argument("--solver", default="ipopt", help="solver backend: ipopt, highs, ampl, glpk, search, "
@@ -261,8 +268,23 @@ def config_from_args(args: argparse.Namespace):
         raise UsageError("--cluster-config, --cluster-state and --models-dir apply to --cluster local only")
     settings["catalog_path"] = catalog
     settings.update(dict(args.cluster_setting))
+    if args.cluster == "kubernetes" and "render" in settings:
+        from cluster.k8s_settings import render_settings_from
+
+        try:      # before anything is read or changed: a bad setting is a usage error
+            render_settings_from(settings["render"])
+        except ValueError as exc:
+            raise UsageError(f"--cluster-setting {exc}") from None
+    if args.frontend_service is not None:
+        if args.cluster != "kubernetes":
+            raise UsageError("--frontend-service needs --cluster kubernetes")
+        if not re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", args.frontend_service):
+            raise UsageError(f"--frontend-service {args.frontend_service!r}: not a Service name (DNS-1035 label)")
+    elif not args.frontend:
+        raise UsageError("--frontend URL is required (or --frontend-service NAME with --cluster kubernetes)")
     return RunConfig(
-        mode=args.mode, frontend=args.frontend, token=token, solver=args.solver, time_limit=args.time_limit,
+        mode=args.mode, frontend=args.frontend or f"service/{args.frontend_service}",
+        frontend_service=args.frontend_service, token=token, solver=args.solver, time_limit=args.time_limit,
         build=BuildSettings(mode=args.mode, formulation=args.formulation, window=args.window,
                             default_rtt=args.default_rtt, min_exec_samples=args.min_exec_samples,
                             compute=args.compute, rtt_source=args.rtt_source,
@@ -349,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the back-end once (or every --every seconds); return the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.frontend and not args.frontend_service:
+        parser.error("one of --frontend URL or --frontend-service NAME (with --cluster kubernetes) is required")
     from .pipeline import UsageError, run_once
 
     try:

@@ -24,6 +24,7 @@ from .alto import AltoError, CostMap, load_cost_map
 from .apply import ExecSettings, cap_deletions, execute, render_dry_run
 from .build import BuildSettings, build_problem
 from .collect import FrontendClient, FrontendError, collect
+from .replicas import collect_replicas
 from .lock import LockError, RunLock
 from .plan import SOLVED_STATUSES, Thresholds, desired_pairs, dispatch_weights, instances_from, plan_actions
 from .report import EXIT_ERRORS, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, RunReport
@@ -43,6 +44,7 @@ class RunConfig:
 
     mode: int
     frontend: str
+    frontend_service: str | None = None           # kubernetes: replicas behind this Service (merged stats, plan ConfigMap)
     token: str | None = None
     solver: str = "ipopt"
     time_limit: float | None = 30.0               # seconds the solver may take
@@ -149,6 +151,15 @@ def _open_cluster(cfg: RunConfig) -> Cluster:
         raise UsageError(f"cluster settings: {exc}") from None
 
 
+def _collect_replicas(cfg: RunConfig, cluster: Cluster):
+    """Read and merge the statistics of every ready front-end replica behind cfg.frontend_service."""
+    finder = getattr(cluster, "frontend_replicas", None)
+    if not callable(finder):
+        raise UsageError("--frontend-service needs the kubernetes cluster adapter")
+    urls = finder(cfg.frontend_service)
+    return collect_replicas(urls, token=cfg.token, timeout=cfg.http_timeout, window=cfg.build.window)
+
+
 def run_once(cfg: RunConfig, *, stop: threading.Event | None = None) -> RunOutcome:
     """Run the pipeline once under the lock; return the report and the exit code."""
     lock = RunLock(_resolve(cfg.lock_path))
@@ -202,18 +213,28 @@ def _run_locked(cfg: RunConfig, *, stop: threading.Event | None) -> RunOutcome:
     # --- collect ------------------------------------------------------------------------------
     t0 = time.perf_counter()
     client = FrontendClient(cfg.frontend, token=cfg.token, timeout=cfg.http_timeout)
+    cluster = None
     try:
         try:
-            observed = collect(client, window=cfg.build.window)
+            if cfg.frontend_service:        # replicas: find them through the cluster first
+                cluster = _open_cluster(cfg)
+                observed = _collect_replicas(cfg, cluster)
+            else:
+                observed = collect(client, window=cfg.build.window)
+                cluster = _open_cluster(cfg)
         except FrontendError as exc:
+            if cluster is not None:
+                cluster.close()
             return finish(EXIT_UNREACHABLE, f"backend: {exc}; nothing changed")
-        report.warnings.extend(observed.warnings)
-        try:
-            cluster = _open_cluster(cfg)
         except UsageError as exc:
+            if cluster is not None:
+                cluster.close()
             return finish(EXIT_USAGE, f"backend: {exc}")
         except ClusterError as exc:
+            if cluster is not None:
+                cluster.close()
             return finish(EXIT_UNREACHABLE, f"backend: cluster unreachable: {exc}; nothing changed")
+        report.warnings.extend(observed.warnings)
         try:
             return _run_with(cfg, report, finish, client=client, cluster=cluster, observed=observed,
                              catalog=catalog, cost_map=cost_map, t0=t0, stop=stop)
@@ -273,8 +294,8 @@ def _run_with(cfg: RunConfig, report: RunReport, finish, *, client: FrontendClie
     dry_text = None
     if cfg.execution.dry_run:
         run, held = cap_deletions(plan.actions, cfg.execution.max_deletions)
-        dry_text = render_dry_run(run, held, catalog=catalog,
-                                  namespace=cfg.cluster_settings.get("namespace"))
+        dry_text = render_dry_run(run, held, catalog=catalog, namespace=cfg.cluster_settings.get("namespace"),
+                                  render=cfg.cluster_settings.get("render"))
     available = {n.node: n.available for n in observed.nodes}
     model_memory = {spec.name: spec.memory for spec in catalog}
     result = execute(plan.actions, cluster=None if cfg.execution.dry_run else cluster,
@@ -292,19 +313,26 @@ def _run_with(cfg: RunConfig, report: RunReport, finish, *, client: FrontendClie
             plan_doc = {"created": now, "mode": cfg.mode, "solver": solved.solver, "weights": weights}
             if built.measured_rtt:      # the measured rtt the problem used: nearest/placement prefer it
                 plan_doc["rtt"] = built.measured_rtt
-            try:
+            if cfg.frontend_service:      # every replica watches the ConfigMap
                 try:
-                    client.put_plan(plan_doc)
+                    cluster.write_plan(plan_doc)
+                    report.plan_pushed = True
+                except ClusterError as exc:
+                    report.errors.append(f"plan ConfigMap: {exc}")
+            else:
+                try:
+                    try:
+                        client.put_plan(plan_doc)
+                    except FrontendError as exc:
+                        # a front-end that predates the measured rtt refuses the field: send the weights alone
+                        if exc.status != 400 or "rtt" not in plan_doc or "unknown field(s): rtt" not in str(exc):
+                            raise
+                        plan_doc.pop("rtt")
+                        client.put_plan(plan_doc)
+                        report.warnings.append("the front-end does not take the measured rtt with the plan")
+                    report.plan_pushed = True
                 except FrontendError as exc:
-                    # a front-end that predates the measured rtt refuses the field: send the weights alone
-                    if exc.status != 400 or "rtt" not in plan_doc or "unknown field(s): rtt" not in str(exc):
-                        raise
-                    plan_doc.pop("rtt")
-                    client.put_plan(plan_doc)
-                    report.warnings.append("the front-end does not take the measured rtt with the plan")
-                report.plan_pushed = True
-            except FrontendError as exc:
-                report.errors.append(f"PUT /plan: {exc}")
+                    report.errors.append(f"PUT /plan: {exc}")
             timings["push_plan"] = time.perf_counter() - t
     code = EXIT_ERRORS if report.errors else EXIT_OK
     message = None

@@ -6,10 +6,15 @@ configuration all build or read these; keeping them apart from the module that i
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
 
-__all__ = ["CacheSettings", "PLAN_CONFIGMAP", "PLAN_KEY"]
+if TYPE_CHECKING:
+    from .k8s_render import RenderSettings
+
+__all__ = ["CacheSettings", "PLAN_CONFIGMAP", "PLAN_KEY", "render_settings_from"]
 
 PLAN_CONFIGMAP = "edge-inference-plan"   # ConfigMap the back-end writes the plan to (k8s/20-configmaps.yaml)
 PLAN_KEY = "plan.json"                   # its data key holding the plan as JSON
@@ -43,3 +48,33 @@ class CacheSettings:
             raise ValueError(f"page_size must be an integer >= 1, got {self.page_size!r}")
         if not isinstance(self.namespace, str) or not self.namespace:
             raise ValueError(f"namespace must be a non-empty name, got {self.namespace!r}")
+
+
+def render_settings_from(value: Any, *, namespace: str | None = None) -> "RenderSettings":
+    """Return RenderSettings from a RenderSettings or a mapping (the back-end's `--cluster-setting
+    render={...}` JSON, the front-end's `cluster_settings.render`); raise ValueError naming every
+    bad field at once: unknown keys, wrong types, non-finite numbers, inconsistent choices."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from .k8s_render import RenderSettings
+
+    if isinstance(value, RenderSettings):
+        settings = value
+    elif isinstance(value, Mapping):
+        try:
+            settings = TypeAdapter(RenderSettings).validate_python(dict(value))
+        except ValidationError as exc:
+            problems = []
+            for error in exc.errors():
+                where = ".".join(str(part) for part in error["loc"])
+                message = error["msg"].removeprefix("Value error, ")
+                if error["type"] == "unexpected_keyword_argument":
+                    known = ", ".join(f.name for f in dataclasses.fields(RenderSettings))
+                    message = f"unknown setting (known: {known})"
+                problems.append(f"render.{where}: {message}" if where else f"render: {message}")
+            raise ValueError("; ".join(problems)) from None
+    else:
+        raise ValueError(f"render: expected an object of render settings, got {type(value).__name__}")
+    if namespace is not None and settings.namespace != namespace:
+        settings = dataclasses.replace(settings, namespace=namespace)
+    return settings

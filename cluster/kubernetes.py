@@ -25,7 +25,6 @@ Exception mapping::
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -42,7 +41,7 @@ from kubernetes.client.exceptions import ApiException, OpenApiException
 from kubernetes.config.config_exception import ConfigException
 
 from . import k8s_state as state
-from .k8s_settings import CacheSettings
+from .k8s_settings import PLAN_CONFIGMAP, PLAN_KEY, CacheSettings, render_settings_from
 from .k8s_watch import Reflector, name_of as _name
 from .catalog import DEFAULT_CATALOG, Catalog, CatalogError, load_catalog
 from .k8s_render import (MANAGED_BY_LABEL, RenderError, RenderSettings, object_name, render_instance)
@@ -64,6 +63,7 @@ class ApiPermission:
     resource: str              # plural resource name
     verbs: tuple[str, ...]     # verbs used on it
     cluster_wide: bool         # True: granted by a ClusterRole; False: a Role in our namespace
+    names: tuple[str, ...] = ()   # resourceNames the rule is limited to (empty: any object)
 
 
 # Every call below is checked against this list at run time, and the RBAC test compares it with
@@ -75,7 +75,11 @@ API_PERMISSIONS: tuple[ApiPermission, ...] = (
     # get: confirm an existing object is ours before treating 409 as done or deleting it.
     ApiPermission("apps", "deployments", ("get", "list", "watch", "create", "delete"), cluster_wide=False),
     ApiPermission("", "services", ("get", "list", "watch", "create", "delete"), cluster_wide=False),
+    # list: also the front-end replicas behind a Service (frontend_replicas), by its selector.
     ApiPermission("", "pods", ("list", "watch"), cluster_wide=False),
+    # The plan every front-end replica watches and the back-end updates (k8s/20-configmaps.yaml
+    # creates it): this one ConfigMap only; list/watch by a metadata.name field selector.
+    ApiPermission("", "configmaps", ("list", "watch", "update"), cluster_wide=False, names=(PLAN_CONFIGMAP,)),
 )
 _ALLOWED = {(p.group, p.resource, verb) for p in API_PERMISSIONS for verb in p.verbs}
 
@@ -155,7 +159,8 @@ class KubernetesCluster(Cluster):
                  node_class_label: str = "edge-inference/node-class",
                  resync_seconds: float = 300.0, metrics_seconds: float = 15.0,
                  sync_timeout_seconds: float = 30.0,
-                 render: RenderSettings | None = None, cache: CacheSettings | None = None) -> None:
+                 render: RenderSettings | Mapping[str, Any] | None = None,
+                 cache: CacheSettings | None = None) -> None:
         try:
             self.catalog: Catalog = load_catalog(catalog_path)
         except CatalogError as exc:
@@ -163,7 +168,11 @@ class KubernetesCluster(Cluster):
         self.settings = cache or CacheSettings(namespace=namespace, node_class_label=node_class_label,
                                                resync_seconds=resync_seconds, metrics_seconds=metrics_seconds,
                                                sync_timeout_seconds=sync_timeout_seconds)
-        self.render_settings = dataclasses.replace(render or RenderSettings(), namespace=self.settings.namespace)
+        try:
+            self.render_settings = render_settings_from(render if render is not None else RenderSettings(),
+                                                        namespace=self.settings.namespace)
+        except ValueError as exc:
+            raise ClusterError(f"render settings: {exc}") from None
         self._api = _api_client(kubeconfig=str(kubeconfig) if kubeconfig else None, context=context,
                                 in_cluster=in_cluster)
         self._host = self._api.configuration.host
@@ -189,6 +198,10 @@ class KubernetesCluster(Cluster):
                                    _bind(self._core.list_namespaced_service, ns), selector),
             "pods": Reflector(self, "pods", "", "pods", _bind(self._core.list_namespaced_pod, ns), selector),
         }
+        # Started by the first plan_document() call: only the front-end reads the plan.
+        self._plan_reflector = Reflector(self, "plan", "", "configmaps", _bind(self._core.list_namespaced_config_map, ns),
+                                         None, field_selector=f"metadata.name={PLAN_CONFIGMAP}")
+        self._plan_lock = threading.Lock()
         self._metrics_thread = threading.Thread(target=self._poll_metrics, name="k8s-metrics", daemon=True)
         for reflector in self._reflectors.values():
             reflector.start()
@@ -396,16 +409,63 @@ class KubernetesCluster(Cluster):
             self._pending.pop(name, None)
             self._removing[name] = (node, time.monotonic())
 
+    # --- the plan and the front-end replicas (not part of the port) -----------------------------
+
+    def plan_document(self) -> tuple[str, str] | None:
+        """Return (resourceVersion, JSON text) of the plan in the ConfigMap `edge-inference-plan`,
+        from a watch started by the first call; None while there is none (or not listed yet)."""
+        with self._plan_lock:
+            if not self._plan_reflector.is_alive() and not self._stopping.is_set():
+                self._plan_reflector.start()
+        with self._cond:
+            obj = self._plan_reflector.store.get(PLAN_CONFIGMAP)
+        if obj is None:
+            return None
+        text = (obj.get("data") or {}).get(PLAN_KEY)
+        if not text:
+            return None
+        return str((obj.get("metadata") or {}).get("resourceVersion") or ""), text
+
+    def write_plan(self, plan: Mapping[str, Any]) -> None:
+        """Replace the plan in the ConfigMap `edge-inference-plan` (which the manifests create)."""
+        ns = self.settings.namespace
+        body = {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": PLAN_CONFIGMAP, "namespace": ns,
+                             "labels": {"app.kubernetes.io/part-of": "edge-inference"}},
+                "data": {PLAN_KEY: json.dumps(dict(plan), sort_keys=True)}}
+        try:
+            self._call("update", "", "configmaps", self._core.replace_namespaced_config_map, PLAN_CONFIGMAP, ns, body)
+        except ClusterError as exc:
+            if isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 404:
+                raise ClusterError(f"ConfigMap {PLAN_CONFIGMAP} not found in namespace {ns}: "
+                                   "apply k8s/20-configmaps.yaml, which creates it") from exc
+            raise
+
+    def frontend_replicas(self, service: str) -> list[str]:
+        """Return http://<pod IP>:<port> of every ready pod behind `service` (what its EndpointSlices
+        would list), read from the Service's selector and the pods at the time of the call."""
+        ns = self.settings.namespace
+        svc = self._call("get", "", "services", self._core.read_namespaced_service, service, ns)
+        selector = (svc.get("spec") or {}).get("selector") or {}
+        ports = (svc.get("spec") or {}).get("ports") or []
+        if not selector or not ports:
+            raise ClusterError(f"service {service} has no selector or no port: cannot find its pods")
+        target = ports[0].get("targetPort", ports[0].get("port"))
+        label_selector = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+        pods = self._call("list", "", "pods", self._core.list_namespaced_pod, ns, label_selector=label_selector)
+        return state.ready_pod_urls(pods.get("items") or [], target)
+
     def close(self) -> None:
         """Stop the watches and the metrics poller and release connections."""
         if self._stopping.is_set():
             return
         self._stopping.set()
         self._notify()
-        for reflector in self._reflectors.values():
+        for reflector in [*self._reflectors.values(), self._plan_reflector]:
             reflector.stop()
-        for thread in [*self._reflectors.values(), self._metrics_thread]:
-            thread.join(timeout=5.0)
+        for thread in [*self._reflectors.values(), self._plan_reflector, self._metrics_thread]:
+            if thread.is_alive():
+                thread.join(timeout=5.0)
         try:
             self._api.close()
         except Exception:
