@@ -42,7 +42,10 @@ __all__ = ["ScenarioError", "Scenario", "Node", "Zone", "Phase", "FrozenMap", "l
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CLUSTER = REPO_ROOT / "config" / "cluster.local.yaml"
-DEFAULT_CATALOG = REPO_ROOT / "config" / "models.yaml"
+# this host's figures (`make setup` profiles the models into build/models.yaml), else the shipped ones:
+# the same choice scripts/run_system.py makes, and the runner passes it on with --catalog
+_MEASURED_CATALOG = REPO_ROOT / "build" / "models.yaml"
+DEFAULT_CATALOG = _MEASURED_CATALOG if _MEASURED_CATALOG.is_file() else REPO_ROOT / "config" / "models.yaml"
 SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
 
 #: every strategy name a scenario may list (ours-load and ours-cloud are reserved for later)

@@ -81,3 +81,14 @@ def test_results_document_has_the_promised_shape(tmp_path):
 def test_latency_stats_nearest_rank():
     assert latency_stats([0.1, 0.2, 0.3, 0.4]) == {"mean": 0.25, "p50": 0.2, "p95": 0.4, "p99": 0.4, "n": 4}
     assert latency_stats([])["mean"] is None
+
+
+def test_an_unknown_initial_deployment_is_refused_before_anything_runs(tmp_path):
+    import pytest
+
+    from testbed.runner import run_experiment
+    from testbed.scenario import SCENARIOS_DIR, load_scenario
+
+    with pytest.raises(ValueError, match="initial: expected one of spread, empty"):
+        run_experiment(load_scenario(SCENARIOS_DIR / "smoke.yaml"), tmp_path / "out", initial="warm")
+    assert not (tmp_path / "out" / "trace.jsonl").exists()
