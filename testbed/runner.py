@@ -84,21 +84,30 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _cluster_file(scenario: Scenario, path: Path) -> Path:
-    """The scenario's nodes (or the shipped cluster's) on a loopback block of their own."""
+def _nodes_for(scenario: Scenario, strategy: Strategy) -> list:
+    """The scenario's nodes a strategy runs on: cloud-tier nodes only for a strategy with a cloud tier."""
+    return [n for n in scenario.nodes if n.tier == "edge" or strategy.cloud]
+
+
+def _cluster_file(scenario: Scenario, path: Path, nodes: list) -> Path:
+    """`nodes` (the scenario's, or the shipped cluster's) on a loopback block of their own."""
     shipped = yaml.safe_load(scenario.cluster_path.read_text())
     by_name = {n["name"]: n for n in shipped.get("nodes", [])}
     prefix = f"127.{random.randint(64, 99)}.{random.randint(2, 254)}"
-    nodes = []
-    for index, node in enumerate(scenario.nodes):
+    out = []
+    for index, node in enumerate(nodes):
         entry = dict(by_name.get(node.name, {}))
         entry.update({"name": node.name, "class": node.node_class, "cpu": node.cpu, "memory": node.memory,
                       "address": f"{prefix}.{index + 1}"})
-        if "cpu_quota" not in entry:
+        if node.tier != "edge":
+            entry["tier"] = node.tier
+        if node.cpu_quota is not None:
+            entry["cpu_quota"] = node.cpu_quota
+        elif "cpu_quota" not in entry:
             entry["cpu_quota"] = node.cpu
-        nodes.append(entry)
+        out.append(entry)
     doc = {k: v for k, v in shipped.items() if k != "nodes"}
-    doc["nodes"] = nodes
+    doc["nodes"] = out
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 
@@ -140,9 +149,14 @@ class _System:
         self.state = workdir / "state"
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.cluster_config = _cluster_file(scenario, workdir / "cluster.yaml")
+        self.nodes = _nodes_for(scenario, strategy)
+        self.cluster_config = _cluster_file(scenario, workdir / "cluster.yaml", self.nodes)
+        names = {n.name for n in self.nodes}
+        alto = scenario.alto_cost_map()
+        alto["cost-map"] = {zone: {n: c for n, c in costs.items() if n in names}
+                            for zone, costs in alto["cost-map"].items()}
         self.alto = workdir / "alto.json"
-        self.alto.write_text(json.dumps(scenario.alto_cost_map(), indent=1))
+        self.alto.write_text(json.dumps(alto, indent=1))
         command = [sys.executable, str(REPO_ROOT / "scripts" / "run_system.py"), "--port", str(self.port),
                    "--state-dir", str(self.state), "--cluster-config", str(self.cluster_config),
                    "--initial-model", "", "--alto", str(self.alto), "--catalog", str(scenario.catalog_path),
@@ -231,7 +245,7 @@ def run_strategy(scenario: Scenario, strategy: Strategy, trace: list[Arrival], w
     try:
         limits = getattr(system.cluster, "limits_status", "unknown")
         if strategy.spread or initial == "spread":
-            nodes = [{"name": n.name, "memory": n.memory} for n in scenario.nodes]
+            nodes = [{"name": n.name, "memory": n.memory} for n in system.nodes if n.tier == "edge"]
             placed = spread_placement(_requested_models(trace, scenario), nodes, _catalog_memory(scenario))
             progress(f"{strategy.name}: deploying {len(placed)} replicas (least allocated first)")
             for model, node in placed:
