@@ -12,7 +12,7 @@ import controlplane
 from controlplane import ControlPlane, node_manifest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CATALOG = REPO_ROOT / "config" / "models.yaml"
+CATALOG = REPO_ROOT / "tests" / "fixtures" / "models.yaml"
 NODE_CLASS_LABEL = "edge-inference/node-class"
 FRONTEND_TOKEN = "k8s-test-token-0123456789"
 
