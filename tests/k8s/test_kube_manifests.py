@@ -123,8 +123,12 @@ def test_frontend_rolls_out_on_a_node_behind_a_nodeport_service(kube, kubectl, a
     nodes = {kube.add_node(f"fe{i}", memory_kb=4_000_000, cpu=4.0) for i in range(3)}
     kubectl("-n", NAMESPACE, "rollout", "status", "deployment/frontend", "--timeout=90s")
     pods = kube.core.list_namespaced_pod(NAMESPACE, label_selector="app.kubernetes.io/name=frontend").items
-    # three replicas, spread one per node by the scheduler (the manifest's topology spread)
-    assert sorted((p.spec.node_name, p.status.phase) for p in pods) == sorted((n, "Running") for n in nodes)
+    # Three replicas Running on the test's nodes. The spread is ScheduleAnyway (a smaller site
+    # still runs all three), a preference: pods pending before the nodes exist may all land on
+    # the first node that becomes ready, so one per node is not asserted here.
+    assert len(pods) == 3 and {p.status.phase for p in pods} == {"Running"}
+    assert {p.spec.node_name for p in pods} <= nodes
+    assert pods[0].spec.topology_spread_constraints[0].topology_key == "kubernetes.io/hostname"
     assert all(p.spec.service_account_name == "edge-inference" for p in pods)
     wait_for(lambda: kubectl("-n", NAMESPACE, "get", "pdb", "frontend", "-o",
                              "jsonpath={.status.disruptionsAllowed}").stdout == "1",
