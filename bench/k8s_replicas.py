@@ -16,7 +16,7 @@ runs it) started at each pod's IP:
 On 2 cores every replica shares the same CPUs, so 3 replicas cannot triple throughput here; the
 ratio says what replication costs or gains on one small machine, not on three nodes.
 
-Usage: python -m bench.k8s_replicas [--seconds S] [--connections C] [--kill-requests N]
+Usage: python -m bench.k8s_replicas [--quick] [--seconds S] [--connections C] [--kill-requests N] [--out FILE]
 """
 from __future__ import annotations
 
@@ -259,8 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of each wrk run")
     parser.add_argument("--connections", type=int, default=24, help="total wrk connections (split over replicas)")
     parser.add_argument("--kill-requests", type=int, default=1200, help="predictions in the kill test")
+    parser.add_argument("--quick", action="store_true", help="3 s runs and 300 predictions (a smoke check)")
     parser.add_argument("--out", help="write the results as JSON to this file")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds, args.kill_requests = 3.0, 300
     results = run(args)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
