@@ -7,6 +7,7 @@ or cluster ends the run with EXIT_UNREACHABLE and no changes.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -27,6 +28,8 @@ from .collect import FrontendClient, FrontendError, collect
 from .lock import LockError, RunLock
 from .plan import SOLVED_STATUSES, Thresholds, desired_pairs, dispatch_weights, instances_from, plan_actions
 from .report import EXIT_ERRORS, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, RunReport
+
+log = logging.getLogger("backend.pipeline")
 
 __all__ = ["RunConfig", "run_once", "RunOutcome", "UsageError"]
 
@@ -87,6 +90,7 @@ class _Solved:
     seconds: float
     assignment: list
     message: str
+    warnings: tuple[str, ...] = ()
 
 
 class _StdoutToStderr:
@@ -125,16 +129,19 @@ def _solve(problem, cfg: RunConfig) -> _Solved:
     except Exception as exc:  # the solver must not take the run down: report and delete nothing
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return _Solved("error", None, None, cfg.solver, time.perf_counter() - started, [], text)
+    warnings: tuple[str, ...] = ()
     if cfg.keep_files:
+        out = _resolve(cfg.keep_files)
         try:
-            out = _resolve(cfg.keep_files)
             out.mkdir(parents=True, exist_ok=True)
             (out / "backend-problem.json").write_text(json.dumps(problem.to_dict(), indent=2))
             (out / "backend-solution.json").write_text(json.dumps(solution.to_dict(), indent=2, default=str))
-        except (OSError, TypeError, ValueError):
-            pass
+        except (OSError, TypeError, ValueError) as exc:   # the run goes on; the operator is told
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            warnings = (f"--keep-files {out}: cannot write the problem/solution JSON: {reason}",)
+            log.warning(warnings[0], extra={"event": "keep_files_failed", "path": str(out)})
     return _Solved(solution.status, _finite(solution.objective), _finite(solution.bound), solution.solver,
-                   float(solution.seconds), list(solution.assignment), solution.message or "")
+                   float(solution.seconds), list(solution.assignment), solution.message or "", warnings)
 
 
 def _open_cluster(cfg: RunConfig) -> Cluster:
@@ -220,8 +227,9 @@ def _run_locked(cfg: RunConfig, *, stop: threading.Event | None) -> RunOutcome:
         finally:
             try:
                 cluster.close()
-            except Exception:
-                pass
+            except Exception as exc:    # the run's outcome stands; an adapter that cannot close is logged
+                log.warning("cannot close the cluster adapter", extra={"event": "cluster_close_failed",
+                                                                        "error": f"{type(exc).__name__}: {exc}"})
     finally:
         client.close()
 
@@ -253,6 +261,7 @@ def _run_with(cfg: RunConfig, report: RunReport, finish, *, client: FrontendClie
     t = time.perf_counter()
     solved = _solve(built.problem, cfg)
     timings["solve"] = time.perf_counter() - t
+    report.warnings.extend(solved.warnings)
     ok = solved.status in SOLVED_STATUSES
     report.solver = {"name": solved.solver, "requested": cfg.solver, "formulation": cfg.build.formulation,
                      "status": solved.status, "objective": solved.objective, "bound": solved.bound,
