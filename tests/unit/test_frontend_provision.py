@@ -7,6 +7,7 @@ front-end's SQLite store, and a second connection that holds SQLite's write lock
 """
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 
@@ -47,8 +48,19 @@ def parts(local_cluster_factory, tmp_path):
     store.close()
 
 
-def test_a_claim_that_cannot_be_released_is_retried_not_held_until_its_ttl(parts, caplog):
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def test_a_claim_that_cannot_be_released_is_retried_not_held_until_its_ttl(parts):
     cache, store, provisioner = parts
+    seen = _Records()
+    logging.getLogger("frontend.provision").addHandler(seen)
     spec = cache.catalog[MODEL]
     writer = sqlite3.connect(store.path, isolation_level=None, timeout=0.05)
     with cache.cluster_lock:                       # hold the deploy until the database is locked
@@ -59,7 +71,7 @@ def test_a_claim_that_cannot_be_released_is_retried_not_held_until_its_ttl(parts
     assert "not found" in provisioner.last_error[MODEL]          # the deploy failed: no model files
     assert "locked" in provisioner.unreleased[MODEL]
     assert any(r.msg.startswith("cannot release the provisioning claim") and r.levelname == "ERROR"
-               for r in caplog.records)
+               for r in seen.records)
     # while the database still refuses, the client is told why, and no new attempt starts
     refused = provisioner.request(spec)
     assert "cannot be released" in refused.reason and "not found" in refused.reason
@@ -70,6 +82,7 @@ def test_a_claim_that_cannot_be_released_is_retried_not_held_until_its_ttl(parts
     _wait(lambda: not provisioner._inflight, "the second attempt")
     assert provisioner.unreleased == {} and MODEL not in store.claims()
     writer.close()
+    logging.getLogger("frontend.provision").removeHandler(seen)
 
 
 def test_the_refresh_listener_retries_failed_releases(parts):
