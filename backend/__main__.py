@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the back-end once (or every --every seconds); return the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from cluster.logs import setup_logging
+    from common.logs import setup_logging
 
     from .pipeline import UsageError, run_once
 

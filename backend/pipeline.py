@@ -93,29 +93,6 @@ class _Solved:
     warnings: tuple[str, ...] = ()
 
 
-class _StdoutToStderr:
-    """Send file descriptor 1 to stderr for a while: native solvers print banners to stdout,
-    and stdout carries the JSON report."""
-
-    def __enter__(self) -> None:
-        self._saved = None
-        try:
-            sys.stdout.flush()
-            self._saved = os.dup(1)
-            os.dup2(2, 1)
-        except (OSError, ValueError, AttributeError):
-            self._saved = None
-
-    def __exit__(self, *exc) -> None:
-        if self._saved is not None:
-            try:
-                sys.stdout.flush()
-            except (OSError, ValueError):
-                pass
-            os.dup2(self._saved, 1)
-            os.close(self._saved)
-
-
 def _solve(problem, cfg: RunConfig) -> _Solved:
     """Run the solver; any failure becomes status 'error' (a failed solve deletes nothing)."""
     if not problem.requests:
@@ -123,8 +100,9 @@ def _solve(problem, cfg: RunConfig) -> _Solved:
     started = time.perf_counter()
     try:
         from solver import solve
+        from solver.native import redirected
         keep = str(_resolve(cfg.keep_files)) if cfg.keep_files else None
-        with _StdoutToStderr():
+        with redirected(2, 1):      # native solvers' banners: stdout carries the report
             solution = solve(problem, solver=cfg.solver, time_limit=cfg.time_limit, keep_files=keep)
     except Exception as exc:  # the solver must not take the run down: report and delete nothing
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

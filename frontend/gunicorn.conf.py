@@ -45,7 +45,7 @@ control_socket_disable = True
 chdir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if chdir not in sys.path:
     sys.path.insert(0, chdir)
-from cluster.logs import gunicorn_logger_class  # noqa: E402  (needs the repository on sys.path)
+from common.logs import gunicorn_logger_class  # noqa: E402  (needs the repository on sys.path)
 
 # gunicorn's own lines in the shared log format (docs/operating.md)
 logger_class = gunicorn_logger_class("frontend")

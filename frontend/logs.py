@@ -1,9 +1,9 @@
-"""The front-end's logs in the shared format (cluster/logs.py), carrying the request id when there is one."""
+"""The front-end's logs in the shared format (common/logs.py), carrying the request id when there is one."""
 from __future__ import annotations
 
 from flask import Flask, g, has_request_context
 
-from cluster.logs import setup_logging
+from common.logs import setup_logging
 
 __all__ = ["init_app"]
 

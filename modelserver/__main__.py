@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, bind, load the model, and serve until SIGTERM."""
     args = build_parser().parse_args(argv)
-    from cluster.logs import setup_logging
+    from common.logs import setup_logging
 
     log = setup_logging("modelserver", level=args.log_level)
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gthread import ThreadWorker
 
-from cluster.logs import gunicorn_logger_class
+from common.logs import gunicorn_logger_class
 
 __all__ = ["ServerSettings", "bind_socket", "GunicornServer", "QuickStopWorker"]
 

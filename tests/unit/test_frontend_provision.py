@@ -18,16 +18,9 @@ from frontend.provision import Provisioner
 from frontend.state import StateCache, make_cluster_factory
 from frontend.store import StatsStore
 
+from tests.waiting import wait_for
+
 MODEL = "half_plus_two"
-
-
-def _wait(check, what: str):
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.02)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -67,7 +60,7 @@ def test_a_claim_that_cannot_be_released_is_retried_not_held_until_its_ttl(parts
         first = provisioner.request(spec)
         assert first.retry_after == 2 and MODEL in store.claims()
         writer.execute("BEGIN EXCLUSIVE")
-    _wait(lambda: MODEL in provisioner.unreleased and not provisioner._inflight, "the failed attempt")
+    wait_for(lambda: MODEL in provisioner.unreleased and not provisioner._inflight, what="the failed attempt")
     assert "not found" in provisioner.last_error[MODEL]          # the deploy failed: no model files
     assert "locked" in provisioner.unreleased[MODEL]
     assert any(r.msg.startswith("cannot release the provisioning claim") and r.levelname == "ERROR"
@@ -79,7 +72,7 @@ def test_a_claim_that_cannot_be_released_is_retried_not_held_until_its_ttl(parts
     # once the database answers, the next request drops the stale claim and tries again at once
     again = provisioner.request(spec)
     assert "cannot be released" not in again.reason
-    _wait(lambda: not provisioner._inflight, "the second attempt")
+    wait_for(lambda: not provisioner._inflight, what="the second attempt")
     assert provisioner.unreleased == {} and MODEL not in store.claims()
     writer.close()
     logging.getLogger("frontend.provision").removeHandler(seen)

@@ -1,4 +1,4 @@
-"""The shared log format (cluster/logs.py): one JSON object a line, or a readable line on a terminal."""
+"""The shared log format (common/logs.py): one JSON object a line, or a readable line on a terminal."""
 from __future__ import annotations
 
 import io
@@ -9,7 +9,7 @@ import pty
 import subprocess
 import sys
 
-from cluster.logs import HumanFormatter, JsonFormatter, formatter_for, setup_logging
+from common.logs import HumanFormatter, JsonFormatter, formatter_for, setup_logging
 
 from tests.conftest import REPO_ROOT
 

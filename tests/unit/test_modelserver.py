@@ -14,7 +14,7 @@ from modelserver.app import ModelServerApp
 from modelserver.build_models import MODELS, build_all
 from modelserver.errors import BadRequest
 from modelserver.layout import LoadError, scan_layout
-from cluster.logs import JsonFormatter
+from common.logs import JsonFormatter
 from modelserver.repository import Signature, TensorInfo, load_repository
 
 F32 = np.float32

@@ -1,6 +1,6 @@
 """One log format for the front-end, the back-end and the model server.
 
-Why here: all three already import this package (the model server's image copies it too), so
+Why here: every component imports this package (each image copies it), so
 their lines look alike and one `grep`/`jq` reads them all. A record is one JSON object a line on
 stderr: `time` (UTC, ISO 8601 with milliseconds), `level`, `component`, `message`, then the
 record's extra fields (`extra={"event": ..., ...}` or `extra={"fields": {...}}`), `logger`, `pid`
