@@ -124,7 +124,8 @@ def markdown(doc: dict) -> str:
     base = strategies.get("ours")
     lines = [f"# Testbed results: {doc['scenario'].get('path') or 'scenario'}", "",
              f"{doc['trace']['requests']} requests, seed {doc['scenario']['seed']}, client mode {doc['mode']}, "
-             f"back-end every {doc['every']:g} s, SLO {doc['scenario']['slo']} s. Latency in ms over every "
+             f"back-end every {doc['every']:g} s, initial deployment {doc.get('initial', 'spread')}, "
+             f"SLO {doc['scenario']['slo']} s. Latency in ms over every "
              "arrival (a failed request counts at the client's timeout); ratios are to `ours`.", "",
              "| strategy | sent | ok | failed | mean | p50 | p95 | p99 | SLO met | mean / ours | p95 / ours |"
              " network | server | predicted mean | solve p50 |",
@@ -220,9 +221,9 @@ def plot(doc: dict, runs, out_dir: Path, scenario: Scenario) -> list[Path]:
 
 
 def write_results(scenario: Scenario, trace: list[Arrival], runs, out_dir: Path, *, mode: str,
-                  every: float) -> dict:
+                  every: float, initial: str = "spread") -> dict:
     """Write results.json, results.md and the plots; return the results document."""
-    doc = {"scenario": _scenario_doc(scenario), "mode": mode, "every": every,
+    doc = {"scenario": _scenario_doc(scenario), "mode": mode, "every": every, "initial": initial,
            "trace": {"requests": len(trace), "counts": summarize(trace)},
            "strategies": {run.name: _strategy_doc(run, scenario) for run in runs}}
     (out_dir / "results.json").write_text(json.dumps(doc, indent=1, allow_nan=False, default=str))

@@ -42,7 +42,10 @@ __all__ = ["ScenarioError", "Scenario", "Node", "Zone", "Phase", "FrozenMap", "l
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CLUSTER = REPO_ROOT / "config" / "cluster.local.yaml"
-DEFAULT_CATALOG = REPO_ROOT / "config" / "models.yaml"
+# this host's figures (`make setup` profiles the models into build/models.yaml), else the shipped ones:
+# the same choice scripts/run_system.py makes, and the runner passes it on with --catalog
+_MEASURED_CATALOG = REPO_ROOT / "build" / "models.yaml"
+DEFAULT_CATALOG = _MEASURED_CATALOG if _MEASURED_CATALOG.is_file() else REPO_ROOT / "config" / "models.yaml"
 SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
 
 #: every strategy name a scenario may list (ours-load and ours-cloud are reserved for later)
@@ -106,11 +109,16 @@ class FrozenMap(Mapping):
 class Node:
     name: str
     node_class: str          # `class` in the file
-    cpu: float               # cores
+    cpu: float               # cores (as the solver sees them)
     memory: int              # KB
+    tier: str = "edge"       # "cloud": used only by the strategies that have a cloud tier (ours-cloud)
+    cpu_quota: float | None = None   # cores of this host its servers may use; None: the shipped node's, else cpu
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "class": self.node_class, "cpu": self.cpu, "memory": self.memory}
+        extra = {"tier": self.tier} if self.tier != "edge" else {}
+        if self.cpu_quota is not None:
+            extra["cpu_quota"] = self.cpu_quota
+        return {"name": self.name, "class": self.node_class, "cpu": self.cpu, "memory": self.memory, **extra}
 
 
 @dataclass(frozen=True)
@@ -357,13 +365,15 @@ def read_cluster_nodes(path: Path) -> list[dict]:
     nodes = data.get("nodes") if isinstance(data, dict) else None
     if not isinstance(nodes, list) or not nodes or not all(isinstance(n, dict) for n in nodes):
         raise ScenarioError(f"cluster config {path}: expected 'nodes: [{{name: ...}}, ...]'")
-    return [{k: n.get(k) for k in ("name", "class", "cpu", "memory")} for n in nodes]
+    return [{k: n.get(k) for k in _NODE_KEYS + _NODE_OPTIONAL if k in _NODE_KEYS or k in n} for n in nodes]
 
 
 # -- the loader ----------------------------------------------------------------------------------
 _TOP_REQUIRED = ("seed", "zones", "phases")
 _TOP_OPTIONAL = ("nodes", "alto", "strategies", "slo")
 _NODE_KEYS = ("name", "class", "cpu", "memory")
+_NODE_OPTIONAL = ("tier", "cpu_quota")
+TIERS = ("edge", "cloud")
 _ZONE_KEYS = ("name", "rtt")
 _PHASE_REQUIRED = ("duration", "rate", "zones", "popularity")
 _PHASE_OPTIONAL = ("burstiness",)
@@ -412,7 +422,7 @@ def parse_scenario(data: Any, *, path: Path | None = None, catalog_path: str | P
     else:
         for i, raw in enumerate(raw_nodes):
             p = f"{where}[{i}]"
-            entry = _mapping(raw, p, errors, required=_NODE_KEYS)
+            entry = _mapping(raw, p, errors, required=_NODE_KEYS, optional=_NODE_OPTIONAL)
             if entry is None or any(k not in entry for k in _NODE_KEYS):
                 continue
             name = _name(entry["name"], f"{p}.name", errors)
@@ -426,8 +436,17 @@ def parse_scenario(data: Any, *, path: Path | None = None, catalog_path: str | P
                 node_class = None
             cpu = _number(entry["cpu"], f"{p}.cpu", errors, strict=True)
             memory = _number(entry["memory"], f"{p}.memory", errors, strict=True, integer=True)
-            if None not in (name, node_class, cpu, memory):
-                nodes.append(Node(name=name, node_class=node_class, cpu=float(cpu), memory=int(memory)))
+            tier = entry.get("tier", "edge")
+            if tier not in TIERS:
+                errors.add(f"{p}.tier", f"must be one of {', '.join(TIERS)}, got {tier!r}")
+                tier = None
+            quota = entry.get("cpu_quota")
+            if quota is not None:
+                quota = _number(quota, f"{p}.cpu_quota", errors, strict=True)
+                quota = False if quota is None else float(quota)
+            if None not in (name, node_class, cpu, memory, tier) and quota is not False:
+                nodes.append(Node(name=name, node_class=node_class, cpu=float(cpu), memory=int(memory),
+                                  tier=tier, cpu_quota=quota))
     node_names = tuple(n.name for n in nodes)
 
     # zones

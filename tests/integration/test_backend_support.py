@@ -111,6 +111,7 @@ class System:
         self.runs += 1
         return ["--mode", str(mode), "--frontend", self.url, "--token", TOKEN,
                 "--cluster-config", str(self.cluster.config_path), "--cluster-state", str(self.cluster.state_path),
+                "--catalog", str(self.cluster.catalog_path),
                 "--models-dir", str(self.cluster.models_dir), "--lock", str(self.tmp / "backend.lock"),
                 "--alto", str(self.alto), "--report", str(self.tmp / f"report-{self.runs}.json"),
                 *self.extra, *extra]

@@ -14,7 +14,7 @@ from controlplane import ControlPlane, node_manifest
 from tests.waiting import wait_for as _wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CATALOG = REPO_ROOT / "config" / "models.yaml"
+CATALOG = REPO_ROOT / "tests" / "fixtures" / "models.yaml"
 NODE_CLASS_LABEL = "edge-inference/node-class"
 FRONTEND_TOKEN = "k8s-test-token-0123456789"
 

@@ -184,7 +184,7 @@ current-context: sa
     from cluster.port import ClusterError
 
     node = kube.add_node("sa", memory_kb=500_000)
-    with KubernetesCluster(kubeconfig=config, namespace=NAMESPACE, catalog_path=REPO_ROOT / "config" / "models.yaml",
+    with KubernetesCluster(kubeconfig=config, namespace=NAMESPACE, catalog_path=REPO_ROOT / "tests" / "fixtures" / "models.yaml",
                            node_class_label="edge-inference/node-class") as cluster:
         dep = cluster.deploy("half_plus_two", node, timeout=60)
         assert dep.ready and dep.endpoint.startswith(kube.nodes[node] + ":")
@@ -193,6 +193,6 @@ current-context: sa
         wait_for(lambda: cluster.deployments() == [], timeout=60, what="the instance removed")
     # The same identity cannot act in another namespace.
     with KubernetesCluster(kubeconfig=config, namespace=kube.namespace,
-                           catalog_path=REPO_ROOT / "config" / "models.yaml") as other:
+                           catalog_path=REPO_ROOT / "tests" / "fixtures" / "models.yaml") as other:
         with pytest.raises(ClusterError):
             other.deploy("half_plus_two", node, timeout=10)

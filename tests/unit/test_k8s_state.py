@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +11,8 @@ from cluster.k8s_render import render_instance
 from cluster.k8s_state import (build_deployments, build_node, build_nodes, estimate_cpu_usage, format_endpoint,
                                memory_used_by_node, metrics_cpu, node_address, node_ready, parse_cpu,
                                parse_memory_kb, parse_quantity, parse_time, pod_problem, pod_requests)
+
+FIXTURE_CATALOG = Path(__file__).resolve().parents[1] / "fixtures" / "models.yaml"
 
 
 def node(name="nano-1", *, ready="True", cpu="4", memory="4Gi", address="10.0.0.1", labels=None,
@@ -25,7 +28,7 @@ def node(name="nano-1", *, ready="True", cpu="4", memory="4Gi", address="10.0.0.
 
 
 def rendered(model="half_plus_two", node_name="nano-1"):
-    return render_instance(load_catalog()[model], node_name)
+    return render_instance(load_catalog(FIXTURE_CATALOG)[model], node_name)
 
 
 def pod_for(out, *, node_name="nano-1", phase="Running"):

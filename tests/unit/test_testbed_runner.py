@@ -1,4 +1,5 @@
 """The experiment's pure parts: Kubernetes-style spreading, strategy flags, the results document."""
+import dataclasses
 import json
 from pathlib import Path
 
@@ -81,3 +82,36 @@ def test_results_document_has_the_promised_shape(tmp_path):
 def test_latency_stats_nearest_rank():
     assert latency_stats([0.1, 0.2, 0.3, 0.4]) == {"mean": 0.25, "p50": 0.2, "p95": 0.4, "p99": 0.4, "n": 4}
     assert latency_stats([])["mean"] is None
+
+
+def test_an_unknown_initial_deployment_is_refused_before_anything_runs(tmp_path):
+    import pytest
+
+    from testbed.runner import run_experiment
+    from testbed.scenario import SCENARIOS_DIR, load_scenario
+
+    with pytest.raises(ValueError, match="initial: expected one of spread, empty"):
+        run_experiment(load_scenario(SCENARIOS_DIR / "smoke.yaml"), tmp_path / "out", initial="warm")
+    assert not (tmp_path / "out" / "trace.jsonl").exists()
+
+
+def test_cloud_nodes_only_for_a_strategy_with_a_cloud_tier(tmp_path):
+    import yaml
+
+    from testbed.runner import _cluster_file, _nodes_for
+    from testbed.scenario import Node, SCENARIOS_DIR, load_scenario
+    from testbed.strategies import Strategy
+
+    scenario = load_scenario(SCENARIOS_DIR / "smoke.yaml")
+    cloud = Node(name="cloud", node_class="large", cpu=16.0, memory=4_000_000, tier="cloud", cpu_quota=0.5)
+    scenario = dataclasses.replace(scenario, nodes=(*scenario.nodes, cloud))
+    edge_only, with_cloud = Strategy("a", policy="plan", backend=None), Strategy("b", policy="plan", backend=None,
+                                                                                 cloud=True)
+    assert [n.name for n in _nodes_for(scenario, edge_only)] == ["nano-1", "xavier"]
+    nodes = _nodes_for(scenario, with_cloud)
+    assert [n.name for n in nodes] == ["nano-1", "xavier", "cloud"]
+    doc = yaml.safe_load(_cluster_file(scenario, tmp_path / "cluster.yaml", nodes).read_text())
+    entry = {n["name"]: n for n in doc["nodes"]}
+    assert entry["cloud"]["tier"] == "cloud" and entry["cloud"]["cpu_quota"] == 0.5
+    assert "tier" not in entry["nano-1"] and entry["nano-1"]["cpu_quota"] > 0
+    assert len({n["address"] for n in doc["nodes"]}) == 3
