@@ -100,7 +100,7 @@ def _flag(value: Any) -> bool:
     return value
 
 
-Flag = Annotated[bool, BeforeValidator(_flag)]
+Flag = Annotated[bool, BeforeValidator(_pydantic(_flag))]
 
 
 def NumberMap(what: str, *, empty: bool = False, kind: type = float, **rules: Any) -> Any:
