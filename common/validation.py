@@ -15,7 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 from pydantic_core import PydanticCustomError
 
 __all__ = ["Strict", "ValidationError", "problems", "invalid", "check_number", "Number", "Checked", "Text",
-           "OptionalText", "Flag", "NumberMap", "MAX_NUMBER", "dotted"]
+           "OptionalText", "Flag", "NumberMap", "MAX_NUMBER", "dotted", "one_of"]
 
 MAX_NUMBER = 2 ** 53          # larger numbers in an input are typos (and overflow floats)
 
@@ -94,6 +94,17 @@ Text = Annotated[str, BeforeValidator(_pydantic(_text))]
 OptionalText = Annotated[str | None, BeforeValidator(_pydantic(lambda v: None if v is None else _text(v, empty=True)))]
 
 
+def one_of(choices: Iterable[str], *, fold: Callable[[str], str] = str) -> Callable[[Any], str]:
+    """A check for Checked(): the value must be one of `choices` (after `fold`, e.g. str.upper)."""
+    allowed = tuple(choices)
+
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or fold(value) not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}, got {value!r}")
+        return fold(value)
+    return check
+
+
 def _flag(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"must be true or false, got {value!r}")
@@ -121,10 +132,21 @@ def dotted(loc: Iterable[Any]) -> str:
     return out
 
 
-def problems(exc: ValidationError, *, prefix: tuple = ()) -> list[str]:
+def _field_style(field: str, text: str) -> str:
+    return f"field '{field}' {text}" if field else text
+
+
+def _unknown_style(parent: str, names: list[str]) -> list[str]:
+    listed = ", ".join(sorted(names))
+    return [f"field '{parent}' has unknown field(s) {listed}" if parent else f"unknown field(s) {listed}"]
+
+
+def problems(exc: ValidationError, *, prefix: tuple = (), named: Callable[[str, str], str] = _field_style,
+             unknown_keys: Callable[[str, list[str]], list[str]] = _unknown_style) -> list[str]:
     """Turn pydantic's errors into one-line texts, each naming its field; unknown keys grouped.
 
-    `prefix` is dropped from the front of every location (the caller names that part itself)."""
+    `prefix` is dropped from the front of every location (the caller names that part itself);
+    `named(field, text)` and `unknown_keys(parent, names)` word the lines (default: "field 'x' ...")."""
     out: list[str] = []
     unknown: dict[str, list[str]] = {}
     for error in exc.errors(include_url=False):
@@ -145,11 +167,7 @@ def problems(exc: ValidationError, *, prefix: tuple = ()) -> list[str]:
             text = message[:1].lower() + message[1:]
             if "input" in error and not isinstance(error["input"], (dict, list)):
                 text += f", got {error['input']!r}"
-        if field:
-            out.append(f"field '{field}' {text}")
-        else:
-            out.append(text)
+        out.append(named(field, text))
     for parent, names in unknown.items():
-        listed = ", ".join(sorted(names))
-        out.append(f"field '{parent}' has unknown field(s) {listed}" if parent else f"unknown field(s) {listed}")
+        out.extend(unknown_keys(parent, names))
     return out
