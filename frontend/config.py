@@ -1,4 +1,4 @@
-"""Front-end settings: one dataclass, filled from defaults, a YAML/JSON file and FRONTEND_* variables.
+"""Front-end settings: one validated model, filled from defaults, a YAML/JSON file and FRONTEND_* variables.
 
 Why a single place: gunicorn workers, `python -m frontend`, the tests and the benchmark all build
 the app from the same `Settings`, so a key means the same thing everywhere. Every field below is
