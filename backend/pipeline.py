@@ -122,6 +122,18 @@ def _solve(problem, cfg: RunConfig) -> _Solved:
                    float(solution.seconds), list(solution.assignment), solution.message or "", warnings)
 
 
+def _plan_problems(plan_doc: dict) -> list[str]:
+    """What is wrong with a plan body by the contract both sides share (common/plan_body.py)."""
+    from common.plan_body import PlanBody, plan_problems
+    from common.validation import ValidationError
+
+    try:
+        PlanBody.model_validate(plan_doc)
+    except ValidationError as exc:
+        return plan_problems(exc)
+    return []
+
+
 def _open_cluster(cfg: RunConfig) -> Cluster:
     settings = dict(cfg.cluster_settings)
     try:
@@ -279,19 +291,23 @@ def _run_with(cfg: RunConfig, report: RunReport, finish, *, client: FrontendClie
             plan_doc = {"created": now, "mode": cfg.mode, "solver": solved.solver, "weights": weights}
             if built.measured_rtt:      # the measured rtt the problem used: nearest/placement prefer it
                 plan_doc["rtt"] = built.measured_rtt
-            try:
+            unfit = _plan_problems(plan_doc)
+            if unfit:       # the front-end would refuse it as well: say what is wrong, push nothing
+                report.errors.append(f"plan not pushed: {'; '.join(unfit)}")
+            else:
                 try:
-                    client.put_plan(plan_doc)
+                    try:
+                        client.put_plan(plan_doc)
+                    except FrontendError as exc:
+                        # a front-end that predates the measured rtt refuses the field: send the weights alone
+                        if exc.status != 400 or "rtt" not in plan_doc or "unknown field(s): rtt" not in str(exc):
+                            raise
+                        plan_doc.pop("rtt")
+                        client.put_plan(plan_doc)
+                        report.warnings.append("the front-end does not take the measured rtt with the plan")
+                    report.plan_pushed = True
                 except FrontendError as exc:
-                    # a front-end that predates the measured rtt refuses the field: send the weights alone
-                    if exc.status != 400 or "rtt" not in plan_doc or "unknown field(s): rtt" not in str(exc):
-                        raise
-                    plan_doc.pop("rtt")
-                    client.put_plan(plan_doc)
-                    report.warnings.append("the front-end does not take the measured rtt with the plan")
-                report.plan_pushed = True
-            except FrontendError as exc:
-                report.errors.append(f"PUT /plan: {exc}")
+                    report.errors.append(f"PUT /plan: {exc}")
             timings["push_plan"] = time.perf_counter() - t
     code = EXIT_ERRORS if report.errors else EXIT_OK
     message = None
