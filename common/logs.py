@@ -92,6 +92,21 @@ def formatter_for(component: str, stream: TextIO | None = None, *, environ: dict
     return cls(component, context=context)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Write to whatever sys.stderr is when a record is emitted (a test may swap it meanwhile)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:     # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass
+
+
 def setup_logging(component: str, *, level: str = "INFO", loggers: Iterable[str] | None = None,
                   stream: TextIO | None = None, context: Callable[[], dict] | None = None) -> logging.Logger:
     """Send `loggers` (default: the one named `component`) to `stream` (stderr) in the shared format.
@@ -99,8 +114,7 @@ def setup_logging(component: str, *, level: str = "INFO", loggers: Iterable[str]
     Idempotent: calling it again replaces the handler it added before. Returns the first logger.
     """
     names = list(loggers) if loggers is not None else [component]
-    stream = sys.stderr if stream is None else stream
-    handler = logging.StreamHandler(stream)
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(formatter_for(component, stream, context=context))
     handler._shared_logs = True          # type: ignore[attr-defined]
     for name in names:

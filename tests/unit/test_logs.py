@@ -79,3 +79,11 @@ def test_the_model_server_writes_the_shared_format():
     entries = [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")]
     assert entries and entries[-1]["component"] == "modelserver" and entries[-1]["level"] == "error"
     assert entries[-1]["event"] == "startup_failed"
+
+
+def test_the_default_handler_writes_to_the_current_stderr(monkeypatch):
+    setup_logging("backend", level="INFO", loggers=("test_logs_c",))
+    swapped = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", swapped)          # e.g. a test's capture, replaced per test
+    logging.getLogger("test_logs_c").warning("to the new stream")
+    assert json.loads(swapped.getvalue())["message"] == "to the new stream"
