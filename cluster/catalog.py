@@ -12,8 +12,7 @@ from typing import Any
 
 from pydantic import ConfigDict
 
-from common.validation import (Checked, Number, NumberMap, OptionalText, Strict, Text, ValidationError,
-                               check_number, problems)
+from common.validation import Checked, Number, NumberMap, OptionalText, Strict, Text, check_number, validated
 
 from .port import ClusterError
 from .yamlcheck import read_yaml
@@ -126,10 +125,8 @@ def _model(errors: list[str], source: str, index: int, entry: object) -> ModelSp
     name = entry.get("name")
     if isinstance(name, str) and _NAME.match(name):
         where = f"{source}: model '{name}'"
-    try:
-        model = _ModelEntry.model_validate(entry)
-    except ValidationError as exc:
-        errors.extend(f"{where}: {problem}" for problem in problems(exc))
+    model = validated(_ModelEntry, entry, errors, where)
+    if model is None:
         return None
     return ModelSpec(name=model.name, image=model.image, port=model.port, model_file=model.model_file or model.name,
                      memory=model.memory, cpu=model.cpu, exec_time=dict(model.exec_time))
@@ -142,10 +139,7 @@ def load_catalog(path: str | Path = DEFAULT_CATALOG) -> Catalog:
     if not isinstance(data, dict) or not isinstance(data.get("models"), list) or not data["models"]:
         raise CatalogError(f"{path}: must be a mapping with a non-empty 'models' list")
     errors: list[str] = []
-    try:
-        _CatalogFile.model_validate(data)
-    except ValidationError as exc:
-        errors.extend(f"{path}: {problem}" for problem in problems(exc))
+    validated(_CatalogFile, data, errors, str(path))
     models: dict[str, ModelSpec] = {}
     ports: dict[int, str] = {}
     for index, entry in enumerate(data["models"]):

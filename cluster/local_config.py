@@ -20,7 +20,8 @@ from typing import Any
 
 from pydantic import Field as PydField
 
-from common.validation import Checked, Flag, Number, Strict, Text, ValidationError, check_number, problems
+from common.validation import (Checked, Flag, Number, Strict, Text, ValidationError, check_number, problems,
+                               validated)
 
 from .port import ClusterError
 from .yamlcheck import read_yaml
@@ -114,10 +115,8 @@ def _node(errors: list[str], source: str, index: int, entry: object) -> LocalNod
     name = entry.get("name")
     if isinstance(name, str) and _NAME.match(name):
         where = f"{source}: node '{name}'"
-    try:
-        node = _NodeEntry.model_validate(entry)
-    except ValidationError as exc:
-        errors.extend(f"{where}: {problem}" for problem in problems(exc))
+    node = validated(_NodeEntry, entry, errors, where)
+    if node is None:
         return None
     return LocalNodeSpec(name=node.name, address=node.address, memory=node.memory, cpu=node.cpu,
                          node_class=node.node_class.strip(), cpu_quota=node.cpu_quota)

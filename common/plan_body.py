@@ -18,11 +18,19 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")   # zone and node name
 MAX_RTT = 60.0         # seconds; a network round trip longer than this is not one
 
 
-def _created(value: Any) -> float:
-    try:
-        return float(check_number(value, minimum=0))
-    except ValueError:
-        raise ValueError("must be a unix time in seconds") from None
+def _number(reason: str, **rules: Any):
+    """A check_number rule whose failure reads `reason` (the API's wording)."""
+    def check(value: Any) -> float:
+        try:
+            return float(check_number(value, **rules))
+        except ValueError:
+            raise ValueError(reason) from None
+    return check
+
+
+_created = _number("must be a unix time in seconds", minimum=0)
+_weight = _number("must be a number >= 0", minimum=0)
+_seconds = _number(f"must be a number of seconds in 0..{MAX_RTT:g}", minimum=0, maximum=MAX_RTT)
 
 
 def _mode(value: Any) -> int:
@@ -35,20 +43,6 @@ def _solver(value: Any) -> str:
     if not isinstance(value, str) or not value or len(value) > 64:
         raise ValueError("must be a non-empty string")
     return value
-
-
-def _weight(value: Any) -> float:
-    try:
-        return float(check_number(value, minimum=0))
-    except ValueError:
-        raise ValueError("must be a number >= 0") from None
-
-
-def _seconds(value: Any) -> float:
-    try:
-        return float(check_number(value, minimum=0, maximum=MAX_RTT))
-    except ValueError:
-        raise ValueError(f"must be a number of seconds in 0..{MAX_RTT:g}") from None
 
 
 def _weights_shape(value: Any) -> Any:

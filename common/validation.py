@@ -15,7 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 from pydantic_core import PydanticCustomError
 
 __all__ = ["Strict", "ValidationError", "problems", "invalid", "check_number", "Number", "Checked", "Text",
-           "OptionalText", "Flag", "NumberMap", "MAX_NUMBER", "dotted", "one_of"]
+           "OptionalText", "Flag", "NumberMap", "MAX_NUMBER", "dotted", "one_of", "validated"]
 
 MAX_NUMBER = 2 ** 53          # larger numbers in an input are typos (and overflow floats)
 
@@ -122,6 +122,15 @@ def NumberMap(what: str, *, empty: bool = False, kind: type = float, **rules: An
             raise ValueError(f"must map {what}, got {value!r}")
         return {str(k): v for k, v in value.items()}
     return Annotated[dict[str, Number(kind, **rules)], BeforeValidator(_pydantic(shape))]
+
+
+def validated(model: type[BaseModel], value: Any, errors: list[str], where: str) -> Any:
+    """Return `value` validated by `model`, or None after appending each problem as `where: problem`."""
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        errors.extend(f"{where}: {problem}" for problem in problems(exc))
+        return None
 
 
 def dotted(loc: Iterable[Any]) -> str:

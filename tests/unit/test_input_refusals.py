@@ -12,14 +12,8 @@ import pytest
 
 from solver import Problem, ProblemError
 from solver.problem import parse_json
+from test_solver_problem import GOOD      # the same valid problem as the format's own tests
 
-GOOD = {
-    "formulation": "thesis",
-    "nodes": [{"name": "n1", "memory": 250000, "cpu": 4.0}, {"name": "n2", "memory": 100000, "cpu": 2}],
-    "models": [{"name": "m1", "memory": 20000, "cpu": 1.0}],
-    "requests": [{"model": "m1", "count": 2, "rtt": {"n1": 0.21, "n2": 0.1}}],
-    "exec_time": {"m1": {"n1": 0.34, "n2": 0.5}},
-}
 
 
 def _error(change) -> str:
