@@ -331,3 +331,38 @@ def test_port_held_by_a_foreign_process_is_refused(local_cluster_factory):
             cluster.deploy("half_plus_two", "node-a")
     assert cluster.deployments() == []
     assert servers_on(cluster.specs[0].address) == []
+
+
+def test_a_removed_instance_drains_out_of_dispatch_before_it_stops(local_cluster_factory):
+    """remove(): reported not ready ("terminating") but still serving for drain_seconds, its memory
+    still counted; a deploy of the same pair meanwhile waits for it to be gone, then starts afresh."""
+    cluster = local_cluster_factory(drain_seconds=2.0)
+    first = cluster.deploy("half_plus_two", "node-a")
+    remover = threading.Thread(target=cluster.remove, args=("half_plus_two", "node-a"))
+    began = time.monotonic()
+    remover.start()
+    wait_until = began + 0.5
+    while time.monotonic() < wait_until and [d.reason for d in cluster.deployments()] != ["terminating"]:
+        time.sleep(0.05)
+    [listed] = cluster.deployments()
+    assert not listed.ready and listed.reason == "terminating"
+    assert predict(first.endpoint, "half_plus_two", [1.0]) == {"predictions": [2.5]}   # still serving
+    assert node(cluster, "node-a").memory_used == 60000                             # still holding memory
+    again = cluster.deploy("half_plus_two", "node-a")          # waits for the old one to be gone
+    assert time.monotonic() - began >= 2.0
+    remover.join(timeout=30)
+    assert again.ready and again.created > first.created
+    assert predict(again.endpoint, "half_plus_two", [1.0]) == {"predictions": [2.5]}
+    assert len(servers_on(cluster.specs[0].address)) == 1
+
+
+def test_remove_without_drain_stops_at_once(local_cluster_factory):
+    cluster = local_cluster_factory(drain_seconds=0)
+    cluster.deploy("half_plus_two", "node-a")
+    seen: list = []
+    watcher = threading.Thread(target=lambda: seen.extend(d.reason for _ in range(20) for d in cluster.deployments()))
+    watcher.start()
+    cluster.remove("half_plus_two", "node-a")
+    watcher.join(timeout=30)
+    assert "terminating" not in seen
+    assert cluster.deployments() == [] and servers_on(cluster.specs[0].address) == []

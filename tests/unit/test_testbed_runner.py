@@ -57,7 +57,8 @@ def test_results_document_has_the_promised_shape(tmp_path):
         records = [RequestRecord(request_id=a.request_id, index=a.index, phase=a.phase, zone=a.zone, client=0,
                                  model=a.model, scheduled=a.offset, started=a.offset, ok=i % 10 != 0,
                                  latency=base if i % 10 else 10.0, node=scenario.node_names[0],
-                                 network=base / 2, server=base / 2, error=None if i % 10 else "timeout")
+                                 network=base / 2, server=base / 2, error=None if i % 10 else "timeout",
+                                 lookup=base / 5)
                    for i, a in enumerate(trace)]
         clients = ClientResults(mode="lookup", frontend="http://x", scheduled=len(trace), records=records,
                                 seconds=scenario.duration, started_at=1000.0, timeout=10.0, slo=scenario.slo)
@@ -77,6 +78,9 @@ def test_results_document_has_the_promised_shape(tmp_path):
     for plot in ("latency_cdf.png", "p95_over_time.png", "instances_over_time.png"):
         assert (tmp_path / plot).stat().st_size > 1000
     assert doc["strategies"]["ours"]["predicted_mean"] == 0.01
+    ours = doc["strategies"]["ours"]
+    assert ours["achieved_mean_ok"] == 0.01 and ours["achieved_call_mean_ok"] == 0.008   # the lookup left out
+    assert saved["initial"] == "spread" and "call 8.0" in (tmp_path / "results.md").read_text()
 
 
 def test_latency_stats_nearest_rank():
