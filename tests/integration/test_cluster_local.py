@@ -209,7 +209,7 @@ def test_state_is_shared_and_survives_the_owner(local_cluster_factory):
     [server] = servers_on(second.specs[1].address)
     server.send_signal(signal.SIGKILL)
     server.wait(timeout=10)
-    assert wait_for(lambda: second.deployments() == [], 4, "the killed server gone")
+    assert wait_for(lambda: second.deployments() == [], 15, "the killed server gone")
     assert node(second, "node-b").memory_used == 0
 
 
