@@ -111,7 +111,8 @@ class Provisioner:
             error = f"{type(exc).__name__}: {exc}"
             first = model not in self.unreleased
             self.unreleased[model] = error
-            (log.error if first else log.warning)("cannot release the provisioning claim; will retry", extra={
+            # the first failure is an error; the retries (every refresh) only at debug, not a flood
+            (log.error if first else log.debug)("cannot release the provisioning claim; will retry", extra={
                 "event": "provision_release_failed", "model": model, "error": error})
             return False
         if self.unreleased.pop(model, None) is not None:
