@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import signal
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["main", "build_parser", "config_from_args"]
+
+log = logging.getLogger("backend")
 
 DEFAULT_ALTO = "config/alto-costmap.json"
 DEFAULT_LOCK = ".run/backend.lock"
@@ -319,13 +322,22 @@ def _emit(outcome, args, *, compact: bool) -> None:
         print(" ".join(outcome.message.split()), file=sys.stderr, flush=True)
 
 
+def _summary_fields(outcome) -> dict:
+    """The run's headline figures as log fields."""
+    doc = outcome.report.to_dict()
+    solver = doc.get("solver") or {}
+    return {"mode": doc["mode"], "requests": doc["inputs"].get("requests", 0), "status": solver.get("status"),
+            "exit_code": outcome.exit_code, **{k: doc["summary"][k] for k in ("provisioned", "deleted", "failed", "skipped")},
+            "errors": len(doc.get("errors") or []), "warnings": len(doc.get("warnings") or [])}
+
+
 def _summary(outcome) -> str:
     if outcome.report is None:
         return outcome.message or "backend: skipped"
     doc = outcome.report.to_dict()
     s = doc["summary"]
     solver = doc.get("solver") or {}
-    return (f"backend: {time.strftime('%H:%M:%S')} mode {doc['mode']}: {doc['inputs'].get('requests', 0)} requests, "
+    return (f"mode {doc['mode']}: {doc['inputs'].get('requests', 0)} requests, "
             f"solve {solver.get('status', '-')} ({solver.get('name', '-')}, {solver.get('seconds', 0):.3f} s), "
             f"{s['provisioned']} provisioned, {s['deleted']} deleted, {s['failed']} failed, {s['skipped']} skipped, "
             f"provisioning {doc['provisioning_latency_ms'] or 0:.0f} ms")
@@ -350,17 +362,18 @@ def _loop(cfg, args) -> int:
             try:
                 outcome = run_once(cfg, stop=stop)
             except Exception as exc:  # keep looping: the next run may succeed
-                print(f"backend: internal error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                log.error("internal error; the next run goes on", extra={
+                    "event": "run_crashed", "error": f"{type(exc).__name__}: {exc}"})
                 stop.wait(args.every)
                 continue
             _emit(outcome, args, compact=True)
             if outcome.report is not None:
-                print(_summary(outcome), file=sys.stderr, flush=True)
+                log.info(_summary(outcome), extra={"event": "run_finished", **_summary_fields(outcome)})
             stop.wait(max(0.0, args.every - (time.monotonic() - began)))
-        print("backend: stopped", file=sys.stderr, flush=True)
+        log.info("stopped", extra={"event": "stopped"})
         return 0
     except KeyboardInterrupt:
-        print("backend: interrupted", file=sys.stderr, flush=True)
+        log.warning("interrupted", extra={"event": "interrupted"})
         return 130
     finally:
         for sig, handler in previous.items():
@@ -373,7 +386,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.frontend and not args.frontend_service:
         parser.error("one of --frontend URL or --frontend-service NAME (with --cluster kubernetes) is required")
+    from common.logs import setup_logging
+
     from .pipeline import UsageError, run_once
+
+    # Loop mode (make run, the CronJob's --every) logs each run; a one-shot run logs only trouble.
+    setup_logging("backend", level="INFO" if args.every is not None else "WARNING",
+                  loggers=("backend", "cluster", "solver"))
 
     try:
         cfg = config_from_args(args)

@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from cluster.kubernetes import KubernetesCluster
     from controlplane import ControlPlane, node_addresses, node_manifest
-    from frontend.serving import GunicornServer
+    from tests.frontend_server import GunicornServer
     from standin import ModelServerStandIn
 
     results: dict[str, Any] = {"settings": {k: v for k, v in vars(args).items() if k != "out"}}

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .port import ClusterUnavailable
-from .sqlite_wal import enable_wal
+from common.sqlite_wal import enable_wal
 
 __all__ = ["InstanceRow", "StateStore"]
 

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from cluster.sqlite_wal import enable_wal
+from common.sqlite_wal import enable_wal
 
 __all__ = ["StatsStore", "RequestRecord", "Increment", "label_text", "BUCKET_SECONDS", "HISTOGRAM_SECONDS",
            "BINS_PER_OCTAVE",

@@ -77,6 +77,8 @@ import psutil  # noqa: E402
 import requests  # noqa: E402
 import yaml  # noqa: E402
 
+from cluster.local_proc import stop_process  # noqa: E402
+
 INITIAL_MODEL = "half_plus_two"
 EXAMPLE_BODY = '{"instances": [1.0, 2.0, 5.0]}'
 LABELS = {"frontend": "front-end", "backend": "back-end"}
@@ -124,27 +126,12 @@ def _running(proc: psutil.Process) -> bool:
 
 
 def _stop_tree(proc: psutil.Process, *, grace: float) -> None:
-    """SIGTERM the process's group (it leads its own session) and descendants; SIGKILL what stays."""
+    """SIGTERM the process, its group and descendants; SIGKILL what stays (cluster.local_proc's stop)."""
     try:
-        family = [proc] + proc.children(recursive=True)
+        identity = (proc.pid, proc.create_time())
     except psutil.Error:
-        family = [proc]
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        pass
-    for p in family:
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    alive = _wait_gone(family, timeout=grace)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    _wait_gone(alive, timeout=5)
+        return
+    stop_process(identity, grace=grace)
 
 
 def _wait_gone(procs: list[psutil.Process], *, timeout: float) -> list[psutil.Process]:
@@ -452,7 +439,7 @@ class System:
 
     def adopt_servers(self) -> None:
         """Keep the model servers of a crashed run that are healthy; stop and forget the others."""
-        from cluster.local_proc import is_alive, probe_ready, stop_process
+        from cluster.local_proc import is_alive, probe_ready
 
         store = self.cluster.store
         with store.read() as conn:

@@ -19,6 +19,8 @@ from cluster import (ClusterError, InsufficientMemory, NodeNotReady, UnknownMode
 from cluster.local import LocalCluster
 from cluster.local_proc import port_in_use
 
+from tests.waiting import wait_for
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -42,17 +44,6 @@ def servers_on(address: str) -> list[psutil.Process]:
 
 def node(cluster, name):
     return next(n for n in cluster.nodes() if n.name == name)
-
-
-def wait_for(condition, *, attempts: int = 120, pause: float = 0.5):
-    """Poll `condition` until it returns a truthy value; return the last value."""
-    value = condition()
-    for _ in range(attempts):
-        if value:
-            return value
-        time.sleep(pause)
-        value = condition()
-    return value
 
 
 def test_deploy_predict_report_remove(local_cluster):
@@ -94,7 +85,7 @@ def test_open_cluster_factory_returns_local(tmp_path, local_cluster):
 def test_deploy_without_wait_becomes_ready_on_read(local_cluster):
     deployment = local_cluster.deploy("half_plus_three", "node-c", wait=False)
     assert deployment.ready is False
-    ready = wait_for(lambda: [d for d in local_cluster.deployments() if d.ready])
+    ready = wait_for(lambda: [d for d in local_cluster.deployments() if d.ready], 60, "the instance ready")
     assert ready and ready[0].model == "half_plus_three"
     assert predict(ready[0].endpoint, "half_plus_three", [2.0]) == {"predictions": [4.0]}
     # A later waiting deploy of the same pair returns the same instance.
@@ -149,7 +140,7 @@ def test_cpu_usage_follows_load(local_cluster):
         def loaded():
             nodes = {n.name: n for n in local_cluster.nodes()}
             return nodes if nodes["node-a"].cpu_usage > max(0.2, 2 * nodes["node-b"].cpu_usage) else None
-        nodes = wait_for(loaded, attempts=30, pause=1.0)
+        nodes = wait_for(loaded, 30, "the loaded node's CPU above the idle one's", interval=1.0)
     finally:
         stop.set()
         for t in threads:
@@ -158,7 +149,7 @@ def test_cpu_usage_follows_load(local_cluster):
     assert nodes["node-a"].cpu_usage > nodes["node-b"].cpu_usage
     assert nodes["node-c"].cpu_usage == 0.0
     # Once the load stops, the usage falls back.
-    settled = wait_for(lambda: node(local_cluster, "node-a").cpu_usage < 0.2, attempts=20, pause=1.0)
+    settled = wait_for(lambda: node(local_cluster, "node-a").cpu_usage < 0.2, 20, "node-a idle again", interval=1.0)
     assert settled
 
 
@@ -218,7 +209,7 @@ def test_state_is_shared_and_survives_the_owner(local_cluster_factory):
     [server] = servers_on(second.specs[1].address)
     server.send_signal(signal.SIGKILL)
     server.wait(timeout=10)
-    assert wait_for(lambda: second.deployments() == [], attempts=20, pause=0.2)
+    assert wait_for(lambda: second.deployments() == [], 15, "the killed server gone")
     assert node(second, "node-b").memory_used == 0
 
 

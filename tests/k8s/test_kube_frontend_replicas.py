@@ -58,7 +58,7 @@ class Replicas:
         self.servers: dict[str, object] = {}       # pod IP -> GunicornServer
 
     def start(self) -> list[str]:
-        from frontend.serving import GunicornServer
+        from tests.frontend_server import GunicornServer
 
         selector = ",".join(f"{k}={v}" for k, v in LABELS.items())
 
