@@ -8,10 +8,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP_STAMP := $(VENV)/.requirements-installed
 MODELS_STAMP := build/models/.built
+# This host's measured catalog: config/models.yaml with memory/exec_time profiled here (needs cgroups,
+# i.e. root; without them `make run` says so and uses config/models.yaml's reference figures).
+MEASURED_CATALOG := build/models.yaml
 
 .PHONY: setup setup-test setup-bench test run bench simulate experiment clean k8s-tools
 
-setup: $(PIP_STAMP) $(MODELS_STAMP)
+setup: $(PIP_STAMP) $(MODELS_STAMP) $(MEASURED_CATALOG)
 
 setup-test: setup $(VENV)/.deb-glpk-utils k8s-tools
 
@@ -35,6 +38,12 @@ $(VENV)/.deb-%: | $(PIP_STAMP)
 # The shipped models are built from scikit-learn's bundled data, never downloaded.
 $(MODELS_STAMP): $(PIP_STAMP) $(wildcard modelserver/build_models.py)
 	@if [ -f modelserver/build_models.py ]; then $(PY) -m modelserver.build_models --out build/models && touch $@; fi
+
+# Each model server in a cgroup of its own at each node class's CPU quota (~10 s; cluster/profile.py).
+$(MEASURED_CATALOG): $(MODELS_STAMP) config/models.yaml config/cluster.local.yaml
+	@$(PY) -m cluster profile --out $@ >build/profile.log 2>&1 \
+	  && echo "measured the models on this host into $@ (see build/profile.log)" \
+	  || { rm -f $@; echo "note: could not profile the models here ($$(tail -n 1 build/profile.log)): config/models.yaml's reference figures are used"; }
 
 # The Kubernetes control plane tests/k8s runs against (kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl, etcd, kwok): compiled from Go modules with the local Go toolchain into

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -21,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["main", "build_parser", "config_from_args"]
+
+log = logging.getLogger("backend")
 
 DEFAULT_ALTO = "config/alto-costmap.json"
 DEFAULT_LOCK = ".run/backend.lock"
@@ -107,7 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", type=int, choices=(1, 2), required=True,
                    help="1: provision what the solver places, delete by recency/frequency, solver sees "
                         "available memory; 2: follow the solver strictly, solver sees total memory")
-    p.add_argument("--frontend", required=True, metavar="URL", help="front-end base URL, e.g. http://127.0.0.1:5000")
+    p.add_argument("--frontend", metavar="URL", help="front-end base URL, e.g. http://127.0.0.1:5000 "
+                   "(required unless --frontend-service)")
+    p.add_argument("--frontend-service", metavar="NAME",
+                   help="--cluster kubernetes: the front-end runs as replicas behind this Service in the "
+                        "cluster's namespace: read the statistics of every ready replica and merge them, and "
+                        "write the plan to the ConfigMap edge-inference-plan that every replica watches "
+                        "(instead of PUT /plan)")
     p.add_argument("--token", help="bearer token for /stats and /plan (default: $BACKEND_TOKEN)")
     p.add_argument("--token-file", metavar="FILE", help="read the token from the first line of FILE")
     p.add_argument("--solver", default="ipopt", help="solver backend: ipopt, highs, ampl, glpk, search, "
@@ -276,8 +286,23 @@ def config_from_args(args: argparse.Namespace):
         raise UsageError("--cluster-config, --cluster-state and --models-dir apply to --cluster local only")
     settings["catalog_path"] = catalog
     settings.update(dict(args.cluster_setting))
+    if args.cluster == "kubernetes" and "render" in settings:
+        from cluster.k8s_settings import render_settings_from
+
+        try:      # before anything is read or changed: a bad setting is a usage error
+            render_settings_from(settings["render"])
+        except ValueError as exc:
+            raise UsageError(f"--cluster-setting {exc}") from None
+    if args.frontend_service is not None:
+        if args.cluster != "kubernetes":
+            raise UsageError("--frontend-service needs --cluster kubernetes")
+        if not re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", args.frontend_service):
+            raise UsageError(f"--frontend-service {args.frontend_service!r}: not a Service name (DNS-1035 label)")
+    elif not args.frontend:
+        raise UsageError("--frontend URL is required (or --frontend-service NAME with --cluster kubernetes)")
     return RunConfig(
-        mode=args.mode, frontend=args.frontend, token=token, solver=args.solver, time_limit=args.time_limit,
+        mode=args.mode, frontend=args.frontend or f"service/{args.frontend_service}",
+        frontend_service=args.frontend_service, token=token, solver=args.solver, time_limit=args.time_limit,
         build=BuildSettings(mode=args.mode, formulation=args.formulation, window=args.window,
                             default_rtt=args.default_rtt, min_exec_samples=args.min_exec_samples,
                             compute=args.compute, rtt_source=args.rtt_source,
@@ -312,13 +337,22 @@ def _emit(outcome, args, *, compact: bool) -> None:
         print(" ".join(outcome.message.split()), file=sys.stderr, flush=True)
 
 
+def _summary_fields(outcome) -> dict:
+    """The run's headline figures as log fields."""
+    doc = outcome.report.to_dict()
+    solver = doc.get("solver") or {}
+    return {"mode": doc["mode"], "requests": doc["inputs"].get("requests", 0), "status": solver.get("status"),
+            "exit_code": outcome.exit_code, **{k: doc["summary"][k] for k in ("provisioned", "deleted", "failed", "skipped")},
+            "errors": len(doc.get("errors") or []), "warnings": len(doc.get("warnings") or [])}
+
+
 def _summary(outcome) -> str:
     if outcome.report is None:
         return outcome.message or "backend: skipped"
     doc = outcome.report.to_dict()
     s = doc["summary"]
     solver = doc.get("solver") or {}
-    return (f"backend: {time.strftime('%H:%M:%S')} mode {doc['mode']}: {doc['inputs'].get('requests', 0)} requests, "
+    return (f"mode {doc['mode']}: {doc['inputs'].get('requests', 0)} requests, "
             f"solve {solver.get('status', '-')} ({solver.get('name', '-')}, {solver.get('seconds', 0):.3f} s), "
             f"{s['provisioned']} provisioned, {s['deleted']} deleted, {s['failed']} failed, {s['skipped']} skipped, "
             f"provisioning {doc['provisioning_latency_ms'] or 0:.0f} ms")
@@ -343,17 +377,18 @@ def _loop(cfg, args) -> int:
             try:
                 outcome = run_once(cfg, stop=stop)
             except Exception as exc:  # keep looping: the next run may succeed
-                print(f"backend: internal error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                log.error("internal error; the next run goes on", extra={
+                    "event": "run_crashed", "error": f"{type(exc).__name__}: {exc}"})
                 stop.wait(args.every)
                 continue
             _emit(outcome, args, compact=True)
             if outcome.report is not None:
-                print(_summary(outcome), file=sys.stderr, flush=True)
+                log.info(_summary(outcome), extra={"event": "run_finished", **_summary_fields(outcome)})
             stop.wait(max(0.0, args.every - (time.monotonic() - began)))
-        print("backend: stopped", file=sys.stderr, flush=True)
+        log.info("stopped", extra={"event": "stopped"})
         return 0
     except KeyboardInterrupt:
-        print("backend: interrupted", file=sys.stderr, flush=True)
+        log.warning("interrupted", extra={"event": "interrupted"})
         return 130
     finally:
         for sig, handler in previous.items():
@@ -364,7 +399,15 @@ def main(argv: list[str] | None = None) -> int:
     """Run the back-end once (or every --every seconds); return the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.frontend and not args.frontend_service:
+        parser.error("one of --frontend URL or --frontend-service NAME (with --cluster kubernetes) is required")
+    from common.logs import setup_logging
+
     from .pipeline import UsageError, run_once
+
+    # Loop mode (make run, the CronJob's --every) logs each run; a one-shot run logs only trouble.
+    setup_logging("backend", level="INFO" if args.every is not None else "WARNING",
+                  loggers=("backend", "cluster", "solver"))
 
     try:
         cfg = config_from_args(args)

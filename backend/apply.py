@@ -14,6 +14,7 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import Any
 
 from cluster.catalog import Catalog
 from cluster.port import Cluster, ClusterError
@@ -170,7 +171,8 @@ def execute(actions: list[Action], *, cluster: Cluster | None, settings: ExecSet
     return ApplyResult(results=ordered, seconds=time.perf_counter() - began)
 
 
-def render_dry_run(actions: list[Action], held: list[Action], *, catalog: Catalog, namespace: str | None = None) -> str:
+def render_dry_run(actions: list[Action], held: list[Action], *, catalog: Catalog, namespace: str | None = None,
+                   render: Any = None) -> str:
     """Return the plan as YAML comments followed by the rendered Deployment/Service of each provision."""
     try:
         from cluster import k8s_render
@@ -186,7 +188,9 @@ def render_dry_run(actions: list[Action], held: list[Action], *, catalog: Catalo
         if k8s_render is None:
             continue
         if a.kind == PROVISION and a.model in catalog:
-            settings = k8s_render.RenderSettings(namespace=namespace) if namespace else None
+            from cluster.k8s_settings import render_settings_from
+
+            settings = render_settings_from(render if render is not None else {}, namespace=namespace)
             rendered = k8s_render.render_instance(catalog[a.model], a.node, settings)
             docs.append(f"# provision {a.model} on {a.node}\n" + rendered.text.rstrip("\n"))
         elif a.kind == DELETE:

@@ -144,6 +144,7 @@ class Summary:
     relative_error: float            # of a quantile read from the duration histogram
     rtt: list[RttStat] = field(default_factory=list)   # empty from a front-end without the reports
     until: float | None = None       # the front-end's clock when it answered
+    store: str | None = None         # id of the statistics database that answered (replicas: merge once)
 
     @property
     def requests(self) -> int:
@@ -275,7 +276,7 @@ def parse_summary(doc: Any) -> Summary:
     histogram = doc.get("histogram") if isinstance(doc.get("histogram"), dict) else {}
     return Summary(groups=groups, durations=durations, since=_num(doc.get("since")) or 0.0,
                    relative_error=_num(histogram.get("relative_error")) or 0.0, rtt=rtt,
-                   until=_num(doc.get("until")))
+                   until=_num(doc.get("until")), store=_text(doc.get("store")))
 
 
 def parse_models(doc: Any) -> list[ModelStat]:

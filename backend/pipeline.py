@@ -7,6 +7,7 @@ or cluster ends the run with EXIT_UNREACHABLE and no changes.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -24,9 +25,12 @@ from .alto import AltoError, CostMap, load_cost_map
 from .apply import ExecSettings, cap_deletions, execute, render_dry_run
 from .build import BuildSettings, build_problem
 from .collect import FrontendClient, FrontendError, collect
+from .replicas import collect_replicas
 from .lock import LockError, RunLock
 from .plan import SOLVED_STATUSES, Thresholds, desired_pairs, dispatch_weights, instances_from, plan_actions
 from .report import EXIT_ERRORS, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, RunReport
+
+log = logging.getLogger("backend.pipeline")
 
 __all__ = ["RunConfig", "run_once", "RunOutcome", "UsageError"]
 
@@ -43,6 +47,7 @@ class RunConfig:
 
     mode: int
     frontend: str
+    frontend_service: str | None = None           # kubernetes: replicas behind this Service (merged stats, plan ConfigMap)
     token: str | None = None
     solver: str = "ipopt"
     time_limit: float | None = 30.0               # seconds the solver may take
@@ -87,29 +92,7 @@ class _Solved:
     seconds: float
     assignment: list
     message: str
-
-
-class _StdoutToStderr:
-    """Send file descriptor 1 to stderr for a while: native solvers print banners to stdout,
-    and stdout carries the JSON report."""
-
-    def __enter__(self) -> None:
-        self._saved = None
-        try:
-            sys.stdout.flush()
-            self._saved = os.dup(1)
-            os.dup2(2, 1)
-        except (OSError, ValueError, AttributeError):
-            self._saved = None
-
-    def __exit__(self, *exc) -> None:
-        if self._saved is not None:
-            try:
-                sys.stdout.flush()
-            except (OSError, ValueError):
-                pass
-            os.dup2(self._saved, 1)
-            os.close(self._saved)
+    warnings: tuple[str, ...] = ()
 
 
 def _solve(problem, cfg: RunConfig) -> _Solved:
@@ -119,22 +102,38 @@ def _solve(problem, cfg: RunConfig) -> _Solved:
     started = time.perf_counter()
     try:
         from solver import solve
+        from solver.native import redirected
         keep = str(_resolve(cfg.keep_files)) if cfg.keep_files else None
-        with _StdoutToStderr():
+        with redirected(2, 1):      # native solvers' banners: stdout carries the report
             solution = solve(problem, solver=cfg.solver, time_limit=cfg.time_limit, keep_files=keep)
     except Exception as exc:  # the solver must not take the run down: report and delete nothing
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return _Solved("error", None, None, cfg.solver, time.perf_counter() - started, [], text)
+    warnings: tuple[str, ...] = ()
     if cfg.keep_files:
+        out = _resolve(cfg.keep_files)
         try:
-            out = _resolve(cfg.keep_files)
             out.mkdir(parents=True, exist_ok=True)
             (out / "backend-problem.json").write_text(json.dumps(problem.to_dict(), indent=2))
             (out / "backend-solution.json").write_text(json.dumps(solution.to_dict(), indent=2, default=str))
-        except (OSError, TypeError, ValueError):
-            pass
+        except (OSError, TypeError, ValueError) as exc:   # the run goes on; the operator is told
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            warnings = (f"--keep-files {out}: cannot write the problem/solution JSON: {reason}",)
+            log.warning(warnings[0], extra={"event": "keep_files_failed", "path": str(out)})
     return _Solved(solution.status, _finite(solution.objective), _finite(solution.bound), solution.solver,
-                   float(solution.seconds), list(solution.assignment), solution.message or "")
+                   float(solution.seconds), list(solution.assignment), solution.message or "", warnings)
+
+
+def _plan_problems(plan_doc: dict) -> list[str]:
+    """What is wrong with a plan body by the contract both sides share (common/plan_body.py)."""
+    from common.plan_body import PlanBody, plan_problems
+    from common.validation import ValidationError
+
+    try:
+        PlanBody.model_validate(plan_doc)
+    except ValidationError as exc:
+        return plan_problems(exc)
+    return []
 
 
 def _open_cluster(cfg: RunConfig) -> Cluster:
@@ -147,6 +146,15 @@ def _open_cluster(cfg: RunConfig) -> Cluster:
         raise UsageError(f"cluster configuration: {exc}") from None
     except TypeError as exc:
         raise UsageError(f"cluster settings: {exc}") from None
+
+
+def _collect_replicas(cfg: RunConfig, cluster: Cluster):
+    """Read and merge the statistics of every ready front-end replica behind cfg.frontend_service."""
+    finder = getattr(cluster, "frontend_replicas", None)
+    if not callable(finder):
+        raise UsageError("--frontend-service needs the kubernetes cluster adapter")
+    urls = finder(cfg.frontend_service)
+    return collect_replicas(urls, token=cfg.token, timeout=cfg.http_timeout, window=cfg.build.window)
 
 
 def run_once(cfg: RunConfig, *, stop: threading.Event | None = None) -> RunOutcome:
@@ -202,26 +210,37 @@ def _run_locked(cfg: RunConfig, *, stop: threading.Event | None) -> RunOutcome:
     # --- collect ------------------------------------------------------------------------------
     t0 = time.perf_counter()
     client = FrontendClient(cfg.frontend, token=cfg.token, timeout=cfg.http_timeout)
+    cluster = None
     try:
         try:
-            observed = collect(client, window=cfg.build.window)
+            if cfg.frontend_service:        # replicas: find them through the cluster first
+                cluster = _open_cluster(cfg)
+                observed = _collect_replicas(cfg, cluster)
+            else:
+                observed = collect(client, window=cfg.build.window)
+                cluster = _open_cluster(cfg)
         except FrontendError as exc:
+            if cluster is not None:
+                cluster.close()
             return finish(EXIT_UNREACHABLE, f"backend: {exc}; nothing changed")
-        report.warnings.extend(observed.warnings)
-        try:
-            cluster = _open_cluster(cfg)
         except UsageError as exc:
+            if cluster is not None:
+                cluster.close()
             return finish(EXIT_USAGE, f"backend: {exc}")
         except ClusterError as exc:
+            if cluster is not None:
+                cluster.close()
             return finish(EXIT_UNREACHABLE, f"backend: cluster unreachable: {exc}; nothing changed")
+        report.warnings.extend(observed.warnings)
         try:
             return _run_with(cfg, report, finish, client=client, cluster=cluster, observed=observed,
                              catalog=catalog, cost_map=cost_map, t0=t0, stop=stop)
         finally:
             try:
                 cluster.close()
-            except Exception:
-                pass
+            except Exception as exc:    # the run's outcome stands; an adapter that cannot close is logged
+                log.warning("cannot close the cluster adapter", extra={"event": "cluster_close_failed",
+                                                                        "error": f"{type(exc).__name__}: {exc}"})
     finally:
         client.close()
 
@@ -253,6 +272,7 @@ def _run_with(cfg: RunConfig, report: RunReport, finish, *, client: FrontendClie
     t = time.perf_counter()
     solved = _solve(built.problem, cfg)
     timings["solve"] = time.perf_counter() - t
+    report.warnings.extend(solved.warnings)
     ok = solved.status in SOLVED_STATUSES
     report.solver = {"name": solved.solver, "requested": cfg.solver, "formulation": cfg.build.formulation,
                      "status": solved.status, "objective": solved.objective, "bound": solved.bound,
@@ -273,8 +293,8 @@ def _run_with(cfg: RunConfig, report: RunReport, finish, *, client: FrontendClie
     dry_text = None
     if cfg.execution.dry_run:
         run, held = cap_deletions(plan.actions, cfg.execution.max_deletions)
-        dry_text = render_dry_run(run, held, catalog=catalog,
-                                  namespace=cfg.cluster_settings.get("namespace"))
+        dry_text = render_dry_run(run, held, catalog=catalog, namespace=cfg.cluster_settings.get("namespace"),
+                                  render=cfg.cluster_settings.get("render"))
     available = {n.node: n.available for n in observed.nodes}
     model_memory = {spec.name: spec.memory for spec in catalog}
     result = execute(plan.actions, cluster=None if cfg.execution.dry_run else cluster,
@@ -292,19 +312,29 @@ def _run_with(cfg: RunConfig, report: RunReport, finish, *, client: FrontendClie
             plan_doc = {"created": now, "mode": cfg.mode, "solver": solved.solver, "weights": weights}
             if built.measured_rtt:      # the measured rtt the problem used: nearest/placement prefer it
                 plan_doc["rtt"] = built.measured_rtt
-            try:
+            unfit = _plan_problems(plan_doc)
+            if unfit:       # the front-end would refuse it as well: say what is wrong, push nothing
+                report.errors.append(f"plan not pushed: {'; '.join(unfit)}")
+            elif cfg.frontend_service:      # every replica watches the ConfigMap
                 try:
-                    client.put_plan(plan_doc)
+                    cluster.write_plan(plan_doc)
+                    report.plan_pushed = True
+                except ClusterError as exc:
+                    report.errors.append(f"plan ConfigMap: {exc}")
+            else:
+                try:
+                    try:
+                        client.put_plan(plan_doc)
+                    except FrontendError as exc:
+                        # a front-end that predates the measured rtt refuses the field: send the weights alone
+                        if exc.status != 400 or "rtt" not in plan_doc or "unknown field(s): rtt" not in str(exc):
+                            raise
+                        plan_doc.pop("rtt")
+                        client.put_plan(plan_doc)
+                        report.warnings.append("the front-end does not take the measured rtt with the plan")
+                    report.plan_pushed = True
                 except FrontendError as exc:
-                    # a front-end that predates the measured rtt refuses the field: send the weights alone
-                    if exc.status != 400 or "rtt" not in plan_doc or "unknown field(s): rtt" not in str(exc):
-                        raise
-                    plan_doc.pop("rtt")
-                    client.put_plan(plan_doc)
-                    report.warnings.append("the front-end does not take the measured rtt with the plan")
-                report.plan_pushed = True
-            except FrontendError as exc:
-                report.errors.append(f"PUT /plan: {exc}")
+                    report.errors.append(f"PUT /plan: {exc}")
             timings["push_plan"] = time.perf_counter() - t
     code = EXIT_ERRORS if report.errors else EXIT_OK
     message = None

@@ -7,7 +7,9 @@ enforces the deletion cap and dry-run. Modes (thesis 4.3, 5.3):
   recency and frequency only: an instance idle longer than `idle_seconds` that served fewer than
   `min_requests` requests since it was provisioned, and never one the solution still routes to.
 - Mode 2 follows the solution strictly: provision what it wants and is missing, delete what runs
-  and it does not want.
+  and it does not want. Except when the solution places nothing (no requests in the window): then
+  it deletes nothing, since a quiet window is no evidence that nothing is wanted (following it would
+  empty the cluster at the first quiet moment, e.g. right after a start with pre-deployed models).
 - A solve that failed, timed out or was infeasible selects nothing at all, in either mode: no
   provisioning (there is no placement to follow) and no deletion (not even Mode 1's recency ones:
   a run that could not see the whole picture must not shrink the cluster).
@@ -150,6 +152,9 @@ def plan_actions(*, mode: int, solved: bool, status: str, desired: set[tuple[str
     if skipped_down:
         notes.append(f"{len(skipped_down)} instance(s) on nodes that are not ready left alone")
     deletions: list[tuple[tuple, Action]] = []
+    if mode == 2 and not desired and candidates:
+        notes.append("the solution places nothing (no requests in the window): nothing deleted")
+        candidates = {}
     for pair, inst in candidates.items():
         if pair in desired:
             continue

@@ -10,7 +10,9 @@ import importlib
 import sys
 import time
 
-BENCHMARKS = ["solver", "solver_latency", "modelserver", "frontend", "backend", "k8s_scale", "soak", "stats_collect", "upstream"]
+
+BENCHMARKS = ["solver", "solver_latency", "modelserver", "frontend", "backend", "k8s_scale", "k8s_replicas", "soak",
+              "stats_collect", "upstream"]
 
 
 def main(argv: list[str] | None = None) -> int:

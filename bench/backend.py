@@ -119,7 +119,7 @@ class Bench:
     # -- front-end --------------------------------------------------------------------------------
     def start_frontend(self, name: str) -> None:
         from frontend import create_app
-        from frontend.serving import ServerThread
+        from tests.frontend_server import ServerThread
 
         self.stop_frontend()
         config = {"cluster": "local",

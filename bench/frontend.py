@@ -296,7 +296,7 @@ def _measure_lookups(server, model: str, args, tool: str) -> dict[str, Any]:
 
 
 def _serve(settings: dict, args, tmp: Path, name: str):
-    from frontend.serving import GunicornServer
+    from tests.frontend_server import GunicornServer
     server = GunicornServer({**settings, "database": str(tmp / f"{name}.db"), "log_level": "WARNING"},
                             workers=args.workers, threads=args.threads, log_path=tmp / f"{name}.log")
     return server.start()

@@ -275,7 +275,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from cluster.catalog import load_catalog
     from cluster.kubernetes import KubernetesCluster
     from controlplane import ControlPlane, node_addresses
-    from frontend.serving import GunicornServer
+    from tests.frontend_server import GunicornServer
 
     results: dict[str, Any] = {"settings": {k: v for k, v in vars(args).items() if k != "out"}}
     work = Path(tempfile.mkdtemp(prefix="edge-k8s-scale-"))

@@ -142,7 +142,7 @@ def _stats(samples: list[tuple[float, float, bool]], start: float, end: float,
 def run(args) -> dict[str, Any]:
     from backend.collect import FrontendClient
     from bench.frontend import write_synthetic_catalog
-    from frontend.serving import GunicornServer
+    from tests.frontend_server import GunicornServer
 
     results: dict[str, Any] = {"rate": args.rate, "rows_rate": args.rows_rate, "window": args.window,
                                "cores": os.cpu_count(), "workers": args.workers}

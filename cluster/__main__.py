@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--model", action="append", dest="models", metavar="MODEL",
                          help="profile only MODEL (repeatable; default: every built catalog model)")
     profile.add_argument("--dry-run", action="store_true", help="print the figures, leave the catalog as it is")
+    profile.add_argument("--out", metavar="FILE", help="write the measured catalog to FILE (a copy of --catalog "
+                         "with the new figures) and leave --catalog as it is")
     _common(profile, top=False)
     return parser
 
@@ -147,7 +149,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "profile":
         from .profile import run_profile
         return run_profile(catalog_path=args.catalog, config_path=args.config, models_dir=args.models_dir,
-                           models=args.models, dry_run=args.dry_run, as_json=args.json)
+                           models=args.models, dry_run=args.dry_run, as_json=args.json,
+                           out_path=args.out)
     cluster = LocalCluster(args.config, catalog_path=args.catalog, state_path=args.state,
                            models_dir=args.models_dir)
     out: object

@@ -1,18 +1,21 @@
 """The model catalog (config/models.yaml): what each model needs and how fast it runs.
 
-Loaded once and validated as a whole, so an operator sees every mistake in one go; each error
-names the file, the model and the field.
+Loaded once and validated as a whole (common/validation.py), so an operator sees every mistake in
+one go; each error names the file, the model and the field.
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from .yamlcheck import number_field, read_yaml
+from pydantic import ConfigDict
+
+from common.validation import Checked, Number, NumberMap, OptionalText, Strict, Text, check_number, validated
 
 from .port import ClusterError
+from .yamlcheck import read_yaml
 
 __all__ = ["ModelSpec", "Catalog", "CatalogError", "load_catalog", "DEFAULT_CATALOG"]
 
@@ -65,70 +68,68 @@ class Catalog:
         return list(self.models)
 
 
+def _port(value: object) -> int:
+    port = check_number(value, kind=int, positive=True)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"must be 1..65535, got {port}")
+    return port
+
+
+def _folder(value: object) -> str:
+    if not isinstance(value, str) or not value or "/" in value or value.startswith("."):
+        raise ValueError(f"must be a plain folder name, got {value!r}")
+    return value
+
+
+def _name(value: object) -> str:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ValueError(f"must match {_NAME.pattern}, got {value!r}")
+    return value
+
+
+class _Measured(Strict):
+    """The note `python -m cluster profile` writes (checked, then ignored): strings, cores per
+    class, and any other key a finite non-negative number."""
+
+    model_config = ConfigDict(**{**Strict.model_config, "extra": "allow"})
+    __pydantic_extra__: dict[str, Number(float, minimum=0)]
+
+    date: OptionalText = None
+    host: OptionalText = None
+    cgroup: OptionalText = None
+    cpu_quota: NumberMap("node classes to cores", positive=True) | None = None
+
+
+class _ModelEntry(Strict):
+    """One entry of `models:` as written in the file."""
+
+    name: Checked(str, _name)
+    image: Text
+    port: Checked(int, _port)
+    model_file: Checked(str, _folder) | None = None
+    memory: Number(int, positive=True, unit="KB")
+    cpu: Number(float, positive=True)
+    exec_time: NumberMap("node classes to seconds", minimum=0)
+    measured: _Measured | None = None
+
+
+class _CatalogFile(Strict):
+    models: list[Any]
+
+
 def _model(errors: list[str], source: str, index: int, entry: object) -> ModelSpec | None:
     where = f"{source}: models[{index}]"
     if not isinstance(entry, dict):
         errors.append(f"{where}: must be a mapping")
         return None
     name = entry.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
-        errors.append(f"{where}: field 'name' must match {_NAME.pattern}, got {name!r}")
+    if isinstance(name, str) and _NAME.match(name):
+        where = f"{source}: model '{name}'"
+    model = validated(_ModelEntry, entry, errors, where)
+    if model is None:
         return None
-    where = f"{source}: model '{name}'"
-    before = len(errors)
-    image = entry.get("image")
-    if not isinstance(image, str) or not image.strip():
-        errors.append(f"{where}: field 'image' must be a non-empty string")
-    port = number_field(errors, where, entry, "port", int)
-    if port is not None and not 1 <= port <= 65535:
-        errors.append(f"{where}: field 'port' must be 1..65535, got {port}")
-    model_file = entry.get("model_file", name)
-    if not isinstance(model_file, str) or not model_file or "/" in model_file or model_file.startswith("."):
-        errors.append(f"{where}: field 'model_file' must be a plain folder name, got {model_file!r}")
-    memory = number_field(errors, where, entry, "memory", int, unit="KB")
-    cpu = number_field(errors, where, entry, "cpu", float)
-    exec_time = entry.get("exec_time", {})
-    if not isinstance(exec_time, dict) or not exec_time:
-        errors.append(f"{where}: field 'exec_time' must map node classes to seconds")
-        exec_time = {}
-    times = {}
-    for cls, seconds in exec_time.items():
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 2 ** 53 \
-                or not math.isfinite(seconds):
-            errors.append(f"{where}: field 'exec_time.{cls}' must be a non-negative number (finite, at most 2**53), got {seconds!r}")
-        else:
-            times[str(cls)] = float(seconds)
-    _measured(errors, where, entry.get("measured"))
-    unknown = set(entry) - {"name", "image", "port", "model_file", "memory", "cpu", "exec_time", "measured"}
-    if unknown:
-        errors.append(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
-    if len(errors) > before:
-        return None
-    return ModelSpec(name=name, image=image, port=port, model_file=model_file,
-                     memory=memory, cpu=cpu, exec_time=times)
-
-
-def _measured(errors: list[str], where: str, note: object) -> None:
-    """Check the optional `measured` note `python -m cluster profile` writes (checked, then ignored):
-    {date, host: strings; cpu_quota: {class: cores}; other keys: finite non-negative numbers}."""
-    if note is None:
-        return
-    if not isinstance(note, dict):
-        errors.append(f"{where}: field 'measured' must be a mapping, got {note!r}")
-        return
-    for key, value in note.items():
-        if key in ("date", "host", "cgroup"):
-            if not isinstance(value, str):
-                errors.append(f"{where}: field 'measured.{key}' must be a string, got {value!r}")
-        elif key == "cpu_quota":
-            if not isinstance(value, dict) or not all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-                    for v in value.values()):
-                errors.append(f"{where}: field 'measured.cpu_quota' must map node classes to cores, "
-                              f"got {value!r}")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or value < 0:
-            errors.append(f"{where}: field 'measured.{key}' must be a finite non-negative number, got {value!r}")
+    return ModelSpec(name=model.name, image=model.image, port=model.port, model_file=model.model_file or model.name,
+                     memory=model.memory, cpu=model.cpu, exec_time=dict(model.exec_time))
 
 
 def load_catalog(path: str | Path = DEFAULT_CATALOG) -> Catalog:
@@ -138,6 +139,7 @@ def load_catalog(path: str | Path = DEFAULT_CATALOG) -> Catalog:
     if not isinstance(data, dict) or not isinstance(data.get("models"), list) or not data["models"]:
         raise CatalogError(f"{path}: must be a mapping with a non-empty 'models' list")
     errors: list[str] = []
+    validated(_CatalogFile, data, errors, str(path))
     models: dict[str, ModelSpec] = {}
     ports: dict[int, str] = {}
     for index, entry in enumerate(data["models"]):

@@ -34,7 +34,7 @@ from .catalog import ModelSpec
 __all__ = [
     "RenderSettings", "RenderedInstance", "RenderError",
     "MANAGED_BY_LABEL", "MANAGED_BY", "MODEL_LABEL", "NODE_LABEL", "MODEL_ANNOTATION",
-    "NODE_ANNOTATION", "HOSTNAME_LABEL", "TEMPLATES_DIR",
+    "NODE_ANNOTATION", "HOSTNAME_LABEL", "TEMPLATES_DIR", "FETCH_IMAGE",
     "object_name", "label_value", "yaml_scalar", "resources_for", "instance_context",
     "render_template", "render_instance", "selector_for",
 ]
@@ -51,6 +51,10 @@ HOSTNAME_LABEL = "kubernetes.io/hostname"
 MAX_NAME = 63
 _HASH_LEN = 8
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                        r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
+FETCH_IMAGE = "edge-inference/modelserver:0.1.0"   # the project's model-server image carries modelserver.fetch
 
 
 class RenderError(ValueError):
@@ -60,6 +64,9 @@ class RenderError(ValueError):
 @dataclass(frozen=True)
 class RenderSettings:
     """How model instances are rendered. One concern: the shape of the objects we create."""
+
+    # Read by pydantic when a mapping is validated into these settings (k8s_settings.render_settings_from).
+    __pydantic_config__ = {"extra": "forbid", "allow_inf_nan": False, "strict": False}
 
     namespace: str = "edge-inference"             # namespace the Deployments and Services live in
     managed_by: str = MANAGED_BY                  # value of app.kubernetes.io/managed-by
@@ -72,6 +79,12 @@ class RenderSettings:
     models_host_path: str | None = None           # host folder mounted read-only at /models; None: models are in the image
     image_pull_secret: str | None = None          # name of a Secret for a private registry; None: public image
     tolerations: tuple[dict[str, Any], ...] = field(default_factory=tuple)  # extra pod tolerations, API-shaped
+    image: str | None = None                      # image for every model, replacing the catalog's; None: the catalog's
+    node_selector: dict[str, str] = field(default_factory=dict)  # node labels required besides the hostname pin
+    # URL of one model's files, "{model}" standing for its name (http/https/file; a .tar.gz of the
+    # model folder <version>/...): an init container fetches and unpacks it into /models/<model>.
+    model_url: str | None = None
+    fetch_image: str = FETCH_IMAGE                # image of that init container (runs python -m modelserver.fetch)
 
     def __post_init__(self) -> None:
         if self.cpu_request_concurrency <= 0:
@@ -80,6 +93,20 @@ class RenderSettings:
             raise ValueError("cpu_limit_concurrency must be at least cpu_request_concurrency")
         if self.min_cpu_millicores < 1:
             raise ValueError("min_cpu_millicores must be at least 1")
+        if self.models_host_path is not None and self.model_url is not None:
+            raise ValueError("models_host_path and model_url exclude each other: the models come from one place")
+        if self.model_url is not None and not re.match(r"^(https?|file)://", self.model_url):
+            raise ValueError(f"model_url must be an http://, https:// or file:// URL, got {self.model_url!r}")
+        if HOSTNAME_LABEL in self.node_selector:
+            raise ValueError(f"node_selector: {HOSTNAME_LABEL} is the adapter's pin to the chosen node")
+        for key, value in self.node_selector.items():
+            if not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value) or len(value) > MAX_NAME:
+                raise ValueError(f"node_selector: {key}={value!r} is not a valid label selector")
+        for index, toleration in enumerate(self.tolerations):
+            unknown = set(toleration) - _TOLERATION_KEYS
+            if unknown:
+                raise ValueError(f"tolerations[{index}]: unknown field(s) {', '.join(sorted(unknown))} "
+                                 f"(known: {', '.join(sorted(_TOLERATION_KEYS))})")
 
 
 @dataclass(frozen=True)
@@ -253,7 +280,7 @@ def instance_context(spec: ModelSpec, node: str, settings: RenderSettings | None
         "annotations": {MODEL_ANNOTATION: spec.name, NODE_ANNOTATION: node},
         "model": {
             "name": spec.name,
-            "image": spec.image,
+            "image": settings.image or spec.image,
             "port": spec.port,
             "base_path": f"/models/{spec.name}",
         },
@@ -267,6 +294,12 @@ def instance_context(spec: ModelSpec, node: str, settings: RenderSettings | None
         "models_host_path": settings.models_host_path,
         "image_pull_secret": settings.image_pull_secret,
         "tolerations": list(settings.tolerations),
+        "node_selector": dict(settings.node_selector),     # extras; the hostname pin is the template's
+        "fetch": None if settings.model_url is None else {
+            "image": settings.fetch_image,
+            "url": settings.model_url.replace("{model}", spec.name),
+            "dest": f"/models/{spec.name}",
+        },
     }
 
 

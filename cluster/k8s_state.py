@@ -32,7 +32,7 @@ __all__ = [
     "identity", "pod_active", "pod_node", "pod_requests", "template_requests",
     "deployment_available", "node_port", "format_endpoint", "metrics_cpu",
     "estimate_cpu_usage", "memory_used_by_node", "build_node", "build_nodes",
-    "build_deployments", "pod_problem",
+    "build_deployments", "pod_problem", "pod_ready", "ready_pod_urls",
 ]
 
 NODE_CLASS_KEY = "node-class"      # key of the node class in port.Node.labels
@@ -329,3 +329,28 @@ def pod_problem(pods: Iterable[Mapping[str, Any]]) -> str:
         if len(reasons) == before:
             reasons.append(f"pod {name}: phase {_get(pod, 'status', 'phase', default='Pending')}")
     return "; ".join(reasons)
+
+
+def pod_ready(pod: Mapping[str, Any]) -> bool:
+    """Return True for a pod that is Ready, has an IP and is not being deleted (an endpoint's rule)."""
+    if _get(pod, "metadata", "deletionTimestamp") or not _get(pod, "status", "podIP"):
+        return False
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in _get(pod, "status", "conditions", default=[]))
+
+
+def ready_pod_urls(pods: Iterable[Mapping[str, Any]], target_port: int | str) -> list[str]:
+    """Return http://<pod IP>:<port> of the ready pods; a named `target_port` is looked up in each
+    pod's container ports (a pod without it is left out)."""
+    urls = []
+    for pod in pods:
+        if not pod_ready(pod):
+            continue
+        port: Any = target_port
+        if isinstance(target_port, str) and not target_port.isdigit():
+            port = next((p.get("containerPort") for c in _get(pod, "spec", "containers", default=[])
+                         for p in c.get("ports") or [] if p.get("name") == target_port), None)
+            if port is None:
+                continue
+        urls.append(f"http://{format_endpoint(_get(pod, 'status', 'podIP'), int(port))}")
+    return sorted(urls)

@@ -5,7 +5,8 @@ API call goes through `KubernetesCluster._call`, which checks the call against `
 (the one list the RBAC manifests in k8s/ are tested against) and turns the client's exceptions
 into the port's (`ClusterError` and subclasses, raised `from` the client's exception). Rendering
 (`k8s_render`) and state conversion (`k8s_state`) are pure and live elsewhere, so they are tested
-without an API server and the client library can change without the change spreading.
+without an API server and the client library can change without the change spreading; the
+settings (`k8s_settings`) and the list/watch loop (`k8s_watch`) have their own modules too.
 
 Reads are answered from a watch-backed cache, never a list call per question: one thread per
 resource (nodes cluster-wide; our Deployments, Services and Pods in the namespace, selected by
@@ -24,16 +25,14 @@ Exception mapping::
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
-import random
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import urllib3
 from kubernetes import client as k8s_client
@@ -42,6 +41,8 @@ from kubernetes.client.exceptions import ApiException, OpenApiException
 from kubernetes.config.config_exception import ConfigException
 
 from . import k8s_state as state
+from .k8s_settings import PLAN_CONFIGMAP, PLAN_KEY, CacheSettings, render_settings_from
+from .k8s_watch import Reflector, name_of as _name
 from .catalog import DEFAULT_CATALOG, Catalog, CatalogError, load_catalog
 from .k8s_render import (MANAGED_BY_LABEL, RenderError, RenderSettings, object_name, render_instance)
 from .port import (Cluster, ClusterError, ClusterUnavailable, Deployment, InsufficientMemory, Node,
@@ -62,6 +63,7 @@ class ApiPermission:
     resource: str              # plural resource name
     verbs: tuple[str, ...]     # verbs used on it
     cluster_wide: bool         # True: granted by a ClusterRole; False: a Role in our namespace
+    names: tuple[str, ...] = ()   # resourceNames the rule is limited to (empty: any object)
 
 
 # Every call below is checked against this list at run time, and the RBAC test compares it with
@@ -73,33 +75,13 @@ API_PERMISSIONS: tuple[ApiPermission, ...] = (
     # get: confirm an existing object is ours before treating 409 as done or deleting it.
     ApiPermission("apps", "deployments", ("get", "list", "watch", "create", "delete"), cluster_wide=False),
     ApiPermission("", "services", ("get", "list", "watch", "create", "delete"), cluster_wide=False),
+    # list: also the front-end replicas behind a Service (frontend_replicas), by its selector.
     ApiPermission("", "pods", ("list", "watch"), cluster_wide=False),
+    # The plan every front-end replica watches and the back-end updates (k8s/20-configmaps.yaml
+    # creates it): this one ConfigMap only; list/watch by a metadata.name field selector.
+    ApiPermission("", "configmaps", ("list", "watch", "update"), cluster_wide=False, names=(PLAN_CONFIGMAP,)),
 )
 _ALLOWED = {(p.group, p.resource, verb) for p in API_PERMISSIONS for verb in p.verbs}
-
-
-@dataclass(frozen=True)
-class CacheSettings:
-    """How the adapter talks to the API server and keeps its cache. Times in seconds."""
-
-    namespace: str = "edge-inference"                 # namespace of our Deployments, Services, Pods
-    node_class_label: str = "edge-inference/node-class"  # node label holding the node class
-    resync_seconds: float = 300.0                     # re-list each resource at least this often
-    metrics_seconds: float = 15.0                     # metrics.k8s.io poll period
-    sync_timeout_seconds: float = 30.0                # how long a read waits for the first full list
-    backoff_initial_seconds: float = 0.5              # first wait after a failed list/watch
-    backoff_max_seconds: float = 30.0                 # longest wait between retries
-    connect_timeout_seconds: float = 5.0              # TCP/TLS connect timeout per request
-    request_timeout_seconds: float = 30.0             # read timeout of a non-watch request
-    page_size: int = 500                              # objects per list page
-
-    def __post_init__(self) -> None:
-        for name in ("resync_seconds", "metrics_seconds", "backoff_initial_seconds", "backoff_max_seconds",
-                     "connect_timeout_seconds", "request_timeout_seconds"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive")
-        if self.sync_timeout_seconds < 0 or self.page_size < 1:
-            raise ValueError("sync_timeout_seconds must be >= 0 and page_size >= 1")
 
 
 # --- errors ---------------------------------------------------------------------------------
@@ -133,10 +115,6 @@ def _translate(exc: BaseException, what: str, host: str) -> ClusterError:
     return ClusterError(f"{what}: {exc}")
 
 
-class _Gone(Exception):
-    """The watch's resourceVersion is too old (410): re-list."""
-
-
 # --- configuration ----------------------------------------------------------------------------
 
 def _default_kubeconfig_exists() -> bool:
@@ -163,177 +141,6 @@ def _api_client(*, kubeconfig: str | None, context: str | None, in_cluster: bool
     return k8s_client.ApiClient(cfg)
 
 
-# --- the watch-backed cache -------------------------------------------------------------------
-
-def _name(obj: Mapping[str, Any]) -> str:
-    return (obj.get("metadata") or {}).get("name", "")
-
-
-def _resource_version(obj: Mapping[str, Any]) -> str | None:
-    return (obj.get("metadata") or {}).get("resourceVersion") or None
-
-
-def _lines(response: Any) -> Iterator[bytes]:
-    """Yield the newline-separated JSON events of a watch response as they arrive."""
-    buffer = bytearray()
-    for chunk in response.stream(amt=None, decode_content=True):
-        buffer.extend(chunk)
-        start = 0
-        while (end := buffer.find(b"\n", start)) != -1:
-            line = bytes(buffer[start:end]).strip()
-            start = end + 1
-            if line:
-                yield line
-        del buffer[:start]
-    if buffer.strip():
-        yield bytes(buffer).strip()
-
-
-class _Reflector(threading.Thread):
-    """List, then watch one resource into a dict keyed by name; re-list on 410 and errors."""
-
-    def __init__(self, owner: "KubernetesCluster", kind: str, group: str, resource: str,
-                 list_fn: Callable[..., Any], label_selector: str | None) -> None:
-        super().__init__(name=f"k8s-watch-{kind}", daemon=True)
-        self.owner = owner
-        self.kind = kind
-        self.group = group
-        self.resource = resource
-        self.list_fn = list_fn
-        self.label_selector = label_selector
-        self.store: dict[str, dict[str, Any]] = {}
-        self.synced = threading.Event()
-        self.failures = 0                    # consecutive failed attempts
-        self.last_error: ClusterError | None = None
-        self._response: Any = None
-        self._rv: str | None = None
-
-    def stop(self) -> None:
-        response = self._response
-        if response is not None:
-            try:
-                response.shutdown()          # unblocks a read in progress in the watch thread
-            except Exception:
-                pass
-
-    def run(self) -> None:
-        owner = self.owner
-        settings = owner.settings
-        backoff = settings.backoff_initial_seconds
-        listed_at = 0.0
-        need_list = True
-        while not owner._stopping.is_set():
-            try:
-                if need_list or time.monotonic() - listed_at >= settings.resync_seconds:
-                    self._list()
-                    listed_at = time.monotonic()
-                    need_list = False
-                started = time.monotonic()
-                self._watch(max(1, int(settings.resync_seconds - (started - listed_at))))
-                backoff = settings.backoff_initial_seconds
-                self.failures = 0
-                if time.monotonic() - started < 1.0:     # a server closing at once must not spin us
-                    owner._stopping.wait(settings.backoff_initial_seconds)
-            except _Gone:
-                need_list = True
-            except Exception as exc:      # noqa: BLE001 - the cache must outlive any single failure
-                if owner._stopping.is_set():
-                    break
-                need_list = True
-                cause = exc.__cause__
-                if isinstance(cause, ApiException) and cause.status == 410:
-                    continue
-                if not isinstance(exc, ClusterError):
-                    log.exception("watch %s: unexpected error", self.kind)
-                    exc = ClusterError(f"watching {self.kind}: {exc}")
-                self.failures += 1
-                self.last_error = exc
-                owner._notify()
-                log.warning("watch %s failed (attempt %d), retrying in %.1fs: %s",
-                            self.kind, self.failures, backoff, exc)
-                owner._stopping.wait(backoff * (0.8 + 0.4 * random.random()))
-                backoff = min(backoff * 2, settings.backoff_max_seconds)
-
-    def _list(self) -> None:
-        items: dict[str, dict[str, Any]] = {}
-        token: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {"limit": self.owner.settings.page_size}
-            if token:
-                kwargs["_continue"] = token
-            if self.label_selector:
-                kwargs["label_selector"] = self.label_selector
-            try:
-                page = self.owner._call("list", self.group, self.resource, self.list_fn, **kwargs)
-            except ClusterError as exc:
-                if token and isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 410:
-                    items, token = {}, None          # continue token expired: start over
-                    continue
-                raise
-            for item in page.get("items") or []:
-                items[_name(item)] = item
-            meta = page.get("metadata") or {}
-            token = meta.get("continue") or None
-            if not token:
-                self._rv = meta.get("resourceVersion") or None
-                break
-        with self.owner._cond:
-            self.store = items
-            self.owner._changed()
-        self.synced.set()
-        self.last_error = None
-        self.owner._notify()
-
-    def _watch(self, seconds: int) -> None:
-        kwargs: dict[str, Any] = {"watch": True, "allow_watch_bookmarks": True, "timeout_seconds": seconds}
-        if self._rv:
-            kwargs["resource_version"] = self._rv
-        if self.label_selector:
-            kwargs["label_selector"] = self.label_selector
-        read_timeout = seconds + self.owner.settings.request_timeout_seconds
-        response = self.owner._call("watch", self.group, self.resource, self.list_fn, stream=True,
-                                    read_timeout=read_timeout, **kwargs)
-        self._response = response
-        try:
-            if self.owner._stopping.is_set():      # close() ran before the stream was registered
-                return
-            for line in _lines(response):
-                if self.owner._stopping.is_set():
-                    return
-                self._event(json.loads(line))
-        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
-            if self.owner._stopping.is_set():
-                return
-            raise _translate(exc, f"watching {self.kind}", self.owner._host) from exc
-        finally:
-            self._response = None
-            try:
-                response.release_conn()
-            except Exception:
-                pass
-
-    def _event(self, event: Mapping[str, Any]) -> None:
-        kind = event.get("type")
-        obj = event.get("object") or {}
-        if kind == "ERROR":
-            if obj.get("code") == 410:
-                raise _Gone()
-            raise ClusterError(f"watching {self.kind}: {obj.get('code')}: {obj.get('message', 'watch error')}")
-        rv = _resource_version(obj)
-        if kind == "BOOKMARK":
-            self._rv = rv or self._rv
-            return
-        with self.owner._cond:
-            if kind in ("ADDED", "MODIFIED"):
-                self.store[_name(obj)] = obj
-            elif kind == "DELETED":
-                self.store.pop(_name(obj), None)
-            else:
-                return
-            self._rv = rv or self._rv
-            self.owner._changed()
-
-
 @dataclass(frozen=True)
 class _Snapshot:
     generation: int
@@ -352,7 +159,8 @@ class KubernetesCluster(Cluster):
                  node_class_label: str = "edge-inference/node-class",
                  resync_seconds: float = 300.0, metrics_seconds: float = 15.0,
                  sync_timeout_seconds: float = 30.0,
-                 render: RenderSettings | None = None, cache: CacheSettings | None = None) -> None:
+                 render: RenderSettings | Mapping[str, Any] | None = None,
+                 cache: CacheSettings | None = None) -> None:
         try:
             self.catalog: Catalog = load_catalog(catalog_path)
         except CatalogError as exc:
@@ -360,7 +168,11 @@ class KubernetesCluster(Cluster):
         self.settings = cache or CacheSettings(namespace=namespace, node_class_label=node_class_label,
                                                resync_seconds=resync_seconds, metrics_seconds=metrics_seconds,
                                                sync_timeout_seconds=sync_timeout_seconds)
-        self.render_settings = dataclasses.replace(render or RenderSettings(), namespace=self.settings.namespace)
+        try:
+            self.render_settings = render_settings_from(render if render is not None else RenderSettings(),
+                                                        namespace=self.settings.namespace)
+        except ValueError as exc:
+            raise ClusterError(f"render settings: {exc}") from None
         self._api = _api_client(kubeconfig=str(kubeconfig) if kubeconfig else None, context=context,
                                 in_cluster=in_cluster)
         self._host = self._api.configuration.host
@@ -379,13 +191,17 @@ class KubernetesCluster(Cluster):
         ns = self.settings.namespace
         selector = f"{MANAGED_BY_LABEL}={self.render_settings.managed_by}"
         self._reflectors = {
-            "nodes": _Reflector(self, "nodes", "", "nodes", self._core.list_node, None),
-            "deployments": _Reflector(self, "deployments", "apps", "deployments",
+            "nodes": Reflector(self, "nodes", "", "nodes", self._core.list_node, None),
+            "deployments": Reflector(self, "deployments", "apps", "deployments",
                                       _bind(self._apps.list_namespaced_deployment, ns), selector),
-            "services": _Reflector(self, "services", "", "services",
+            "services": Reflector(self, "services", "", "services",
                                    _bind(self._core.list_namespaced_service, ns), selector),
-            "pods": _Reflector(self, "pods", "", "pods", _bind(self._core.list_namespaced_pod, ns), selector),
+            "pods": Reflector(self, "pods", "", "pods", _bind(self._core.list_namespaced_pod, ns), selector),
         }
+        # Started by the first plan_document() call: only the front-end reads the plan.
+        self._plan_reflector = Reflector(self, "plan", "", "configmaps", _bind(self._core.list_namespaced_config_map, ns),
+                                         None, field_selector=f"metadata.name={PLAN_CONFIGMAP}")
+        self._plan_lock = threading.Lock()
         self._metrics_thread = threading.Thread(target=self._poll_metrics, name="k8s-metrics", daemon=True)
         for reflector in self._reflectors.values():
             reflector.start()
@@ -412,6 +228,10 @@ class KubernetesCluster(Cluster):
             return json.loads(data) if data else {}
         except ValueError as exc:
             raise ClusterError(f"{what}: the API server sent invalid JSON") from exc
+
+    def _translate(self, exc: BaseException, what: str) -> ClusterError:
+        """Turn a client or transport exception into the port's error (for the watch threads)."""
+        return _translate(exc, what, self._host)
 
     # --- cache bookkeeping ---------------------------------------------------------------------
 
@@ -589,16 +409,63 @@ class KubernetesCluster(Cluster):
             self._pending.pop(name, None)
             self._removing[name] = (node, time.monotonic())
 
+    # --- the plan and the front-end replicas (not part of the port) -----------------------------
+
+    def plan_document(self) -> tuple[str, str] | None:
+        """Return (resourceVersion, JSON text) of the plan in the ConfigMap `edge-inference-plan`,
+        from a watch started by the first call; None while there is none (or not listed yet)."""
+        with self._plan_lock:
+            if not self._plan_reflector.is_alive() and not self._stopping.is_set():
+                self._plan_reflector.start()
+        with self._cond:
+            obj = self._plan_reflector.store.get(PLAN_CONFIGMAP)
+        if obj is None:
+            return None
+        text = (obj.get("data") or {}).get(PLAN_KEY)
+        if not text:
+            return None
+        return str((obj.get("metadata") or {}).get("resourceVersion") or ""), text
+
+    def write_plan(self, plan: Mapping[str, Any]) -> None:
+        """Replace the plan in the ConfigMap `edge-inference-plan` (which the manifests create)."""
+        ns = self.settings.namespace
+        body = {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": PLAN_CONFIGMAP, "namespace": ns,
+                             "labels": {"app.kubernetes.io/part-of": "edge-inference"}},
+                "data": {PLAN_KEY: json.dumps(dict(plan), sort_keys=True)}}
+        try:
+            self._call("update", "", "configmaps", self._core.replace_namespaced_config_map, PLAN_CONFIGMAP, ns, body)
+        except ClusterError as exc:
+            if isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 404:
+                raise ClusterError(f"ConfigMap {PLAN_CONFIGMAP} not found in namespace {ns}: "
+                                   "apply k8s/20-configmaps.yaml, which creates it") from exc
+            raise
+
+    def frontend_replicas(self, service: str) -> list[str]:
+        """Return http://<pod IP>:<port> of every ready pod behind `service` (what its EndpointSlices
+        would list), read from the Service's selector and the pods at the time of the call."""
+        ns = self.settings.namespace
+        svc = self._call("get", "", "services", self._core.read_namespaced_service, service, ns)
+        selector = (svc.get("spec") or {}).get("selector") or {}
+        ports = (svc.get("spec") or {}).get("ports") or []
+        if not selector or not ports:
+            raise ClusterError(f"service {service} has no selector or no port: cannot find its pods")
+        target = ports[0].get("targetPort", ports[0].get("port"))
+        label_selector = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+        pods = self._call("list", "", "pods", self._core.list_namespaced_pod, ns, label_selector=label_selector)
+        return state.ready_pod_urls(pods.get("items") or [], target)
+
     def close(self) -> None:
         """Stop the watches and the metrics poller and release connections."""
         if self._stopping.is_set():
             return
         self._stopping.set()
         self._notify()
-        for reflector in self._reflectors.values():
+        for reflector in [*self._reflectors.values(), self._plan_reflector]:
             reflector.stop()
-        for thread in [*self._reflectors.values(), self._metrics_thread]:
-            thread.join(timeout=5.0)
+        for thread in [*self._reflectors.values(), self._plan_reflector, self._metrics_thread]:
+            if thread.is_alive():
+                thread.join(timeout=5.0)
         try:
             self._api.close()
         except Exception:

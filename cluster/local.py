@@ -37,6 +37,11 @@ __all__ = ["LocalCluster", "REPO_ROOT"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("cluster.local")
+
+# Seconds a removed instance stays out of dispatch, still serving, before it is stopped: one
+# front-end refresh (refresh_interval, 1 s by default) plus the time a client takes from its lookup
+# to its call. Kubernetes gives a terminating pod the same window (endpoints removal, then SIGTERM).
+DRAIN_SECONDS = 1.5
 _POLL = 0.1          # seconds between readiness checks while waiting for a server
 _warned: set[str] = set()   # limits warnings already logged by this process (once per reason)
 
@@ -54,12 +59,14 @@ class LocalCluster(Cluster):
                  state_path: str | Path = ".run/cluster.db",
                  models_dir: str | Path = "build/models",
                  stop_grace: float = 5.0,
+                 drain_seconds: float = DRAIN_SECONDS,
                  probe_timeout: float = 0.25):
         self.config_path = _resolve(config_path)
         self.catalog_path = _resolve(catalog_path)
         self.state_path = _resolve(state_path)
         self.models_dir = _resolve(models_dir)
         self.stop_grace = stop_grace            # seconds between SIGTERM and SIGKILL
+        self.drain_seconds = drain_seconds      # seconds a removed instance is out of dispatch before SIGTERM
         self.probe_timeout = probe_timeout      # seconds a read-path readiness probe may take
         self.log_dir = self.state_path.with_name(self.state_path.stem + "-logs")
         self._stamp = self._stamps()
@@ -140,6 +147,10 @@ class LocalCluster(Cluster):
         result = []
         for row in rows:
             ready = row.ready and row.proc is not None and row.node not in down
+            if row.terminating:
+                result.append(Deployment(model=row.model, node=row.node, endpoint=row.endpoint, ready=False,
+                                         created=row.created, reason="terminating"))
+                continue
             if not row.ready and row.proc is not None and row.node not in down:
                 # Nobody may be waiting on it (deploy(wait=False)): promote it here once it answers.
                 if probe_ready(row.address, row.port, row.model, timeout=self.probe_timeout):
@@ -194,7 +205,7 @@ class LocalCluster(Cluster):
             raise ClusterError(f"model files for {model!r} not found at {base_path} "
                                f"(build them with `make setup`)")
         spawned = False
-        freed_by = time.monotonic() + self.stop_grace + 2.0
+        freed_by = time.monotonic() + self.drain_seconds + self.stop_grace + 2.0
         while True:
             with self.store.write() as conn:
                 if node in self.store.down_nodes(conn):
@@ -203,7 +214,12 @@ class LocalCluster(Cluster):
                 if row is not None and (row.proc is None or not is_alive(row.proc)):
                     self.store.delete(conn, model, node)
                     row = None
-                if row is None:
+                if row is not None and row.terminating:
+                    # Being removed (draining): start a new one once it is gone.
+                    if time.monotonic() >= freed_by:
+                        raise ClusterError(f"{model!r} on node {node!r} is still being removed")
+                    busy = True
+                elif row is None:
                     rows = [r for r in self.store.instances(conn, node=node)
                             if r.proc is None or is_alive(r.proc)]
                     used = sum(r.memory for r in rows)
@@ -242,7 +258,13 @@ class LocalCluster(Cluster):
         return self._await_ready(row, timeout=timeout, owned=spawned)
 
     def remove(self, model: str, node: str) -> None:
-        """Stop `model` on `node`: SIGTERM, then SIGKILL after the grace period; idempotent."""
+        """Stop `model` on `node`; idempotent.
+
+        Like a Kubernetes pod's termination: the instance is first reported not ready ("terminating"),
+        so front-ends stop handing it out on their next refresh, and it keeps serving for
+        `drain_seconds` the clients that were just given it; then SIGTERM (in-flight requests get the
+        server's graceful timeout) and SIGKILL after `stop_grace`. Its memory stays counted until it
+        is gone, so nothing new is started into memory it still holds."""
         self._refresh()
         with self.store.write() as conn:
             row = self.store.instance(conn, model, node)
@@ -251,10 +273,19 @@ class LocalCluster(Cluster):
                 self._spec(node)
                 self._model(model)
                 return
-            self.store.delete(conn, model, node)
+            draining = row.proc is not None and row.ready and self.drain_seconds > 0
+            if draining:
+                self.store.set_terminating(conn, model, node)
+            else:
+                self.store.delete(conn, model, node)
+        if draining:
+            time.sleep(self.drain_seconds)
         if row.proc is not None:
             stop_process(row.proc, grace=self.stop_grace)
             self.limits.release(node, model, row.proc[0])
+        if draining:
+            with self.store.write() as conn:
+                self.store.delete(conn, model, node, proc=row.proc)
         log.info("removed %s from %s", model, node)
 
     def node_down(self, name: str) -> None:

@@ -3,7 +3,7 @@
 Pure: reading and checking the file touches nothing else. Every node must sit on its own loopback
 address (127.x.x.x) so model servers on different "nodes" never collide and nothing is exposed
 beyond this machine; an operator sees every mistake at once, each naming the file, the node and
-the field.
+the field (common/validation.py).
 
 Limits: a node may carry `cpu_quota`, the cores *of this host* its cgroup may use (`cpu` stays the
 node's cores as the solver sees them; the two are different scales on purpose: a 4-core Nano is
@@ -13,13 +13,18 @@ top-level `limits: false` turns both off (see cluster.limits).
 from __future__ import annotations
 
 import ipaddress
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from pydantic import Field as PydField
+
+from common.validation import (Checked, Flag, Number, Strict, Text, ValidationError, check_number, problems,
+                               validated)
 
 from .port import ClusterError
-from .yamlcheck import number_field, read_yaml
+from .yamlcheck import read_yaml
 
 __all__ = ["LocalNodeSpec", "LocalConfigError", "load_local_config", "parse_local_config",
            "LocalClusterConfig", "load_local_cluster", "parse_local_cluster", "DEFAULT_LOCAL_CONFIG"]
@@ -27,10 +32,7 @@ __all__ = ["LocalNodeSpec", "LocalConfigError", "load_local_config", "parse_loca
 DEFAULT_LOCAL_CONFIG = Path(__file__).resolve().parent.parent / "config" / "cluster.local.yaml"
 # Node names appear in URLs, log file names and Kubernetes labels: DNS-1123 label alphabet.
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_FIELDS = {"name", "address", "memory", "cpu", "class", "cpu_quota", "tier", "cost_per_request",
-           "cost_per_instance_hour"}
 _TIERS = ("edge", "cloud")
-_TOP_FIELDS = {"nodes", "limits"}
 _MIN_CPU_QUOTA = 0.01       # cores; below this the kernel's 1 ms minimum quota needs a > 0.1 s period
 _LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 
@@ -73,19 +75,60 @@ class LocalClusterConfig:
     limits: bool = True             # top-level `limits: false` runs every node unconstrained
 
 
-def _address(errors: list[str], where: str, value: object) -> str | None:
+def _address(value: object) -> str:
+    reason = f"must be a loopback IPv4 address 127.x.x.x, got {value!r}"
     if not isinstance(value, str):
-        errors.append(f"{where}: field 'address' must be a loopback IPv4 address 127.x.x.x, got {value!r}")
-        return None
+        raise ValueError(reason)
     try:
         address = ipaddress.IPv4Address(value.strip())
     except ValueError:
-        errors.append(f"{where}: field 'address' must be a loopback IPv4 address 127.x.x.x, got {value!r}")
-        return None
+        raise ValueError(reason) from None
     if address not in _LOOPBACK or address in (_LOOPBACK.network_address, _LOOPBACK.broadcast_address):
-        errors.append(f"{where}: field 'address' must be a loopback IPv4 address 127.x.x.x, got {value!r}")
-        return None
+        raise ValueError(reason)
     return str(address)
+
+
+def _name(value: object) -> str:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ValueError(f"must match {_NAME.pattern}, got {value!r}")
+    return value
+
+
+def _tier(value: object) -> str:
+    if value not in _TIERS:
+        raise ValueError(f"must be one of {', '.join(_TIERS)}, got {value!r}")
+    return str(value)
+
+
+def _cpu_quota(value: object) -> float | None:
+    """The optional `cpu_quota`: a finite number of cores >= 0.01, or absent/null for none."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"must be a number of cores, got {value!r}")
+    try:
+        return float(check_number(value, minimum=_MIN_CPU_QUOTA))
+    except ValueError:
+        raise ValueError(f"must be a finite number of cores >= {_MIN_CPU_QUOTA}, got {value!r}") from None
+
+
+class _NodeEntry(Strict):
+    """One entry of `nodes:` as written in the file."""
+
+    name: Checked(str, _name)
+    address: Checked(str, _address)
+    memory: Number(int, positive=True, unit="KB")
+    cpu: Number(float, positive=True)
+    node_class: Text = PydField(alias="class")
+    cpu_quota: Checked(float | None, _cpu_quota) = None
+    tier: Checked(str, _tier) = "edge"
+    cost_per_request: Number(float) = 0.0
+    cost_per_instance_hour: Number(float) = 0.0
+
+
+class _ClusterFile(Strict):
+    nodes: list[Any]
+    limits: Flag = True
 
 
 def _node(errors: list[str], source: str, index: int, entry: object) -> LocalNodeSpec | None:
@@ -94,53 +137,14 @@ def _node(errors: list[str], source: str, index: int, entry: object) -> LocalNod
         errors.append(f"{where}: must be a mapping with name, address, memory, cpu, class")
         return None
     name = entry.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
-        errors.append(f"{where}: field 'name' must match {_NAME.pattern}, got {name!r}")
+    if isinstance(name, str) and _NAME.match(name):
+        where = f"{source}: node '{name}'"
+    node = validated(_NodeEntry, entry, errors, where)
+    if node is None:
         return None
-    where = f"{source}: node '{name}'"
-    before = len(errors)
-    address = _address(errors, where, entry.get("address"))
-    memory = number_field(errors, where, entry, "memory", int, unit="KB")
-    cpu = number_field(errors, where, entry, "cpu", float)
-    node_class = entry.get("class")
-    cpu_quota = _cpu_quota(errors, where, entry)
-    if not isinstance(node_class, str) or not node_class.strip():
-        errors.append(f"{where}: field 'class' must be a non-empty string, got {node_class!r}")
-    unknown = set(entry) - _FIELDS
-    if unknown:
-        errors.append(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
-    if len(errors) > before:
-        return None
-    tier = entry.get("tier", "edge")
-    if tier not in _TIERS:
-        errors.append(f"{where}: field 'tier' must be one of {', '.join(_TIERS)}, got {tier!r}")
-    costs = []
-    for key in ("cost_per_request", "cost_per_instance_hour"):
-        value = entry.get(key, 0.0)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            errors.append(f"{where}: field '{key}' must be a finite number >= 0, got {value!r}")
-            value = 0.0
-        costs.append(float(value))
-    return LocalNodeSpec(name=name, address=address, memory=memory, cpu=cpu,
-                         node_class=node_class.strip(), cpu_quota=cpu_quota,
-                         tier=tier if tier in _TIERS else "edge", cost_per_request=costs[0],
-                         cost_per_instance_hour=costs[1])
-
-
-def _cpu_quota(errors: list[str], where: str, entry: dict) -> float | None:
-    """The optional `cpu_quota`: a finite number of cores >= 0.01, or absent/null for none."""
-    value = entry.get("cpu_quota")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        errors.append(f"{where}: field 'cpu_quota' must be a number of cores, got {value!r}")
-        return None
-    if (isinstance(value, int) and value > 2 ** 53) or not math.isfinite(value) or value < _MIN_CPU_QUOTA \
-            or value > 2 ** 53:
-        errors.append(f"{where}: field 'cpu_quota' must be a finite number of cores >= {_MIN_CPU_QUOTA}, "
-                      f"got {value!r}")
-        return None
-    return float(value)
+    return LocalNodeSpec(name=node.name, address=node.address, memory=node.memory, cpu=node.cpu,
+                         node_class=node.node_class.strip(), cpu_quota=node.cpu_quota, tier=node.tier,
+                         cost_per_request=node.cost_per_request, cost_per_instance_hour=node.cost_per_instance_hour)
 
 
 def parse_local_config(data: object, *, source: str = "<config>") -> list[LocalNodeSpec]:
@@ -153,12 +157,12 @@ def parse_local_cluster(data: object, *, source: str = "<config>") -> LocalClust
     if not isinstance(data, dict) or not isinstance(data.get("nodes"), list) or not data["nodes"]:
         raise LocalConfigError(f"{source}: must be a mapping with a non-empty 'nodes' list")
     errors: list[str] = []
-    unknown = set(data) - _TOP_FIELDS
-    if unknown:
-        errors.append(f"{source}: unknown top-level field(s) {', '.join(sorted(map(str, unknown)))}")
-    limits = data.get("limits", True)
-    if not isinstance(limits, bool):
-        errors.append(f"{source}: field 'limits' must be true or false, got {limits!r}")
+    limits = True
+    try:
+        limits = _ClusterFile.model_validate(data).limits
+    except ValidationError as exc:
+        errors.extend(f"{source}: {problem}".replace(": unknown field(s)", ": unknown top-level field(s)")
+                      for problem in problems(exc))
     nodes: list[LocalNodeSpec] = []
     names: set[str] = set()
     addresses: dict[str, str] = {}

@@ -115,11 +115,18 @@ def _descendants(pid: int) -> list[psutil.Process]:
 
 
 def stop_process(proc: ProcessId, *, grace: float = 5.0) -> None:
-    """Send SIGTERM to the process and its descendants, then SIGKILL after `grace` seconds."""
+    """Send SIGTERM to the process, its process group and its descendants, then SIGKILL after
+    `grace` seconds. The one process-stop helper (the local cluster, `make run`'s supervisor).
+
+    A leader that already died (a gunicorn master killed with -9) may leave its workers in its
+    group: the group is still stopped. Linux does not reuse a pid while a group of that id exists,
+    so signalling it is safe once the pid is known not to belong to a newer process."""
+    pid = proc[0]
     if not is_alive(proc):
         _reap()
+        if pid and pid > 0 and not _reused(proc) and _group_alive(pid):
+            _stop_family([], pid, grace)
         return
-    pid = proc[0]
     try:
         leader = psutil.Process(pid)
     except psutil.Error:
@@ -130,7 +137,20 @@ def stop_process(proc: ProcessId, *, grace: float = 5.0) -> None:
         group = pid if os.getpgid(pid) == pid else None
     except OSError:
         group = None
-    family = [leader] + _descendants(pid)
+    _stop_family([leader] + _descendants(pid), group, grace)
+
+
+def _reused(proc: ProcessId) -> bool:
+    """Tell whether the pid now belongs to another process than the one recorded."""
+    try:
+        return abs(psutil.Process(proc[0]).create_time() - proc[1]) > _CREATE_TIME_SLACK
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True
+
+
+def _stop_family(family: list[psutil.Process], group: int | None, grace: float) -> None:
     for p in family:
         try:
             p.send_signal(signal.SIGTERM)       # psutil checks the pid was not reused meanwhile
@@ -139,7 +159,7 @@ def stop_process(proc: ProcessId, *, grace: float = 5.0) -> None:
     _signal_group(group, signal.SIGTERM)
     deadline = time.monotonic() + grace
     remaining = family
-    while remaining and time.monotonic() < deadline:
+    while (remaining or _group_alive(group)) and time.monotonic() < deadline:
         time.sleep(0.05)
         _reap()
         remaining = [p for p in remaining if _running(p)]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .port import ClusterUnavailable
-from .sqlite_wal import enable_wal
+from common.sqlite_wal import enable_wal
 
 __all__ = ["InstanceRow", "StateStore"]
 
@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS instances (
     memory      INTEGER NOT NULL,            -- KB, declared by the catalog at deploy time
     pid         INTEGER,                     -- NULL while its node is down
     create_time REAL,                        -- psutil create_time of pid (identity across reuse)
-    ready       INTEGER NOT NULL DEFAULT 0,  -- answered its readiness check
+    ready       INTEGER NOT NULL DEFAULT 0,  -- answered its readiness check; -1: terminating (draining)
     created     REAL    NOT NULL,            -- unix time the instance was first deployed
     log         TEXT    NOT NULL,
     PRIMARY KEY (model, node)
@@ -63,6 +63,7 @@ class InstanceRow:
     created: float
     log: str
     reason: str | None = None       # set when the instance failed (its process is gone, pid NULL)
+    terminating: bool = False       # being removed: out of dispatch, still running (and holding memory)
 
     @property
     def proc(self) -> tuple[int, float] | None:
@@ -133,7 +134,8 @@ class StateStore:
         rows = conn.execute(sql + (" WHERE i.node = ?" if node else "") + " ORDER BY i.node, i.model",
                             (node,) if node else ()).fetchall()
         return [InstanceRow(model=r[0], node=r[1], address=r[2], port=r[3], memory=r[4], pid=r[5],
-                            create_time=r[6], ready=bool(r[7]), created=r[8], log=r[9], reason=r[10])
+                            create_time=r[6], ready=r[7] > 0, created=r[8], log=r[9], reason=r[10],
+                            terminating=r[7] < 0)
                 for r in rows]
 
     @staticmethod
@@ -191,7 +193,12 @@ class StateStore:
     @staticmethod
     def mark_ready(conn: sqlite3.Connection, model: str, node: str, proc: tuple[int, float]) -> None:
         conn.execute("UPDATE instances SET ready = 1 WHERE model = ? AND node = ? AND pid = ? "
-                     "AND create_time = ?", (model, node, proc[0], proc[1]))
+                     "AND create_time = ? AND ready >= 0", (model, node, proc[0], proc[1]))
+
+    @staticmethod
+    def set_terminating(conn: sqlite3.Connection, model: str, node: str) -> None:
+        """Take the instance out of dispatch (not ready) while it drains; its row and memory stay."""
+        conn.execute("UPDATE instances SET ready = -1 WHERE model = ? AND node = ?", (model, node))
 
     @staticmethod
     def set_down(conn: sqlite3.Connection, node: str, down: bool) -> None:

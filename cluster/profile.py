@@ -49,6 +49,7 @@ __all__ = ["Measurement", "class_quotas", "profile_model", "update_catalog_text"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WARMUP = 5
 MIN_SAMPLES, MAX_SAMPLES, BUDGET = 7, 30, 1.5       # requests per quota; seconds per quota at most
+MEMORY_HEADROOM = 0.10                              # added to the charged memory (see new_fields)
 
 
 @dataclass
@@ -262,10 +263,13 @@ def _flow(value: object) -> str:
 
 def new_fields(measurement: Measurement, old_exec_time: dict[str, float], *, date: str, host: str,
                cgroup: str, quotas: dict[str, float]) -> dict[str, object]:
-    """The catalog fields a measurement sets: memory, exec_time (merged) and the measured note."""
+    """The catalog fields a measurement sets: memory, exec_time (merged) and the measured note.
+
+    `memory` is the charged figure plus MEMORY_HEADROOM, rounded up to 1000 KB: a server's charge
+    grows a little under sustained load (buffers, allocator), and a node's limit is a hard one."""
     exec_time = {**old_exec_time, **{c: _seconds(s) for c, s in measurement.exec_time.items()}}
     return {
-        "memory": int(math.ceil(measurement.charged / 1000.0) * 1000),
+        "memory": int(math.ceil(measurement.charged * (1 + MEMORY_HEADROOM) / 1000.0) * 1000),
         "exec_time": exec_time,
         "measured": {"date": date, "host": host, "host_cores": os.cpu_count() or 1, "cgroup": cgroup,
                      "cpu_quota": dict(quotas), "exec_time_1core": _seconds(measurement.exec_time_1core),
@@ -317,14 +321,15 @@ def update_catalog_text(text: str, updates: dict[str, dict[str, object]]) -> str
 
 
 def write_catalog(path: Path, text: str) -> None:
-    """Validate `text` as a catalog, then atomically replace `path` with it."""
+    """Validate `text` as a catalog, then atomically replace (or create) `path` with it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
                                      delete=False) as fh:
         fh.write(text)
         tmp = Path(fh.name)
     try:
         load_catalog(tmp)
-        os.chmod(tmp, path.stat().st_mode & 0o777)
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -339,11 +344,16 @@ def _resolve(path: str | Path) -> Path:
 
 
 def run_profile(*, catalog_path: str | Path, config_path: str | Path, models_dir: str | Path,
-                models: list[str] | None, dry_run: bool, as_json: bool, out=sys.stdout) -> int:
+                models: list[str] | None, dry_run: bool, as_json: bool, out=sys.stdout,
+                out_path: str | Path | None = None) -> int:
     """Profile, print a table (or JSON) and, unless `dry_run`, write the catalog; return 0.
 
+    With `out_path` the measured catalog is written there (a copy of `catalog_path` with the new
+    figures) and `catalog_path` is left as it is: `make setup` keeps this host's figures in
+    build/models.yaml so the shipped config/models.yaml stays what the repository holds.
     Relative paths are resolved against the repository root, as the cluster does."""
     catalog_path, config_path, models_dir = _resolve(catalog_path), _resolve(config_path), _resolve(models_dir)
+    target = _resolve(out_path) if out_path else catalog_path
     catalog = load_catalog(catalog_path)
     quotas, notes = class_quotas(config_path)
     if not quotas:
@@ -385,7 +395,7 @@ def run_profile(*, catalog_path: str | Path, config_path: str | Path, models_dir
                      f"{', '.join(busy)} is well above its CPU time, so its figures are inflated; "
                      f"profile again on an idle host")
     if as_json:
-        print(json.dumps({"catalog": str(catalog_path), "written": not dry_run, "notes": notes,
+        print(json.dumps({"catalog": str(target), "written": not dry_run, "notes": notes,
                           "models": updates}, indent=2), file=out)
     else:
         classes = list(quotas)
@@ -408,10 +418,10 @@ def run_profile(*, catalog_path: str | Path, config_path: str | Path, models_dir
             for model, fields in updates.items():
                 print(f"would set {model}: " + "; ".join(f"{k}: {_flow(v)}" for k, v in fields.items()),
                       file=out)
-            print(f"dry run: {catalog_path} not written", file=out)
+            print(f"dry run: {target} not written", file=out)
         return status
-    if updates:
-        write_catalog(catalog_path, text)
+    if updates or target != catalog_path:
+        write_catalog(target, text)
     if not as_json:
-        print(f"wrote {len(updates)} model(s) into {catalog_path}", file=out)
+        print(f"wrote {len(updates)} model(s) into {target}", file=out)
     return status

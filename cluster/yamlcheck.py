@@ -1,16 +1,12 @@
-"""Shared pieces of the config-file validators (catalog, local cluster): read a YAML file and
-check numeric fields, collecting every error so an operator sees them all at once."""
+"""Reading a YAML config file (catalog, local cluster) with one-line errors naming the file; the
+fields are then checked by common/validation.py."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import yaml
 
-__all__ = ["read_yaml", "number_field"]
-
-
-MAX_NUMBER = 2 ** 53          # larger numbers in a config file are typos (and overflow floats)
+__all__ = ["read_yaml"]
 
 
 def read_yaml(path: Path, error: type[Exception]) -> object:
@@ -32,29 +28,3 @@ def read_yaml(path: Path, error: type[Exception]) -> object:
         raise error(f"{path}: not valid YAML: nested too deeply") from None
     except ValueError as exc:     # e.g. an integer literal past Python's 4,300-digit limit
         raise error(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
-
-
-def number_field(errors: list[str], where: str, entry: dict, key: str, kind: type, *,
-                 positive: bool = True, unit: str = ""):
-    """Return entry[key] as `kind`, or None after appending an error naming `where` and `key`."""
-    value = entry.get(key)
-    sign = "positive" if positive else "non-negative"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        errors.append(f"{where}: field '{key}' must be a {sign} number, got {value!r}")
-        return None
-    if isinstance(value, int) and abs(value) > MAX_NUMBER:       # before isfinite(): it overflows a float
-        errors.append(f"{where}: field '{key}' is too large (more than 2**53)")
-        return None
-    if not math.isfinite(value):
-        errors.append(f"{where}: field '{key}' must be a finite number, got {value!r}")
-        return None
-    if abs(value) > MAX_NUMBER:
-        errors.append(f"{where}: field '{key}' is too large (more than 2**53), got {value!r}")
-        return None
-    if kind is int and not float(value).is_integer():
-        errors.append(f"{where}: field '{key}' must be an integer{f' ({unit})' if unit else ''}, got {value!r}")
-        return None
-    if value < 0 or (positive and value == 0):
-        errors.append(f"{where}: field '{key}' must be {sign}, got {value!r}")
-        return None
-    return kind(value)

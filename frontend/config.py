@@ -1,8 +1,9 @@
-"""Front-end settings: one dataclass, filled from defaults, a YAML/JSON file and FRONTEND_* variables.
+"""Front-end settings: one validated model, filled from defaults, a YAML/JSON file and FRONTEND_* variables.
 
 Why a single place: gunicorn workers, `python -m frontend`, the tests and the benchmark all build
 the app from the same `Settings`, so a key means the same thing everywhere. Every field below is
-documented with its unit and default; docs/frontend.md repeats the table.
+declared once, with its type, its rule and its default (common/validation.py refuses unknown keys,
+wrong types, NaN and infinities and names each bad key); docs/frontend.md repeats the table.
 
 Precedence (lowest first): defaults < file named by FRONTEND_CONFIG < FRONTEND_<KEY> variables.
 `create_app(mapping)` skips the file and the environment entirely: the mapping overlays the defaults,
@@ -13,13 +14,15 @@ Service named "frontend".
 from __future__ import annotations
 
 import json
-import math
 import os
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
+from pydantic import Field
+
+from common.validation import (Checked, Number, OptionalText, Strict, Text, ValidationError, check_number, one_of,
+                               problems)
 
 __all__ = ["Settings", "ConfigError", "load_settings", "settings_from_mapping", "REPO_ROOT", "POLICIES"]
 
@@ -35,62 +38,78 @@ class ConfigError(ValueError):
     """The configuration is malformed; the message names every bad key."""
 
 
-@dataclass(frozen=True)
-class Settings:
+def _mapping(value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a mapping, got {value!r}")
+    return value
+
+
+def _rtt(value: Any) -> dict:
+    if not isinstance(value, dict) or not all(isinstance(row, dict) for row in value.values()):
+        raise ValueError("must map client zones to {node: seconds >= 0}")
+    return value
+
+
+Seconds = Number(float, minimum=0)           # a duration that may be 0
+Positive = Number(float, positive=True)      # a duration that must not be 0
+Count = Number(int, minimum=0)
+
+
+class Settings(Strict):
     """Everything the front-end can be told. Paths may be relative to the repository root."""
 
     # Cluster adapter: "local", "kubernetes", or "package.module:factory" (a callable returning a
     # cluster.Cluster; used by the benchmark's synthetic cluster). Default "local".
-    cluster: str = "local"
+    cluster: Text = "local"
     # Keyword arguments for the adapter (e.g. config_path, state_path, models_dir for "local").
-    cluster_settings: dict[str, Any] = field(default_factory=dict)
+    cluster_settings: Checked(dict[str, Any], _mapping) = Field(default_factory=dict)
     # Model catalog file. Default: cluster_settings["catalog_path"] if given, else config/models.yaml.
-    catalog: str | None = None
+    catalog: OptionalText = None
     # SQLite file for statistics, counters, the plan and provisioning claims. Default .run/frontend.db.
-    database: str = ".run/frontend.db"
+    database: Text = ".run/frontend.db"
     # Bearer token for /stats/* and /plan. Unset means those routes refuse every caller.
-    token: str | None = None
+    token: OptionalText = None
     # File holding the token (first line), e.g. a mounted Kubernetes Secret; used when token is unset.
-    token_file: str | None = None
+    token_file: OptionalText = None
     # Dispatch policy: lowest-cpu (thesis), plan, nearest, round-robin, random. Default lowest-cpu.
-    policy: str = "lowest-cpu"
+    policy: Checked(str, one_of(POLICIES)) = "lowest-cpu"
     # Round-trip time in seconds from a client zone to a node, {zone: {node: seconds}}, for nearest.
-    rtt: dict[str, dict[str, float]] = field(default_factory=dict)
+    rtt: Checked(dict[str, dict[str, Seconds]], _rtt) = Field(default_factory=dict)
     # ALTO cost map (RFC 7285 JSON): source PIDs are client zones, destination PIDs are node names.
-    alto_cost_map: str | None = None
+    alto_cost_map: OptionalText = None
     # Seconds between two reads of the cluster state by the background thread. Default 1.0.
-    refresh_interval: float = 1.0
+    refresh_interval: Positive = 1.0
     # Seconds request rows are kept in the database; 0 keeps them forever. Default 7 days.
-    stats_retention: float = 7 * 24 * 3600.0
+    stats_retention: Seconds = 7 * 24 * 3600.0
     # Seconds a worker buffers statistics before writing them in one transaction (0 = write each
     # request at once). Reads of /stats and /metrics flush the answering worker first. Default 0.05.
-    stats_flush_interval: float = 0.05
+    stats_flush_interval: Seconds = 0.05
     # Largest request body accepted, in bytes (larger gets 413). Default 10 MiB.
-    max_body: int = 10 * 1024 * 1024
+    max_body: Count = 10 * 1024 * 1024
     # Seconds a client has to send a whole request body once its headers are in (408 past it): a
     # client dripping bytes cannot hold the connection longer. Needs the gevent worker. Default 10.
-    body_timeout: float = 10.0
+    body_timeout: Positive = 10.0
     # Proxy: seconds to connect to a model server (default 1.0), and the whole-call deadline: connect,
     # send and the model server's complete answer, however it trickles in (default 30.0).
-    connect_timeout: float = 1.0
-    call_timeout: float = 30.0
+    connect_timeout: Positive = 1.0
+    call_timeout: Positive = 30.0
     # Proxy: pooled connections kept per model-server endpoint in each worker. Default 16.
-    pool_maxsize: int = 16
+    pool_maxsize: Number(int, minimum=1) = 16
     # Proxy: other endpoints tried after a connection failure (the request never reached a server).
-    proxy_retries: int = 1
+    proxy_retries: Count = 1
     # Seconds an endpoint that refused a connection stays out of this worker's choices. Default 10.
-    bad_endpoint_seconds: float = 10.0
+    bad_endpoint_seconds: Seconds = 10.0
     # Retry-After (seconds) sent with 503 while a model is being provisioned on demand. Default 2.
-    retry_after: int = 2
+    retry_after: Count = 2
     # Seconds an on-demand provisioning claim blocks another attempt for the same model. Default 120.
-    provision_timeout: float = 120.0
+    provision_timeout: Seconds = 120.0
     # Prediction cache: max entries per worker (0 = off, the default), max total bytes, entry TTL
     # in seconds (0 = until the model's deployments change).
-    prediction_cache_entries: int = 0
-    prediction_cache_bytes: int = 64 * 1024 * 1024
-    prediction_cache_ttl: float = 0.0
+    prediction_cache_entries: Count = 0
+    prediction_cache_bytes: Count = 64 * 1024 * 1024
+    prediction_cache_ttl: Seconds = 0.0
     # Log level of the JSON-lines log on stderr. Default INFO.
-    log_level: str = "INFO"
+    log_level: Checked(str, one_of(("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), fold=str.upper)) = "INFO"
 
     def path(self, value: str) -> Path:
         """Resolve a configured path against the repository root."""
@@ -121,101 +140,47 @@ class Settings:
         return None
 
 
-_FIELDS = {f.name: f for f in fields(Settings)}
-_INTS = {"max_body", "pool_maxsize", "proxy_retries", "retry_after", "prediction_cache_entries",
-         "prediction_cache_bytes"}
-_FLOATS = {"body_timeout", "refresh_interval", "stats_retention", "stats_flush_interval", "connect_timeout", "call_timeout",
-           "bad_endpoint_seconds", "provision_timeout", "prediction_cache_ttl"}
-_STRINGS = {"cluster", "database", "policy", "log_level"}
-_OPTIONAL_STRINGS = {"catalog", "token", "token_file", "alto_cost_map"}
-_MAPPINGS = {"cluster_settings", "rtt"}
+def _key_problem(field: str, text: str) -> str:
+    return f"{field}: {text}"
 
 
-def _check(errors: list[str], key: str, value: Any) -> Any:
-    """Validate and coerce one value; append a message to `errors` when it is bad."""
-    if key in _INTS:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
-            errors.append(f"{key}: must be an integer, got {value!r}")
-            return None
-        if value < 0:
-            errors.append(f"{key}: must be >= 0, got {value!r}")
-            return None
-        return int(value)
-    if key in _FLOATS:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            errors.append(f"{key}: must be a number, got {value!r}")
-            return None
-        if value < 0:
-            errors.append(f"{key}: must be >= 0, got {value!r}")
-            return None
-        return float(value)
-    if key in _STRINGS:
-        if not isinstance(value, str) or not value:
-            errors.append(f"{key}: must be a non-empty string, got {value!r}")
-            return None
-        return value
-    if key in _OPTIONAL_STRINGS:
-        if value is not None and not isinstance(value, str):
-            errors.append(f"{key}: must be a string, got {value!r}")
-            return None
-        return value or None
-    if key in _MAPPINGS:
-        if not isinstance(value, dict):
-            errors.append(f"{key}: must be a mapping, got {value!r}")
-            return None
-        if key == "rtt":
-            for zone, row in value.items():
-                if not isinstance(row, dict) or not all(
-                        isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in row.values()):
-                    errors.append(f"rtt.{zone}: must map node names to seconds >= 0")
-                    return None
-        return dict(value)
-    raise AssertionError(key)
+def _unknown_settings(parent: str, names: list[str]) -> list[str]:
+    return [f"{f'{parent}.' if parent else ''}{name}: unknown setting" for name in sorted(names)]
 
 
 def settings_from_mapping(mapping: Mapping[str, Any], *, base: Settings | None = None) -> Settings:
     """Overlay `mapping` on `base` (defaults when None); raise ConfigError listing every bad key."""
     base = base or Settings()
-    errors: list[str] = []
-    values: dict[str, Any] = {}
-    for key, value in mapping.items():
-        key = str(key).replace("-", "_")
-        if key not in _FIELDS:
-            errors.append(f"{key}: unknown setting")
-            continue
-        checked = _check(errors, key, value)
-        if checked is not None or key in _OPTIONAL_STRINGS:
-            values[key] = checked
-    merged = {f: getattr(base, f) for f in _FIELDS} | values
-    if merged["policy"] not in POLICIES:
-        errors.append(f"policy: must be one of {', '.join(POLICIES)}, got {merged['policy']!r}")
-    if merged["refresh_interval"] <= 0:
-        errors.append("refresh_interval: must be > 0")
-    if merged["connect_timeout"] <= 0 or merged["call_timeout"] <= 0:
-        errors.append("connect_timeout/call_timeout: must be > 0")
-    if merged["body_timeout"] <= 0:
-        errors.append("body_timeout: must be > 0")
-    if merged["pool_maxsize"] < 1:
-        errors.append("pool_maxsize: must be >= 1")
-    if merged["log_level"].upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-        errors.append(f"log_level: must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {merged['log_level']!r}")
-    if errors:
-        raise ConfigError("; ".join(errors))
-    return Settings(**merged)
+    values = base.model_dump() | {str(key).replace("-", "_"): value for key, value in mapping.items()}
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(problems(exc, named=_key_problem, unknown_keys=_unknown_settings))) from None
+
+
+def _kind(key: str) -> str:
+    """How a FRONTEND_<KEY> variable's text is read: from the type its setting declares."""
+    annotation = Settings.model_fields[key].annotation
+    if annotation in (int, float):
+        return "number"
+    if getattr(annotation, "__origin__", annotation) is dict:
+        return "json"
+    return "text"
 
 
 def _env_value(key: str, raw: str) -> Any:
     """Turn one FRONTEND_* variable's text into the type its setting wants."""
-    if key in _MAPPINGS:
+    kind = _kind(key)
+    if kind == "json":
         try:
             return json.loads(raw)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"FRONTEND_{key.upper()}: not valid JSON: {exc.msg}") from exc
-    if key in _INTS or key in _FLOATS:
+    if kind == "number":
         try:
-            return float(raw)
+            return check_number(float(raw), minimum=None)
         except ValueError:
-            raise ConfigError(f"FRONTEND_{key.upper()}: must be a number, got {raw!r}") from None
+            raise ConfigError(f"FRONTEND_{key.upper()}: must be a finite number, got {raw!r}") from None
     return raw
 
 
@@ -245,6 +210,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         if not name.startswith("FRONTEND_") or name in _RESERVED_ENV:
             continue
         key = name[len("FRONTEND_"):].lower()
-        if key in _FIELDS:
+        if key in Settings.model_fields:
             overrides[key] = _env_value(key, raw)
     return settings_from_mapping(overrides, base=settings) if overrides else settings

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from cluster.port import Node, node_tier
+from common.plan_body import PlanBody, plan_problems
+from common.validation import ValidationError
 
-from .hints import MAX_RTT, NODE_RE, ZONE_RE
 from .snapshot import Candidate, ClusterState
 
 __all__ = [
@@ -97,76 +98,25 @@ class PlanError(ValueError):
 
 
 def parse_plan(body: Any, *, known_models: Sequence[str]) -> Plan:
-    """Validate a PUT /plan body; raise PlanError naming every bad field."""
+    """Validate a PUT /plan body (common/plan_body.py, plus: every model is in the catalog); raise
+    PlanError naming every bad field."""
     if not isinstance(body, dict):
         raise PlanError("plan must be a JSON object")
     errors: list[str] = []
-    created = body.get("created")
-    if isinstance(created, bool) or not isinstance(created, (int, float)) or not math.isfinite(created) or created < 0:
-        errors.append("created: must be a unix time in seconds")
-    mode = body.get("mode")
-    if mode not in (1, 2) or isinstance(mode, bool):
-        errors.append("mode: must be 1 or 2")
-    solver = body.get("solver")
-    if not isinstance(solver, str) or not solver or len(solver) > 64:
-        errors.append("solver: must be a non-empty string")
+    doc = None
+    try:
+        doc = PlanBody.model_validate(body)
+    except ValidationError as exc:
+        errors.extend(plan_problems(exc))
     weights = body.get("weights")
-    clean: dict[str, dict[str, dict[str, float]]] = {}
-    if not isinstance(weights, dict):
-        errors.append("weights: must map model -> zone -> node -> weight")
-    else:
+    if isinstance(weights, dict):
         known = set(known_models)
-        for model, zones in weights.items():
-            if model not in known:
-                errors.append(f"weights.{model}: unknown model")
-                continue
-            if not isinstance(zones, dict):
-                errors.append(f"weights.{model}: must map zone -> node -> weight")
-                continue
-            clean[model] = {}
-            for zone, row in zones.items():
-                if not isinstance(row, dict):
-                    errors.append(f"weights.{model}.{zone}: must map node -> weight")
-                    continue
-                clean[model][str(zone)] = {}
-                for node, weight in row.items():
-                    if (isinstance(weight, bool) or not isinstance(weight, (int, float))
-                            or not math.isfinite(weight) or weight < 0):
-                        errors.append(f"weights.{model}.{zone}.{node}: must be a number >= 0")
-                        continue
-                    clean[model][str(zone)][str(node)] = float(weight)
-    rtt = _plan_rtt(body.get("rtt"), errors) if "rtt" in body else None
-    unknown = set(body) - {"created", "mode", "solver", "weights", "rtt"}
-    if unknown:
-        errors.append(f"unknown field(s): {', '.join(sorted(unknown))}")
-    if errors:
+        errors[:0] = [f"weights.{model}: unknown model" for model in weights if model not in known]
+    if errors or doc is None:
         raise PlanError("; ".join(errors))
-    return Plan(created=float(created), mode=int(mode), solver=solver, weights=clean, rtt=rtt)
-
-
-def _plan_rtt(table: Any, errors: list[str]) -> dict[str, dict[str, float]]:
-    """Validate a plan's `rtt`: zone -> node -> seconds in 0..MAX_RTT (names in the zone alphabet)."""
-    clean: dict[str, dict[str, float]] = {}
-    if not isinstance(table, dict):
-        errors.append("rtt: must map zone -> node -> seconds")
-        return clean
-    for zone, row in table.items():
-        if not ZONE_RE.fullmatch(zone):
-            errors.append(f"rtt.{zone[:64]}: not a zone name (1-64 letters, digits, '_', '.', ':' or '-')")
-            continue
-        if not isinstance(row, dict):
-            errors.append(f"rtt.{zone}: must map node -> seconds")
-            continue
-        clean[zone] = {}
-        for node, seconds in row.items():
-            if not NODE_RE.fullmatch(node):
-                errors.append(f"rtt.{zone}.{node[:64]}: not a node name")
-            elif (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds)
-                    or not 0 <= seconds <= MAX_RTT):
-                errors.append(f"rtt.{zone}.{node}: must be a number of seconds in 0..{MAX_RTT:g}")
-            else:
-                clean[zone][node] = float(seconds)
-    return clean
+    return Plan(created=doc.created, mode=doc.mode, solver=doc.solver,
+                weights={m: {str(z): dict(row) for z, row in zones.items()} for m, zones in doc.weights.items()},
+                rtt={z: dict(row) for z, row in doc.rtt.items()} if doc.rtt is not None else None)
 
 
 def merge_rtt(configured: Mapping[str, Mapping[str, float]],

@@ -22,6 +22,7 @@ greenlet after the fork.
 """
 import os
 import resource
+import sys
 
 bind = [b.strip() for b in os.environ.get("FRONTEND_BIND", "127.0.0.1:5000").split(",") if b.strip()]
 workers = int(os.environ.get("FRONTEND_WORKERS") or max(2, os.cpu_count() or 1))
@@ -42,6 +43,12 @@ proc_name = "edge-frontend"
 control_socket_disable = True
 # The app must be importable whatever directory gunicorn is started from.
 chdir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if chdir not in sys.path:
+    sys.path.insert(0, chdir)
+from common.logs import gunicorn_logger_class  # noqa: E402  (needs the repository on sys.path)
+
+# gunicorn's own lines in the shared log format (docs/operating.md)
+logger_class = gunicorn_logger_class("frontend")
 
 
 def on_starting(server):

@@ -13,15 +13,16 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from common.plan_body import MAX_RTT, NAME_RE
+
 __all__ = ["ClientHints", "HintError", "parse_hints", "parse_rtt_report", "parse_request_id", "ZONE_RE", "NODE_RE",
            "MAX_LATENCY", "MAX_RTT", "RTT_HEADER", "RTT_NODE_HEADER"]
 
-ZONE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+ZONE_RE = NAME_RE      # the wire alphabet of common/plan_body.py
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 NODE_RE = ZONE_RE      # node names in an RTT report: the zone's alphabet
 _NUMBER = re.compile(r"[+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")   # plain decimal, no '_', inf or nan
 MAX_LATENCY = 3600.0   # seconds; anything larger is a client bug, not a measurement
-MAX_RTT = 60.0         # seconds; a network round trip longer than this is not one
 RTT_HEADER = "X-Client-RTT"
 RTT_NODE_HEADER = "X-Client-RTT-Node"
 

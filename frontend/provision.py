@@ -43,10 +43,17 @@ class Provisioner:
         self._inflight: dict[str, str] = {}          # model -> node, in this worker
         self._lock = threading.Lock()
         self.last_error: dict[str, str] = {}
+        # model -> why its claim could not be dropped after a failed attempt: retried at the next
+        # request and after every cluster refresh, so the claim does not block until its TTL runs out
+        self.unreleased: dict[str, str] = {}
 
     def request(self, spec: ModelSpec, *, zone: str | None = None) -> Refusal:
         """Make sure `spec` is being provisioned (near `zone` when known); return what to tell the client."""
         model = spec.name
+        if model in self.unreleased and not self._release(model):
+            return Refusal(f"model {model}: the last attempt failed ({self.last_error.get(model, 'unknown error')}) "
+                           f"and its provisioning claim cannot be released ({self.unreleased[model]})",
+                           self.retry_after)
         with self._lock:
             node = self._inflight.get(model)
         if node:
@@ -85,19 +92,35 @@ class Provisioner:
             self.last_error[model] = f"{type(exc).__name__}: {exc}"
             log.warning("on-demand provisioning failed", extra={"event": "provision_failed", "model": model,
                                                                  "node": node, "error": str(exc)})
-            try:
-                self.store.release(model)
-            except Exception as release_exc:       # the claim now blocks retries until its TTL runs out
-                log.error("cannot release the provisioning claim", extra={
-                    "event": "provision_release_failed", "model": model, "error": str(release_exc),
-                    "blocked_seconds": self.claim_ttl})
-                self.last_error[model] += (f"; its claim could not be released ({release_exc}): "
-                                           f"no new attempt for up to {self.claim_ttl:g} s")
+            self._release(model)
         finally:
             with self._lock:
                 self._inflight.pop(model, None)
             try:
                 self.store.increment(metrics.PROVISIONS, {"model": model, "outcome": outcome})
-            except Exception:
-                pass
+            except Exception as exc:    # a lost counter must not hide the attempt: say so
+                log.warning("cannot count the provisioning attempt", extra={
+                    "event": "metric_failed", "model": model, "error": f"{type(exc).__name__}: {exc}"})
             self.cache.poke()
+
+    def _release(self, model: str) -> bool:
+        """Drop the claim on `model`; on failure remember it (retried later) and say so. Return success."""
+        try:
+            self.store.release(model)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            first = model not in self.unreleased
+            self.unreleased[model] = error
+            # the first failure is an error; the retries (every refresh) only at debug, not a flood
+            (log.error if first else log.debug)("cannot release the provisioning claim; will retry", extra={
+                "event": "provision_release_failed", "model": model, "error": error})
+            return False
+        if self.unreleased.pop(model, None) is not None:
+            log.info("provisioning claim released after a retry", extra={"event": "provision_released",
+                                                                         "model": model})
+        return True
+
+    def retry_releases(self, *_: object) -> None:
+        """Retry every claim whose release failed (called after each cluster refresh)."""
+        for model in list(self.unreleased):
+            self._release(model)

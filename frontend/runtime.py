@@ -52,6 +52,7 @@ class Runtime:
         self._listing: tuple[tuple, list[dict]] | None = None
         self._pools_lock = threading.Lock()
         self.cache.add_listener(self._drop_pools)
+        self.cache.add_listener(self.provisioner.retry_releases)
 
     # -- HTTP pools to model servers ---------------------------------------------------------------
     def pool(self, endpoint: str) -> UpstreamPool:

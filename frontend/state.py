@@ -27,7 +27,7 @@ from cluster.port import Cluster, ClusterError, ClusterUnavailable
 
 from . import metrics
 from .config import ConfigError, Settings
-from .dispatch import Plan, merge_rtt, rtt_from_alto
+from .dispatch import Plan, PlanError, merge_rtt, parse_plan, rtt_from_alto
 from .snapshot import EMPTY_STATE, Candidate, ClusterState
 from .store import StatsStore
 
@@ -76,6 +76,7 @@ class StateCache:
         self._catalog_mtime = self._mtime(settings.catalog_path)
         self.plan: Plan | None = None
         self._plan_received: float | None = None
+        self._cluster_plan_version: str | None = None   # resourceVersion of the cluster's plan last taken
         self.configured_rtt = self._load_rtt()      # settings rtt, then the ALTO cost map
         self.rtt = self.configured_rtt                # ... overlaid with the plan's measured rtt
         self.rtt_version = 0                          # bumped whenever self.rtt is replaced
@@ -132,6 +133,27 @@ class StateCache:
             body, received = stored
             self.set_plan(Plan(created=body["created"], mode=body["mode"], solver=body["solver"],
                                weights=body["weights"], rtt=body.get("rtt")), received=received)
+
+    def _plan_from_cluster(self) -> None:
+        """Take a new plan from the cluster when its adapter holds one (Kubernetes: the ConfigMap
+        the back-end writes, watched by every replica), as PUT /plan would; a bad one is logged."""
+        reader = getattr(self.cluster, "plan_document", None)
+        if not callable(reader):
+            return
+        document = reader()
+        if document is None or document[0] == self._cluster_plan_version:
+            return
+        self._cluster_plan_version = document[0]
+        try:
+            plan = parse_plan(json.loads(document[1]), known_models=self.catalog.names())
+        except (ValueError, PlanError) as exc:
+            log.warning("the cluster's plan is not valid; keeping the previous one",
+                        extra={"event": "cluster_plan_invalid", "error": str(exc)})
+            return
+        received = time.time()
+        self.store.put_plan(plan.to_json(), received=received)
+        self.set_plan(plan, received=received)
+        log.info("plan taken from the cluster", extra={"event": "cluster_plan", "version": document[0]})
 
     def set_plan(self, plan: Plan, *, received: float) -> None:
         """Use `plan` for the plan policy from now on, and its measured rtt (where it has an entry)
@@ -199,7 +221,8 @@ class StateCache:
         return True
 
     def _housekeeping(self) -> None:
-        for step in (self._reload_catalog, self._reload_plan, self._release_claims, self._prune):
+        for step in (self._reload_catalog, self._plan_from_cluster, self._reload_plan, self._release_claims,
+                     self._prune):
             try:
                 step()
             except Exception as exc:

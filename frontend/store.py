@@ -40,12 +40,13 @@ import math
 import os
 import sqlite3
 import threading
+import uuid
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from cluster.sqlite_wal import enable_wal
+from common.sqlite_wal import enable_wal
 
 __all__ = ["StatsStore", "RequestRecord", "Increment", "label_text", "BUCKET_SECONDS", "HISTOGRAM_SECONDS",
            "BINS_PER_OCTAVE",
@@ -98,6 +99,9 @@ CREATE TABLE IF NOT EXISTS plan (
 );
 CREATE TABLE IF NOT EXISTS claims (
     model TEXT PRIMARY KEY, node TEXT NOT NULL, claimed REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY, value TEXT NOT NULL
 );
 """
 
@@ -335,6 +339,10 @@ class StatsStore:
             if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'agg_rtt'").fetchone() is None:
                 conn.execute(_RTT_SCHEMA)
                 self._backfill_rtt(conn)
+            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?)", (uuid.uuid4().hex,))
+        # Names this database, not the process: the back-end counts two replicas answering from the
+        # same file (a shared volume) once.
+        self.store_id: str = conn.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0]
         self._closed = False
         ref = weakref.ref(self)
         atexit.register(lambda: (store := ref()) is not None and store._flush_at_exit())
@@ -625,7 +633,7 @@ class StatsStore:
             mean = total / n
             rtt.append({"zone": zone or None, "node": node, "count": n, "mean": mean,
                         "stddev": math.sqrt(max(0.0, squares / n - mean * mean)), "buckets": buckets})
-        return {"window": window, "since": float(first * BUCKET_SECONDS), "until": now,
+        return {"window": window, "since": float(first * BUCKET_SECONDS), "until": now, "store": self.store_id,
                 "bucket_seconds": BUCKET_SECONDS,
                 "histogram": {"since": float(first_hist * HISTOGRAM_SECONDS), "bucket_seconds": HISTOGRAM_SECONDS,
                               "min": DURATION_MIN, "bins_per_octave": BINS_PER_OCTAVE, "bins": DURATION_BINS,

@@ -69,9 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, bind, load the model, and serve until SIGTERM."""
     args = build_parser().parse_args(argv)
-    from .logs import configure_logging
+    from common.logs import setup_logging
 
-    log = configure_logging(level=args.log_level)
+    log = setup_logging("modelserver", level=args.log_level)
 
     def fail(message: str) -> int:
         log.error(message, extra={"fields": {"event": "startup_failed", "model": args.model_name}})

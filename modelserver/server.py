@@ -16,7 +16,7 @@ from typing import Any, Callable
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gthread import ThreadWorker
 
-from .logs import JsonGunicornLogger
+from common.logs import gunicorn_logger_class
 
 __all__ = ["ServerSettings", "bind_socket", "GunicornServer", "QuickStopWorker"]
 
@@ -106,7 +106,7 @@ class GunicornServer(BaseApplication):
             "accesslog": "-" if s.access_log else None,
             "errorlog": "-",
             "loglevel": s.log_level,
-            "logger_class": JsonGunicornLogger,
+            "logger_class": gunicorn_logger_class("modelserver"),
             "proc_name": s.proc_name,
             # Many servers run side by side: no shared control socket, no config file lookups.
             "control_socket_disable": True,

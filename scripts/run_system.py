@@ -77,6 +77,8 @@ import psutil  # noqa: E402
 import requests  # noqa: E402
 import yaml  # noqa: E402
 
+from cluster.local_proc import stop_process  # noqa: E402
+
 INITIAL_MODEL = "half_plus_two"
 EXAMPLE_BODY = '{"instances": [1.0, 2.0, 5.0]}'
 LABELS = {"frontend": "front-end", "backend": "back-end"}
@@ -124,27 +126,12 @@ def _running(proc: psutil.Process) -> bool:
 
 
 def _stop_tree(proc: psutil.Process, *, grace: float) -> None:
-    """SIGTERM the process's group (it leads its own session) and descendants; SIGKILL what stays."""
+    """SIGTERM the process, its group and descendants; SIGKILL what stays (cluster.local_proc's stop)."""
     try:
-        family = [proc] + proc.children(recursive=True)
+        identity = (proc.pid, proc.create_time())
     except psutil.Error:
-        family = [proc]
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        pass
-    for p in family:
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    alive = _wait_gone(family, timeout=grace)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    _wait_gone(alive, timeout=5)
+        return
+    stop_process(identity, grace=grace)
 
 
 def _wait_gone(procs: list[psutil.Process], *, timeout: float) -> list[psutil.Process]:
@@ -292,6 +279,7 @@ class System:
         self.cluster_config = Path(args.cluster_config)
         if not self.cluster_config.is_absolute():
             self.cluster_config = REPO_ROOT / self.cluster_config
+        self.catalog = default_catalog(args.catalog)
         self.url = f"http://{args.host}:{args.port}"
         self.pids_file = self.state / "run.pids"
         self.children: dict[str, subprocess.Popen | _Adopted] = {}
@@ -439,19 +427,19 @@ class System:
         from cluster.local import LocalCluster
 
         models_dir = REPO_ROOT / "build" / "models"
-        catalog = load_catalog(REPO_ROOT / "config" / "models.yaml")
+        catalog = load_catalog(self.catalog)
         missing = [s.name for s in catalog if not any((models_dir / s.model_file).glob("*/model.onnx"))]
         if missing:
             say(f"building the shipped models into {models_dir} ...")
             subprocess.run([sys.executable, "-m", "modelserver.build_models", "--out", str(models_dir)],
                            cwd=REPO_ROOT, check=True)
         self.cluster = LocalCluster(self.cluster_config, state_path=self.state / "cluster.db",
-                                    models_dir=models_dir)
+                                    models_dir=models_dir, catalog_path=self.catalog)
         self.adopt_servers()
 
     def adopt_servers(self) -> None:
         """Keep the model servers of a crashed run that are healthy; stop and forget the others."""
-        from cluster.local_proc import is_alive, probe_ready, stop_process
+        from cluster.local_proc import is_alive, probe_ready
 
         store = self.cluster.store
         with store.read() as conn:
@@ -552,7 +540,8 @@ class System:
             "FRONTEND_WORKERS": str(self.args.workers),
             "FRONTEND_CLUSTER": "local",
             "FRONTEND_CLUSTER_SETTINGS": json.dumps({"config_path": str(self.cluster_config),
-                                                     "state_path": str(self.state / "cluster.db")}),
+                                                     "state_path": str(self.state / "cluster.db"),
+                                                     "catalog_path": str(self.catalog)}),
             "FRONTEND_DATABASE": str(self.state / "frontend.db"),
             "FRONTEND_TOKEN_FILE": str(self.state / "token"),
             "FRONTEND_POLICY": "plan",
@@ -646,7 +635,7 @@ class System:
         command = [sys.executable, "-m", "backend", "--mode", str(a.mode), "--frontend", self.url,
                    "--token-file", str(token), "--every", str(a.every),
                    "--cluster-config", str(self.cluster_config), "--cluster-state", str(self.state / "cluster.db"),
-                   "--lock", str(self.state / "backend.lock"), "--report", str(self.state / "backend-report.json"),
+                   "--catalog", str(self.catalog), "--lock", str(self.state / "backend.lock"), "--report", str(self.state / "backend-report.json"),
                    "--alto", str(Path(a.alto).resolve()) if a.alto else "",
                    *shlex.split(a.backend_args or "")]
         self._spawn("backend", command, env=self._env(), log="backend.log")
@@ -818,6 +807,31 @@ def _children_of(proc: psutil.Process) -> list[psutil.Process]:
         return []
 
 
+def default_catalog(chosen: str | os.PathLike = "") -> Path:
+    """The catalog the whole system uses: `chosen`, else this host's measured copy, else the shipped one.
+
+    `make setup` profiles the models on this host into build/models.yaml (cluster/profile.py); the
+    shipped config/models.yaml holds the reference machine's figures."""
+    if chosen:
+        path = Path(chosen).expanduser()
+        return path if path.is_absolute() else (Path.cwd() / path).resolve()
+    measured = REPO_ROOT / "build" / "models.yaml"
+    return measured if measured.is_file() else REPO_ROOT / "config" / "models.yaml"
+
+
+def catalog_note(path: Path) -> str:
+    """Where the catalog's figures come from, from its `measured:` notes."""
+    try:
+        models = (yaml.safe_load(path.read_text()) or {}).get("models") or []
+    except (OSError, yaml.YAMLError):
+        return "unreadable"
+    notes = {(m["measured"].get("host"), m["measured"].get("date")) for m in models
+             if isinstance(m, dict) and isinstance(m.get("measured"), dict)}
+    if not notes:
+        return "declared figures, not measured"
+    return "measured on " + ", ".join(f"{host} {date}" for host, date in sorted(notes, key=str))
+
+
 def banner(system: System, node: str | None, token: Path, answer: str | None) -> str:
     url = system.url
     model = system.args.initial_model or INITIAL_MODEL
@@ -835,6 +849,7 @@ def banner(system: System, node: str | None, token: Path, answer: str | None) ->
         f"  cluster:    {system.cluster_config} ({len(system.cluster.nodes())} nodes); "
         + (f"{model} deployed on {node}" if node else "nothing deployed yet"),
         f"  node limits: {limits}",
+        f"  catalog:    {system.catalog} ({catalog_note(system.catalog)})",
         "",
         "Get a prediction through the proxy" + ("" if answer else " (the first call provisions the model: "
                                                 "503 with Retry-After until it is ready)") + ":",
@@ -861,6 +876,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="state, logs and token (default .run)")
     p.add_argument("--cluster-config", default=os.environ.get("RUN_CLUSTER_CONFIG", "config/cluster.local.yaml"),
                    help="local cluster description (default config/cluster.local.yaml)")
+    p.add_argument("--catalog", default=os.environ.get("RUN_CATALOG", ""), metavar="FILE",
+                   help="model catalog for every component (default: build/models.yaml, this host's figures "
+                        "measured by `make setup`, else config/models.yaml)")
     p.add_argument("--mode", type=int, choices=(1, 2), default=1, help="back-end mode (default 1)")
     p.add_argument("--every", type=float, default=30.0, help="seconds between back-end runs (default 30)")
     p.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
@@ -881,6 +899,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--frontend-setting: expected KEY=VALUE, got {item!r}")
     if args.alto and not Path(args.alto).is_file():
         p.error(f"--alto: {args.alto} is not a file")
+    if args.catalog and not Path(args.catalog).is_file():
+        p.error(f"--catalog: {args.catalog} is not a file")
     if not 1 <= args.port <= 65535 or args.every <= 0 or args.workers < 1:
         p.error("--port must be 1..65535, --every > 0 and --workers >= 1")
     try:

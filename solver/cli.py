@@ -17,11 +17,10 @@ import argparse
 import json
 import os
 import sys
-from contextlib import contextmanager
-from typing import Iterator
 
 from solver import status as st
 from solver.api import backend_names, get_backend
+from solver.native import redirected
 from solver.problem import MAX_NUMBER, ProblemError, Solution, load_problem, parse_json
 
 MAX_TIME_LIMIT = 7 * 24 * 3600.0     # a week: a larger --time-limit is a typo
@@ -75,20 +74,6 @@ def _positive(text: str) -> float:
     if not value <= MAX_TIME_LIMIT:          # inf and 1e400 too
         raise argparse.ArgumentTypeError(f"must be at most {MAX_TIME_LIMIT:g} seconds: {text!r}")
     return value
-
-
-@contextmanager
-def stdout_to_stderr() -> Iterator[None]:
-    """Send everything written to file descriptor 1 (native solver banners too) to stderr."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,7 +136,7 @@ def _solve(args: argparse.Namespace) -> int:
         print(json.dumps(solution.to_dict(), indent=2))
         print(f"error: {solution.message}", file=sys.stderr)
         return st.EXIT_UNAVAILABLE
-    with stdout_to_stderr():
+    with redirected(2, 1):
         solution = backend.solve(problem, time_limit=args.time_limit, keep_files=args.keep_files)
     print(json.dumps(solution.to_dict(), indent=2))
     if solution.ok:

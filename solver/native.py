@@ -8,24 +8,40 @@ from typing import Iterator
 
 
 @contextmanager
-def silenced(*fds: int) -> Iterator[None]:
-    """Point the given file descriptors (default 1 and 2) at /dev/null for the duration."""
-    targets = fds or (1, 2)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(fd) for fd in targets]
-    null = os.open(os.devnull, os.O_WRONLY)
+def redirected(to: int | str, *fds: int) -> Iterator[None]:
+    """Point file descriptors `fds` at `to` (a descriptor, or a path such as os.devnull) for a while.
+
+    The one stdout-redirection helper: native solvers write banners straight to descriptor 1,
+    which carries a command's JSON answer (`redirected(2, 1)`: stdout to stderr), or which
+    should stay quiet (`redirected(os.devnull, 1)`). A stream without a descriptor (a test's
+    capture) is left alone.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
     try:
-        for fd in targets:
-            os.dup2(null, fd)
+        saved = [os.dup(fd) for fd in fds]
+    except OSError:
+        yield
+        return
+    target = os.open(to, os.O_WRONLY) if isinstance(to, str) else to
+    try:
+        for fd in fds:
+            os.dup2(target, fd)
         yield
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        for fd, copy in zip(targets, saved):
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError, AttributeError):
+                pass
+        for fd, copy in zip(fds, saved):
             os.dup2(copy, fd)
             os.close(copy)
-        os.close(null)
+        if isinstance(to, str):
+            os.close(target)
 
 
 _highs_greeted = False
@@ -38,7 +54,7 @@ def new_highs() -> object:
 
     if _highs_greeted:
         return highspy.Highs()
-    with silenced(1):
+    with redirected(os.devnull, 1):
         h = highspy.Highs()
     _highs_greeted = True
     return h

@@ -1,6 +1,6 @@
 """`python -m testbed check|trace|run SCENARIO.yaml [--catalog FILE] [--cluster FILE] [--json]`.
 
-`run SCENARIO.yaml --out DIR [--strategies a,b] [--mode lookup|proxy] [--every S]` runs the
+`run SCENARIO.yaml --out DIR [--strategies a,b] [--mode lookup|proxy] [--every S] [--initial spread|empty]` runs the
 achieved-latency experiment (testbed.runner): every strategy on a clean system, the same trace,
 results.json / results.md / plots in DIR.
 
@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--mode", choices=("lookup", "proxy"), default="lookup",
                      help="lookup: GET /services then call the node (the thesis's client); proxy: through the front-end")
     run.add_argument("--every", type=float, default=10.0, help="seconds between back-end runs (default 10)")
+    run.add_argument("--initial", choices=("spread", "empty"), default="spread",
+                     help="spread (default): every strategy starts from the replicas Kubernetes' scheduler would "
+                          "spread; empty: only kubernetes does, the others provision on demand (cold starts)")
     run.add_argument("--catalog", help="model catalog (default config/models.yaml)")
     run.add_argument("--cluster", help="cluster config used when the scenario has no nodes")
     args = parser.parse_args(argv)
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         try:
             doc = run_experiment(scenario, out, strategies=names, mode=args.mode, every=args.every,
-                                 progress=lambda line: print(line, file=sys.stderr, flush=True))
+                                 initial=args.initial, progress=lambda line: print(line, file=sys.stderr, flush=True))
         except (RuntimeError, OSError, ValueError) as exc:
             print(f"testbed: {exc}", file=sys.stderr)
             return 1

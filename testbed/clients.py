@@ -46,8 +46,10 @@ observation:
 A client whose previous request is still in flight reports its last completed one. Failed
 requests are not observations. A `503` with `Retry-After` (the model is being provisioned on
 demand) is waited out and asked again, as a thesis client would, while the request's timeout
-allows; the wait counts in its latency (`retries` in the summary). `X-Request-Id` is the arrival's request id. There are no retries:
-a 503 while a model is provisioned on demand is a failed request, as its user would see it.
+allows; the wait counts in its latency (`retries` in the summary). `X-Request-Id` is the arrival's
+request id. A request that meets a reset on a kept-alive connection (the server closed it as the
+request went out) is sent once more on a new connection, as mobile HTTP clients do, its time
+counted (`reconnects` in the summary); nothing else is retried.
 
 **Output.** One JSON line per arrival, written as it completes (`--out`): `request_id, index,
 phase, zone, client, model, scheduled` (offset, s), `started` (actual offset, s; null if never
@@ -229,6 +231,7 @@ class ClientResults:
     stopped: bool = False            # stop_event ended the run early
     server_timing_missing: int = 0   # answers without Server-Timing (network = whole call)
     retries: int = 0                 # 503 + Retry-After answers waited out and asked again
+    reconnects: int = 0              # requests sent again after a reset on a kept-alive connection
 
     @property
     def sent(self) -> int:
@@ -278,6 +281,7 @@ class ClientResults:
             "start_lateness": _stats(lateness),
             "errors": dict(Counter(r.error for r in records if r.error)),
             "server_timing_missing": self.server_timing_missing, "retries": self.retries,
+            "reconnects": self.reconnects,
             "phases": phases,
         }
 
@@ -301,6 +305,7 @@ class _Shared:
         self.failed = 0
         self.server_timing_missing = 0
         self.retries = 0
+        self.reconnects = 0
         self.recent: list[float] = []
 
 
@@ -362,15 +367,27 @@ def run_clients(frontend_url: str, scenario: Scenario, *, mode: str = "lookup",
         if on_record is not None:
             on_record(record)
 
-    def call(method: str, url: str, *, headers: dict, body: bytes | None, remaining: float):
+    def call(method: str, url: str, *, headers: dict, body: bytes | None, remaining: float,
+             retry_reset: bool = True):
         if remaining <= 0:
             raise _HTTPError(None, "timeout")
         t = urllib3.Timeout(connect=min(remaining, deadline_timeout.connect_timeout), read=remaining)
+        started = time.perf_counter()
         try:
             return http.request(method, url, body=body, headers=headers, timeout=t, retries=False,
                                 redirect=False, preload_content=True)
         except urllib3.exceptions.TimeoutError:
             raise _HTTPError(None, "timeout") from None
+        except urllib3.exceptions.ProtocolError as exc:
+            # The server closed a kept-alive connection as the request went out on it (its idle
+            # timeout): send it once more on a new connection, as mobile HTTP clients do (OkHttp's
+            # retryOnConnectionFailure). The time spent counts; a second failure is a failure.
+            if not retry_reset:
+                raise _HTTPError(None, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}") from None
+            with shared.lock:
+                shared.reconnects += 1
+            return call(method, url, headers=headers, body=body,
+                        remaining=remaining - (time.perf_counter() - started), retry_reset=False)
         except urllib3.exceptions.HTTPError as exc:
             raise _HTTPError(None, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}") from None
 
@@ -567,7 +584,8 @@ def run_clients(frontend_url: str, scenario: Scenario, *, mode: str = "lookup",
     results = ClientResults(mode=mode, frontend=base_url, scheduled=total, records=done, seconds=seconds,
                             started_at=started_at, timeout=timeout, slo=scenario.slo,
                             stopped=stop_event.is_set() and len(done) < total,
-                            server_timing_missing=shared.server_timing_missing, retries=shared.retries)
+                            server_timing_missing=shared.server_timing_missing, retries=shared.retries,
+                            reconnects=shared.reconnects)
     if progress is not None:
         progress(f"clients: done in {seconds:.1f} s: {results.sent}/{total} sent, {results.ok} ok, "
                  f"{results.failed} failed")

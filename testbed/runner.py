@@ -36,6 +36,7 @@ from .trace import Arrival, generate_trace, write_trace
 __all__ = ["run_experiment", "StrategyRun", "spread_placement"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+INITIAL_STATES = ("spread", "empty")   # see run_strategy
 SAMPLE_EVERY = 2.0          # seconds between two samples of the cluster (instances, memory)
 
 
@@ -83,21 +84,30 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _cluster_file(scenario: Scenario, path: Path) -> Path:
-    """The scenario's nodes (or the shipped cluster's) on a loopback block of their own."""
+def _nodes_for(scenario: Scenario, strategy: Strategy) -> list:
+    """The scenario's nodes a strategy runs on: cloud-tier nodes only for a strategy with a cloud tier."""
+    return [n for n in scenario.nodes if n.tier == "edge" or strategy.cloud]
+
+
+def _cluster_file(scenario: Scenario, path: Path, nodes: list) -> Path:
+    """`nodes` (the scenario's, or the shipped cluster's) on a loopback block of their own."""
     shipped = yaml.safe_load(scenario.cluster_path.read_text())
     by_name = {n["name"]: n for n in shipped.get("nodes", [])}
     prefix = f"127.{random.randint(64, 99)}.{random.randint(2, 254)}"
-    nodes = []
-    for index, node in enumerate(scenario.nodes):
+    out = []
+    for index, node in enumerate(nodes):
         entry = dict(by_name.get(node.name, {}))
         entry.update({"name": node.name, "class": node.node_class, "cpu": node.cpu, "memory": node.memory,
                       "address": f"{prefix}.{index + 1}"})
-        if "cpu_quota" not in entry:
+        if node.tier != "edge":
+            entry["tier"] = node.tier
+        if node.cpu_quota is not None:
+            entry["cpu_quota"] = node.cpu_quota
+        elif "cpu_quota" not in entry:
             entry["cpu_quota"] = node.cpu
-        nodes.append(entry)
+        out.append(entry)
     doc = {k: v for k, v in shipped.items() if k != "nodes"}
-    doc["nodes"] = nodes
+    doc["nodes"] = out
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 
@@ -139,12 +149,17 @@ class _System:
         self.state = workdir / "state"
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.cluster_config = _cluster_file(scenario, workdir / "cluster.yaml")
+        self.nodes = _nodes_for(scenario, strategy)
+        self.cluster_config = _cluster_file(scenario, workdir / "cluster.yaml", self.nodes)
+        names = {n.name for n in self.nodes}
+        alto = scenario.alto_cost_map()
+        alto["cost-map"] = {zone: {n: c for n, c in costs.items() if n in names}
+                            for zone, costs in alto["cost-map"].items()}
         self.alto = workdir / "alto.json"
-        self.alto.write_text(json.dumps(scenario.alto_cost_map(), indent=1))
+        self.alto.write_text(json.dumps(alto, indent=1))
         command = [sys.executable, str(REPO_ROOT / "scripts" / "run_system.py"), "--port", str(self.port),
                    "--state-dir", str(self.state), "--cluster-config", str(self.cluster_config),
-                   "--initial-model", "", "--alto", str(self.alto),
+                   "--initial-model", "", "--alto", str(self.alto), "--catalog", str(scenario.catalog_path),
                    "--frontend-setting", f"policy={strategy.policy}"]
         flags = backend_flags(strategy)
         if flags:
@@ -216,16 +231,21 @@ def _catalog_memory(scenario: Scenario) -> dict[str, int]:
 
 
 def run_strategy(scenario: Scenario, strategy: Strategy, trace: list[Arrival], workdir: Path, *,
-                 mode: str, every: float, progress: Callable[[str], None]) -> StrategyRun:
-    """Start a clean system configured as `strategy`, replay `trace`, stop it; return what happened."""
+                 mode: str, every: float, progress: Callable[[str], None], initial: str = "spread") -> StrategyRun:
+    """Start a clean system configured as `strategy`, replay `trace`, stop it; return what happened.
+
+    `initial`: "spread" deploys the requested models the way Kubernetes' scheduler spreads them
+    before the trace, for every strategy (the same starting point: the comparison measures re-planning
+    and dispatch, not who pays the first model start); "empty" does so only for `kubernetes`, whose
+    deployment it is, and the others start from nothing (on-demand provisioning, cold starts)."""
     workdir.mkdir(parents=True, exist_ok=True)
     system = _System(scenario, strategy, workdir, every=every)
     begun = time.monotonic()
     system.start()
     try:
         limits = getattr(system.cluster, "limits_status", "unknown")
-        if strategy.spread:
-            nodes = [{"name": n.name, "memory": n.memory} for n in scenario.nodes]
+        if strategy.spread or initial == "spread":
+            nodes = [{"name": n.name, "memory": n.memory} for n in system.nodes if n.tier == "edge"]
             placed = spread_placement(_requested_models(trace, scenario), nodes, _catalog_memory(scenario))
             progress(f"{strategy.name}: deploying {len(placed)} replicas (least allocated first)")
             for model, node in placed:
@@ -271,7 +291,7 @@ def run_strategy(scenario: Scenario, strategy: Strategy, trace: list[Arrival], w
 
 
 def run_experiment(scenario: Scenario, out_dir: Path, *, strategies: list[str] | None = None,
-                   mode: str = "lookup", every: float = 10.0,
+                   mode: str = "lookup", every: float = 10.0, initial: str = "spread",
                    progress: Callable[[str], None] = print) -> dict:
     """Run every strategy on the same trace; write results.json/.md and plots into `out_dir`."""
     from .report import write_results
@@ -279,20 +299,22 @@ def run_experiment(scenario: Scenario, out_dir: Path, *, strategies: list[str] |
     out_dir.mkdir(parents=True, exist_ok=True)
     names = strategies or list(scenario.strategies)
     unknown = [n for n in names if n not in STRATEGIES]
+    if initial not in INITIAL_STATES:
+        raise ValueError(f"initial: expected one of {', '.join(INITIAL_STATES)}, got {initial!r}")
     if unknown:
         raise ValueError(f"strategies: unknown {', '.join(unknown)} (known: {', '.join(STRATEGIES)})")
     trace = generate_trace(scenario)
     write_trace(trace, out_dir / "trace.jsonl")
     progress(f"trace: {len(trace)} requests over {scenario.duration:g} s, seed {scenario.seed}; "
-             f"strategies: {', '.join(names)} (mode {mode})")
+             f"strategies: {', '.join(names)} (mode {mode}, initial deployment {initial})")
     runs: list[StrategyRun] = []
     for name in names:
         began = time.monotonic()
         progress(f"== {name}: {STRATEGIES[name].description}")
         run = run_strategy(scenario, STRATEGIES[name], trace, out_dir / name, mode=mode, every=every,
-                           progress=progress)
+                           progress=progress, initial=initial)
         runs.append(run)
         summary = run.clients.summary()
         progress(f"== {name}: ok {summary['ok']}/{summary['arrivals']}, mean {summary['latency']['mean']} s, "
                  f"p95 {summary['latency']['p95']} s ({time.monotonic() - began:.0f} s)")
-    return write_results(scenario, trace, runs, out_dir, mode=mode, every=every)
+    return write_results(scenario, trace, runs, out_dir, mode=mode, every=every, initial=initial)

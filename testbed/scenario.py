@@ -23,7 +23,8 @@ exponent `s` weighs the catalog's models (config/models.yaml, in file order) by 
 `burstiness` defaults to 1.0 (Poisson); a phase's rate is at most `MAX_RATE` requests/s (what the
 client emulator can send on this machine) and the whole scenario at most `MAX_ARRIVALS` arrivals.
 Every mistake is reported at once in a `ScenarioError` whose message is one line: the mistakes,
-each as `<field path>: <what is wrong>`, joined by "; ".
+each as `<field path>: <what is wrong>`, joined by "; ". The document's shape (keys, types, finite
+numbers) is checked by the shared layer (common/validation.py), the rules relating its parts here.
 """
 from __future__ import annotations
 
@@ -35,6 +36,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
+from pydantic import Field as PydField
+
+from common.validation import Checked, Strict, ValidationError, problems
 
 __all__ = ["ScenarioError", "Scenario", "Node", "Zone", "Phase", "FrozenMap", "load_scenario",
            "parse_scenario", "STRATEGIES", "DEFAULT_STRATEGIES", "MAX_RATE", "MAX_ARRIVALS", "MAX_RTT",
@@ -42,7 +46,10 @@ __all__ = ["ScenarioError", "Scenario", "Node", "Zone", "Phase", "FrozenMap", "l
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CLUSTER = REPO_ROOT / "config" / "cluster.local.yaml"
-DEFAULT_CATALOG = REPO_ROOT / "config" / "models.yaml"
+# this host's figures (`make setup` profiles the models into build/models.yaml), else the shipped ones:
+# the same choice scripts/run_system.py makes, and the runner passes it on with --catalog
+_MEASURED_CATALOG = REPO_ROOT / "build" / "models.yaml"
+DEFAULT_CATALOG = _MEASURED_CATALOG if _MEASURED_CATALOG.is_file() else REPO_ROOT / "config" / "models.yaml"
 SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
 
 #: every strategy name a scenario may list (ours-load and ours-cloud are reserved for later)
@@ -106,11 +113,16 @@ class FrozenMap(Mapping):
 class Node:
     name: str
     node_class: str          # `class` in the file
-    cpu: float               # cores
+    cpu: float               # cores (as the solver sees them)
     memory: int              # KB
+    tier: str = "edge"       # "cloud": used only by the strategies that have a cloud tier (ours-cloud)
+    cpu_quota: float | None = None   # cores of this host its servers may use; None: the shipped node's, else cpu
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "class": self.node_class, "cpu": self.cpu, "memory": self.memory}
+        extra = {"tier": self.tier} if self.tier != "edge" else {}
+        if self.cpu_quota is not None:
+            extra["cpu_quota"] = self.cpu_quota
+        return {"name": self.name, "class": self.node_class, "cpu": self.cpu, "memory": self.memory, **extra}
 
 
 @dataclass(frozen=True)
@@ -222,7 +234,8 @@ class Scenario:
         }
 
 
-# -- validation helpers --------------------------------------------------------------------------
+# -- validation: the document's shape by the shared layer (common/validation.py), then the rules
+# -- that relate its parts (names known, weights, coverage) below ------------------------------
 class _Errors:
     def __init__(self) -> None:
         self.items: list[str] = []
@@ -243,27 +256,6 @@ def _path(parent: str, key: Any) -> str:
     return f"{parent}.{key}" if parent else str(key)
 
 
-def _mapping(value: Any, path: str, errors: _Errors, *, required: tuple = (), optional: tuple = ()) -> dict | None:
-    """Check `value` is a mapping with string keys, the required keys and no others."""
-    if not isinstance(value, dict):
-        errors.add(path or "scenario", f"must be a mapping, got {_kind(value)}")
-        return None
-    ok = True
-    for key in value:
-        if not isinstance(key, str):
-            errors.add(path or "scenario", f"key {key!r} is not a string")
-            ok = False
-        elif (required or optional) and key not in required and key not in optional:
-            allowed = ", ".join(list(required) + list(optional))
-            errors.add(_path(path, key), f"unknown key (allowed: {allowed})")
-            ok = False
-    for key in required:
-        if key not in value:
-            errors.add(_path(path, key), "missing")
-            ok = False
-    return value if ok else {k: v for k, v in value.items() if isinstance(k, str)}
-
-
 def _kind(value: Any) -> str:
     if value is None:
         return "nothing"
@@ -271,46 +263,127 @@ def _kind(value: Any) -> str:
             int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
 
 
-def _number(value: Any, path: str, errors: _Errors, *, minimum: float = 0.0, strict: bool = False,
-            maximum: float | None = None, integer: bool = False) -> float | None:
-    """A finite number >= minimum (> when strict), <= maximum; None (and an error) otherwise."""
+def _number_rule(value: Any, *, minimum: float = 0.0, strict: bool = False, maximum: float | None = None,
+                 integer: bool = False) -> float:
+    """A finite number >= minimum (> when strict), <= maximum; raise ValueError saying why not."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        errors.add(path, f"must be {'an integer' if integer else 'a number'}, got {_kind(value)}")
-        return None
+        raise ValueError(f"must be {'an integer' if integer else 'a number'}, got {_kind(value)}")
     if integer and not isinstance(value, int):
-        errors.add(path, f"must be an integer, got {value!r}")
-        return None
+        raise ValueError(f"must be an integer, got {value!r}")
     if not math.isfinite(value):
-        errors.add(path, f"must be a finite number, got {value!r}")
-        return None
+        raise ValueError(f"must be a finite number, got {value!r}")
     if value < minimum or (strict and value == minimum):
-        errors.add(path, f"must be {'>' if strict else '>='} {minimum:g}, got {value!r}")
-        return None
+        raise ValueError(f"must be {'>' if strict else '>='} {minimum:g}, got {value!r}")
     if maximum is not None and value > maximum:
-        errors.add(path, f"must be <= {maximum:g}, got {value!r}")
-        return None
+        raise ValueError(f"must be <= {maximum:g}, got {value!r}")
     return value
 
 
-def _name(value: Any, path: str, errors: _Errors) -> str | None:
+def _num(**rules: Any):
+    return lambda value: _number_rule(value, **rules)
+
+
+def _number(value: Any, path: str, errors: _Errors, **rules: Any) -> float | None:
+    """_number_rule for values checked against the rest of the document; None (and an error) when bad."""
+    try:
+        return _number_rule(value, **rules)
+    except ValueError as exc:
+        errors.add(path, str(exc))
+        return None
+
+
+def _name_rule(value: Any) -> str:
     if not isinstance(value, str) or not _NAME.fullmatch(value):
-        errors.add(path, f"must be 1-64 characters of letters, digits, '_', '.', ':' or '-' "
+        raise ValueError(f"must be 1-64 characters of letters, digits, '_', '.', ':' or '-' "
                          f"(starting with a letter or digit), got {value!r}")
-        return None
     return value
+
+
+def _mapping_rule(value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a mapping, got {_kind(value)}")
+    bad = [key for key in value if not isinstance(key, str)]
+    if bad:
+        raise ValueError(f"key {bad[0]!r} is not a string")
+    return value
+
+
+def _list_rule(value: Any) -> list:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"must be a non-empty list, got {_kind(value)}")
+    return value
+
+
+def _tier_rule(value: Any) -> str:
+    if value not in TIERS:
+        raise ValueError(f"must be one of {', '.join(TIERS)}, got {value!r}")
+    return value
+
+
+def _optional(check):
+    return lambda value: None if value is None else check(value)
+
+
+class _NodeDoc(Strict):
+    name: Checked(str, _name_rule)
+    node_class: Checked(Any, lambda v: v) = PydField(alias="class")        # a class of the catalog: below
+    cpu: Checked(float, _num(strict=True))
+    memory: Checked(int, _num(strict=True, integer=True))
+    tier: Checked(str, _tier_rule) = "edge"
+    cpu_quota: Checked(float | None, _optional(_num(strict=True))) = None
+
+
+class _ZoneDoc(Strict):
+    name: Checked(str, _name_rule)
+    rtt: Checked(dict, _mapping_rule)                                    # one per node: below
+
+
+class _PhaseDoc(Strict):
+    duration: Checked(float, _num(strict=True, maximum=MAX_DURATION))
+    rate: Checked(float, _num())
+    burstiness: Checked(float, _num(maximum=MAX_BURSTINESS)) = 1.0
+    zones: Checked(dict, _mapping_rule)
+    popularity: Checked(dict, _mapping_rule)
+
+
+class _ScenarioDoc(Strict):
+    seed: Checked(int, _num(integer=True))
+    nodes: Checked(list, _list_rule) = None
+    zones: Checked(list, _list_rule)
+    phases: Checked(list, _list_rule)
+    alto: Checked(dict, _mapping_rule) = None
+    strategies: Checked(list, _list_rule) = None
+    slo: Checked(float | None, _optional(_num(strict=True, maximum=3600.0))) = None
+
+
+def _shape(model: type[Strict], value: Any, path: str, errors: _Errors) -> Any:
+    """Validate `value` against `model`; add every problem under `path`; None when any."""
+    if not isinstance(value, dict):
+        errors.add(path or "scenario", f"must be a mapping, got {_kind(value)}")
+        return None
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        for line in problems(exc, named=lambda field, text: f"{_path(path, field) or 'scenario'}: "
+                                                            f"{'missing' if text == 'is required' else text}",
+                             unknown_keys=lambda parent, names: [
+                                 f"{_path(_path(path, parent) if parent else path, name)}: unknown key"
+                                 for name in sorted(names)]):
+            errors.items.append(line)
+        unknown = {e["loc"][0] for e in exc.errors() if e["type"] == "extra_forbidden" and len(e["loc"]) == 1}
+        if unknown and len(unknown) == len(exc.errors()):      # only stray keys: the rest still counts
+            return model.model_validate({k: v for k, v in value.items() if k not in unknown})
+        return None
 
 
 def _weights(value: Any, path: str, errors: _Errors, known: tuple[str, ...], what: str) -> dict[str, float] | None:
     """{name: weight} with names from `known`, finite weights >= 0 summing to > 0: normalised."""
-    data = _mapping(value, path, errors)
-    if data is None:
-        return None
-    if not data:
+    if not value:
         errors.add(path, f"must name at least one {what.split(' ')[0]}")
         return None
     out: dict[str, float] = {}
     ok = True
-    for key, weight in data.items():
+    for key, weight in value.items():
         if key not in known:
             errors.add(_path(path, key), f"not a {what}")
             ok = False
@@ -357,16 +430,13 @@ def read_cluster_nodes(path: Path) -> list[dict]:
     nodes = data.get("nodes") if isinstance(data, dict) else None
     if not isinstance(nodes, list) or not nodes or not all(isinstance(n, dict) for n in nodes):
         raise ScenarioError(f"cluster config {path}: expected 'nodes: [{{name: ...}}, ...]'")
-    return [{k: n.get(k) for k in ("name", "class", "cpu", "memory")} for n in nodes]
+    return [{k: n.get(k) for k in _NODE_KEYS + _NODE_OPTIONAL if k in _NODE_KEYS or k in n} for n in nodes]
 
 
 # -- the loader ----------------------------------------------------------------------------------
-_TOP_REQUIRED = ("seed", "zones", "phases")
-_TOP_OPTIONAL = ("nodes", "alto", "strategies", "slo")
 _NODE_KEYS = ("name", "class", "cpu", "memory")
-_ZONE_KEYS = ("name", "rtt")
-_PHASE_REQUIRED = ("duration", "rate", "zones", "popularity")
-_PHASE_OPTIONAL = ("burstiness",)
+_NODE_OPTIONAL = ("tier", "cpu_quota")
+TIERS = ("edge", "cloud")
 
 
 def load_scenario(path: str | Path, *, catalog_path: str | Path | None = None,
@@ -394,153 +464,118 @@ def parse_scenario(data: Any, *, path: Path | None = None, catalog_path: str | P
     cluster_path = Path(cluster_path) if cluster_path is not None else DEFAULT_CLUSTER
     models, classes = read_catalog(catalog_path)
     errors = _Errors()
-    top = _mapping(data, "", errors, required=_TOP_REQUIRED, optional=_TOP_OPTIONAL)
-    if top is None:
+    top = _shape(_ScenarioDoc, data, "", errors)
+    if not isinstance(data, dict):
         errors.raise_if_any()
-
-    seed = top.get("seed")
-    if "seed" in top:
-        seed = _number(seed, "seed", errors, integer=True)
+    raw = {k: v for k, v in data.items() if isinstance(k, str)}
 
     # nodes
-    nodes_default = "nodes" not in top
-    raw_nodes = read_cluster_nodes(cluster_path) if nodes_default else top["nodes"]
+    nodes_default = "nodes" not in raw
+    raw_nodes = read_cluster_nodes(cluster_path) if nodes_default else raw["nodes"]
     where = f"nodes (from {cluster_path})" if nodes_default else "nodes"
     nodes: list[Node] = []
-    if not isinstance(raw_nodes, list) or not raw_nodes:
-        errors.add("nodes", f"must be a non-empty list, got {_kind(raw_nodes)}")
-    else:
-        for i, raw in enumerate(raw_nodes):
-            p = f"{where}[{i}]"
-            entry = _mapping(raw, p, errors, required=_NODE_KEYS)
-            if entry is None or any(k not in entry for k in _NODE_KEYS):
-                continue
-            name = _name(entry["name"], f"{p}.name", errors)
-            if name is not None and name in {n.name for n in nodes}:
-                errors.add(f"{p}.name", f"{name!r} is listed twice")
-                name = None
-            node_class = entry["class"]
-            if not isinstance(node_class, str) or (classes and node_class not in classes):
-                errors.add(f"{p}.class", f"must be a node class of the catalog ({', '.join(sorted(classes))}), "
-                                         f"got {node_class!r}")
-                node_class = None
-            cpu = _number(entry["cpu"], f"{p}.cpu", errors, strict=True)
-            memory = _number(entry["memory"], f"{p}.memory", errors, strict=True, integer=True)
-            if None not in (name, node_class, cpu, memory):
-                nodes.append(Node(name=name, node_class=node_class, cpu=float(cpu), memory=int(memory)))
+    for i, entry in enumerate(raw_nodes if isinstance(raw_nodes, list) else []):
+        p = f"{where}[{i}]"
+        doc = _shape(_NodeDoc, entry, p, errors)
+        name = doc.name if doc is not None else None
+        if name is not None and name in {n.name for n in nodes}:
+            errors.add(f"{p}.name", f"{name!r} is listed twice")
+            continue
+        node_class = entry.get("class") if isinstance(entry, dict) else None
+        if "class" in (entry if isinstance(entry, dict) else {}) and (
+                not isinstance(node_class, str) or (classes and node_class not in classes)):
+            errors.add(f"{p}.class", f"must be a node class of the catalog ({', '.join(sorted(classes))}), "
+                                     f"got {node_class!r}")
+            continue
+        if doc is not None:
+            nodes.append(Node(name=doc.name, node_class=doc.node_class, cpu=float(doc.cpu), memory=int(doc.memory),
+                              tier=doc.tier, cpu_quota=doc.cpu_quota))
     node_names = tuple(n.name for n in nodes)
 
     # zones
     zones: list[Zone] = []
-    raw_zones = top.get("zones")
-    if "zones" in top:
-        if not isinstance(raw_zones, list) or not raw_zones:
-            errors.add("zones", f"must be a non-empty list, got {_kind(raw_zones)}")
-        else:
-            for i, raw in enumerate(raw_zones):
-                p = f"zones[{i}]"
-                entry = _mapping(raw, p, errors, required=_ZONE_KEYS)
-                if entry is None or any(k not in entry for k in _ZONE_KEYS):
-                    continue
-                name = _name(entry["name"], f"{p}.name", errors)
-                if name is not None and name in {z.name for z in zones}:
-                    errors.add(f"{p}.name", f"{name!r} is listed twice")
-                    name = None
-                label = f"zones[{i}]" if name is None else f"zones.{name}"
-                rtt = _node_costs(entry["rtt"], f"{label}.rtt", errors, node_names, complete=True)
-                if name is not None and rtt is not None:
-                    zones.append(Zone(name=name, rtt=FrozenMap(rtt)))
+    for i, entry in enumerate(raw.get("zones") if isinstance(raw.get("zones"), list) else []):
+        p = f"zones[{i}]"
+        doc = _shape(_ZoneDoc, entry, p, errors)
+        if doc is None:
+            continue
+        if doc.name in {z.name for z in zones}:
+            errors.add(f"{p}.name", f"{doc.name!r} is listed twice")
+            continue
+        rtt = _node_costs(doc.rtt, f"zones.{doc.name}.rtt", errors, node_names, complete=True)
+        if rtt is not None:
+            zones.append(Zone(name=doc.name, rtt=FrozenMap(rtt)))
     zone_names = tuple(z.name for z in zones)
 
     # alto
     alto = None
-    if "alto" in top:
-        raw_alto = _mapping(top["alto"], "alto", errors)
-        if raw_alto is not None:
-            told = {}
-            for zone, costs in raw_alto.items():
-                if zone not in zone_names:
-                    errors.add(f"alto.{zone}", "not a zone of this scenario")
-                    continue
-                checked = _node_costs(costs, f"alto.{zone}", errors, node_names, complete=False)
-                if checked is not None:
-                    told[zone] = FrozenMap(checked)
-            alto = FrozenMap(told)
+    if isinstance(raw.get("alto"), dict):
+        told = {}
+        for zone, costs in raw["alto"].items():
+            if zone not in zone_names:
+                errors.add(f"alto.{zone}", "not a zone of this scenario")
+                continue
+            try:
+                costs = _mapping_rule(costs)
+            except ValueError as exc:
+                errors.add(f"alto.{zone}", str(exc))
+                continue
+            checked = _node_costs(costs, f"alto.{zone}", errors, node_names, complete=False)
+            if checked is not None:
+                told[zone] = FrozenMap(checked)
+        alto = FrozenMap(told)
 
     # phases
     phases: list[Phase] = []
-    raw_phases = top.get("phases")
     start = 0.0
-    if "phases" in top:
-        if not isinstance(raw_phases, list) or not raw_phases:
-            errors.add("phases", f"must be a non-empty list, got {_kind(raw_phases)}")
-        else:
-            for i, raw in enumerate(raw_phases):
-                p = f"phases[{i}]"
-                entry = _mapping(raw, p, errors, required=_PHASE_REQUIRED, optional=_PHASE_OPTIONAL)
-                if entry is None:
-                    continue
-                duration = _number(entry.get("duration"), f"{p}.duration", errors, strict=True,
-                                   maximum=MAX_DURATION) if "duration" in entry else None
-                rate = None
-                if "rate" in entry:
-                    rate = _number(entry["rate"], f"{p}.rate", errors)
-                    if rate is not None and rate > MAX_RATE:
-                        errors.add(f"{p}.rate", f"{rate:g} requests/s is more than the client emulator "
-                                                f"sends (at most {MAX_RATE:g})")
-                        rate = None
-                burstiness = _number(entry.get("burstiness", 1.0), f"{p}.burstiness", errors,
-                                     maximum=MAX_BURSTINESS)
-                zone_weights = _weights(entry["zones"], f"{p}.zones", errors, zone_names, "zone of this scenario") \
-                    if "zones" in entry else None
-                popularity, zipf = (_popularity(entry["popularity"], f"{p}.popularity", errors, models, catalog_path.name)
-                                    if "popularity" in entry else (None, None))
-                if None in (duration, rate, burstiness, zone_weights, popularity):
-                    continue
-                phases.append(Phase(index=i, start=start, duration=float(duration), rate=float(rate),
-                                    burstiness=float(burstiness), zones=FrozenMap(zone_weights),
-                                    popularity=FrozenMap(popularity), zipf=zipf))
-                start += float(duration)
-            total = sum(p.expected_requests for p in phases)
-            if total > MAX_ARRIVALS:
-                errors.add("phases", f"rate x duration adds up to {total:.0f} requests, more than {MAX_ARRIVALS}")
+    raw_phases = raw.get("phases")
+    for i, entry in enumerate(raw_phases if isinstance(raw_phases, list) else []):
+        p = f"phases[{i}]"
+        doc = _shape(_PhaseDoc, entry, p, errors)
+        if not isinstance(entry, dict):
+            continue
+        rate = doc.rate if doc is not None else None
+        if rate is not None and rate > MAX_RATE:
+            errors.add(f"{p}.rate", f"{rate:g} requests/s is more than the client emulator sends (at most {MAX_RATE:g})")
+        zone_weights = _weights(doc.zones, f"{p}.zones", errors, zone_names, "zone of this scenario") \
+            if doc is not None else None
+        popularity, zipf = (_popularity(doc.popularity, f"{p}.popularity", errors, models, catalog_path.name)
+                            if doc is not None else (None, None))
+        if doc is None or rate > MAX_RATE or zone_weights is None or popularity is None:
+            continue
+        phases.append(Phase(index=i, start=start, duration=float(doc.duration), rate=float(rate),
+                            burstiness=float(doc.burstiness), zones=FrozenMap(zone_weights),
+                            popularity=FrozenMap(popularity), zipf=zipf))
+        start += float(doc.duration)
+    total = sum(p.expected_requests for p in phases)
+    if total > MAX_ARRIVALS:
+        errors.add("phases", f"rate x duration adds up to {total:.0f} requests, more than {MAX_ARRIVALS}")
 
     # strategies
     strategies = DEFAULT_STRATEGIES
-    if "strategies" in top:
-        raw = top["strategies"]
-        if not isinstance(raw, list) or not raw:
-            errors.add("strategies", f"must be a non-empty list, got {_kind(raw)}")
-        else:
-            seen: list[str] = []
-            for i, name in enumerate(raw):
-                if not isinstance(name, str) or name not in STRATEGIES:
-                    errors.add(f"strategies[{i}]", f"unknown strategy {name!r} (known: {', '.join(STRATEGIES)})")
-                elif name in seen:
-                    errors.add(f"strategies[{i}]", f"{name!r} is listed twice")
-                else:
-                    seen.append(name)
-            strategies = tuple(seen)
-
-    slo = None
-    if "slo" in top and top["slo"] is not None:
-        slo = _number(top["slo"], "slo", errors, strict=True, maximum=3600.0)
+    if isinstance(raw.get("strategies"), list) and raw["strategies"]:
+        seen: list[str] = []
+        for i, name in enumerate(raw["strategies"]):
+            if not isinstance(name, str) or name not in STRATEGIES:
+                errors.add(f"strategies[{i}]", f"unknown strategy {name!r} (known: {', '.join(STRATEGIES)})")
+            elif name in seen:
+                errors.add(f"strategies[{i}]", f"{name!r} is listed twice")
+            else:
+                seen.append(name)
+        strategies = tuple(seen)
 
     errors.raise_if_any()
-    return Scenario(seed=int(seed), nodes=tuple(nodes), zones=tuple(zones), alto=alto, phases=tuple(phases),
-                    strategies=tuple(strategies), slo=float(slo) if slo is not None else None,
+    return Scenario(seed=int(top.seed), nodes=tuple(nodes), zones=tuple(zones), alto=alto, phases=tuple(phases),
+                    strategies=tuple(strategies), slo=float(top.slo) if top.slo is not None else None,
                     models=models, nodes_default=nodes_default, path=path,
                     catalog_path=catalog_path, cluster_path=cluster_path)
 
 
-def _node_costs(value: Any, path: str, errors: _Errors, node_names: tuple[str, ...], *,
+def _node_costs(value: dict, path: str, errors: _Errors, node_names: tuple[str, ...], *,
                 complete: bool) -> dict[str, float] | None:
-    data = _mapping(value, path, errors)
-    if data is None:
-        return None
     out: dict[str, float] = {}
     ok = True
-    for node, seconds in data.items():
+    for node, seconds in value.items():
         if node not in node_names:
             errors.add(_path(path, node), "not a node of this scenario")
             ok = False
@@ -551,29 +586,26 @@ def _node_costs(value: Any, path: str, errors: _Errors, node_names: tuple[str, .
         else:
             out[node] = float(number)
     if complete:
-        missing = [n for n in node_names if n not in data]
+        missing = [n for n in node_names if n not in value]
         if missing:
             errors.add(path, f"no rtt for node(s) {', '.join(missing)} (every zone needs one for every node)")
             ok = False
     return {n: out[n] for n in node_names if n in out} if ok else None
 
 
-def _popularity(value: Any, path: str, errors: _Errors, models: tuple[str, ...], catalog_name: str):
+def _popularity(value: dict, path: str, errors: _Errors, models: tuple[str, ...], catalog_name: str):
     """(model -> probability in catalog order, zipf exponent or None), or (None, None) after errors."""
-    data = _mapping(value, path, errors)
-    if data is None:
-        return None, None
-    if "zipf" in data:
-        if len(data) > 1:
+    if "zipf" in value:
+        if len(value) > 1:
             errors.add(path, "either {zipf: s} alone or explicit {model: weight, ...}, not both")
             return None, None
-        s = _number(data["zipf"], f"{path}.zipf", errors, maximum=20.0)
+        s = _number(value["zipf"], f"{path}.zipf", errors, maximum=20.0)
         if s is None:
             return None, None
         raw = [1.0 / (rank ** s) for rank in range(1, len(models) + 1)]
         total = sum(raw)
         return {m: w / total for m, w in zip(models, raw)}, float(s)
-    return _weights(data, path, errors, models, f"model of the catalog ({catalog_name})"), None
+    return _weights(value, path, errors, models, f"model of the catalog ({catalog_name})"), None
 
 
 def describe(scenario: Scenario) -> str:

@@ -27,6 +27,7 @@ class Strategy:
     policy: str                         # the front-end's dispatch policy
     backend: tuple[str, ...] | None     # the back-end's flags; None: no back-end at all
     spread: bool = False                # pre-deploy replicas the way Kubernetes' scheduler spreads them
+    cloud: bool = False                 # runs with the scenario's cloud-tier nodes (others: edge only)
     description: str = ""
 
 

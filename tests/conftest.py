@@ -20,7 +20,7 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO_ROOT / "build" / "models"
-CATALOG = REPO_ROOT / "config" / "models.yaml"
+CATALOG = REPO_ROOT / "tests" / "fixtures" / "models.yaml"
 
 
 def _models_present(models_dir: Path) -> bool:

@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from frontend import create_app
-from frontend.serving import ServerThread
+from tests.frontend_server import ServerThread
+from tests.waiting import wait_for  # noqa: F401  (re-exported for the front-end tests)
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -58,18 +59,6 @@ def raw_request(url: str, method: str, path: str, *, body: bytes | None = None,
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:
         conn.close()
-
-
-def wait_for(check: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
-    """Poll `check` until it returns something truthy; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    pytest.fail(f"timed out waiting for {what} (last: {last!r})")
 
 
 @pytest.fixture

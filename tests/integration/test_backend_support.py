@@ -21,6 +21,8 @@ import requests
 
 from conftest_frontend import cluster_settings
 
+from tests.waiting import wait_for
+
 TOKEN = "backend-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 HP2, HP3, LOGREG, FOREST = "half_plus_two", "half_plus_three", "digits_logreg", "digits_forest"
@@ -38,17 +40,6 @@ def alto_doc(nodes: list[str]) -> dict:
     zones = {f"z-{n.split('-')[-1]}": n for n in nodes}
     return {"meta": {"cost-type": {"cost-mode": "numerical", "cost-metric": "delay"}},
             "cost-map": {zone: {n: (NEAR if n == near else FAR) for n in nodes} for zone, near in zones.items()}}
-
-
-def wait_for(check: Callable[[], Any], *, timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what} (last: {last!r})")
 
 
 @dataclass
@@ -120,6 +111,7 @@ class System:
         self.runs += 1
         return ["--mode", str(mode), "--frontend", self.url, "--token", TOKEN,
                 "--cluster-config", str(self.cluster.config_path), "--cluster-state", str(self.cluster.state_path),
+                "--catalog", str(self.cluster.catalog_path),
                 "--models-dir", str(self.cluster.models_dir), "--lock", str(self.tmp / "backend.lock"),
                 "--alto", str(self.alto), "--report", str(self.tmp / f"report-{self.runs}.json"),
                 *self.extra, *extra]
@@ -147,7 +139,7 @@ def actions(report: dict, kind: str, *, done: bool = True) -> set[tuple[str, str
 def make_system(local_cluster_factory, tmp_path: Path) -> Iterator[Callable[..., System]]:
     """Yield make(nodes=None) -> System; every server is stopped at teardown."""
     from frontend import create_app
-    from frontend.serving import ServerThread
+    from tests.frontend_server import ServerThread
 
     servers: list[ServerThread] = []
 

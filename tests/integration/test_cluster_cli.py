@@ -14,7 +14,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
 def cli(cluster, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     base = [sys.executable, "-m", "cluster", "--config", str(cluster.config_path),
-            "--state", str(cluster.state_path), "--models-dir", str(cluster.models_dir)]
+            "--state", str(cluster.state_path), "--models-dir", str(cluster.models_dir),
+            "--catalog", str(cluster.catalog_path)]
     return subprocess.run(base + list(args), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
 
 

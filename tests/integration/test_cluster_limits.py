@@ -39,7 +39,7 @@ def cgroups_writable():
 
 def small_catalog(tmp_path: Path, memory: int) -> Path:
     """The shipped catalog with half_plus_two declaring `memory` KB (to get past the declared check)."""
-    data = yaml.safe_load((REPO_ROOT / "config" / "models.yaml").read_text())
+    data = yaml.safe_load((REPO_ROOT / "tests" / "fixtures" / "models.yaml").read_text())
     for entry in data["models"]:
         if entry["name"] == "half_plus_two":
             entry["memory"] = memory
@@ -282,3 +282,24 @@ def test_profile_writes_the_catalog_keeping_its_comments(tmp_path, built_models)
         if name != "half_plus_three":
             assert after[name] == before[name]
     assert "digits_forest" not in result.stdout
+
+
+def test_profile_out_writes_a_measured_copy_and_leaves_the_catalog(tmp_path, built_models):
+    from cluster.catalog import load_catalog
+
+    catalog = tmp_path / "models.yaml"
+    original = (REPO_ROOT / "tests" / "fixtures" / "models.yaml").read_text()
+    catalog.write_text(original)
+    out = tmp_path / "measured" / "models.yaml"
+    result = profile("--model", "half_plus_two", "--catalog", str(catalog), "--models-dir", str(built_models),
+                     "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert catalog.read_text() == original, "--out leaves --catalog as it is"
+    measured, declared = load_catalog(out), load_catalog(catalog)
+    assert measured.names() == declared.names()
+    entry = next(m for m in yaml.safe_load(out.read_text())["models"] if m["name"] == "half_plus_two")
+    assert entry["measured"]["charged"] > 0
+    # memory is the charged figure plus the 10% headroom, rounded up to 1000 KB
+    assert entry["memory"] >= entry["measured"]["charged"] * 1.1 and entry["memory"] % 1000 == 0
+    # a model that was not profiled keeps its declared figures in the copy
+    assert measured["digits_cnn"].memory == declared["digits_cnn"].memory

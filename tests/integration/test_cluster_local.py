@@ -19,6 +19,8 @@ from cluster import (ClusterError, InsufficientMemory, NodeNotReady, UnknownMode
 from cluster.local import LocalCluster
 from cluster.local_proc import port_in_use
 
+from tests.waiting import wait_for
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -42,17 +44,6 @@ def servers_on(address: str) -> list[psutil.Process]:
 
 def node(cluster, name):
     return next(n for n in cluster.nodes() if n.name == name)
-
-
-def wait_for(condition, *, attempts: int = 120, pause: float = 0.5):
-    """Poll `condition` until it returns a truthy value; return the last value."""
-    value = condition()
-    for _ in range(attempts):
-        if value:
-            return value
-        time.sleep(pause)
-        value = condition()
-    return value
 
 
 def test_deploy_predict_report_remove(local_cluster):
@@ -94,7 +85,7 @@ def test_open_cluster_factory_returns_local(tmp_path, local_cluster):
 def test_deploy_without_wait_becomes_ready_on_read(local_cluster):
     deployment = local_cluster.deploy("half_plus_three", "node-c", wait=False)
     assert deployment.ready is False
-    ready = wait_for(lambda: [d for d in local_cluster.deployments() if d.ready])
+    ready = wait_for(lambda: [d for d in local_cluster.deployments() if d.ready], 60, "the instance ready")
     assert ready and ready[0].model == "half_plus_three"
     assert predict(ready[0].endpoint, "half_plus_three", [2.0]) == {"predictions": [4.0]}
     # A later waiting deploy of the same pair returns the same instance.
@@ -149,7 +140,7 @@ def test_cpu_usage_follows_load(local_cluster):
         def loaded():
             nodes = {n.name: n for n in local_cluster.nodes()}
             return nodes if nodes["node-a"].cpu_usage > max(0.2, 2 * nodes["node-b"].cpu_usage) else None
-        nodes = wait_for(loaded, attempts=30, pause=1.0)
+        nodes = wait_for(loaded, 30, "the loaded node's CPU above the idle one's", interval=1.0)
     finally:
         stop.set()
         for t in threads:
@@ -158,7 +149,7 @@ def test_cpu_usage_follows_load(local_cluster):
     assert nodes["node-a"].cpu_usage > nodes["node-b"].cpu_usage
     assert nodes["node-c"].cpu_usage == 0.0
     # Once the load stops, the usage falls back.
-    settled = wait_for(lambda: node(local_cluster, "node-a").cpu_usage < 0.2, attempts=20, pause=1.0)
+    settled = wait_for(lambda: node(local_cluster, "node-a").cpu_usage < 0.2, 20, "node-a idle again", interval=1.0)
     assert settled
 
 
@@ -218,7 +209,7 @@ def test_state_is_shared_and_survives_the_owner(local_cluster_factory):
     [server] = servers_on(second.specs[1].address)
     server.send_signal(signal.SIGKILL)
     server.wait(timeout=10)
-    assert wait_for(lambda: second.deployments() == [], attempts=20, pause=0.2)
+    assert wait_for(lambda: second.deployments() == [], 15, "the killed server gone")
     assert node(second, "node-b").memory_used == 0
 
 
@@ -340,3 +331,38 @@ def test_port_held_by_a_foreign_process_is_refused(local_cluster_factory):
             cluster.deploy("half_plus_two", "node-a")
     assert cluster.deployments() == []
     assert servers_on(cluster.specs[0].address) == []
+
+
+def test_a_removed_instance_drains_out_of_dispatch_before_it_stops(local_cluster_factory):
+    """remove(): reported not ready ("terminating") but still serving for drain_seconds, its memory
+    still counted; a deploy of the same pair meanwhile waits for it to be gone, then starts afresh."""
+    cluster = local_cluster_factory(drain_seconds=2.0)
+    first = cluster.deploy("half_plus_two", "node-a")
+    remover = threading.Thread(target=cluster.remove, args=("half_plus_two", "node-a"))
+    began = time.monotonic()
+    remover.start()
+    wait_until = began + 0.5
+    while time.monotonic() < wait_until and [d.reason for d in cluster.deployments()] != ["terminating"]:
+        time.sleep(0.05)
+    [listed] = cluster.deployments()
+    assert not listed.ready and listed.reason == "terminating"
+    assert predict(first.endpoint, "half_plus_two", [1.0]) == {"predictions": [2.5]}   # still serving
+    assert node(cluster, "node-a").memory_used == 60000                             # still holding memory
+    again = cluster.deploy("half_plus_two", "node-a")          # waits for the old one to be gone
+    assert time.monotonic() - began >= 2.0
+    remover.join(timeout=30)
+    assert again.ready and again.created > first.created
+    assert predict(again.endpoint, "half_plus_two", [1.0]) == {"predictions": [2.5]}
+    assert len(servers_on(cluster.specs[0].address)) == 1
+
+
+def test_remove_without_drain_stops_at_once(local_cluster_factory):
+    cluster = local_cluster_factory(drain_seconds=0)
+    cluster.deploy("half_plus_two", "node-a")
+    seen: list = []
+    watcher = threading.Thread(target=lambda: seen.extend(d.reason for _ in range(20) for d in cluster.deployments()))
+    watcher.start()
+    cluster.remove("half_plus_two", "node-a")
+    watcher.join(timeout=30)
+    assert "terminating" not in seen
+    assert cluster.deployments() == [] and servers_on(cluster.specs[0].address) == []

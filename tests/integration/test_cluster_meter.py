@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 
+import psutil
 import pytest
 
 from cluster.local_proc import ProcessMeter, is_alive, last_log_line, spawn_server, stop_process
@@ -90,3 +92,26 @@ def test_last_log_line(tmp_path):
     with open(log, "a") as fh:
         fh.write("--- run 3\n" + failed + "\n" + '{"message": "Reason: Worker failed to boot."}\n')
     assert last_log_line(log) == "cannot load x: bad model"
+
+
+def test_stop_takes_the_workers_a_dead_leader_left_in_its_group(spawn, tmp_path):
+    """A gunicorn master killed with -9 leaves its workers: stopping it still stops its group."""
+    marker = tmp_path / "child.pid"
+    leader = spawn("import subprocess, sys, time\n"
+                   f"child = subprocess.Popen([sys.executable, '-c', {IDLE!r}])\n"
+                   f"open({str(marker)!r}, 'w').write(str(child.pid))\n"
+                   "while True: time.sleep(1)")
+    for _ in range(100):
+        if marker.exists() and marker.read_text():
+            break
+        time.sleep(0.1)
+    child = psutil.Process(int(marker.read_text()))
+    os.kill(leader[0], signal.SIGKILL)
+    for _ in range(100):
+        if not is_alive(leader):
+            break
+        time.sleep(0.05)
+    assert not is_alive(leader) and child.is_running()
+    stop_process(leader, grace=1.0)
+    child_gone = not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+    assert child_gone, "the dead leader's worker must be stopped with its group"

@@ -18,7 +18,7 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, negativ
                                                response_schema_conformance, status_code_conformance)
 
 from conftest_frontend import TOKEN, cluster_settings
-from frontend.serving import REPO_ROOT, GunicornServer
+from tests.frontend_server import REPO_ROOT, GunicornServer
 
 OPENAPI = REPO_ROOT / "frontend" / "openapi.yaml"
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from conftest_frontend import AUTH, TOKEN, cluster_settings, predict_body, wait_for
-from frontend.serving import REPO_ROOT, GunicornServer
+from tests.frontend_server import REPO_ROOT, GunicornServer
 
 HP2 = "half_plus_two"
 

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from conftest_frontend import TOKEN, cluster_settings, predict_body
-from frontend.serving import GunicornServer
+from tests.frontend_server import GunicornServer
 
 HP2 = "half_plus_two"
 PREDICT = f"/services/{HP2}/v1/models/{HP2}:predict"

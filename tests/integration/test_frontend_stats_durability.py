@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from conftest_frontend import AUTH, TOKEN, cluster_settings, wait_for
-from frontend.serving import GunicornServer
+from tests.frontend_server import GunicornServer
 
 HP2 = "half_plus_two"
 FLUSH = 0.05          # stats_flush_interval (the default)

@@ -33,6 +33,8 @@ import yaml
 
 from test_system_run import Run, free_port, gone, servers_on
 
+from tests.waiting import wait_for
+
 PREDICT = "/services/half_plus_two/v1/models/half_plus_two:predict"
 BODY = '{"instances": [1.0, 2.0, 5.0]}'
 ANSWER = {"predictions": [2.5, 3.0, 4.5]}
@@ -159,16 +161,6 @@ def system(tmp_path, built_models):
     made = System(tmp_path)
     yield made
     made.close()
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def assert_rows_match(system: System, answers: list[Answer], *, supervisor_checks: int = 0) -> None:

@@ -3,6 +3,8 @@ against a tiny recording server standing in for a front-end that reports the mea
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -233,3 +235,52 @@ def test_command_line(recorder, tmp_path, capsys):
     assert main(["--frontend", recorder.url, "--scenario", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("testbed.clients: ") and "seed: must be an integer" in err and "\n" not in err
+
+
+def test_a_reset_on_a_kept_alive_connection_is_sent_again_once(tmp_path):
+    """The server drops every connection at its second prediction (as a server closing an idle
+    keep-alive connection does when the request crosses the close): each such request is sent once
+    more on a new connection and succeeds; its time counts."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        predictions = 0
+
+        def log_message(self, *args):
+            pass
+
+        def _answer(self, payload: dict) -> None:
+            body = json.dumps(payload).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            host, port = self.server.server_address[:2]
+            self._answer({"model": HP2, "node": "xavier", "endpoint": f"{host}:{port}"})
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.predictions += 1
+            if self.predictions == 2:       # reset (RST), no answer
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.close_connection = True
+                self.connection.close()
+                return
+            self._answer({"predictions": [2.5]})
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        scenario = _single_zone_scenario(tmp_path, rate=10, duration=1.0)
+        results = run_clients(f"http://127.0.0.1:{server.server_address[1]}", scenario, mode="lookup",
+                              max_in_flight=4, clients_per_zone=1)
+    finally:
+        server.shutdown()
+        server.server_close()
+    summary = results.summary()
+    assert results.ok == results.scheduled == 10, summary["errors"]
+    assert summary["reconnects"] >= 1 and results.reconnects == summary["reconnects"]

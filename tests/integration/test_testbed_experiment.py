@@ -18,12 +18,13 @@ SMOKE = REPO / "testbed" / "scenarios" / "smoke.yaml"
 def test_two_strategies_on_the_same_trace(tmp_path):
     out = tmp_path / "exp"
     done = subprocess.run([sys.executable, "-m", "testbed", "run", str(SMOKE), "--out", str(out),
-                           "--strategies", "kubernetes,ours", "--every", "5"],
+                           "--strategies", "kubernetes,ours", "--every", "5", "--initial", "empty"],
                           cwd=REPO, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     doc = json.loads((out / "results.json").read_text())
     trace = generate_trace(load_scenario(SMOKE))
+    assert doc["initial"] == "empty"            # ours starts from nothing: on-demand provisioning is exercised
     assert doc["trace"]["requests"] == len(trace) and doc["scenario"]["seed"] == 11
     for name in ("kubernetes", "ours"):
         s = doc["strategies"][name]

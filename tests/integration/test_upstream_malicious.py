@@ -38,7 +38,7 @@ import requests
 
 from cluster.port import Cluster, ClusterError, Deployment, Node
 from frontend import create_app
-from frontend.serving import ServerThread
+from tests.frontend_server import ServerThread
 from frontend.upstream import UpstreamPool, UpstreamProtocolError, UpstreamTimeout
 
 MODEL = "half_plus_two"

@@ -154,7 +154,7 @@ def standin_factory(kube: KubeEnv, built_models: Path) -> Iterator[Callable]:
 @pytest.fixture
 def frontend_factory(kube: KubeEnv) -> Iterator[Callable]:
     """Yield make(**settings) -> a started GunicornServer whose cluster is the test's namespace."""
-    from frontend.serving import GunicornServer
+    from tests.frontend_server import GunicornServer
 
     made: list[GunicornServer] = []
 

@@ -11,8 +11,10 @@ from typing import Callable
 import controlplane
 from controlplane import ControlPlane, node_manifest
 
+from tests.waiting import wait_for as _wait_for
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CATALOG = REPO_ROOT / "config" / "models.yaml"
+CATALOG = REPO_ROOT / "tests" / "fixtures" / "models.yaml"
 NODE_CLASS_LABEL = "edge-inference/node-class"
 FRONTEND_TOKEN = "k8s-test-token-0123456789"
 
@@ -58,18 +60,8 @@ def _suffix(length: int = 5) -> str:
 
 def wait_for(predicate: Callable[[], object], *, timeout: float = 30.0, interval: float = 0.1,
              what: str = "condition") -> object:
-    """Poll `predicate` until it returns something truthy; return it, or fail after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    last_exc: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:      # the thing waited for may raise until it exists
-            last_exc = exc
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+    """tests/waiting.py's wait_for; an API call that raises until its object exists counts as "not yet"."""
+    return _wait_for(predicate, timeout, what, interval=interval, ignore=(Exception,))
 
 
 class KubeEnv:

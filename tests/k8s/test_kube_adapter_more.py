@@ -186,6 +186,13 @@ def test_every_call_made_is_declared(kube):
     cluster.remove(MODEL, node)
     wait_for(lambda: cluster.deployments() == [], timeout=60, what="the instance removed")
     wait_for(lambda: any(c[1] == METRICS_GROUP for c in calls()), timeout=30, what="a metrics poll")
+    # The plan (the ConfigMap the manifests create) and the front-end replicas behind a Service.
+    kube.core.create_namespaced_config_map(kube.namespace, {"metadata": {"name": "edge-inference-plan"}})
+    cluster.write_plan({"created": 1.0, "mode": 1, "solver": "highs", "weights": {}})
+    wait_for(lambda: cluster.plan_document(), timeout=30, what="the plan seen through the watch")
+    kube.core.create_namespaced_service(kube.namespace, {"metadata": {"name": "frontend"}, "spec": {
+        "selector": {"app.kubernetes.io/name": "frontend"}, "ports": [{"port": 5000}]}})
+    assert cluster.frontend_replicas("frontend") == []
     declared = {(verb, p.group, p.resource) for p in API_PERMISSIONS for verb in p.verbs}
     made = {(verb, group, resource) for verb, group, resource, _ in calls()}
     assert made <= declared, made - declared
@@ -203,6 +210,9 @@ def test_close_stops_the_watch_threads(kube):
     threads = [t for t in set(threading.enumerate()) - before if t.name.startswith("k8s-")]
     assert {t.name for t in threads} == {"k8s-watch-nodes", "k8s-watch-deployments", "k8s-watch-services",
                                          "k8s-watch-pods", "k8s-metrics"}
+    assert cluster.plan_document() is None          # the plan's watch starts on first use, and stops too
+    threads += [t for t in set(threading.enumerate()) - before if t.name == "k8s-watch-plan"]
+    assert "k8s-watch-plan" in {t.name for t in threads}
     cluster.close()               # the watches are open streams (resync 300 s): close must cut them
     assert not [t.name for t in threads if t.is_alive()]
     with pytest.raises(ClusterError, match="closed"):

@@ -79,6 +79,12 @@ def _resource(permission) -> str:
     return permission.resource + (f".{permission.group}" if permission.group else "")
 
 
+def _targets(permission) -> list[str]:
+    """What to ask `can-i` about: the resource, or each object a resourceNames rule names."""
+    resource = _resource(permission)
+    return [f"{resource}/{name}" for name in permission.names] or [resource]
+
+
 def _rules(kubectl: Kubectl, user: str) -> set[tuple[str, str]]:
     """(resource, verb) pairs `kubectl auth can-i --list` shows for `user` in the namespace."""
     out = kubectl("auth", "can-i", "--list", f"--as={user}", "-n", NAMESPACE).stdout
@@ -102,22 +108,36 @@ def test_manifests_apply_cleanly_and_idempotently(kubectl, applied):
             "clusterrolebinding.rbac.authorization.k8s.io", "configmap", "deployment.apps", "service",
             "cronjob.batch"} <= kinds, applied.stdout
     again = kubectl("apply", "--validate=strict", "-f", str(MANIFESTS))
-    assert again.stdout.strip() and all(line.endswith("unchanged") for line in again.stdout.splitlines()), again.stdout
+    # kubectl always re-sends a PodDisruptionBudget's selector (its patch strategy is "replace") and
+    # so reports it "configured"; the object is not changed: its generation stays 1.
+    pdb = "poddisruptionbudget.policy/frontend configured"
+    assert again.stdout.strip() and all(line.endswith("unchanged") or line == pdb
+                                        for line in again.stdout.splitlines()), again.stdout
+    generation = kubectl("-n", NAMESPACE, "get", "pdb", "frontend", "-o", "jsonpath={.metadata.generation}").stdout
+    assert generation == "1"
     server_dry_run = kubectl("apply", "--dry-run=server", "--validate=strict", "-f", str(MANIFESTS))
     assert "Warning" not in server_dry_run.stderr
 
 
 def test_frontend_rolls_out_on_a_node_behind_a_nodeport_service(kube, kubectl, applied):
-    node = kube.add_node("fe", memory_kb=4_000_000, cpu=4.0)
+    nodes = {kube.add_node(f"fe{i}", memory_kb=4_000_000, cpu=4.0) for i in range(3)}
     kubectl("-n", NAMESPACE, "rollout", "status", "deployment/frontend", "--timeout=90s")
     pods = kube.core.list_namespaced_pod(NAMESPACE, label_selector="app.kubernetes.io/name=frontend").items
-    assert [(p.spec.node_name, p.status.phase) for p in pods] == [(node, "Running")]
-    assert pods[0].spec.service_account_name == "edge-inference"
+    # Three replicas Running on the test's nodes. The spread is ScheduleAnyway (a smaller site
+    # still runs all three), a preference: pods pending before the nodes exist may all land on
+    # the first node that becomes ready, so one per node is not asserted here.
+    assert len(pods) == 3 and {p.status.phase for p in pods} == {"Running"}
+    assert {p.spec.node_name for p in pods} <= nodes
+    assert pods[0].spec.topology_spread_constraints[0].topology_key == "kubernetes.io/hostname"
+    assert all(p.spec.service_account_name == "edge-inference" for p in pods)
+    wait_for(lambda: kubectl("-n", NAMESPACE, "get", "pdb", "frontend", "-o",
+                             "jsonpath={.status.disruptionsAllowed}").stdout == "1",
+             timeout=30, what="the PodDisruptionBudget allowing one disruption of three")
     service = kube.core.read_namespaced_service("frontend", NAMESPACE)
     assert service.spec.type == "NodePort" and 30000 <= service.spec.ports[0].node_port <= 32767
     selected = kube.core.list_namespaced_pod(NAMESPACE, label_selector=",".join(
         f"{k}={v}" for k, v in service.spec.selector.items())).items
-    assert [p.metadata.name for p in selected] == [p.metadata.name for p in pods]
+    assert sorted(p.metadata.name for p in selected) == sorted(p.metadata.name for p in pods)
 
 
 def test_backend_cronjob_carries_the_mode_flag_and_its_job_completes(kube, kubectl, applied):
@@ -137,7 +157,8 @@ def test_rbac_grants_every_call_the_adapter_makes(kubectl, applied):
     for permission in API_PERMISSIONS:
         for verb in permission.verbs:
             namespace = None if permission.cluster_wide else NAMESPACE
-            assert _can_i(kubectl, verb, _resource(permission), namespace=namespace), (verb, _resource(permission))
+            for target in _targets(permission):
+                assert _can_i(kubectl, verb, target, namespace=namespace), (verb, target)
 
 
 @pytest.mark.parametrize("verb, resource, namespace", [
@@ -145,6 +166,8 @@ def test_rbac_grants_every_call_the_adapter_makes(kubectl, applied):
     ("deletecollection", "deployments.apps", NAMESPACE), ("update", "services", NAMESPACE),
     ("create", "pods", NAMESPACE), ("delete", "pods", NAMESPACE), ("get", "pods", NAMESPACE),
     ("get", "secrets", NAMESPACE), ("list", "configmaps", NAMESPACE), ("create", "pods/exec", NAMESPACE),
+    ("update", "configmaps/edge-inference-models", NAMESPACE), ("create", "configmaps", NAMESPACE),
+    ("delete", "configmaps/edge-inference-plan", NAMESPACE),
     ("create", "deployments.apps", "default"), ("delete", "services", "kube-system"),
     ("list", "deployments.apps", None), ("create", "nodes", None), ("delete", "nodes", None),
     ("patch", "nodes", None), ("create", "namespaces", None), ("create", "clusterrolebindings", None),
@@ -184,7 +207,7 @@ current-context: sa
     from cluster.port import ClusterError
 
     node = kube.add_node("sa", memory_kb=500_000)
-    with KubernetesCluster(kubeconfig=config, namespace=NAMESPACE, catalog_path=REPO_ROOT / "config" / "models.yaml",
+    with KubernetesCluster(kubeconfig=config, namespace=NAMESPACE, catalog_path=REPO_ROOT / "tests" / "fixtures" / "models.yaml",
                            node_class_label="edge-inference/node-class") as cluster:
         dep = cluster.deploy("half_plus_two", node, timeout=60)
         assert dep.ready and dep.endpoint.startswith(kube.nodes[node] + ":")
@@ -193,6 +216,40 @@ current-context: sa
         wait_for(lambda: cluster.deployments() == [], timeout=60, what="the instance removed")
     # The same identity cannot act in another namespace.
     with KubernetesCluster(kubeconfig=config, namespace=kube.namespace,
-                           catalog_path=REPO_ROOT / "config" / "models.yaml") as other:
+                           catalog_path=REPO_ROOT / "tests" / "fixtures" / "models.yaml") as other:
         with pytest.raises(ClusterError):
             other.deploy("half_plus_two", node, timeout=10)
+
+
+# The render settings an operator sets (--cluster-setting render={...} / cluster_settings.render).
+EVERY_RENDER_SETTING = {
+    "image": "registry.example/edge-inference/modelserver:0.1.0", "image_pull_secret": "regcred",
+    "model_url": "https://models.example/{model}.tar.gz", "cpu_request_concurrency": 2, "cpu_limit_concurrency": 8,
+    "node_selector": {"edge.example/site": "lyon"},
+    "tolerations": [{"key": "edge.example/dedicated", "operator": "Exists", "effect": "NoSchedule"}]}
+
+
+def test_rendered_instances_with_every_setting_apply_strictly_and_run(kube, kubectl, tmp_path: Path):
+    from cluster.catalog import load_catalog
+    from cluster.k8s_render import render_instance
+    from cluster.k8s_settings import render_settings_from
+
+    settings = render_settings_from(EVERY_RENDER_SETTING, namespace=kube.namespace)
+    catalog = load_catalog(REPO_ROOT / "config" / "models.yaml")
+    text = "\n---\n".join(render_instance(spec, "node-x", settings).text for spec in catalog)
+    (tmp_path / "rendered.yaml").write_text(text)
+    for extra in (["--dry-run=server"], []):
+        out = kubectl("apply", "--validate=strict", *extra, "-f", str(tmp_path / "rendered.yaml"))
+        assert "Warning" not in out.stderr, out.stderr
+    stored = kube.apps.read_namespaced_deployment("half-plus-two-node-x", kube.namespace).spec.template.spec
+    assert stored.init_containers[0].args[1] == "https://models.example/half_plus_two.tar.gz"
+    assert stored.node_selector == {"edge.example/site": "lyon", "kubernetes.io/hostname": "node-x"}
+    assert stored.image_pull_secrets[0].name == "regcred" and stored.tolerations[0].key == "edge.example/dedicated"
+    # The adapter deploys with them: the scheduler places the pod only on a node carrying the extra label.
+    node = kube.add_node("site", memory_kb=1_000_000, labels={"edge.example/site": "lyon"})
+    cluster = kube.cluster(render=EVERY_RENDER_SETTING)
+    dep = cluster.deploy("half_plus_two", node, timeout=60)
+    assert dep.ready
+    pods = kube.core.list_namespaced_pod(kube.namespace, label_selector="model=half_plus_two").items
+    assert [p.spec.node_name for p in pods if p.spec.node_name] == [node]
+    assert pods[0].spec.containers[0].image == EVERY_RENDER_SETTING["image"]

@@ -13,7 +13,7 @@ from backend.plan import DELETE, PROVISION, Action
 from cluster.catalog import load_catalog
 from cluster.port import Deployment
 
-CATALOG = load_catalog(Path(__file__).resolve().parents[2] / "config" / "models.yaml")
+CATALOG = load_catalog(Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "models.yaml")
 HP2, LOGREG = "half_plus_two", "digits_logreg"
 NODES = [NodeMemory("a", True, "small", 250000, 60000, 190000, 4.0, 0.1),
          NodeMemory("b", True, "large", 800000, 0, 800000, 8.0, 0.0),

@@ -120,8 +120,8 @@ def test_bad_alto_file_is_a_usage_error(tmp_path, capsys):
 def test_native_solver_output_never_reaches_the_report_stream():
     import subprocess
     import sys
-    code = ("import os\nfrom backend.pipeline import _StdoutToStderr\nprint('{}', flush=True)\n"
-            "with _StdoutToStderr():\n    os.write(1, b'native banner\\n')\n    print('python print')\n"
+    code = ("import os\nfrom solver.native import redirected\nprint('{}', flush=True)\n"
+            "with redirected(2, 1):\n    os.write(1, b'native banner\\n')\n    print('python print')\n"
             "print('{\"report\": 1}')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           cwd=Path(__file__).resolve().parents[2])

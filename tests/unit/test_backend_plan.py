@@ -79,6 +79,15 @@ def test_mode2_follows_the_solver_strictly():
     assert pairs(plan.actions, DELETE) == [("m2", "b")]
 
 
+def test_mode2_deletes_nothing_when_the_solution_places_nothing():
+    instances = [inst("m1", "a", count=0, age=99_999), inst("m2", "b", count=50, last=1)]
+    plan = run(2, set(), instances)
+    assert plan.actions == [] and plan.solved
+    assert "places nothing" in plan.notes[0]
+    # Mode 1 keeps its idle rule in a quiet window.
+    assert pairs(run(1, set(), instances).actions, DELETE) == [("m1", "a")]
+
+
 def test_failed_solve_selects_nothing_in_either_mode():
     idle = [inst("m1", "a", count=0, age=99_999), inst("m2", "b")]
     for mode in (1, 2):
@@ -99,7 +108,7 @@ def test_deletions_are_ordered_least_useful_first_and_the_cap_keeps_that_order()
     assert pairs(plan.actions, DELETE) == [("m2", "a"), ("m3", "b"), ("m1", "a")]
     kept, held = cap_deletions(plan.actions, 2)
     assert pairs(kept, DELETE) == [("m2", "a"), ("m3", "b")] and pairs(held, DELETE) == [("m1", "a")]
-    plan2 = run(2, set(), instances)
+    plan2 = run(2, {("m4", "c")}, instances)
     assert pairs(plan2.actions, DELETE)[0] == ("m2", "a")     # fewest requests first
 
 

@@ -114,3 +114,33 @@ def test_unreadable_and_invalid_yaml(tmp_path):
 
 def test_catalog_errors_are_cluster_errors():
     assert issubclass(CatalogError, ClusterError) and issubclass(CatalogError, ValueError)
+
+
+@pytest.mark.parametrize("field, value, expect", [
+    ("exec_time", {"small": float("nan")}, "field 'exec_time.small' must be a finite number, got nan"),
+    ("exec_time", {"small": float("inf")}, "field 'exec_time.small' must be a finite number, got inf"),
+    ("cpu", float("nan"), "field 'cpu' must be a finite number, got nan"),
+    ("memory", float("-inf"), "field 'memory' must be a finite number, got -inf"),
+    ("memory", "1000", "field 'memory' must be a positive number, got '1000'"),
+    ("cpu", [1], "field 'cpu' must be a positive number, got [1]"),
+    ("measured", {"rss_kb": float("nan")}, "field 'measured.rss_kb' must be a finite number"),
+    ("measured", {"cpu_quota": {"small": float("inf")}}, "field 'measured.cpu_quota.small' must be a finite number"),
+    ("measured", {"host": 3}, "field 'measured.host' must be a string, got 3"),
+])
+def test_non_finite_and_wrong_types_are_refused_naming_the_field(tmp_path, field, value, expect):
+    message = _error(tmp_path, [{**GOOD, field: value}])
+    assert f"model 'm1': {expect}" in message
+
+
+def test_the_file_as_written_nan_is_refused(tmp_path):
+    """The issue's example: `exec_time: {small: .nan}` in models.yaml fails at load, not in the solver."""
+    path = tmp_path / "models.yaml"
+    path.write_text("models:\n- {name: m1, image: x, port: 8501, memory: 10, cpu: 1, exec_time: {small: .nan}}\n")
+    with pytest.raises(CatalogError, match=r"model 'm1': field 'exec_time.small' must be a finite number, got nan"):
+        load_catalog(path)
+
+
+def test_unknown_top_level_key_is_refused(tmp_path):
+    path = _write(tmp_path, {"models": [GOOD], "modles": []})
+    with pytest.raises(CatalogError, match=r"unknown field\(s\) modles"):
+        load_catalog(path)

@@ -135,3 +135,20 @@ def test_a_cloud_node_carries_its_tier_and_costs_as_labels(tmp_path):
     bad = Node(name="x", address="127.0.1.3", ready=True, memory_total=1, memory_used=0, cpu_capacity=1,
                cpu_usage=0, labels={"topology": "edge", "cost-per-request": "nan"})
     assert node_tier(bad) == "edge" and node_costs(bad) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("field, value, expect", [
+    ("memory", float("nan"), "field 'memory' must be a finite number, got nan"),
+    ("cpu", float("inf"), "field 'cpu' must be a finite number, got inf"),
+    ("cpu_quota", float("nan"), "field 'cpu_quota' must be a finite number of cores"),
+    ("cpu", "2", "field 'cpu' must be a positive number, got '2'"),
+    ("memory", [1000], "field 'memory' must be a positive number, got [1000]"),
+])
+def test_non_finite_and_wrong_types_are_refused_naming_the_field(tmp_path, field, value, expect):
+    assert f"node 'n1': {expect}" in _error(tmp_path, [{**GOOD, field: value}])
+
+
+def test_nan_as_written_in_the_file_is_refused(tmp_path):
+    path = _write(tmp_path, "nodes:\n- {name: n1, address: 127.0.1.1, memory: 1000, cpu: .nan, class: small}\n")
+    with pytest.raises(LocalConfigError, match=r"node 'n1': field 'cpu' must be a finite number, got nan"):
+        load_local_config(path)

@@ -67,3 +67,31 @@ def test_token_file(tmp_path):
     assert settings_from_mapping({"token_file": str(token), "token": "x"}).resolved_token() == "x"
     with pytest.raises(ConfigError):
         settings_from_mapping({"token_file": str(tmp_path / "nope")}).resolved_token()
+
+
+@pytest.mark.parametrize("key, value, expect", [
+    ("refresh_interval", float("nan"), "refresh_interval: must be a finite number, got nan"),
+    ("call_timeout", float("inf"), "call_timeout: must be a finite number, got inf"),
+    ("rtt", {"z": {"n": float("nan")}}, "rtt.z.n: must be a finite number, got nan"),
+    ("max_body", "1024", "max_body: must be a non-negative number, got '1024'"),
+    ("policy", 3, "policy: must be one of"),
+    ("token", 5, "token: must be a string, got 5"),
+    ("cluster_settings", [1], "cluster_settings: must be a mapping, got [1]"),
+    ("refresh_intervall", 1.0, "refresh_intervall: unknown setting"),
+])
+def test_non_finite_wrong_types_and_unknown_keys_are_named(key, value, expect):
+    with pytest.raises(ConfigError) as info:
+        settings_from_mapping({key: value})
+    assert expect in str(info.value)
+
+
+def test_nan_in_the_file_and_the_environment_is_refused(tmp_path):
+    path = tmp_path / "frontend.yaml"
+    path.write_text("refresh_interval: .nan\nprovision_timeout: .inf\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings({"FRONTEND_CONFIG": str(path)})
+    assert "refresh_interval: must be a finite number" in str(info.value)
+    assert "provision_timeout: must be a finite number" in str(info.value)      # all errors at once
+    for raw in ("nan", "inf", "-inf"):
+        with pytest.raises(ConfigError, match="FRONTEND_CALL_TIMEOUT: must be a finite number"):
+            load_settings({"FRONTEND_CALL_TIMEOUT": raw})

@@ -34,6 +34,8 @@ import yaml
 from cluster import open_cluster
 from cluster.kubernetes import CacheSettings
 
+from tests.waiting import wait_for
+
 NS = "edge-inference"
 _ROUTES = [
     (re.compile(r"^/api/v1/nodes$"), "nodes"),
@@ -204,16 +206,6 @@ class FakeApiServer:
         h.close_connection = True
 
 
-def _wait(predicate, timeout: float = 10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not reached")
-
-
 @pytest.fixture
 def fake():
     server = FakeApiServer()
@@ -249,13 +241,13 @@ def test_metrics_replace_the_estimate_when_served(fake, connect):
                                                        "resources": {"requests": {"cpu": "50m", "memory": "60000Ki"}}}]},
         "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})
     cluster = connect()
-    _wait(lambda: cluster.metrics_served is False)
+    wait_for(lambda: cluster.metrics_served is False, 10)
     assert cluster.nodes()[0].cpu_usage == pytest.approx(0.05)          # estimate: our pod's request
     fake.metrics = {"nano-1": "1500000000n"}
-    _wait(lambda: cluster.nodes()[0].cpu_usage == pytest.approx(1.5))    # measured usage wins
+    wait_for(lambda: cluster.nodes()[0].cpu_usage == pytest.approx(1.5), 10)    # measured usage wins
     assert cluster.metrics_served is True
     fake.metrics = None                                                   # metrics-server goes away
-    _wait(lambda: cluster.nodes()[0].cpu_usage == pytest.approx(0.05))
+    wait_for(lambda: cluster.nodes()[0].cpu_usage == pytest.approx(0.05), 10)
     assert cluster.metrics_served is False
 
 
@@ -265,7 +257,7 @@ def test_watch_recovers_from_410_and_sees_what_it_missed(fake, connect):
     lists_before = fake.count(("list", "nodes"))
     fake.expire_watches()
     fake.add_node("b", ready=False)
-    _wait(lambda: {n.name for n in cluster.nodes()} == {"a", "b"})
-    _wait(lambda: fake.count(("list", "nodes")) > lists_before)
+    wait_for(lambda: {n.name for n in cluster.nodes()} == {"a", "b"}, 10)
+    wait_for(lambda: fake.count(("list", "nodes")) > lists_before, 10)
     fake.set_ready("b", True)
-    _wait(lambda: all(n.ready for n in cluster.nodes()))
+    wait_for(lambda: all(n.ready for n in cluster.nodes()), 10)

@@ -52,7 +52,8 @@ def test_every_file_parses_with_the_expected_kinds():
     assert files and all(f.endswith(".yaml") for f in files), files
     kinds = sorted(doc["kind"] for _, doc in documents())
     assert kinds == sorted(["Namespace", "ServiceAccount", "Role", "RoleBinding", "ClusterRole",
-                            "ClusterRoleBinding", "ConfigMap", "ConfigMap", "Deployment", "Service", "CronJob"])
+                            "ClusterRoleBinding", "ConfigMap", "ConfigMap", "ConfigMap", "Deployment",
+                            "PodDisruptionBudget", "Service", "CronJob"])
     # `kubectl apply -f k8s/` goes in file-name order: the namespace must come first.
     assert [doc["kind"] for _, doc in documents()][0] == "Namespace"
 
@@ -70,26 +71,32 @@ def test_objects_match_the_api_schema_and_namespace(name, doc):
     assert one("Namespace")["metadata"]["name"] == NS
 
 
-def _granted(rules: list[dict]) -> set[tuple[str, str, str]]:
+def _granted(rules: list[dict]) -> set[tuple[str, str, str, tuple[str, ...]]]:
     granted = set()
     for rule in rules:
-        assert set(rule) == {"apiGroups", "resources", "verbs"}, "no resourceNames/nonResourceURLs expected"
+        assert set(rule) <= {"apiGroups", "resources", "verbs", "resourceNames"}, "no nonResourceURLs expected"
         for value in (*rule["apiGroups"], *rule["resources"], *rule["verbs"]):
             assert "*" not in value, "no wildcards"
-        granted |= {(g, r, v) for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+        names = tuple(sorted(rule.get("resourceNames") or ()))
+        granted |= {(g, r, v, names) for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
     return granted
 
 
 def test_rbac_grants_exactly_what_the_adapter_uses():
-    used_ns = {(p.group, p.resource, v) for p in API_PERMISSIONS if not p.cluster_wide for v in p.verbs}
-    used_cluster = {(p.group, p.resource, v) for p in API_PERMISSIONS if p.cluster_wide for v in p.verbs}
+    used_ns = {(p.group, p.resource, v, tuple(sorted(p.names))) for p in API_PERMISSIONS if not p.cluster_wide
+               for v in p.verbs}
+    used_cluster = {(p.group, p.resource, v, tuple(sorted(p.names))) for p in API_PERMISSIONS if p.cluster_wide
+                    for v in p.verbs}
     roles, cluster_roles = by_kind("Role"), by_kind("ClusterRole")
     assert len(roles) == 1 and len(cluster_roles) == 1
     assert _granted(roles[0]["rules"]) == used_ns
     assert _granted(cluster_roles[0]["rules"]) == used_cluster
     # Cluster-wide access is read-only and limited to nodes.
-    assert {r for _, r, _ in used_cluster} == {"nodes"}
-    assert {v for _, _, v in used_cluster} <= {"get", "list", "watch"}
+    assert {r for _, r, _, _ in used_cluster} == {"nodes"}
+    assert {v for _, _, v, _ in used_cluster} <= {"get", "list", "watch"}
+    # ConfigMaps: the plan's one, never any other (nor create, which resourceNames cannot limit).
+    assert {(v, n) for _, r, v, n in used_ns if r == "configmaps"} == {
+        ("list", ("edge-inference-plan",)), ("watch", ("edge-inference-plan",)), ("update", ("edge-inference-plan",))}
 
 
 def test_bindings_tie_the_roles_to_the_service_account_the_pods_use():
@@ -106,6 +113,23 @@ def test_bindings_tie_the_roles_to_the_service_account_the_pods_use():
         assert spec["securityContext"]["runAsNonRoot"] is True
 
 
+def test_the_frontend_scales_out_with_a_budget_probes_and_spread():
+    deployment, pdb = one("Deployment", "frontend"), one("PodDisruptionBudget", "frontend")
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["spec"]["maxUnavailable"] == 1
+    spec = deployment["spec"]["template"]["spec"]
+    (spread,) = spec["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["labelSelector"]["matchLabels"].items() <= labels.items()
+    (container,) = spec["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    plan = one("ConfigMap", "edge-inference-plan")
+    assert "data" not in plan                   # re-applying must not wipe a written plan
+
+
 def test_configmaps_carry_the_repository_config_files():
     models = one("ConfigMap", "edge-inference-models")["data"]["models.yaml"]
     assert yaml.safe_load(models) == yaml.safe_load((ROOT / "config" / "models.yaml").read_text()), \
@@ -114,7 +138,7 @@ def test_configmaps_carry_the_repository_config_files():
     assert json.loads(alto) == json.loads((ROOT / "config" / "alto-costmap.json").read_text()), \
         "k8s/20-configmaps.yaml is out of date: copy config/alto-costmap.json into it"
     # Every volume that mounts them names keys that exist.
-    maps = {cm["metadata"]["name"]: cm["data"] for cm in by_kind("ConfigMap")}
+    maps = {cm["metadata"]["name"]: cm.get("data") or {} for cm in by_kind("ConfigMap")}
     for spec in pod_specs():
         for volume in spec["volumes"]:
             for source in (volume.get("projected") or {}).get("sources", []):
@@ -145,7 +169,8 @@ def test_backend_cronjob_passes_the_mode_flag_and_reaches_the_frontend():
     args = container["args"]
     assert args[args.index("--mode") + 1] in ("1", "2")
     service = one("Service", "frontend")
-    assert args[args.index("--frontend") + 1] == f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+    assert "--frontend" not in args             # one replica's URL would miss the others' statistics
+    assert args[args.index("--frontend-service") + 1] == service["metadata"]["name"]
     assert args[args.index("--cluster") + 1] == "kubernetes"
     assert "--token" not in args                      # never in the process arguments
     env = {e["name"]: e for e in container["env"]}
@@ -210,7 +235,7 @@ def test_the_backend_cli_accepts_the_cronjob_arguments():
     (container,) = one("CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
     config = config_from_args(build_parser().parse_args(container["args"]))
     assert config.cluster_kind == "kubernetes" and config.mode in (1, 2)
-    assert config.frontend == "http://frontend:5000"
+    assert config.frontend_service == "frontend" and config.frontend == "service/frontend"
 
 
 def test_the_frontend_settings_accept_the_deployment_environment():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -11,6 +12,8 @@ from cluster.catalog import ModelSpec, load_catalog
 from cluster.k8s_render import (RenderError, RenderSettings, instance_context, label_value, object_name,
                                 render_instance, render_template, resources_for, yaml_scalar)
 from cluster.kubernetes import schema_problems
+
+FIXTURE_CATALOG = Path(__file__).resolve().parents[1] / "fixtures" / "models.yaml"
 
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -24,7 +27,7 @@ def spec(**overrides) -> ModelSpec:
 
 
 def test_shipped_catalog_renders_expected_objects():
-    catalog = load_catalog()
+    catalog = load_catalog(FIXTURE_CATALOG)
     for model in catalog:
         out = render_instance(model, "nano-1")
         dep, svc = out.deployment, out.service
@@ -57,7 +60,7 @@ def test_rendered_objects_match_the_api_schema():
     settings = RenderSettings(models_host_path="/srv/models", image_pull_secret="regcred",
                               tolerations=({"key": "kwok.x-k8s.io/node", "operator": "Exists",
                                             "effect": "NoSchedule"},))
-    for model in load_catalog():
+    for model in load_catalog(FIXTURE_CATALOG):
         out = render_instance(model, "nano-1", settings)
         assert schema_problems(out.deployment) == []
         assert schema_problems(out.service) == []

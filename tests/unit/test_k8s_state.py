@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +11,8 @@ from cluster.k8s_render import render_instance
 from cluster.k8s_state import (build_deployments, build_node, build_nodes, estimate_cpu_usage, format_endpoint,
                                memory_used_by_node, metrics_cpu, node_address, node_ready, parse_cpu,
                                parse_memory_kb, parse_quantity, parse_time, pod_problem, pod_requests)
+
+FIXTURE_CATALOG = Path(__file__).resolve().parents[1] / "fixtures" / "models.yaml"
 
 
 def node(name="nano-1", *, ready="True", cpu="4", memory="4Gi", address="10.0.0.1", labels=None,
@@ -25,7 +28,7 @@ def node(name="nano-1", *, ready="True", cpu="4", memory="4Gi", address="10.0.0.
 
 
 def rendered(model="half_plus_two", node_name="nano-1"):
-    return render_instance(load_catalog()[model], node_name)
+    return render_instance(load_catalog(FIXTURE_CATALOG)[model], node_name)
 
 
 def pod_for(out, *, node_name="nano-1", phase="Running"):
@@ -163,3 +166,23 @@ def test_pod_problem_explains_a_pending_pod():
     assert "ImagePullBackOff" in pod_problem([pulling])
     assert pod_problem([{"metadata": {"name": "r"}, "status": {"phase": "Pending"}}]) == "pod r: phase Pending"
     assert pod_problem([]) == ""
+
+
+def _frontend_pod(ip, *, ready="True", deleting=False, port_name="http", port=5000):
+    meta = {"name": f"frontend-{ip}"}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-11-28T10:00:00Z"
+    return {"metadata": meta,
+            "spec": {"containers": [{"name": "frontend", "ports": [{"name": port_name, "containerPort": port}]}]},
+            "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": ready}]}}
+
+
+def test_front_end_replicas_are_the_ready_pods_with_an_ip():
+    from cluster.k8s_state import ready_pod_urls
+
+    pods = [_frontend_pod("10.0.0.2"), _frontend_pod("10.0.0.1"), _frontend_pod("10.0.0.3", ready="False"),
+            _frontend_pod("10.0.0.4", deleting=True), _frontend_pod(""), _frontend_pod("fd00::5")]
+    assert ready_pod_urls(pods, "http") == ["http://10.0.0.1:5000", "http://10.0.0.2:5000", "http://[fd00::5]:5000"]
+    assert ready_pod_urls(pods, 8080) == ["http://10.0.0.1:8080", "http://10.0.0.2:8080", "http://[fd00::5]:8080"]
+    # a named target port the pod does not declare leaves the pod out
+    assert ready_pod_urls([_frontend_pod("10.0.0.1", port_name="web")], "http") == []

@@ -14,7 +14,7 @@ from modelserver.app import ModelServerApp
 from modelserver.build_models import MODELS, build_all
 from modelserver.errors import BadRequest
 from modelserver.layout import LoadError, scan_layout
-from modelserver.logs import JsonFormatter
+from common.logs import JsonFormatter
 from modelserver.repository import Signature, TensorInfo, load_repository
 
 F32 = np.float32
@@ -256,7 +256,7 @@ def test_app_maps_an_onnx_runtime_invalid_argument_to_400(app):
 def test_json_formatter_writes_one_object_per_line():
     record = logging.LogRecord("modelserver", logging.INFO, __file__, 1, "hello %s", ("you",), None)
     record.fields = {"event": "ready", "port": 8501}
-    line = JsonFormatter().format(record)
+    line = JsonFormatter("modelserver").format(record)
     assert "\n" not in line
     entry = json.loads(line)
     assert entry["message"] == "hello you" and entry["event"] == "ready" and entry["level"] == "info"

@@ -1,4 +1,5 @@
 """The experiment's pure parts: Kubernetes-style spreading, strategy flags, the results document."""
+import dataclasses
 import json
 from pathlib import Path
 
@@ -56,7 +57,8 @@ def test_results_document_has_the_promised_shape(tmp_path):
         records = [RequestRecord(request_id=a.request_id, index=a.index, phase=a.phase, zone=a.zone, client=0,
                                  model=a.model, scheduled=a.offset, started=a.offset, ok=i % 10 != 0,
                                  latency=base if i % 10 else 10.0, node=scenario.node_names[0],
-                                 network=base / 2, server=base / 2, error=None if i % 10 else "timeout")
+                                 network=base / 2, server=base / 2, error=None if i % 10 else "timeout",
+                                 lookup=base / 5)
                    for i, a in enumerate(trace)]
         clients = ClientResults(mode="lookup", frontend="http://x", scheduled=len(trace), records=records,
                                 seconds=scenario.duration, started_at=1000.0, timeout=10.0, slo=scenario.slo)
@@ -76,8 +78,44 @@ def test_results_document_has_the_promised_shape(tmp_path):
     for plot in ("latency_cdf.png", "p95_over_time.png", "instances_over_time.png"):
         assert (tmp_path / plot).stat().st_size > 1000
     assert doc["strategies"]["ours"]["predicted_mean"] == 0.01
+    ours = doc["strategies"]["ours"]
+    assert ours["achieved_mean_ok"] == 0.01 and ours["achieved_call_mean_ok"] == 0.008   # the lookup left out
+    assert saved["initial"] == "spread" and "call 8.0" in (tmp_path / "results.md").read_text()
 
 
 def test_latency_stats_nearest_rank():
     assert latency_stats([0.1, 0.2, 0.3, 0.4]) == {"mean": 0.25, "p50": 0.2, "p95": 0.4, "p99": 0.4, "n": 4}
     assert latency_stats([])["mean"] is None
+
+
+def test_an_unknown_initial_deployment_is_refused_before_anything_runs(tmp_path):
+    import pytest
+
+    from testbed.runner import run_experiment
+    from testbed.scenario import SCENARIOS_DIR, load_scenario
+
+    with pytest.raises(ValueError, match="initial: expected one of spread, empty"):
+        run_experiment(load_scenario(SCENARIOS_DIR / "smoke.yaml"), tmp_path / "out", initial="warm")
+    assert not (tmp_path / "out" / "trace.jsonl").exists()
+
+
+def test_cloud_nodes_only_for_a_strategy_with_a_cloud_tier(tmp_path):
+    import yaml
+
+    from testbed.runner import _cluster_file, _nodes_for
+    from testbed.scenario import Node, SCENARIOS_DIR, load_scenario
+    from testbed.strategies import Strategy
+
+    scenario = load_scenario(SCENARIOS_DIR / "smoke.yaml")
+    cloud = Node(name="cloud", node_class="large", cpu=16.0, memory=4_000_000, tier="cloud", cpu_quota=0.5)
+    scenario = dataclasses.replace(scenario, nodes=(*scenario.nodes, cloud))
+    edge_only, with_cloud = Strategy("a", policy="plan", backend=None), Strategy("b", policy="plan", backend=None,
+                                                                                 cloud=True)
+    assert [n.name for n in _nodes_for(scenario, edge_only)] == ["nano-1", "xavier"]
+    nodes = _nodes_for(scenario, with_cloud)
+    assert [n.name for n in nodes] == ["nano-1", "xavier", "cloud"]
+    doc = yaml.safe_load(_cluster_file(scenario, tmp_path / "cluster.yaml", nodes).read_text())
+    entry = {n["name"]: n for n in doc["nodes"]}
+    assert entry["cloud"]["tier"] == "cloud" and entry["cloud"]["cpu_quota"] == 0.5
+    assert "tier" not in entry["nano-1"] and entry["nano-1"]["cpu_quota"] > 0
+    assert len({n["address"] for n in doc["nodes"]}) == 3

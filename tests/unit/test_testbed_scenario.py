@@ -185,3 +185,27 @@ def test_frozen_map_is_read_only():
     with pytest.raises(AttributeError):
         m._data = {}
     assert m == {"a": 1} and dict(m) == {"a": 1}
+
+
+def test_a_node_may_be_in_the_cloud_tier_with_its_own_quota():
+    data = base()
+    data["nodes"].append({"name": "cloud", "class": "large", "cpu": 16.0, "memory": 4000000, "tier": "cloud",
+                          "cpu_quota": 0.5})
+    for zone in data["zones"]:
+        zone["rtt"]["cloud"] = 0.06
+    s = parse_scenario(data)
+    cloud = next(n for n in s.nodes if n.name == "cloud")
+    assert (cloud.tier, cloud.cpu_quota) == ("cloud", 0.5)
+    assert s.nodes[0].tier == "edge" and s.nodes[0].cpu_quota is None
+    assert cloud.to_dict()["tier"] == "cloud" and "tier" not in s.nodes[0].to_dict()
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("tier", "fog", "nodes[0].tier: must be one of edge, cloud, got 'fog'"),
+    ("cpu_quota", float("nan"), "nodes[0].cpu_quota: must be a finite number"),
+    ("cpu_quota", 0, "nodes[0].cpu_quota: must be > 0"),
+])
+def test_bad_tier_and_quota_name_their_field(field, value, expected):
+    data = base()
+    data["nodes"][0][field] = value
+    assert expected in error_of(data)

@@ -1,6 +1,6 @@
 """Run the front-end on a free loopback port from Python: in a thread (Werkzeug) or under gunicorn.
 
-For tests and the benchmark. Both bind their socket first (port 0 = the kernel picks a free one),
+For tests and the benchmarks (a harness, not part of the front-end package). Both bind their socket first (port 0 = the kernel picks a free one),
 so there is no window in which another process can take the port; gunicorn inherits the bound
 socket as `fd://N`. Both stop cleanly (`stop()` or `with`), gunicorn with its whole process group.
 """

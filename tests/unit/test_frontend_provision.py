@@ -1,0 +1,87 @@
+"""On-demand provisioning when its claim cannot be dropped: logged, told to the client, retried.
+
+A failed attempt must not leave its claim in the shared database until the TTL runs out: the
+release is retried at the next request (and after each refresh) once the database answers again.
+Everything is real: a local cluster whose model files are missing (so the deploy fails), the
+front-end's SQLite store, and a second connection that holds SQLite's write lock.
+"""
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+
+import pytest
+
+from frontend.config import settings_from_mapping
+from frontend.provision import Provisioner
+from frontend.state import StateCache, make_cluster_factory
+from frontend.store import StatsStore
+
+from tests.waiting import wait_for
+
+MODEL = "half_plus_two"
+
+
+@pytest.fixture
+def parts(local_cluster_factory, tmp_path):
+    empty = tmp_path / "no-models"
+    empty.mkdir()
+    cluster = local_cluster_factory(models_dir=empty)
+    settings = settings_from_mapping({
+        "cluster": "local", "database": str(tmp_path / "fe.db"), "provision_timeout": 3600,
+        "cluster_settings": {"config_path": str(cluster.config_path), "state_path": str(cluster.state_path),
+                             "models_dir": str(empty), "catalog_path": str(cluster.catalog_path)}})
+    store = StatsStore(settings.database_path, busy_timeout=0.05)
+    cache = StateCache(settings=settings, store=store, cluster_factory=make_cluster_factory(settings))
+    assert cache.refresh()
+    provisioner = Provisioner(cache=cache, store=store, retry_after=2, claim_ttl=settings.provision_timeout)
+    yield cache, store, provisioner
+    cache.close()
+    store.close()
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def test_a_claim_that_cannot_be_released_is_retried_not_held_until_its_ttl(parts):
+    cache, store, provisioner = parts
+    seen = _Records()
+    logging.getLogger("frontend.provision").addHandler(seen)
+    spec = cache.catalog[MODEL]
+    writer = sqlite3.connect(store.path, isolation_level=None, timeout=0.05)
+    with cache.cluster_lock:                       # hold the deploy until the database is locked
+        first = provisioner.request(spec)
+        assert first.retry_after == 2 and MODEL in store.claims()
+        writer.execute("BEGIN EXCLUSIVE")
+    wait_for(lambda: MODEL in provisioner.unreleased and not provisioner._inflight, what="the failed attempt")
+    assert "not found" in provisioner.last_error[MODEL]          # the deploy failed: no model files
+    assert "locked" in provisioner.unreleased[MODEL]
+    assert any(r.msg.startswith("cannot release the provisioning claim") and r.levelname == "ERROR"
+               for r in seen.records)
+    # while the database still refuses, the client is told why, and no new attempt starts
+    refused = provisioner.request(spec)
+    assert "cannot be released" in refused.reason and "not found" in refused.reason
+    writer.execute("ROLLBACK")
+    # once the database answers, the next request drops the stale claim and tries again at once
+    again = provisioner.request(spec)
+    assert "cannot be released" not in again.reason
+    wait_for(lambda: not provisioner._inflight, what="the second attempt")
+    assert provisioner.unreleased == {} and MODEL not in store.claims()
+    writer.close()
+    logging.getLogger("frontend.provision").removeHandler(seen)
+
+
+def test_the_refresh_listener_retries_failed_releases(parts):
+    cache, store, provisioner = parts
+    store.claim(MODEL, "node-a", now=time.time(), ttl=3600)
+    provisioner.unreleased[MODEL] = "OperationalError: database is locked"
+    cache.add_listener(provisioner.retry_releases)
+    assert cache.refresh()
+    assert provisioner.unreleased == {} and MODEL not in store.claims()

@@ -1,0 +1,46 @@
+"""The PUT /plan body, validated by one model on both sides (common/plan_body.py)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from backend.pipeline import _plan_problems
+from frontend.dispatch import PlanError, parse_plan
+
+GOOD = {"created": 10.0, "mode": 1, "solver": "ipopt", "weights": {"m": {"z": {"n": 1.0}}}, "rtt": {"z": {"n": 0.01}}}
+
+
+@pytest.mark.parametrize("change, expect", [
+    ({"weights": {"m": {"z": {"n": math.nan}}}}, "weights.m.z.n: must be a number >= 0"),
+    ({"weights": {"m": {"z": {"n": math.inf}}}}, "weights.m.z.n: must be a number >= 0"),
+    ({"rtt": {"z": {"n": math.nan}}}, "rtt.z.n: must be a number of seconds in 0..60"),
+    ({"created": math.inf}, "created: must be a unix time in seconds"),
+    ({"weights": {"m": {"z": {"n": "1"}}}}, "weights.m.z.n: must be a number >= 0"),
+    ({"mode": "1"}, "mode: must be 1 or 2"),
+    ({"mode": True}, "mode: must be 1 or 2"),
+    ({"weights": [1]}, "weights: must map model -> zone -> node -> weight"),
+    ({"colour": 1}, "unknown field(s): colour"),
+])
+def test_nan_inf_wrong_types_and_unknown_keys_are_named_on_both_sides(change, expect):
+    body = {**GOOD, **change}
+    with pytest.raises(PlanError) as info:
+        parse_plan(json.loads(json.dumps(body)), known_models=["m"])     # as it arrives: through JSON
+    assert expect in str(info.value)
+    assert any(expect in problem for problem in _plan_problems(body))    # the back-end refuses to send it
+
+
+def test_every_error_at_once_and_unknown_models():
+    with pytest.raises(PlanError) as info:
+        parse_plan({**GOOD, "mode": 3, "created": -1, "weights": {"ghost": {}, "m": {"z": {"n": -1}}}},
+                   known_models=["m"])
+    message = str(info.value)
+    for part in ("weights.ghost: unknown model", "mode: must be 1 or 2", "created:", "weights.m.z.n"):
+        assert part in message
+
+
+def test_a_good_body_passes_both_sides():
+    assert _plan_problems(GOOD) == []
+    plan = parse_plan(GOOD, known_models=["m"])
+    assert plan.weights == {"m": {"z": {"n": 1.0}}} and plan.rtt == {"z": {"n": 0.01}} and plan.mode == 1
