@@ -78,13 +78,14 @@ def all_pairs(arrays: Arrays) -> tuple[np.ndarray, np.ndarray]:
 def build_model(arrays: Arrays, *, pairs: tuple[np.ndarray, np.ndarray] | None = None,
                 linking: str = LINK_GROUP, slack_cost: float | None = None,
                 tangents: np.ndarray | None = None,
-                extra_cuts: dict[tuple[int, int], list[float]] | None = None) -> LinearModel:
+                extra_cuts: dict[tuple[int, int], list[tuple[float, float]]] | None = None) -> LinearModel:
     """Build the MILP of the problem's formulation over the given candidate pairs (default: all).
 
     `latency` (placement's rows, plus): `ceiling[m,j]`: sum_g x[g,j] <= cap[m,j] * y[m,j] (the
     utilisation ceiling), and a column wait[m,j] >= 0 (cost 1) above the tangent cuts of the
-    instance's waiting at the utilisations `tangents` (plus `extra_cuts[(m, j)]`): the
-    piecewise-linear outer approximation of solver/queueing.py; y costs the instance's cost.
+    instance's waiting at the utilisations `tangents`, plus the cuts `extra_cuts[(m, j)]` given as
+    (slope per request, intercept) pairs: the piecewise-linear outer approximation of
+    solver/queueing.py; y costs the instance's cost.
 
     With `slack_cost`, every group also gets a continuous column `unserved[g]` of that unit cost in
     its demand row (after the x and y columns), so a model restricted to candidate pairs always
@@ -195,13 +196,12 @@ def build_model(arrays: Arrays, *, pairs: tuple[np.ndarray, np.ndarray] | None =
             position = {(int(mm), int(jj)): yk for yk, (mm, jj) in enumerate(zip(y_m.tolist(), y_j.tolist()))}
             members = np.argsort(x_to_y, kind="stable")
             bounds = np.searchsorted(x_to_y[members], np.arange(n_y + 1))
-            for key, rhos in extra_cuts.items():
+            for key, cuts in extra_cuts.items():
                 yk = position.get(key)
                 if yk is None:
                     continue
                 cols = members[bounds[yk]:bounds[yk + 1]]
-                sl, ic = cut_rows(arrays, np.array([y_m[yk]]), np.array([y_j[yk]]), np.asarray(rhos, dtype=float))
-                for a_k, b_k in zip(sl[0].tolist(), ic[0].tolist()):
+                for a_k, b_k in cuts:
                     rows_w += [np.full(len(cols), n_rows), np.array([n_rows])]
                     cols_w += [x_cols[cols], np.array([t_cols[yk]])]
                     vals_w += [np.full(len(cols), a_k), np.array([-1.0])]

@@ -6,8 +6,10 @@ everywhere: the MILP's optimum, and its dual bound, are lower bounds of the true
 `bound` (the best dual bound over the rounds) is a true lower bound. The initial tangents
 (solver/queueing.py `tangent_points`) under-estimate h by at most TANGENT_TOL, so the a-priori
 error is at most W * TANGENT_TOL per instance. After each solve the returned assignment is
-evaluated exactly; where an instance's waiting exceeds its approximation, a tangent at its actual
-utilisation is added (exact there) and the MILP re-solved, until the assignment's exact value
+evaluated exactly; where an instance's waiting exceeds its approximation, the chords of its waiting
+between the integers around its load n (n-1..n and n..n+1) are added and the MILP re-solved. A chord
+between consecutive integers lies below a convex function at every integer, and the load is an
+integer, so these cuts are valid and exact at n; until the assignment's exact value
 meets the bound (proven optimal), the rounds or the time run out (feasible, gap in the message).
 """
 from __future__ import annotations
@@ -21,17 +23,29 @@ from solver.data import Arrays
 from solver.deadline import Deadline
 from solver.formulation import build_model
 from solver.problem import Problem, Solution
-from solver.queueing import tangent_points, wait
+from solver.queueing import tangent_points, unit_caps, wait
 
 from solver.render import TANGENT_TOL   # h's under-estimate by the initial tangents (x W seconds per instance)
 MAX_ROUNDS = 12        # outer-approximation rounds
 CUT_TOL = 1e-6         # relative: an instance whose waiting is under-estimated by more gets a cut
 
 
+def _chords(arrays: Arrays, m: int, j: int, n: int) -> list[tuple[float, float]]:
+    """The chords (slope, intercept) of wait on instance (m, j) over [n-1, n] and [n, n+1] (within its cap)."""
+    cap = float(unit_caps(arrays)[m, j])
+    out = []
+    for lo in (n - 1, n):
+        if lo < 0 or lo + 1 > cap:
+            continue
+        f0, f1 = float(wait(arrays, m, j, lo)), float(wait(arrays, m, j, lo + 1))
+        out.append((f1 - f0, f0 - (f1 - f0) * lo))
+    return out
+
+
 def solve_latency(problem: Problem, arrays: Arrays, *, deadline: Deadline, time_limit: float | None) -> Solution:
     """Solve the `latency` problem with HiGHS; see the module's docstring."""
     points, h_error = tangent_points(arrays.max_util, TANGENT_TOL)
-    extra: dict[tuple[int, int], list[float]] = {}
+    extra: dict[tuple[int, int], list[tuple[float, float]]] = {}
     best = None
     best_value = np.inf
     bound = -np.inf
@@ -68,7 +82,7 @@ def solve_latency(problem: Problem, arrays: Arrays, *, deadline: Deadline, time_
             m, j = int(model.y_m[k]), int(model.y_j[k])
             n = int(packer.units[m, j])
             if n and wait(arrays, m, j, n) - t[k] > tol / max(1, model.n_wait):
-                extra.setdefault((m, j), []).append(float(arrays.exec_time[m, j] * n / arrays.window))
+                extra.setdefault((m, j), []).extend(_chords(arrays, m, j, n))
                 added += 1
         if not added or result.status != "kOptimal" or deadline.expired():
             break
