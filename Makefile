@@ -12,7 +12,7 @@ MODELS_STAMP := build/models/.built
 # i.e. root; without them `make run` says so and uses config/models.yaml's reference figures).
 MEASURED_CATALOG := build/models.yaml
 
-.PHONY: setup setup-test setup-bench test run bench simulate experiment clean k8s-tools
+.PHONY: setup setup-test setup-bench test run bench simulate experiment experiment-load clean k8s-tools
 
 setup: $(PIP_STAMP) $(MODELS_STAMP) $(MEASURED_CATALOG)
 
@@ -68,6 +68,10 @@ simulate: setup
 # The achieved-latency experiment on the shipped default scenario (every strategy, ~15 min).
 experiment: setup
 	$(PY) -m testbed run testbed/scenarios/default.yaml --out build/experiment
+
+# The load-aware and cloud strategies against the others on a loaded edge (all six, ~15 min).
+experiment-load: setup
+	$(PY) -m testbed run testbed/scenarios/load.yaml --out build/experiment-load
 
 clean:
 	rm -rf build .run .pytest_cache

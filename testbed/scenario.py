@@ -52,7 +52,7 @@ _MEASURED_CATALOG = REPO_ROOT / "build" / "models.yaml"
 DEFAULT_CATALOG = _MEASURED_CATALOG if _MEASURED_CATALOG.is_file() else REPO_ROOT / "config" / "models.yaml"
 SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
 
-#: every strategy name a scenario may list (ours-load and ours-cloud are reserved for later)
+#: every strategy name a scenario may list (testbed/strategies.py configures each)
 STRATEGIES = ("kubernetes", "thesis", "nearest", "ours", "ours-load", "ours-cloud")
 DEFAULT_STRATEGIES = ("kubernetes", "thesis", "nearest", "ours")
 #: requests per second one phase may ask for. Measured (lookup mode, 20 ms RTT, against an

@@ -11,6 +11,11 @@ local cluster with node limits, and differs only in what it tells the front-end 
 - `nearest`: provisioning as `ours`, dispatch to the lowest-RTT node serving the model.
 - `ours`: the best configuration: exact MILP (HiGHS), the solver's plan for dispatch, RTT from the
   clients' network reports (ALTO only as the prior), Mode 2 (the solver's placement is the target).
+- `ours-load`: `ours` on the load-aware formulation (`--formulation latency`: arrival rates from the
+  window, M/M/1 waiting per instance, no instance planned above 85% busy).
+- `ours-cloud`: `ours-load` with the scenario's cloud-tier nodes (`tier: cloud`), which no other
+  strategy gets: the solver may route part of a group's traffic there, and the front-end falls back
+  to a cloud instance when no edge instance can take a request.
 
 Back-end cadence and windows are the same for every strategy that has a back-end.
 """
@@ -48,6 +53,14 @@ STRATEGIES: dict[str, Strategy] = {
     "ours": Strategy("ours", policy="plan",
                      backend=("--mode", "2", "--solver", "highs", "--rtt-source", "reports"),
                      description="exact MILP, plan dispatch, measured network RTT"),
+    "ours-load": Strategy("ours-load", policy="plan",
+                          backend=("--mode", "2", "--solver", "highs", "--rtt-source", "reports",
+                                   "--formulation", "latency"),
+                          description="ours on the load-aware formulation (M/M/1 waiting, utilisation <= 0.85)"),
+    "ours-cloud": Strategy("ours-cloud", policy="plan",
+                           backend=("--mode", "2", "--solver", "highs", "--rtt-source", "reports",
+                                    "--formulation", "latency"), cloud=True,
+                           description="ours-load with the scenario's cloud site(s)"),
 }
 
 

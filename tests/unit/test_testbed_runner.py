@@ -36,6 +36,12 @@ def test_strategies_configure_what_the_issue_names():
     ours = backend_flags(STRATEGIES["ours"])
     assert "highs" in ours and STRATEGIES["ours"].policy == "plan" and "reports" in ours
     assert STRATEGIES["nearest"].policy == "nearest" and STRATEGIES["nearest"].backend == STRATEGIES["ours"].backend
+    load, cloud = backend_flags(STRATEGIES["ours-load"]), backend_flags(STRATEGIES["ours-cloud"])
+    assert load == cloud and load[load.index("--formulation") + 1] == "latency" and "--formulation" not in ours
+    assert STRATEGIES["ours-cloud"].cloud and not any(STRATEGIES[n].cloud for n in STRATEGIES if n != "ours-cloud")
+    assert {"--mode", "2", "highs", "reports"} <= set(load) and STRATEGIES["ours-load"].policy == "plan"
+    from testbed.scenario import STRATEGIES as NAMES
+    assert set(STRATEGIES) == set(NAMES)          # every name a scenario may list can be run
 
 
 def test_backend_runs_come_from_the_run_reports(tmp_path):
