@@ -2,7 +2,7 @@
 
 The checker reads only the Problem's own fields (no arrays, no formulation matrices), so a bug
 in the formulation or in a backend cannot hide from it. The objective is recomputed exactly with
-rational arithmetic; capacities are compared with a relative tolerance of 1e-9 (decimal
+rational arithmetic (`latency`: each instance's waiting exactly, their sum correctly rounded); capacities are compared with a relative tolerance of 1e-9 (decimal
 capacities like 0.1 cores are not exact in binary floating point).
 """
 from __future__ import annotations
@@ -99,7 +99,9 @@ def check_assignment(problem: Problem, assignment: Iterable[Assignment]) -> Chec
             violations.append(f"compute[{name}]: {used_cpu[name]:g} cores used > {node.cpu:g} cores{ratio}")
     objective = exact_sum(terms)
     if problem.formulation == "latency":
-        objective = float(exact_fraction(terms) + sum(latency_terms, Fraction(0)))
+        # each instance's waiting is exact rational arithmetic rounded once, the sum correctly rounded
+        # (one rational over every instance's own denominator grows too large to add at scale)
+        objective = math.fsum([objective, *(float(t) for t in latency_terms)])
     return CheckResult(ok=not violations, violations=violations, objective=objective,
                        memory_used={n: float(v) for n, v in memory.items()}, cpu_used=used_cpu)
 
@@ -120,7 +122,7 @@ def exact_fraction(terms: Iterable[tuple[int, float]]) -> Fraction:
 
 
 def _latency_terms(problem: Problem, placed: dict[tuple[int, str], int], violations: list[str]) -> list[Fraction]:
-    """The `latency` objective beyond sum(count * (rtt + exec_time)), exactly: each request's cost
+    """The `latency` objective beyond sum(count * (rtt + exec_time)), each term exact: each request's cost
     per request on its node, each instance's M/M/1 waiting W rho^2 / (1 - rho) with rho = s n / W,
     and each instance's cost per hour over the window; a violation for rho above the ceiling."""
     nodes = {n.name: n for n in problem.nodes}

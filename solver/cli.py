@@ -6,7 +6,7 @@
     python -m solver simulate [--seeds K] [--out DIR]
 
 `solve` prints only the Solution JSON on stdout (native solver output is sent to stderr) and
-exits 0 (optimal/feasible), 1 (infeasible, time_limit, or no assignment), 2 (bad input), 3 (backend
+exits 0 (optimal/repaired/feasible), 1 (infeasible, time_limit, or no assignment), 2 (bad input), 3 (backend
 not installed). Every command exits 2 for input it cannot use (an unreadable, binary or malformed
 file, a bad option value) and 1 for an output it cannot write (`render --out`, `--keep-files`,
 `simulate --out`). Errors are one line on stderr, never a traceback.

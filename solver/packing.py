@@ -230,7 +230,7 @@ class Packer:
         if self.a.latency:
             from solver.queueing import objective
 
-            return objective(self.a, self.x, self.units)
+            return objective(self.a, self.x, self.units, self.cost)
         return math.fsum(k * float(self.cost[g, j]) for (g, j), k in self.x.items())
 
     def assignment(self) -> list[Assignment]:

@@ -97,9 +97,12 @@ def cut_rows(arrays: Arrays, m: np.ndarray, j: np.ndarray, rhos: np.ndarray) -> 
     return np.where(s > 0, slope, 0.0), intercept
 
 
-def objective(arrays: Arrays, x: dict[tuple[int, int], int], units: np.ndarray) -> float:
-    """Return the latency objective of a packer's assignment (float; the checker's is exact)."""
-    lin = math.fsum(k * float(arrays.cost[g, j]) for (g, j), k in x.items())
+def objective(arrays: Arrays, x: dict[tuple[int, int], int], units: np.ndarray,
+              cost: np.ndarray | None = None) -> float:
+    """Return the latency objective of a packer's assignment (float; the checker's is exact).
+    `cost`: arrays.cost computed once by the caller (the property builds the whole G x S matrix)."""
+    cost = arrays.cost if cost is None else cost
+    lin = math.fsum(k * float(cost[g, j]) for (g, j), k in x.items())
     m, j = np.nonzero(units)
     waits = wait(arrays, m, j, units[m, j])
     opened = (units > 0) | arrays.deployed

@@ -32,7 +32,7 @@ EDGE_S = 0.5
 @pytest.fixture
 def system(local_cluster_factory, tmp_path: Path):
     from frontend import create_app
-    from frontend.serving import ServerThread
+    from tests.frontend_server import ServerThread
 
     doc = yaml.safe_load(CATALOG.read_text())
     for model in doc["models"]:

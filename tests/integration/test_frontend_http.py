@@ -23,7 +23,7 @@ def test_lookup_one_and_all(make_frontend):
     fe = make_frontend(TWO_NODES, deploy=((HP2, "node-a"), ("digits_logreg", "node-b")))
     hp2 = dep_of(fe.cluster, HP2, "node-a")
     expected = {"model": HP2, "node": "node-a", "endpoint": hp2.endpoint,
-                "url": f"http://{hp2.endpoint}/v1/models/{HP2}"}
+                "url": f"http://{hp2.endpoint}/v1/models/{HP2}", "tier": "edge"}
     listing = requests.get(f"{fe.url}/services", timeout=10)
     assert listing.status_code == 200
     assert sorted(s["model"] for s in listing.json()["services"]) == ["digits_logreg", HP2]

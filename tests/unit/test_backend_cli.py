@@ -184,3 +184,23 @@ def _run_backend(tmp_path: Path, *extra: str):
             "--cluster-state", str(tmp_path / "c.db"), "--report", str(tmp_path / "r.json")]
     return subprocess.run([sys.executable, "-m", "backend", *base, *extra], cwd=repo, capture_output=True,
                           text=True, timeout=60)
+
+
+@pytest.mark.parametrize("value", ["1", "0", "-0.5", "nan", "abc"])
+def test_max_utilisation_must_be_strictly_between_0_and_1(value, capsys):
+    from backend.__main__ import build_parser
+
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["--mode", "1", "--frontend", "http://127.0.0.1:9", "--formulation", "latency",
+                                   "--max-utilisation", value])
+    assert info.value.code == 2
+    assert "--max-utilisation" in capsys.readouterr().err
+
+
+def test_latency_formulation_and_ceiling_reach_the_build_settings():
+    from backend.__main__ import build_parser, config_from_args
+
+    args = build_parser().parse_args(["--mode", "1", "--frontend", "http://127.0.0.1:9", "--formulation", "latency",
+                                      "--max-utilisation", "0.7", "--token", "t" * 20])
+    cfg = config_from_args(args)
+    assert (cfg.build.formulation, cfg.build.max_utilisation) == ("latency", 0.7)

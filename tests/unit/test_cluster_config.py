@@ -59,8 +59,8 @@ def test_good_config_parses(tmp_path):
     ("class", 3, "field 'class' must be a non-empty string"),
     ("colour", "red", "unknown field(s) colour"),
     ("tier", "fog", "field 'tier' must be one of edge, cloud"),
-    ("cost_per_request", -1, "field 'cost_per_request' must be a finite number >= 0"),
-    ("cost_per_instance_hour", float("nan"), "field 'cost_per_instance_hour' must be a finite number >= 0"),
+    ("cost_per_request", -1, "field 'cost_per_request' must be a non-negative number, got -1"),
+    ("cost_per_instance_hour", float("nan"), "field 'cost_per_instance_hour' must be a finite number, got nan"),
 ])
 def test_each_bad_field_is_named(tmp_path, field, value, expect):
     entry = {**GOOD, field: value}
