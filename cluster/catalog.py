@@ -17,9 +17,18 @@ from common.validation import Checked, Number, NumberMap, OptionalText, Strict, 
 from .port import ClusterError
 from .yamlcheck import read_yaml
 
-__all__ = ["ModelSpec", "Catalog", "CatalogError", "load_catalog", "DEFAULT_CATALOG"]
+__all__ = ["ModelSpec", "Catalog", "CatalogError", "load_catalog", "DEFAULT_CATALOG", "MEASURED_CATALOG",
+           "host_catalog"]
 
 DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "config" / "models.yaml"
+# This host's figures: `make setup` profiles the models into it (cluster/profile.py, --out).
+MEASURED_CATALOG = DEFAULT_CATALOG.parent.parent / "build" / "models.yaml"
+
+
+def host_catalog() -> Path:
+    """The catalog a whole system on this host runs with: this host's measured one when `make setup`
+    wrote it, else the shipped one (the reference machine's figures)."""
+    return MEASURED_CATALOG if MEASURED_CATALOG.is_file() else DEFAULT_CATALOG
 # Model names appear in URLs, Kubernetes object names and labels: keep them to a safe alphabet.
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,40}[a-z0-9])?$")
 

@@ -815,8 +815,9 @@ def default_catalog(chosen: str | os.PathLike = "") -> Path:
     if chosen:
         path = Path(chosen).expanduser()
         return path if path.is_absolute() else (Path.cwd() / path).resolve()
-    measured = REPO_ROOT / "build" / "models.yaml"
-    return measured if measured.is_file() else REPO_ROOT / "config" / "models.yaml"
+    from cluster.catalog import host_catalog
+
+    return host_catalog()
 
 
 def catalog_note(path: Path) -> str:

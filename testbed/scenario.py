@@ -38,6 +38,7 @@ from typing import Any, Iterator
 import yaml
 from pydantic import Field as PydField
 
+from cluster.catalog import host_catalog
 from common.validation import Checked, Strict, ValidationError, problems
 
 __all__ = ["ScenarioError", "Scenario", "Node", "Zone", "Phase", "FrozenMap", "load_scenario",
@@ -46,10 +47,8 @@ __all__ = ["ScenarioError", "Scenario", "Node", "Zone", "Phase", "FrozenMap", "l
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CLUSTER = REPO_ROOT / "config" / "cluster.local.yaml"
-# this host's figures (`make setup` profiles the models into build/models.yaml), else the shipped ones:
-# the same choice scripts/run_system.py makes, and the runner passes it on with --catalog
-_MEASURED_CATALOG = REPO_ROOT / "build" / "models.yaml"
-DEFAULT_CATALOG = _MEASURED_CATALOG if _MEASURED_CATALOG.is_file() else REPO_ROOT / "config" / "models.yaml"
+# the catalog scripts/run_system.py would choose (the runner passes it on with --catalog)
+DEFAULT_CATALOG = host_catalog()
 SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
 
 #: every strategy name a scenario may list (testbed/strategies.py configures each)

@@ -126,6 +126,18 @@ def lagrangian_bound(arrays: Arrays, mu: np.ndarray, nu: np.ndarray) -> tuple[fl
     return bound, priced
 
 
+def priced_columns(reduced: np.ndarray, negative: np.ndarray, per_group: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (group, node) columns a pricing round adds: each group's `per_group` lowest reduced
+    costs, kept where the reduced cost is negative (`negative`, same shape as `reduced`)."""
+    n_groups, n_nodes = reduced.shape
+    k = min(per_group, n_nodes)
+    part = np.argpartition(reduced, k - 1, axis=1)[:, :k]
+    add_g = np.repeat(np.arange(n_groups), k)
+    add_j = part.ravel()
+    chosen = negative[add_g, add_j]
+    return add_g[chosen], add_j[chosen]
+
+
 def initial_pairs(arrays: Arrays, cheapest: int, nearest: int) -> tuple[np.ndarray, np.ndarray]:
     """Return each group's cheapest and nearest nodes as (group, node) pairs."""
     a = arrays
@@ -187,12 +199,7 @@ class LpFixBackend(Backend):
             if time.monotonic() > deadline - reserve:
                 timed_out = True
                 break
-            k = min(ADD_PER_GROUP, a.n_nodes)
-            part = np.argpartition(reduced, k - 1, axis=1)[:, :k]
-            add_g = np.repeat(np.arange(a.n_groups), k)
-            add_j = part.ravel()
-            chosen = negative[add_g, add_j]
-            lp.add(add_g[chosen], add_j[chosen])
+            lp.add(*priced_columns(reduced, negative, ADD_PER_GROUP))
         if rounds == 0:
             return Solution(status=st.TIME_LIMIT, objective=None, bound=None, solver=self.name, seconds=0.0,
                             message=f"{st.TIME_LIMIT_NOTE}: the routing LP did not solve within the time limit")

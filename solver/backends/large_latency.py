@@ -22,7 +22,8 @@ import scipy.sparse as sp
 
 from solver import status as st
 from solver.backends.highs import run_highs
-from solver.backends.large import CHEAPEST, DEFAULT_TIME_LIMIT, NEAREST, ROUND_CANDIDATES, initial_pairs
+from solver.backends.large import (CHEAPEST, DEFAULT_TIME_LIMIT, NEAREST, ROUND_CANDIDATES, initial_pairs,
+                                   priced_columns)
 from solver.data import Arrays
 from solver.deadline import Deadline
 from solver.formulation import LinearModel
@@ -162,12 +163,8 @@ def solve_lp_fix_latency(problem: Problem, arrays: Arrays, *, time_limit: float 
         negative = reduced < -1e-9
         if not negative.any() or time.monotonic() > deadline - reserve:
             break
-        k = min(ADD_PER_GROUP, a.n_nodes)
-        part = np.argpartition(reduced, k - 1, axis=1)[:, :k]
-        add_g = np.repeat(np.arange(a.n_groups), k)
-        add_j = part.ravel()
-        chosen = negative[add_g, add_j]
-        pairs = (np.concatenate([model.pair_g, add_g[chosen]]), np.concatenate([model.pair_j, add_j[chosen]]))
+        add_g, add_j = priced_columns(reduced, negative, ADD_PER_GROUP)
+        pairs = (np.concatenate([model.pair_g, add_g]), np.concatenate([model.pair_j, add_j]))
     if x is None:
         return Solution(status=st.TIME_LIMIT, objective=None, bound=None, solver="lp-fix", seconds=0.0,
                         message=f"{st.TIME_LIMIT_NOTE}: the routing LP did not solve within the time limit")

@@ -144,3 +144,13 @@ def test_unknown_top_level_key_is_refused(tmp_path):
     path = _write(tmp_path, {"models": [GOOD], "modles": []})
     with pytest.raises(CatalogError, match=r"unknown field\(s\) modles"):
         load_catalog(path)
+
+
+def test_the_host_catalog_is_the_measured_one_when_setup_wrote_it(tmp_path, monkeypatch):
+    import cluster.catalog as catalog_module
+
+    measured = tmp_path / "models.yaml"
+    monkeypatch.setattr(catalog_module, "MEASURED_CATALOG", measured)
+    assert catalog_module.host_catalog() == DEFAULT_CATALOG
+    measured.write_text(DEFAULT_CATALOG.read_text())
+    assert catalog_module.host_catalog() == measured
