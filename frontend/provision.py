@@ -69,6 +69,13 @@ class Provisioner:
         target = placement.node.name
         if not self.store.claim(model, target, now=time.time(), ttl=self.claim_ttl):
             return Refusal(f"model {model} is being provisioned", self.retry_after)
+        # The refresh thread may have published a state with the model (and then dropped the old
+        # claim) between our read above and the claim: look again so one model is started once.
+        state = self.cache.state
+        landed = [d for d in state.deployments_of(model)
+                  if (node := state.nodes_by_name.get(d.node)) is not None and node.ready and d.reason != "terminating"]
+        if landed:
+            return Refusal(f"model {model} is starting on node {landed[0].node}", self.retry_after)
         with self._lock:
             if model in self._inflight:
                 return Refusal(f"model {model} is being provisioned on node {self._inflight[model]}",

@@ -36,6 +36,7 @@ __all__ = ["StateCache", "make_cluster_factory"]
 log = logging.getLogger("frontend.state")
 PRUNE_EVERY = 60.0   # seconds between two retention passes
 STARTING_INTERVAL = 0.25   # seconds between reads while an instance is starting
+CLAIM_SETTLE_REFRESHES = 2   # refresh intervals a landed claim is kept, so every worker sees the instance
 
 
 def make_cluster_factory(settings: Settings) -> Callable[[], Cluster]:
@@ -230,11 +231,15 @@ class StateCache:
                                                                 "step": step.__name__, "error": str(exc)})
 
     def _release_claims(self) -> None:
+        """Drop claims that expired, and those whose deployment landed long enough ago that every
+        worker (each refreshing on its own) has seen it; an earlier release lets a worker still
+        holding the older state claim and start the model a second time."""
         state = self.state
         now = time.time()
+        settled = now - CLAIM_SETTLE_REFRESHES * self.settings.refresh_interval
         for model, (node, claimed) in self.store.claims().items():
             landed = any(d.model == model and d.node == node for d in state.deployments)
-            if landed or claimed < now - self.settings.provision_timeout:
+            if (landed and claimed < settled) or claimed < now - self.settings.provision_timeout:
                 self.store.release(model)
 
     def _prune(self) -> None:

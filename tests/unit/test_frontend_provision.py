@@ -85,3 +85,64 @@ def test_the_refresh_listener_retries_failed_releases(parts):
     cache.add_listener(provisioner.retry_releases)
     assert cache.refresh()
     assert provisioner.unreleased == {} and MODEL not in store.claims()
+
+
+@pytest.fixture
+def live(local_cluster_factory, tmp_path):
+    """A cache, store and provisioner over a local cluster that can start the model for real."""
+    cluster = local_cluster_factory()
+    settings = settings_from_mapping({
+        "cluster": "local", "database": str(tmp_path / "fe.db"), "refresh_interval": 0.5,
+        "cluster_settings": {"config_path": str(cluster.config_path), "state_path": str(cluster.state_path),
+                             "models_dir": str(cluster.models_dir), "catalog_path": str(cluster.catalog_path)}})
+    store = StatsStore(settings.database_path)
+    cache = StateCache(settings=settings, store=store, cluster_factory=make_cluster_factory(settings))
+    assert cache.refresh()
+    yield cluster, cache, store
+    cache.close()
+    store.close()
+
+
+class _RefreshBeforeClaim(StatsStore):
+    """The interleaving that started a model twice: the refresh thread publishes a state with the
+    model and drops the landed claim after the request read the state and before it claims."""
+
+    def __init__(self, path, *, cache_box):
+        super().__init__(path)
+        self.cache_box = cache_box
+
+    def claim(self, model, node, *, now, ttl):
+        cache = self.cache_box[0]
+        if not cache.state.deployments_of(model):
+            cache.deploy(model, node)
+            assert cache.refresh()
+            self.release(model)
+        return super().claim(model, node, now=now, ttl=ttl)
+
+
+def test_a_model_that_landed_while_claiming_is_not_started_again(live, tmp_path):
+    cluster, cache, _ = live
+    box = [cache]
+    store = _RefreshBeforeClaim(tmp_path / "race.db", cache_box=box)
+    provisioner = Provisioner(cache=cache, store=store, retry_after=2, claim_ttl=60)
+    stale = cache.state                      # the state the request reads: no instance yet
+    answer = provisioner.request(cache.catalog[MODEL])
+    assert not stale.deployments_of(MODEL) and cache.state.deployments_of(MODEL)
+    assert answer.reason.startswith(f"model {MODEL} is starting on node") and answer.retry_after == 2
+    assert not provisioner._inflight                          # no second deployment was started
+    assert [d.model for d in cluster.deployments()] == [MODEL]
+    store.close()
+
+
+def test_a_landed_claim_is_kept_until_every_worker_has_refreshed(live):
+    cluster, cache, store = live
+    node = cluster.nodes()[0].name
+    cluster.deploy(MODEL, node, wait=False)
+    store.claim(MODEL, node, now=time.time(), ttl=3600)
+    assert cache.refresh() and cache.state.deployments_of(MODEL)
+    cache._release_claims()
+    assert MODEL in store.claims()          # landed, but other workers may still hold the old state
+    store.release(MODEL)
+    store.claim(MODEL, node, now=time.time() - 2 * 0.5 - 0.01, ttl=3600)
+    cache._release_claims()
+    assert MODEL not in store.claims()      # two refresh intervals later: every worker has seen it
