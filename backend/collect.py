@@ -14,12 +14,15 @@ Exception tree::
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from common.validation import (Checked, Flag, Number, OptionalText, Text, ValidationError, check_number, invalid, one_of,
+                               problems)
 
 __all__ = [
     "FrontendError", "RequestStat", "InstanceStat", "ModelStat", "NodeMemory", "Observed",
@@ -31,6 +34,7 @@ PAGE = 100_000          # rows asked for per /stats/requests call (the front-end
 MAX_PAGES = 50          # a window bigger than 5 million rows is cut (and said so in the report)
 BUCKET_SECONDS = 10.0   # the front-end's aggregate bucket (rows are bucketed the same way)
 MAX_RTT = 60.0          # seconds: the front-end refuses larger X-Client-RTT reports
+TIERS = ("edge", "cloud")
 
 
 class FrontendError(Exception):
@@ -171,164 +175,210 @@ class Observed:
 
 
 # ---- parsing (pure) ----------------------------------------------------------------------------
+# The front-end's answers, validated by common.validation's rules (finite numbers, no booleans for
+# numbers, every fault named). Unlike an input file, a field this back-end does not know is
+# ignored: a newer front-end may add one during a rolling upgrade.
 
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False, hide_input_in_errors=True,
+                              populate_by_name=True)
+
+
+Time = Number(optional=True, minimum=None)        # unix seconds (a test clock may start at 0)
+Seconds = Number(optional=True)
+Count = Number(int, what="an integer >= 0")
+Name = OptionalText                               # "" and null both mean "not known"
+
+
+class _Row(_Answer):
+    id: Number(int, optional=True) = None
+    time: Number(minimum=None)
+    model: Text
+    zone: Name = None
+    latency: Seconds = None
+    node: Name = None
+    status: Number(int, optional=True) = None
+    duration: Seconds = None
+    kind: Name = None
+    cached: Flag = False
+    rtt: Seconds = None
+    rtt_node: Name = None
+
+
+class _Group(_Answer):
+    model: Text
+    zone: Name = None
+    node: Name = None
+    kind: Name = None
+    count: Count
+    ok: Count
+    latency_count: Count
+    latency_mean: Seconds = None
+    last_request: Time = None
+
+    @model_validator(mode="after")
+    def _mean_with_count(self) -> "_Group":
+        if self.latency_count and self.latency_mean is None:
+            raise invalid("latency_mean is required when latency_count > 0")
+        return self
+
+
+class _Bin(_Answer):
+    bin: Count
+    count: Count
+    sum: Number()
+
+
+class _Durations(_Answer):
+    model: Text
+    node: Name = None
+    kind: Name = None
+    bins: list[_Bin] | None = None
+
+
+def _bucket(value: Any) -> tuple[float, int, float]:
+    if not isinstance(value, (list, tuple)) or len(value) != 3:
+        raise ValueError(f"must be [start, count, sum of seconds], got {value!r}")
+    start, count, total = (check_number(value[0], minimum=None), check_number(value[1], kind=int),
+                           check_number(value[2]))
+    if total > MAX_RTT * count:
+        raise ValueError(f"sum of seconds {total!r} is more than {MAX_RTT:g} s per report")
+    return start, count, total
+
+
+class _Rtt(_Answer):
+    zone: Name = None
+    node: Text
+    buckets: list[Checked(tuple, _bucket)]
+
+
+class _Histogram(_Answer):
+    relative_error: Number() = 0.0
+
+
+class _SummaryAnswer(_Answer):
+    groups: list[_Group]
+    durations: list[_Durations] | None = None
+    rtt: list[_Rtt] | None = None              # absent from a front-end that predates the reports
+    histogram: _Histogram | None = None
+    since: Time = None
+    until: Time = None
+    store: Name = None
+
+
+class _Instance(_Answer):
+    node: Text
+    provisioned: Time = None
+    count: Count = 0
+    last_requested: Time = None
+
+
+class _ModelEntry(_Answer):
+    model: Text
+    count: Count = 0
+    last_requested: Time = None
+    instances: list[_Instance] | None = None
+
+
+class _ModelsAnswer(_Answer):
+    models: list[_ModelEntry]
+
+
+class _NodeEntry(_Answer):
+    node: Text
+    ready: Flag = True
+    node_class: Name = Field(None, alias="class")
+    total: Number()
+    used: Seconds = None                      # KB (optional numbers >= 0, like seconds)
+    available: Seconds = None
+    cpu_capacity: Seconds = None
+    cpu_usage: Seconds = None
+    tier: Checked(str, one_of(TIERS)) = "edge"
+    cost_per_request: Number() = 0.0
+    cost_per_instance_hour: Number() = 0.0
+
+
+class _MemoryAnswer(_Answer):
+    nodes: list[_NodeEntry]
+
+
+def _answer(model: type[BaseModel], doc: Any, route: str, listed: str) -> Any:
+    """Validate a whole answer; a fault is a FrontendError naming the route and every field."""
+    if not isinstance(doc, dict) or not isinstance(doc.get(listed), list):
+        raise FrontendError(f"{route}: expected an object with a '{listed}' list")
+    try:
+        return model.model_validate(doc)
+    except ValidationError as exc:
+        raise FrontendError(f"{route}: {'; '.join(problems(exc, named=_path_style))}") from None
+
+
+def _path_style(field: str, text: str) -> str:
+    return f"{field}: {'missing' if text == 'is required' else text}"
 
 
 def parse_requests(doc: Any) -> tuple[list[RequestStat], int, int | None]:
-    """Return (rows, rows skipped as malformed, last row id) from a /stats/requests answer."""
+    """Return (rows, rows skipped as malformed, last row id) from a /stats/requests answer.
+
+    One bad row is skipped and counted (the report says how many), not the whole window."""
     if not isinstance(doc, dict) or not isinstance(doc.get("requests"), list):
         raise FrontendError("/stats/requests: expected an object with a 'requests' list")
     rows: list[RequestStat] = []
     skipped = 0
     last_id: int | None = None
     for item in doc["requests"]:
-        if not isinstance(item, dict):
+        if isinstance(item, dict) and isinstance(item.get("id"), int) and not isinstance(item["id"], bool):
+            last_id = item["id"]            # paging goes on past a bad row
+        try:
+            row = _Row.model_validate(item)
+        except ValidationError:
             skipped += 1
             continue
-        if isinstance(item.get("id"), int):
-            last_id = item["id"]
-        t = _num(item.get("time"))
-        model = item.get("model")
-        if t is None or not isinstance(model, str) or not model:
-            skipped += 1
-            continue
-        zone = item.get("zone")
-        node = item.get("node")
-        status = item.get("status")
-        latency = _num(item.get("latency"))
-        duration = _num(item.get("duration"))
-        rtt, rtt_node = _num(item.get("rtt")), _text(item.get("rtt_node"))
-        if rtt is None or rtt_node is None or not 0 <= rtt <= MAX_RTT:
+        rtt, rtt_node = row.rtt, row.rtt_node or None
+        if rtt is None or rtt_node is None or rtt > MAX_RTT:   # a report needs both halves
             rtt, rtt_node = None, None
-        rows.append(RequestStat(
-            time=t, model=model, zone=zone if isinstance(zone, str) and zone else None,
-            latency=latency if latency is not None and latency >= 0 else None,
-            node=node if isinstance(node, str) and node else None,
-            status=status if isinstance(status, int) and not isinstance(status, bool) else None,
-            duration=duration if duration is not None and duration >= 0 else None,
-            kind=item.get("kind") if isinstance(item.get("kind"), str) else None,
-            cached=bool(item.get("cached", False)), rtt=rtt, rtt_node=rtt_node))
+        rows.append(RequestStat(time=row.time, model=row.model, zone=row.zone or None, latency=row.latency,
+                                node=row.node or None, status=row.status, duration=row.duration,
+                                kind=row.kind or None, cached=row.cached, rtt=rtt, rtt_node=rtt_node))
     return rows, skipped, last_id
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def _count(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def parse_summary(doc: Any) -> Summary:
     """Return the groups of a /stats/summary answer; a malformed group or bin is an error."""
-    if not isinstance(doc, dict) or not isinstance(doc.get("groups"), list):
-        raise FrontendError("/stats/summary: expected an object with a 'groups' list")
-    groups = []
-    for item in doc["groups"]:
-        if not isinstance(item, dict) or not isinstance(item.get("model"), str) or not item["model"]:
-            raise FrontendError("/stats/summary: every group needs a 'model' name")
-        count, ok, lat_n = _count(item.get("count")), _count(item.get("ok")), _count(item.get("latency_count"))
-        if count is None or ok is None or lat_n is None:
-            raise FrontendError(f"/stats/summary: group of {item['model']}: count, ok and latency_count "
-                                "must be integers >= 0")
-        lat_mean = _num(item.get("latency_mean"))
-        if lat_n and (lat_mean is None or lat_mean < 0):
-            raise FrontendError(f"/stats/summary: group of {item['model']}: latency_mean must be a number >= 0")
-        zone, node, kind = item.get("zone"), item.get("node"), item.get("kind")
-        groups.append(GroupStat(
-            model=item["model"], zone=_text(zone), node=_text(node), kind=_text(kind), count=count, ok=ok,
-            latency_count=lat_n, latency_sum=(lat_mean or 0.0) * lat_n, last_request=_num(item.get("last_request"))))
-    durations = []
-    for item in doc.get("durations") or []:
-        if not isinstance(item, dict) or not isinstance(item.get("model"), str) or not item["model"]:
-            raise FrontendError("/stats/summary: every duration histogram needs a 'model' name")
-        bins = []
-        for entry in item.get("bins") or []:
-            b, c = (_count(entry.get("bin")), _count(entry.get("count"))) if isinstance(entry, dict) else (None, None)
-            total = _num(entry.get("sum")) if isinstance(entry, dict) else None
-            if b is None or c is None or total is None or total < 0:
-                raise FrontendError(f"/stats/summary: durations of {item['model']}: malformed bin")
-            bins.append((b, c, total))
-        durations.append(DurationStat(model=item["model"], node=_text(item.get("node")), kind=_text(item.get("kind")),
-                                      bins=tuple(sorted(bins))))
-    rtt = []
-    for item in doc.get("rtt") or []:      # absent from a front-end that predates the reports
-        if not isinstance(item, dict) or _text(item.get("node")) is None or not isinstance(item.get("buckets"), list):
-            raise FrontendError("/stats/summary: every rtt entry needs a 'node' and a 'buckets' list")
-        zone = item.get("zone")
-        if zone is not None and _text(zone) is None:
-            raise FrontendError(f"/stats/summary: rtt of node {item['node']}: zone must be a name or null")
-        buckets = []
-        for entry in item["buckets"]:
-            start, c, total = (entry if isinstance(entry, list) and len(entry) == 3 else (None, None, None))
-            start, c, total = _num(start), _count(c), _num(total)
-            if start is None or c is None or total is None or total < 0 or total > MAX_RTT * c:
-                raise FrontendError(f"/stats/summary: rtt of node {item['node']}: malformed bucket")
-            if c:
-                buckets.append((start, c, total))
-        if buckets:
-            rtt.append(RttStat(zone=zone, node=item["node"], buckets=tuple(sorted(buckets))))
-    histogram = doc.get("histogram") if isinstance(doc.get("histogram"), dict) else {}
-    return Summary(groups=groups, durations=durations, since=_num(doc.get("since")) or 0.0,
-                   relative_error=_num(histogram.get("relative_error")) or 0.0, rtt=rtt,
-                   until=_num(doc.get("until")), store=_text(doc.get("store")))
+    answer = _answer(_SummaryAnswer, doc, "/stats/summary", "groups")
+    groups = [GroupStat(model=g.model, zone=g.zone or None, node=g.node or None, kind=g.kind or None,
+                        count=g.count, ok=g.ok, latency_count=g.latency_count,
+                        latency_sum=(g.latency_mean or 0.0) * g.latency_count, last_request=g.last_request)
+              for g in answer.groups]
+    durations = [DurationStat(model=d.model, node=d.node or None, kind=d.kind or None,
+                              bins=tuple(sorted((b.bin, b.count, b.sum) for b in d.bins or ())))
+                 for d in answer.durations or ()]
+    rtt = [RttStat(zone=r.zone or None, node=r.node, buckets=tuple(sorted(b for b in r.buckets if b[1])))
+           for r in answer.rtt or () if any(b[1] for b in r.buckets)]
+    return Summary(groups=groups, durations=durations, since=answer.since or 0.0,
+                   relative_error=answer.histogram.relative_error if answer.histogram else 0.0, rtt=rtt,
+                   until=answer.until, store=answer.store or None)
 
 
 def parse_models(doc: Any) -> list[ModelStat]:
     """Return the per-model statistics of a /stats/models answer."""
-    if not isinstance(doc, dict) or not isinstance(doc.get("models"), list):
-        raise FrontendError("/stats/models: expected an object with a 'models' list")
-    out = []
-    for item in doc["models"]:
-        if not isinstance(item, dict) or not isinstance(item.get("model"), str):
-            raise FrontendError("/stats/models: every entry needs a 'model' name")
-        instances = []
-        for inst in item.get("instances") or []:
-            if not isinstance(inst, dict) or not isinstance(inst.get("node"), str):
-                raise FrontendError(f"/stats/models: model {item['model']}: malformed instance")
-            count = inst.get("count")
-            instances.append(InstanceStat(
-                node=inst["node"], provisioned=_num(inst.get("provisioned")),
-                count=count if isinstance(count, int) and not isinstance(count, bool) else 0,
-                last_requested=_num(inst.get("last_requested"))))
-        count = item.get("count")
-        out.append(ModelStat(model=item["model"],
-                             count=count if isinstance(count, int) and not isinstance(count, bool) else 0,
-                             last_requested=_num(item.get("last_requested")),
-                             instances=tuple(instances)))
-    return out
+    answer = _answer(_ModelsAnswer, doc, "/stats/models", "models")
+    return [ModelStat(model=m.model, count=m.count, last_requested=m.last_requested,
+                      instances=tuple(InstanceStat(node=i.node, provisioned=i.provisioned, count=i.count,
+                                                   last_requested=i.last_requested) for i in m.instances or ()))
+            for m in answer.models]
 
 
 def parse_memory(doc: Any) -> list[NodeMemory]:
-    """Return the nodes of a /stats/memory answer."""
-    if not isinstance(doc, dict) or not isinstance(doc.get("nodes"), list):
-        raise FrontendError("/stats/memory: expected an object with a 'nodes' list")
+    """Return the nodes of a /stats/memory answer (memory in KB)."""
+    answer = _answer(_MemoryAnswer, doc, "/stats/memory", "nodes")
     out = []
-    for item in doc["nodes"]:
-        if not isinstance(item, dict) or not isinstance(item.get("node"), str):
-            raise FrontendError("/stats/memory: every entry needs a 'node' name")
-        total = _num(item.get("total"))
-        used = _num(item.get("used"))
-        available = _num(item.get("available"))
-        if total is None or total < 0:
-            raise FrontendError(f"/stats/memory: node {item['node']}: 'total' must be a number of KB")
-        used = used if used is not None and used >= 0 else 0.0
-        if available is None or available < 0:
-            available = max(0.0, total - used)
-        cls = item.get("class")
-        out.append(NodeMemory(node=item["node"], ready=bool(item.get("ready", True)),
-                              node_class=cls if isinstance(cls, str) and cls else None,
-                              total=int(total), used=int(used), available=int(available),
-                              cpu_capacity=_num(item.get("cpu_capacity")) or 0.0,
-                              cpu_usage=_num(item.get("cpu_usage")) or 0.0,
-                              tier="cloud" if item.get("tier") == "cloud" else "edge",
-                              cost_per_request=max(0.0, _num(item.get("cost_per_request")) or 0.0),
-                              cost_per_instance_hour=max(0.0, _num(item.get("cost_per_instance_hour")) or 0.0)))
+    for n in answer.nodes:
+        used = n.used or 0.0
+        available = n.available if n.available is not None else max(0.0, n.total - used)
+        out.append(NodeMemory(node=n.node, ready=n.ready, node_class=n.node_class or None, total=int(n.total),
+                              used=int(used), available=int(available), cpu_capacity=n.cpu_capacity or 0.0,
+                              cpu_usage=n.cpu_usage or 0.0, tier=n.tier, cost_per_request=n.cost_per_request,
+                              cost_per_instance_hour=n.cost_per_instance_hour))
     return out
 
 

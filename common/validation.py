@@ -150,6 +150,10 @@ def _unknown_style(parent: str, names: list[str]) -> list[str]:
     return [f"field '{parent}' has unknown field(s) {listed}" if parent else f"unknown field(s) {listed}"]
 
 
+_SHAPES = {"list_type": "a list", "dict_type": "an object", "model_type": "an object",
+           "dataclass_type": "an object", "dataclass_exact_type": "an object", "string_type": "a string"}
+
+
 def problems(exc: ValidationError, *, prefix: tuple = (), named: Callable[[str, str], str] = _field_style,
              unknown_keys: Callable[[str, list[str]], list[str]] = _unknown_style) -> list[str]:
     """Turn pydantic's errors into one-line texts, each naming its field; unknown keys grouped.
@@ -163,14 +167,16 @@ def problems(exc: ValidationError, *, prefix: tuple = (), named: Callable[[str, 
         if prefix and loc[:len(prefix)] == prefix:
             loc = loc[len(prefix):]
         kind = error["type"]
-        if kind == "extra_forbidden":
+        if kind in ("extra_forbidden", "unexpected_keyword_argument"):    # the latter: a dataclass's
             unknown.setdefault(dotted(loc[:-1]), []).append(str(loc[-1]))
             continue
         field = dotted(loc)
         if kind == "invalid":
             text = error["msg"]
-        elif kind == "missing":
+        elif kind in ("missing", "missing_argument"):
             text = "is required"
+        elif kind in _SHAPES:
+            text = f"must be {_SHAPES[kind]}"
         else:
             message = error["msg"]
             text = message[:1].lower() + message[1:]

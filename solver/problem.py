@@ -14,6 +14,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from pydantic import ConfigDict, with_config
+
+from common.validation import (MAX_NUMBER, Checked, Number, Strict, Text, ValidationError, check_number, one_of,
+                               problems)
+
 __all__ = [
     "FORMULATIONS", "NodeCap", "ModelReq", "RequestGroup", "Problem", "Assignment", "Solution",
     "ProblemError", "load_problem",
@@ -24,10 +29,30 @@ STATUSES = ("optimal", "repaired", "feasible", "infeasible", "time_limit", "erro
 TIERS = ("edge", "cloud")
 DEFAULT_MAX_UTILISATION = 0.85     # `latency`: no instance planned busier than this
 # Names end up quoted in AMPL/MathProg data files and in Kubernetes object names: keep them plain.
-# Every number must be at most this (2**53: integers stay exact as floats; sums and products of the
-# capacities and costs stay finite). Memory in KB up to 8 EB, counts up to 9e15 requests.
-MAX_NUMBER = 2 ** 53
+# Every number must be at most MAX_NUMBER (2**53: integers stay exact as floats; sums and products of
+# the capacities and costs stay finite). Memory in KB up to 8 EB, counts up to 9e15 requests.
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,99}$")
+
+
+# The problem file's field types (common.validation's rules: finite, no booleans, at most 2**53).
+KB = Number(int, what="a non-negative integer", unit="KB")
+Cores = Number(float)
+Count = Number(int, what="a non-negative integer")
+Cost = Number(float)
+Tier = Checked(str, one_of(TIERS))
+
+
+def _row(value: Any) -> dict[str, Any]:
+    """A {node: seconds} row: its shape here; its numbers and node names in Problem._check, which
+    checks each shared row once (a large problem's groups share a few rows)."""
+    if not isinstance(value, Mapping):
+        raise ValueError("must be an object mapping node names to seconds")
+    return value            # a key that is not a node's name is Problem._check's "unknown node"
+
+
+Row = Checked(dict, _row)
+# Unknown keys refused, no NaN; the same rules as common.validation.Strict, for these dataclasses.
+_FILE_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False, hide_input_in_errors=True)
 
 
 class ProblemError(ValueError):
@@ -38,6 +63,7 @@ class ProblemError(ValueError):
         super().__init__("; ".join(self.errors))
 
 
+@with_config(_FILE_CONFIG)
 @dataclass(frozen=True)
 class NodeCap:
     """A node and what the solver may use on it: memory (KB) and cpu (cores).
@@ -46,30 +72,32 @@ class NodeCap:
     objective's unit (seconds): `cost_per_request` is added to every request served there,
     `cost_per_instance_hour` to every instance there per hour of the window."""
 
-    name: str
-    memory: int
-    cpu: float
-    tier: str = "edge"
-    cost_per_request: float = 0.0
-    cost_per_instance_hour: float = 0.0
+    name: Text
+    memory: KB
+    cpu: Cores
+    tier: Tier = "edge"
+    cost_per_request: Cost = 0.0
+    cost_per_instance_hour: Cost = 0.0
 
 
+@with_config(_FILE_CONFIG)
 @dataclass(frozen=True)
 class ModelReq:
     """A model: memory per instance (KB) and cpu per request (cores)."""
 
-    name: str
-    memory: int
-    cpu: float
+    name: Text
+    memory: KB
+    cpu: Cores
 
 
+@with_config(_FILE_CONFIG)
 @dataclass(frozen=True)
 class RequestGroup:
     """`count` identical requests for `model`, with their round-trip time (s) to every node."""
 
-    model: str
-    count: int
-    rtt: dict[str, float]
+    model: Text
+    count: Count
+    rtt: Row
 
 
 @dataclass(frozen=True)
@@ -121,7 +149,7 @@ class Problem:
 
     def _check(self, errors: list[str]) -> None:
         if self.formulation not in FORMULATIONS:
-            errors.append(f"formulation: must be one of {', '.join(FORMULATIONS)}, not {self.formulation!r}")
+            errors.append(f"formulation: must be one of {', '.join(FORMULATIONS)}, got {self.formulation!r}")
         node_names = _check_named("nodes", self.nodes, errors)
         model_names = _check_named("models", self.models, errors)
         if not self.nodes:
@@ -132,18 +160,17 @@ class Problem:
                 _check_number(f"{kind}[{k}].cpu", item.cpu, errors)
         for k, node in enumerate(self.nodes):
             if node.tier not in TIERS:
-                errors.append(f"nodes[{k}].tier: must be one of {', '.join(TIERS)}, not {node.tier!r}")
+                errors.append(f"nodes[{k}].tier: must be one of {', '.join(TIERS)}, got {node.tier!r}")
             _check_number(f"nodes[{k}].cost_per_request", node.cost_per_request, errors)
             _check_number(f"nodes[{k}].cost_per_instance_hour", node.cost_per_instance_hour, errors)
         if self.formulation == "latency" and self.window is None:
             errors.append("window: missing (the `latency` formulation needs the seconds the counts were observed over)")
         if self.window is not None:
-            _check_number("window", self.window, errors)
-            if isinstance(self.window, (int, float)) and not isinstance(self.window, bool) and self.window == 0:
-                errors.append("window: must be positive")
-        mu = self.max_utilisation
-        if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not 0 < mu < 1:
-            errors.append(f"max_utilisation: must be a number strictly between 0 and 1, not {mu!r}")
+            _check_number("window", self.window, errors, positive=True)
+        try:
+            _utilisation(self.max_utilisation)
+        except ValueError as exc:
+            errors.append(f"max_utilisation: {exc}")
         node_set = set(node_names)
         checked: set[int] = set()             # groups often share one rtt mapping: check each once
         for k, group in enumerate(self.requests):
@@ -188,13 +215,14 @@ class Problem:
         return sum(g.count for g in self.requests)
 
 
+@with_config(_FILE_CONFIG)
 @dataclass
 class Assignment:
     """`count` requests of group `request` (an index into Problem.requests) served on `node`."""
 
-    request: int
-    node: str
-    count: int
+    request: Count
+    node: Text
+    count: Count
 
 
 @dataclass
@@ -224,14 +252,18 @@ class Solution:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Solution:
-        """Build a Solution from its JSON form (as printed by `python -m solver solve`)."""
-        return cls(status=d["status"], objective=d.get("objective"), bound=d.get("bound"),
-                   solver=d.get("solver", ""), seconds=float(d.get("seconds", 0.0)),
-                   assignment=[Assignment(int(a["request"]), str(a["node"]), int(a["count"]))
-                               for a in d.get("assignment", [])],
-                   placement={m: {n: float(v) for n, v in row.items()} for m, row in d.get("placement", {}).items()},
-                   message=d.get("message", ""))
+    def from_dict(cls, d: Any) -> Solution:
+        """Build a Solution from its JSON form (as printed by `python -m solver solve`); raise
+        ProblemError naming every bad field."""
+        if not isinstance(d, Mapping):
+            raise ProblemError("solution: must be a JSON object")
+        try:
+            file = _SolutionFile.model_validate(dict(d))
+        except ValidationError as exc:
+            raise ProblemError(problems(exc, named=_path_style, unknown_keys=_unknown_style)) from None
+        return cls(status=file.status, objective=file.objective, bound=file.bound, solver=file.solver,
+                   seconds=file.seconds, assignment=list(file.assignment),
+                   placement={m: dict(row) for m, row in file.placement.items()}, message=file.message)
 
     @property
     def ok(self) -> bool:
@@ -274,8 +306,47 @@ def parse_json(text: str, path: str) -> Any:
 
 # --- parsing (pure) ---------------------------------------------------------------------------
 
-_TOP = {"formulation", "nodes", "models", "requests", "exec_time", "deployed", "window", "max_utilisation"}
-_NODE_OPTIONAL = ("tier", "cost_per_request", "cost_per_instance_hour")
+class _Deployed(Strict):
+    model: Text
+    node: Text
+
+
+def _utilisation(value: Any) -> float:
+    value = check_number(value, what="a number strictly between 0 and 1")
+    if not 0 < value < 1:
+        raise ValueError(f"must be a number strictly between 0 and 1, got {value!r}")
+    return value
+
+
+class _ProblemFile(Strict):
+    """The problem file's shape and values; the references between its parts (names, rows that
+    cover every node) are Problem._check's, shared with problems built in code."""
+
+    formulation: Checked(str, one_of(FORMULATIONS))
+    nodes: list[NodeCap]
+    models: list[ModelReq]
+    requests: list[RequestGroup]
+    exec_time: dict[str, Row]
+    deployed: list[_Deployed] = []
+    window: Number(optional=True, positive=True) = None
+    max_utilisation: Checked(float, _utilisation) = DEFAULT_MAX_UTILISATION
+
+
+class _SolutionFile(Strict):
+    """A Solution as `python -m solver solve` prints it (read back by `solver check`)."""
+
+    status: Checked(str, one_of(STATUSES))
+    objective: Number(optional=True, minimum=None) = None
+    bound: Number(optional=True, minimum=None) = None
+    solver: Checked(str, lambda v: v if isinstance(v, str) else _not_text(v)) = ""
+    seconds: Number() = 0.0
+    assignment: list[Assignment] = []
+    placement: dict[str, dict[str, Number()]] = {}
+    message: Checked(str, lambda v: v if isinstance(v, str) else _not_text(v)) = ""
+
+
+def _not_text(value: Any) -> str:
+    raise ValueError(f"must be a string, got {value!r}")
 
 
 def _node_dict(n: NodeCap) -> dict[str, Any]:
@@ -289,91 +360,27 @@ def _node_dict(n: NodeCap) -> dict[str, Any]:
     return out
 
 
+def _path_style(field: str, text: str) -> str:
+    return f"{field or 'problem'}: {'missing' if text == 'is required' else text}"
+
+
+def _unknown_style(parent: str, names: list[str]) -> list[str]:
+    return [f"{parent + '.' if parent else ''}{name}: unknown field" for name in sorted(names)]
+
+
 def _parse(d: Any, errors: list[str]) -> Problem | None:
     if not isinstance(d, Mapping):
         errors.append("problem: must be a JSON object")
         return None
-    for key in d:
-        if key not in _TOP:
-            errors.append(f"{key}: unknown field (expected {', '.join(sorted(_TOP))})")
-    for key in ("formulation", "nodes", "models", "requests", "exec_time"):
-        if key not in d:
-            errors.append(f"{key}: missing")
-    if errors:
+    try:
+        file = _ProblemFile.model_validate(dict(d))
+    except ValidationError as exc:
+        errors.extend(problems(exc, named=_path_style, unknown_keys=_unknown_style))
         return None
-    formulation = d["formulation"]
-    if not isinstance(formulation, str):
-        errors.append("formulation: must be a string")
-        return None
-    nodes = [NodeCap(**fields) for fields in _parse_items("nodes", d["nodes"], ("name", "memory", "cpu"), errors,
-                                                         optional=_NODE_OPTIONAL)]
-    models = [ModelReq(**fields) for fields in _parse_items("models", d["models"], ("name", "memory", "cpu"), errors)]
-    requests: list[RequestGroup] = []
-    if not isinstance(d["requests"], list):
-        errors.append("requests: must be a list")
-    else:
-        for k, item in enumerate(d["requests"]):
-            where = f"requests[{k}]"
-            if not _expect_keys(where, item, ("model", "count", "rtt"), errors):
-                continue
-            if not isinstance(item["model"], str):
-                errors.append(f"{where}.model: must be a string")
-                continue
-            rtt = item["rtt"]
-            if not isinstance(rtt, Mapping):
-                errors.append(f"{where}.rtt: must be an object mapping node names to seconds")
-                continue
-            requests.append(RequestGroup(model=item["model"], count=item["count"], rtt=dict(rtt)))
-    exec_time = d["exec_time"]
-    if not isinstance(exec_time, Mapping) or not all(isinstance(v, Mapping) for v in exec_time.values()):
-        errors.append("exec_time: must be an object mapping model names to {node: seconds}")
-        return None
-    deployed: list[tuple[str, str]] = []
-    raw = d.get("deployed", [])
-    if not isinstance(raw, list):
-        errors.append("deployed: must be a list of {\"model\": ..., \"node\": ...}")
-    else:
-        for k, item in enumerate(raw):
-            if _expect_keys(f"deployed[{k}]", item, ("model", "node"), errors):
-                pair = (item["model"], item["node"])
-                if not all(isinstance(p, str) for p in pair):
-                    errors.append(f"deployed[{k}]: model and node must be strings")
-                elif pair not in deployed:
-                    deployed.append(pair)
-    if errors:
-        return None
-    return Problem(formulation=formulation, nodes=nodes, models=models, requests=requests,
-                   exec_time={m: dict(row) for m, row in exec_time.items()}, deployed=deployed,
-                   window=d.get("window"), max_utilisation=d.get("max_utilisation", DEFAULT_MAX_UTILISATION))
-
-
-def _parse_items(kind: str, raw: Any, keys: tuple[str, ...], errors: list[str],
-                 optional: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    if not isinstance(raw, list):
-        errors.append(f"{kind}: must be a list")
-        return []
-    out = []
-    for k, item in enumerate(raw):
-        if _expect_keys(f"{kind}[{k}]", item, keys, errors, optional):
-            out.append({key: item[key] for key in keys + optional if key in item})
-    return out
-
-
-def _expect_keys(where: str, item: Any, keys: tuple[str, ...], errors: list[str],
-                 optional: tuple[str, ...] = ()) -> bool:
-    if not isinstance(item, Mapping):
-        errors.append(f"{where}: must be an object with {', '.join(keys)}")
-        return False
-    ok = True
-    for key in keys:
-        if key not in item:
-            errors.append(f"{where}.{key}: missing")
-            ok = False
-    for key in item:
-        if key not in keys and key not in optional:
-            errors.append(f"{where}.{key}: unknown field")
-            ok = False
-    return ok
+    return Problem(formulation=file.formulation, nodes=list(file.nodes), models=list(file.models),
+                   requests=list(file.requests), exec_time=dict(file.exec_time),
+                   deployed=list(dict.fromkeys((e.model, e.node) for e in file.deployed)),
+                   window=file.window, max_utilisation=file.max_utilisation)
 
 
 def _check_named(kind: str, items: Iterable[Any], errors: list[str]) -> list[str]:
@@ -392,34 +399,17 @@ def _check_named(kind: str, items: Iterable[Any], errors: list[str]) -> list[str
     return names
 
 
+def _check_number(where: str, value: Any, errors: list[str], **rules: Any) -> None:
+    """The file's number rules (common.validation.check_number) for values built in code and for
+    the rows, which the file's shape check leaves to Problem._check."""
+    try:
+        check_number(value, **rules)
+    except ValueError as exc:
+        errors.append(f"{where}: {exc}")
+
+
 def _check_int(where: str, value: Any, errors: list[str]) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            errors.append(f"{where}: must be an integer, not {value!r}")
-        else:
-            errors.append(f"{where}: must be a non-negative integer, not {value!r}")
-    elif value < 0:
-        errors.append(f"{where}: must not be negative ({value})")
-    elif value > MAX_NUMBER:
-        errors.append(f"{where}: too large ({_short(value)} > 2**53)")
-
-
-def _short(value: int | float) -> str:
-    text = str(value)
-    return text if len(text) <= 24 else f"{text[:12]}...({len(text)} digits)"
-
-
-def _check_number(where: str, value: Any, errors: list[str]) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        errors.append(f"{where}: must be a number, not {value!r}")
-    elif isinstance(value, int) and value > MAX_NUMBER:        # before float(): a huge int overflows it
-        errors.append(f"{where}: too large ({_short(value)} > 2**53)")
-    elif not math.isfinite(value):
-        errors.append(f"{where}: must be finite, not {value!r}")
-    elif value < 0:
-        errors.append(f"{where}: must not be negative ({value})")
-    elif value > MAX_NUMBER:
-        errors.append(f"{where}: too large ({_short(value)} > 2**53)")
+    _check_number(where, value, errors, kind=int, what="a non-negative integer")
 
 
 def _check_row(where: str, row: Mapping[str, Any], node_names: list[str], node_set: set[str],
@@ -427,9 +417,11 @@ def _check_row(where: str, row: Mapping[str, Any], node_names: list[str], node_s
     for name, value in row.items():
         if name not in node_set:
             errors.append(f"{where}.{name}: unknown node {name!r}")
-        else:
+        elif not ((type(value) is float or type(value) is int) and 0 <= value <= MAX_NUMBER):
+            # the plain valid number is settled by the line above (a 1,000-node problem has millions
+            # of them; NaN fails the comparison); anything else gets the shared rule and its wording
             _check_number(f"{where}.{name}", value, errors)
-    missing = [n for n in node_names if n not in row]
+    missing = [n for n in node_names if n not in row] if len(row) != len(node_names) or errors else []
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         errors.append(f"{where}: missing node(s) {', '.join(repr(n) for n in missing[:3])}{more}")

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from backend.collect import FrontendError, parse_memory, parse_models, parse_requests
+from backend.collect import FrontendError, parse_memory, parse_models, parse_requests, parse_summary
 from backend.report import RunReport, write_report
 
 
@@ -18,12 +18,14 @@ def test_requests_are_parsed_and_malformed_rows_counted():
         {"id": 3, "time": "later", "model": "m"},
         "junk",
         {"id": 4, "time": 12.0, "model": "m", "latency": -3, "duration": float("inf"), "status": True},
+        {"id": 5, "time": 13.0, "model": "m", "zone": "", "node": "", "kind": "", "future_field": 1},
     ]}
     rows, skipped, last_id = parse_requests(doc)
-    assert skipped == 2 and last_id == 4 and len(rows) == 3
+    assert skipped == 3 and last_id == 5 and len(rows) == 3
     assert rows[0].zone == "z1" and rows[0].latency == 0.02 and rows[0].kind == "proxy"
     assert rows[1].zone is None and rows[1].status == 503
-    assert rows[2].latency is None and rows[2].duration is None and rows[2].status is None
+    # "" means not known; a field a newer front-end adds is ignored
+    assert rows[2].zone is None and rows[2].node is None and rows[2].kind is None and rows[2].latency is None
     with pytest.raises(FrontendError):
         parse_requests({"rows": []})
 
@@ -37,10 +39,27 @@ def test_models_and_memory():
                                     {"node": "b", "ready": False, "total": 50, "used": 10}]})
     assert nodes[0].available == 60 and nodes[0].node_class == "small"
     assert nodes[1].available == 40 and not nodes[1].ready and nodes[1].node_class is None
-    with pytest.raises(FrontendError, match="total"):
+    with pytest.raises(FrontendError, match=r"/stats/memory: nodes\[0\]\.total: missing"):
         parse_memory({"nodes": [{"node": "a"}]})
-    with pytest.raises(FrontendError):
+    with pytest.raises(FrontendError, match=r"models\[0\]\.model: missing"):
         parse_models({"models": [{"count": 1}]})
+
+
+@pytest.mark.parametrize("parse, doc, expect", [
+    (parse_memory, {"nodes": [{"node": "a", "total": float("nan")}]}, "nodes[0].total: must be a finite number"),
+    (parse_memory, {"nodes": [{"node": "a", "total": 9, "tier": "fog"}]}, "nodes[0].tier: must be one of edge, cloud"),
+    (parse_memory, {"nodes": [{"node": "a", "total": 9, "ready": "yes"}]}, "nodes[0].ready: must be true or false"),
+    (parse_models, {"models": [{"model": "m", "count": True}]}, "models[0].count: must be an integer >= 0"),
+    (parse_models, {"models": [{"model": "m", "instances": [{"node": 3}]}]}, "models[0].instances[0].node"),
+    (parse_summary, {"groups": [{"model": "m", "count": 1, "ok": 1, "latency_count": 1}]},
+     "groups[0]: latency_mean is required when latency_count > 0"),
+    (parse_summary, {"groups": [], "durations": [{"model": "m", "bins": [{"bin": 1, "count": 1, "sum": -1}]}]},
+     "durations[0].bins[0].sum: must be a non-negative number, got -1"),
+])
+def test_a_malformed_answer_names_its_route_and_field(parse, doc, expect):
+    with pytest.raises(FrontendError) as caught:
+        parse(doc)
+    assert expect in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_report_document_counts_actions_and_is_strict_json(tmp_path):

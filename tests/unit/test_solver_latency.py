@@ -194,7 +194,7 @@ def test_problem_fields_are_validated():
     for change, message in [
         ({"window": None}, "window: missing"),
         ({"max_utilisation": 1.0}, "max_utilisation: must be a number strictly between 0 and 1"),
-        ({"window": -1}, "window: must not be negative"),
+        ({"window": -1}, "window: must be positive, got -1"),
         ({"window": 0}, "window: must be positive"),
     ]:
         bad = {k: v for k, v in {**good, **change}.items() if v is not None}
@@ -205,7 +205,7 @@ def test_problem_fields_are_validated():
     with pytest.raises(ProblemError, match=r"nodes\[0\].tier: must be one of edge, cloud"):
         Problem.from_dict(bad)
     bad["nodes"][0] = {"name": "a", "memory": 1, "cpu": 1, "cost_per_request": float("nan")}
-    with pytest.raises(ProblemError, match=r"nodes\[0\].cost_per_request: must be finite"):
+    with pytest.raises(ProblemError, match=r"nodes\[0\].cost_per_request: must be a finite number"):
         Problem.from_dict(bad)
 
 

@@ -49,19 +49,19 @@ def test_deployed_is_optional_and_duplicates_collapse():
     (lambda d: d.pop("nodes"), "nodes: missing"),
     (lambda d: d.update(formulation="exact"), "formulation: must be one of thesis, placement"),
     (lambda d: d.update(extra=1), "extra: unknown field"),
-    (lambda d: d["nodes"][1].update(memory=-5), "nodes[1].memory: must not be negative"),
-    (lambda d: d["nodes"][0].update(cpu=-0.5), "nodes[0].cpu: must not be negative"),
-    (lambda d: d["models"][0].update(memory=1.5), "models[0].memory: must be a non-negative integer"),
-    (lambda d: d["models"][0].update(cpu="fast"), "models[0].cpu: must be a number"),
+    (lambda d: d["nodes"][1].update(memory=-5), "nodes[1].memory: must be a non-negative number, got -5"),
+    (lambda d: d["nodes"][0].update(cpu=-0.5), "nodes[0].cpu: must be a non-negative number, got -0.5"),
+    (lambda d: d["models"][0].update(memory=1.5), "models[0].memory: must be an integer (KB), got 1.5"),
+    (lambda d: d["models"][0].update(cpu="fast"), "models[0].cpu: must be a non-negative number, got 'fast'"),
     (lambda d: d["nodes"][1].update(name="n1"), "nodes[1].name: duplicate name 'n1'"),
     (lambda d: d["nodes"][1].update(name="bad name"), "nodes[1].name: 'bad name' is not a valid name"),
     (lambda d: d["requests"][0].update(model="m9"), "requests[0].model: unknown model 'm9'"),
-    (lambda d: d["requests"][0].update(count=True), "requests[0].count: must be a non-negative integer"),
-    (lambda d: d["requests"][0].update(count=-1), "requests[0].count: must not be negative"),
+    (lambda d: d["requests"][0].update(count=True), "requests[0].count: must be a non-negative integer, got True"),
+    (lambda d: d["requests"][0].update(count=-1), "requests[0].count: must be a non-negative number, got -1"),
     (lambda d: d["requests"][0]["rtt"].update(n9=0.1), "requests[0].rtt.n9: unknown node 'n9'"),
     (lambda d: d["requests"][0]["rtt"].pop("n2"), "requests[0].rtt: missing node(s) 'n2'"),
-    (lambda d: d["requests"][0]["rtt"].update(n1=-0.2), "requests[0].rtt.n1: must not be negative"),
-    (lambda d: d["requests"][0]["rtt"].update(n1=float("nan")), "requests[0].rtt.n1: must be finite"),
+    (lambda d: d["requests"][0]["rtt"].update(n1=-0.2), "requests[0].rtt.n1: must be a non-negative number, got -0.2"),
+    (lambda d: d["requests"][0]["rtt"].update(n1=float("nan")), "requests[0].rtt.n1: must be a finite number, got nan"),
     (lambda d: d["requests"][0].pop("rtt"), "requests[0].rtt: missing"),
     (lambda d: d["exec_time"].pop("m1"), "exec_time.m1: missing"),
     (lambda d: d["exec_time"].update(m7={"n1": 1, "n2": 1}), "exec_time.m7: unknown model 'm7'"),
@@ -81,9 +81,12 @@ def test_not_an_object():
 
 
 def test_every_error_is_reported_at_once():
-    data = mutated(lambda d: (d["nodes"][0].update(memory=-1), d["requests"][0].update(model="zz")))
+    data = mutated(lambda d: (d["nodes"][0].update(memory=-1), d["models"][0].update(cpu="x")))
     message = error_of(data)
-    assert "nodes[0].memory" in message and "requests[0].model" in message
+    assert "nodes[0].memory" in message and "models[0].cpu" in message
+    data = mutated(lambda d: (d["requests"][0].update(model="zz"), d["deployed"][0].update(node="n9")))
+    message = error_of(data)
+    assert "requests[0].model" in message and "deployed[0].node" in message
 
 
 def test_validate_checks_problems_built_in_code():
