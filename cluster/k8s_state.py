@@ -14,6 +14,10 @@ Accounting rules (what the solver and the front-end see):
   requests of our pods on the node, capped at allocatable.
 - A Deployment is ready when it has an available replica, its Service has a nodePort, and its
   node is Ready with an address; the endpoint is `InternalIP:nodePort`.
+- Tier and costs: the node's own labels pass through unchanged, so a node labelled
+  `topology=cloud` is a cloud site and `cost-per-request` / `cost-per-instance-hour` price it
+  (`cluster.port.node_tier`, `node_costs`), exactly as the local cluster reports its `tier: cloud`
+  nodes. `tier_label_problems` names the values those readers would silently take as edge or 0.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Iterable, Mapping
 
 from .k8s_render import MODEL_ANNOTATION, NODE_ANNOTATION
-from .port import Deployment, Node
+from .port import COST_HOUR_LABEL, COST_REQUEST_LABEL, TIER_LABEL, Deployment, Node
 
 __all__ = [
     "NODE_CLASS_KEY", "UNKNOWN_CLASS", "parse_quantity", "parse_cpu", "parse_memory_kb",
@@ -32,7 +36,7 @@ __all__ = [
     "identity", "pod_active", "pod_node", "pod_requests", "template_requests",
     "deployment_available", "node_port", "format_endpoint", "metrics_cpu",
     "estimate_cpu_usage", "memory_used_by_node", "build_node", "build_nodes",
-    "build_deployments", "pod_problem", "pod_ready", "ready_pod_urls",
+    "build_deployments", "pod_problem", "pod_ready", "ready_pod_urls", "tier_label_problems",
 ]
 
 NODE_CLASS_KEY = "node-class"      # key of the node class in port.Node.labels
@@ -272,6 +276,31 @@ def build_node(node: Mapping[str, Any], *, pods: Iterable[Mapping[str, Any]] = (
         cpu_usage=float(cpu_usage),
         labels=labels,
     )
+
+
+def tier_label_problems(node: Mapping[str, Any]) -> list[str]:
+    """Return one line per tier or cost label of the node that the port's readers would ignore.
+
+    Why: on the local cluster a bad `tier` or cost stops start-up; a node label cannot be checked
+    before it is set, so the adapter logs these instead of silently serving the node as a free edge node."""
+    labels = _get(node, "metadata", "labels", default={})
+    name = _get(node, "metadata", "name", default="?")
+    problems = []
+    tier = labels.get(TIER_LABEL)
+    if tier is not None and tier not in ("edge", "cloud"):
+        problems.append(f"node {name}: label {TIER_LABEL}={tier!r} is neither 'edge' nor 'cloud'; "
+                        "the node counts as edge")
+    for key in (COST_REQUEST_LABEL, COST_HOUR_LABEL):
+        value = labels.get(key)
+        if value is None:
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not (math.isfinite(number) and number >= 0):
+            problems.append(f"node {name}: label {key}={value!r} is not a finite number >= 0; counted as 0")
+    return problems
 
 
 def build_nodes(nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]],

@@ -182,6 +182,7 @@ class KubernetesCluster(Cluster):
         self._cond = threading.Condition()
         self._generation = 0
         self._snapshot_cache: _Snapshot | None = None
+        self._label_warned: set[str] = set()                 # tier/cost label problems already logged
         self._stopping = threading.Event()
         self._deploy_lock = threading.Lock()
         self._pending: dict[str, tuple[str, int]] = {}      # object name -> (node, KB) created, not yet seen
@@ -289,6 +290,7 @@ class KubernetesCluster(Cluster):
             services = dict(self._store("services"))
             metrics = self._metrics
         node_objects = {_name(n): n for n in nodes}
+        self._warn_labels(nodes)
         built_nodes = state.build_nodes(nodes, pods, deployments, metrics,
                                         node_class_label=self.settings.node_class_label)
         snapshot = _Snapshot(
@@ -302,6 +304,16 @@ class KubernetesCluster(Cluster):
             if self._snapshot_cache is None or self._snapshot_cache.generation < generation:
                 self._snapshot_cache = snapshot
         return snapshot
+
+    def _warn_labels(self, nodes: list[dict[str, Any]]) -> None:
+        """Log each tier or cost label the port would ignore (state.tier_label_problems), once."""
+        for node in nodes:
+            for problem in state.tier_label_problems(node):
+                with self._cond:
+                    if problem in self._label_warned:
+                        continue
+                    self._label_warned.add(problem)
+                log.warning(problem)
 
     def _wait_change(self, generation: int, timeout: float) -> None:
         with self._cond:

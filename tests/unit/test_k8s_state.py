@@ -10,7 +10,10 @@ from cluster.catalog import load_catalog
 from cluster.k8s_render import render_instance
 from cluster.k8s_state import (build_deployments, build_node, build_nodes, estimate_cpu_usage, format_endpoint,
                                memory_used_by_node, metrics_cpu, node_address, node_ready, parse_cpu,
-                               parse_memory_kb, parse_quantity, parse_time, pod_problem, pod_requests)
+                               parse_memory_kb, parse_quantity, parse_time, pod_problem, pod_requests,
+                               tier_label_problems)
+from cluster.local_config import LocalNodeSpec
+from cluster.port import node_costs, node_tier
 
 FIXTURE_CATALOG = Path(__file__).resolve().parents[1] / "fixtures" / "models.yaml"
 
@@ -81,6 +84,33 @@ def test_node_conversion():
     assert build_node(node()).labels["node-class"] == "unknown"
     assert build_node(node(), node_class_label="tier").labels["node-class"] == "unknown"
     assert build_node(node(labels={"tier": "small"}), node_class_label="tier").labels["node-class"] == "small"
+
+
+def test_tier_and_costs_come_from_the_node_labels_as_on_the_local_cluster():
+    cloud = build_node(node(labels={"topology": "cloud", "cost-per-request": "0.001",
+                                    "cost-per-instance-hour": "36"}))
+    assert node_tier(cloud) == "cloud" and node_costs(cloud) == (0.001, 36.0)
+    # the labels a local `tier: cloud` node reports are read the same way from a Kubernetes node
+    local = LocalNodeSpec(name="c", address="127.0.0.9", memory=1, cpu=1.0, node_class="large", tier="cloud",
+                          cost_per_request=0.001, cost_per_instance_hour=36.0)
+    same = build_node(node(labels={k: v for k, v in local.labels().items() if k != "node-class"}))
+    assert (node_tier(same), node_costs(same)) == ("cloud", (0.001, 36.0))
+    for labels in ({}, {"topology": "edge"}):
+        edge = build_node(node(labels=labels))
+        assert node_tier(edge) == "edge" and node_costs(edge) == (0.0, 0.0)
+        assert tier_label_problems(node(labels=labels)) == []
+    assert tier_label_problems(node(labels=cloud.labels)) == []
+
+
+def test_tier_and_cost_labels_the_port_would_ignore_are_named():
+    bad = node(labels={"topology": "Cloud", "cost-per-request": "cheap", "cost-per-instance-hour": "inf"})
+    assert tier_label_problems(bad) == [
+        "node nano-1: label topology='Cloud' is neither 'edge' nor 'cloud'; the node counts as edge",
+        "node nano-1: label cost-per-request='cheap' is not a finite number >= 0; counted as 0",
+        "node nano-1: label cost-per-instance-hour='inf' is not a finite number >= 0; counted as 0",
+    ]
+    built = build_node(bad)
+    assert node_tier(built) == "edge" and node_costs(built) == (0.0, 0.0)     # what the lines say
 
 
 def test_address_preference():
