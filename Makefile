@@ -1,12 +1,13 @@
 # `make run` and `make test` are all a new user types; each installs only what it needs:
-#   run   -> the Python packages and the built models (no Go, no Debian packages)
-#   test  -> + GLPK (glpsol, for the AMPL-file tests) + the Kubernetes control plane (tests/k8s)
+#   run   -> the Python packages of requirements.txt and the built models (no Go, no Debian packages)
+#   test  -> + requirements-dev.txt + GLPK (glpsol, for the AMPL-file tests) + the Kubernetes control plane (tests/k8s)
 #   bench -> + wrk (HTTP load generator)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP_STAMP := $(VENV)/.requirements-installed
+DEV_STAMP := $(VENV)/.requirements-dev-installed
 MODELS_STAMP := build/models/.built
 # This host's measured catalog: config/models.yaml with memory/exec_time profiled here (needs cgroups,
 # i.e. root; without them `make run` says so and uses config/models.yaml's reference figures).
@@ -16,7 +17,7 @@ MEASURED_CATALOG := build/models.yaml
 
 setup: $(PIP_STAMP) $(MODELS_STAMP) $(MEASURED_CATALOG)
 
-setup-test: setup $(VENV)/.deb-glpk-utils k8s-tools
+setup-test: setup $(DEV_STAMP) $(VENV)/.deb-glpk-utils k8s-tools
 
 setup-bench: setup-test $(VENV)/.deb-wrk
 
@@ -24,6 +25,11 @@ $(PIP_STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	@touch $@
+
+# Tests, benchmarks and plots (pytest, schemathesis, matplotlib): not needed to run the system.
+$(DEV_STAMP): requirements-dev.txt $(PIP_STAMP)
+	$(PY) -m pip install -q -r requirements-dev.txt
 	@touch $@
 
 # One Debian package per stamp, installed only when missing (apt needs root or sudo).
@@ -62,15 +68,15 @@ run: setup
 bench: setup-bench
 	$(PY) -m bench
 
-simulate: setup
+simulate: setup $(DEV_STAMP)
 	$(PY) -m solver simulate --out build/simulation
 
 # The achieved-latency experiment on the shipped default scenario (every strategy, ~15 min).
-experiment: setup
+experiment: setup $(DEV_STAMP)
 	$(PY) -m testbed run testbed/scenarios/default.yaml --out build/experiment
 
 # The load-aware and cloud strategies against the others on a loaded edge (all six, ~15 min).
-experiment-load: setup
+experiment-load: setup $(DEV_STAMP)
 	$(PY) -m testbed run testbed/scenarios/load.yaml --out build/experiment-load
 
 clean:

@@ -257,10 +257,11 @@ def write_csv(rows: list[Row], path: Path) -> None:
 
 def plot(rows: list[Row], folder: Path) -> list[Path]:
     """Write the PNG plots (Figure 6.1, Figure 6.2, solver times); return their paths."""
-    import matplotlib
+    from common.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the simulation's plots")
+    if plt is None:
+        return []
 
     written = []
     for experiment, sweep, thesis, key, name, title in (

@@ -22,6 +22,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
+from common.plotting import pyplot
+
 from .scenario import Scenario
 from .trace import Arrival, summarize
 
@@ -171,10 +173,9 @@ def markdown(doc: dict) -> str:
 
 
 def plot(doc: dict, runs, out_dir: Path, scenario: Scenario) -> list[Path]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot("the experiment's plots")
+    if plt is None:
+        return []
     written = []
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for run in runs:
