@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "window's arrival rates and the catalog's service times; cloud sites' costs weighed)")
     p.add_argument("--max-utilisation", type=_utilisation, default=0.85, metavar="RHO",
                    help="--formulation latency: no instance is planned busier than this (0 < RHO < 1)")
+    p.add_argument("--rate-window", type=_non_negative(float, 100 * YEAR), default=0.0, metavar="SECONDS",
+                   help="--formulation latency: plan each group for the larger of its rate over --window and "
+                        "over the last SECONDS (catches a rise in load within SECONDS; 0, the default: "
+                        "the window's rate only)")
     p.add_argument("--time-limit", type=_positive(float, 7 * DAY), default=30.0, metavar="SECONDS",
                    help="seconds the solver may take")
     p.add_argument("--idle-seconds", type=_non_negative(float, 100 * YEAR), default=900.0, metavar="S",
@@ -293,6 +297,8 @@ def config_from_args(args: argparse.Namespace):
             render_settings_from(settings["render"])
         except ValueError as exc:
             raise UsageError(f"--cluster-setting {exc}") from None
+    if args.rate_window > args.window:
+        raise UsageError(f"--rate-window {args.rate_window:g} is longer than --window {args.window:g}")
     if args.frontend_service is not None:
         if args.cluster != "kubernetes":
             raise UsageError("--frontend-service needs --cluster kubernetes")
@@ -306,7 +312,8 @@ def config_from_args(args: argparse.Namespace):
         build=BuildSettings(mode=args.mode, formulation=args.formulation, window=args.window,
                             default_rtt=args.default_rtt, min_exec_samples=args.min_exec_samples,
                             compute=args.compute, rtt_source=args.rtt_source,
-                            rtt_half_life=args.rtt_half_life, max_utilisation=args.max_utilisation),
+                            rtt_half_life=args.rtt_half_life, max_utilisation=args.max_utilisation,
+                            rate_window=args.rate_window),
         thresholds=Thresholds(idle_seconds=args.idle_seconds, min_requests=args.min_requests),
         execution=ExecSettings(max_deletions=args.max_deletions, concurrency=args.concurrency,
                                wait_ready=args.wait_ready, ready_timeout=args.ready_timeout,

@@ -61,7 +61,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BuildSettings", "Built", "build_problem", "group_requests", "rtt_table", "exec_table",
            "group_summary", "rtt_table_from_summary", "exec_table_from_summary", "bins_median",
-           "rtt_reports_from_rows", "recency_mean", "rtt_table_from_reports", "measured_part",
+           "rtt_reports_from_rows", "recency_mean", "recent_peaks", "rtt_table_from_reports", "measured_part",
            "FORMULATIONS", "COMPUTE_BASES", "RTT_SOURCES"]
 
 FORMULATIONS = ("placement", "thesis", "latency")
@@ -82,6 +82,8 @@ class BuildSettings:
     rtt_source: str = "reports"         # "reports" (X-Client-RTT, network only) or "latency" (the thesis's)
     rtt_half_life: float = 60.0         # seconds: a report this much older weighs half as much
     max_utilisation: float = 0.85       # `latency`: ceiling on each instance's planned utilisation
+    rate_window: float = 0.0            # `latency`: > 0 plans each group for the larger of its rates over
+                                        # `window` and over the last `rate_window` seconds (0: window only)
 
     def __post_init__(self) -> None:
         if self.mode not in (1, 2):
@@ -96,6 +98,8 @@ class BuildSettings:
             raise ValueError("max_utilisation must be strictly between 0 and 1")
         if not self.rtt_half_life > 0:
             raise ValueError("rtt_half_life must be > 0")
+        if not 0 <= self.rate_window <= self.window:
+            raise ValueError("rate_window must be between 0 and window")
         if self.window <= 0 or self.default_rtt < 0 or self.min_exec_samples < 1:
             raise ValueError("window must be > 0, default_rtt >= 0 and min_exec_samples >= 1")
 
@@ -336,12 +340,31 @@ def _exec_from(medians: dict[tuple[str, str], tuple[int, float]], catalog: Catal
     return table, sources
 
 
+def recent_peaks(counts: dict[tuple[str, str], int], recent: dict[tuple[str, str], int], *,
+                 scale: float) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
+    """Return (counts, the groups raised): each group's count over the window raised to its recent
+    count scaled to the window (`scale` = window / rate window) when that is larger.
+
+    Why: a window's mean lags a rise in load by up to the window, and the load-aware plan is sized
+    by it, so for that long the instances run above the utilisation they were planned for; the
+    recent rate catches a rise within the short window, while a fall still follows the long one
+    (the plan keeps capacity until the whole window has seen the lower load)."""
+    raised = dict(counts)
+    peaks = {}
+    for key, count in recent.items():
+        scaled = math.ceil(count * scale - 1e-9)
+        if scaled > raised.get(key, 0):
+            raised[key] = peaks[key] = scaled
+    return raised, peaks
+
+
 def build_problem(*, requests: list[RequestStat], nodes: list[NodeMemory], catalog: Catalog,
                   deployments: list[Deployment], cost_map: CostMap, settings: BuildSettings,
-                  summary: Summary | None = None) -> Built:
+                  summary: Summary | None = None, recent: Summary | None = None) -> Built:
     """Return the Problem for one run, with a summary of its inputs.
 
-    The window of requests is `summary` (the front-end's aggregates) when given, else the rows."""
+    The window of requests is `summary` (the front-end's aggregates) when given, else the rows.
+    `recent` is the last `settings.rate_window` seconds of it (`latency` with a rate window only)."""
     # Imported here so `--help` and usage errors never pay for loading the solver stack.
     from solver.problem import ModelReq, NodeCap, Problem, RequestGroup
 
@@ -352,6 +375,14 @@ def build_problem(*, requests: list[RequestStat], nodes: list[NodeMemory], catal
         counts, unknown = group_summary(summary.groups, known)
     else:
         counts, unknown = group_requests(requests, known)
+    peaks: dict[tuple[str, str], int] = {}
+    if settings.formulation == "latency" and settings.rate_window > 0 and recent is not None:
+        # the front-end aggregates whole 10 s buckets: the recent counts span since..until, which
+        # is up to a bucket more than the rate window asked for
+        span = settings.rate_window
+        if recent.until is not None and recent.until - recent.since > span:
+            span = recent.until - recent.since
+        counts, peaks = recent_peaks(counts, group_summary(recent.groups, known)[0], scale=settings.window / span)
     keys = sorted(counts)
     zones = sorted({zone for _, zone in keys})
     # RTT: network only (the clients' reports) and execution time once (exec_table), unless the
@@ -422,4 +453,7 @@ def build_problem(*, requests: list[RequestStat], nodes: list[NodeMemory], catal
     if latency:
         summary["max_utilisation"] = settings.max_utilisation
         summary["rates"] = {f"{model}/{zone}": round(counts[(model, zone)] / settings.window, 6) for model, zone in keys}
+        if settings.rate_window > 0:
+            summary["rate_window_seconds"] = settings.rate_window
+            summary["rates_from_recent"] = sorted(f"{model}/{zone}" for model, zone in peaks)
     return Built(problem=problem, groups=keys, summary=summary, measured_rtt=measured_part(rtt, measured=measured))

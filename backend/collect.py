@@ -168,6 +168,7 @@ class Observed:
     truncated: bool = False      # the window held more rows than were read
     warnings: list[str] = field(default_factory=list)
     summary: Summary | None = None
+    recent: Summary | None = None    # the last few seconds of the window (a rate window), when asked
 
     @property
     def requests_read(self) -> int:
@@ -464,9 +465,10 @@ class FrontendClient:
         self._call("PUT", "/plan", json=plan)
 
 
-def collect(client: FrontendClient, *, window: float, now: float | None = None) -> Observed:
+def collect(client: FrontendClient, *, window: float, now: float | None = None, recent: float = 0.0) -> Observed:
     """Read the recent window of requests (aggregated, or as rows from an older front-end), the
-    model statistics and node memory."""
+    model statistics and node memory; with `recent` > 0 also the aggregates of the last `recent`
+    seconds (a second summary; none from a front-end without one)."""
     now = time.time() if now is None else now
     since = max(0.0, now - window)
     warnings = []
@@ -477,8 +479,9 @@ def collect(client: FrontendClient, *, window: float, now: float | None = None) 
             raise
         summary = None
     if summary is not None:
+        latest = client.summary(recent) if recent > 0 else None
         return Observed(requests=[], models=client.models(), nodes=client.memory(), since=summary.since,
-                        collected=time.time(), summary=summary)
+                        collected=time.time(), summary=summary, recent=latest)
     warnings.append("the front-end has no /stats/summary: the window was read row by row")
     rows, truncated, skipped = client.requests_since(since)
     models = client.models()

@@ -154,7 +154,13 @@ def _collect_replicas(cfg: RunConfig, cluster: Cluster):
     if not callable(finder):
         raise UsageError("--frontend-service needs the kubernetes cluster adapter")
     urls = finder(cfg.frontend_service)
-    return collect_replicas(urls, token=cfg.token, timeout=cfg.http_timeout, window=cfg.build.window)
+    return collect_replicas(urls, token=cfg.token, timeout=cfg.http_timeout, window=cfg.build.window,
+                            recent=_rate_window(cfg))
+
+
+def _rate_window(cfg: RunConfig) -> float:
+    """Seconds of the recent summary to read: only the load-aware formulation plans from rates."""
+    return cfg.build.rate_window if cfg.build.formulation == "latency" else 0.0
 
 
 def run_once(cfg: RunConfig, *, stop: threading.Event | None = None) -> RunOutcome:
@@ -217,7 +223,7 @@ def _run_locked(cfg: RunConfig, *, stop: threading.Event | None) -> RunOutcome:
                 cluster = _open_cluster(cfg)
                 observed = _collect_replicas(cfg, cluster)
             else:
-                observed = collect(client, window=cfg.build.window)
+                observed = collect(client, window=cfg.build.window, recent=_rate_window(cfg))
                 cluster = _open_cluster(cfg)
         except FrontendError as exc:
             if cluster is not None:
@@ -261,7 +267,7 @@ def _run_with(cfg: RunConfig, report: RunReport, finish, *, client: FrontendClie
     try:
         built = build_problem(requests=observed.requests, nodes=observed.nodes, catalog=catalog,
                               deployments=deployments, cost_map=cost_map, settings=cfg.build,
-                              summary=observed.summary)
+                              summary=observed.summary, recent=observed.recent)
     except Exception as exc:   # a problem the solver package refuses (ProblemError) or bad data
         return finish(EXIT_ERRORS, f"backend: cannot build the problem: {exc}; nothing changed")
     timings["build"] = time.perf_counter() - t

@@ -108,19 +108,22 @@ def merge_observed(parts: list[tuple[str, Observed]]) -> Observed:
         kept.append((url, observed))
         warnings.extend(observed.warnings)
     summaries = [o.summary for _, o in kept]
+    recents = [o.recent for _, o in kept if o.recent is not None]
     return Observed(requests=[], models=_merge_models(o.models for _, o in kept), nodes=kept[0][1].nodes,
                     since=min(o.since for _, o in kept), collected=max(o.collected for _, o in kept),
-                    warnings=warnings, summary=_merge_summaries(summaries))
+                    warnings=warnings, summary=_merge_summaries(summaries),
+                    recent=_merge_summaries(recents) if len(recents) == len(kept) else None)
 
 
-def collect_replicas(urls: list[str], *, token: str | None, timeout: float, window: float) -> Observed:
+def collect_replicas(urls: list[str], *, token: str | None, timeout: float, window: float,
+                     recent: float = 0.0) -> Observed:
     """Read every replica at `urls` and merge; unreachable ones are left out with a warning."""
     parts: list[tuple[str, Observed]] = []
     missed: list[str] = []
     for url in urls:
         client = FrontendClient(url, token=token, timeout=timeout)
         try:
-            parts.append((url, collect(client, window=window)))
+            parts.append((url, collect(client, window=window, recent=recent)))
         except FrontendError as exc:
             missed.append(f"front-end replica {url} left out: {exc}")
         finally:
@@ -132,4 +135,5 @@ def collect_replicas(urls: list[str], *, token: str | None, timeout: float, wind
     merged.warnings.extend(missed)
     merged.warnings.append(f"statistics merged from {len(parts)} of {len(urls)} front-end replica(s)")
     return Observed(requests=merged.requests, models=merged.models, nodes=merged.nodes, since=merged.since,
-                    collected=time.time(), warnings=merged.warnings, summary=merged.summary)
+                    collected=time.time(), warnings=merged.warnings, summary=merged.summary,
+                    recent=merged.recent)

@@ -67,10 +67,13 @@ def test_measured_rtt_is_within_10_percent_of_the_truth_with_a_2x_wrong_alto(mak
     catalog = load_catalog(fe.cluster.catalog_path)
     client = FrontendClient(fe.url, token=TOKEN)
     try:
-        observed = collect(client, window=600)
+        observed = collect(client, window=600, recent=5)
     finally:
         client.close()
     assert observed.summary is not None and observed.summary.rtt
+    # the rate window's second summary, read over HTTP: a part of the window, the same store
+    assert observed.recent is not None and observed.recent.store == observed.summary.store
+    assert 0 < observed.recent.requests <= observed.summary.requests and observed.recent.since >= observed.summary.since
 
     def build(**settings):
         return build_problem(requests=observed.requests, nodes=observed.nodes, catalog=catalog,

@@ -138,3 +138,69 @@ def test_collect_uses_the_summary_and_falls_back_to_rows_only_on_404():
     for status in (500, 503, 403):
         with pytest.raises(FrontendError):
             collect(_Fake({**base, "/stats/summary": (status, None)}), window=600, now=100.0)
+
+
+def _step_store(tmp_path) -> StatsStore:
+    """1 request/s of HP2 from z1 for 20 s, then 4/s for 10 s (a rise in load at t = 10,020)."""
+    store = StatsStore(tmp_path / "step.db", flush_interval=0.05)
+    times = [10_000.0 + i for i in range(20)] + [10_020.0 + i * 0.25 for i in range(40)]
+    for t in times:
+        store.record(request=RequestRecord(time=t, model=HP2, kind="proxy", zone="z1", latency=None, node="a",
+                                           endpoint="127.0.0.1:1", status=200, duration=0.004, cached=False,
+                                           known_model=True), increments=[])
+    return store
+
+
+def test_a_rate_window_plans_the_load_aware_problem_for_a_rise_at_once(tmp_path):
+    store = _step_store(tmp_path)
+    window = parse_summary(store.summary(window=30, now=10_029.9))
+    recent = parse_summary(store.summary(window=10, now=10_029.9))
+    store.close()
+    # whole 10 s buckets: the last 10 s ask for [10,010, 10,029.9], 19.9 s holding 10 + 40 requests
+    assert window.requests == 60 and recent.requests == 50 and recent.since == 10_010.0
+    common = dict(requests=[], nodes=NODES, catalog=CATALOG, deployments=[], cost_map=ALTO, summary=window,
+                  recent=recent)
+    plain = build_problem(settings=BuildSettings(formulation="latency", window=30), **common)
+    peak = build_problem(settings=BuildSettings(formulation="latency", window=30, rate_window=10), **common)
+    assert [g.count for g in plain.problem.requests] == [60]                 # 2 req/s: the window's mean
+    assert [g.count for g in peak.problem.requests] == [76]                  # 50 / 19.9 s, over 30 s
+    assert peak.summary["rates"] == {f"{HP2}/z1": round(76 / 30, 6)}
+    assert peak.summary["rates_from_recent"] == [f"{HP2}/z1"]
+    # a fall is followed by the window alone (the recent rate below it changes nothing), and the
+    # formulations that plan counts, not rates, never look at it
+    calm = build_problem(settings=BuildSettings(formulation="latency", window=30, rate_window=10),
+                         **{**common, "recent": parse_summary({"groups": []})})
+    assert [g.count for g in calm.problem.requests] == [60] and calm.summary["rates_from_recent"] == []
+    placement = build_problem(settings=BuildSettings(formulation="placement", window=30, rate_window=10), **common)
+    assert [g.count for g in placement.problem.requests] == [60]
+
+
+def test_recent_peaks_raise_only_the_groups_that_rose():
+    from backend.build import recent_peaks
+
+    counts, raised = recent_peaks({("m", "z1"): 30, ("m", "z2"): 30}, {("m", "z1"): 20, ("m", "z2"): 5,
+                                                                       ("n", "z1"): 1}, scale=3.0)
+    assert counts == {("m", "z1"): 60, ("m", "z2"): 30, ("n", "z1"): 3}
+    assert raised == {("m", "z1"): 60, ("n", "z1"): 3}
+
+
+def test_collect_reads_the_recent_summary_only_when_asked():
+    doc = {"since": 90.0, "groups": [{"model": HP2, "zone": "z1", "node": "a", "kind": "proxy", "count": 4,
+                                      "ok": 4, "latency_count": 0}]}
+    fake = _Fake({"/stats/models": (200, {"models": []}), "/stats/memory": (200, {"nodes": []}),
+                  "/stats/summary": (200, doc)})
+    assert collect(fake, window=600, now=100.0).recent is None and fake.calls.count("/stats/summary") == 1
+    observed = collect(fake, window=600, now=100.0, recent=10)
+    assert observed.recent is not None and observed.recent.requests == 4 and fake.calls.count("/stats/summary") == 3
+
+
+def test_the_rate_window_flag():
+    from backend.__main__ import build_parser, config_from_args
+    from backend.pipeline import UsageError
+
+    parser = build_parser()
+    base = ["--mode", "1", "--frontend", "http://x", "--formulation", "latency", "--window", "30"]
+    assert config_from_args(parser.parse_args(base)).build.rate_window == 0.0
+    assert config_from_args(parser.parse_args(base + ["--rate-window", "10"])).build.rate_window == 10.0
+    with pytest.raises(UsageError, match="--rate-window 40 is longer than --window 30"):
+        config_from_args(parser.parse_args(base + ["--rate-window", "40"]))
