@@ -358,6 +358,13 @@ def recent_peaks(counts: dict[tuple[str, str], int], recent: dict[tuple[str, str
     return raised, peaks
 
 
+def _span(summary: Summary | None, asked: float) -> float:
+    """Seconds `summary`'s counts cover: the window asked for, or its buckets' span when longer."""
+    if summary is None or summary.until is None:
+        return asked
+    return max(asked, summary.until - summary.since)
+
+
 def build_problem(*, requests: list[RequestStat], nodes: list[NodeMemory], catalog: Catalog,
                   deployments: list[Deployment], cost_map: CostMap, settings: BuildSettings,
                   summary: Summary | None = None, recent: Summary | None = None) -> Built:
@@ -375,14 +382,13 @@ def build_problem(*, requests: list[RequestStat], nodes: list[NodeMemory], catal
         counts, unknown = group_summary(summary.groups, known)
     else:
         counts, unknown = group_requests(requests, known)
+    # The front-end aggregates whole 10 s buckets: its counts span since..until, up to a bucket more
+    # than the window asked for; rates are counts over that span (rows: exactly the window).
+    observed = _span(summary, settings.window)
     peaks: dict[tuple[str, str], int] = {}
     if settings.formulation == "latency" and settings.rate_window > 0 and recent is not None:
-        # the front-end aggregates whole 10 s buckets: the recent counts span since..until, which
-        # is up to a bucket more than the rate window asked for
-        span = settings.rate_window
-        if recent.until is not None and recent.until - recent.since > span:
-            span = recent.until - recent.since
-        counts, peaks = recent_peaks(counts, group_summary(recent.groups, known)[0], scale=settings.window / span)
+        counts, peaks = recent_peaks(counts, group_summary(recent.groups, known)[0],
+                                     scale=observed / _span(recent, settings.rate_window))
     keys = sorted(counts)
     zones = sorted({zone for _, zone in keys})
     # RTT: network only (the clients' reports) and execution time once (exec_table), unless the
@@ -429,7 +435,7 @@ def build_problem(*, requests: list[RequestStat], nodes: list[NodeMemory], catal
         deployed = sorted({(d.model, d.node) for d in deployments if d.node in ready_set and d.model in known})
     latency = settings.formulation == "latency"
     problem = Problem(formulation=settings.formulation, nodes=node_caps, models=models, requests=groups,
-                      exec_time=exec_time, deployed=deployed, window=settings.window if latency else None,
+                      exec_time=exec_time, deployed=deployed, window=observed if latency else None,
                       max_utilisation=settings.max_utilisation)
     summary = {
         "window_seconds": settings.window,
@@ -452,7 +458,8 @@ def build_problem(*, requests: list[RequestStat], nodes: list[NodeMemory], catal
     }
     if latency:
         summary["max_utilisation"] = settings.max_utilisation
-        summary["rates"] = {f"{model}/{zone}": round(counts[(model, zone)] / settings.window, 6) for model, zone in keys}
+        summary["rates"] = {f"{model}/{zone}": round(counts[(model, zone)] / observed, 6) for model, zone in keys}
+        summary["rates_over_seconds"] = round(observed, 3)
         if settings.rate_window > 0:
             summary["rate_window_seconds"] = settings.rate_window
             summary["rates_from_recent"] = sorted(f"{model}/{zone}" for model, zone in peaks)

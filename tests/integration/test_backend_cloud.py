@@ -65,20 +65,25 @@ def test_cloud_takes_exactly_what_the_edge_cannot(system):
     code, report = system.backend(1, "--window", "60", "--wait-ready", "--max-utilisation", "0.85")
     assert code == 0, report["errors"]
     assert report["solver"]["formulation"] == "latency" and report["solver"]["status"] == "optimal"
-    assert report["inputs"]["tiers"] == {C: "cloud"} and report["inputs"]["rates"] == {f"{HP2}/z-a": 0.2}
+    # a rate is the count over the seconds the front-end's 10 s buckets cover: 60 to 70 s here
+    seconds = report["inputs"]["rates_over_seconds"]
+    assert 60 <= seconds < 70 and report["inputs"]["rates"] == {f"{HP2}/z-a": pytest.approx(12 / seconds, rel=1e-4)}
+    assert report["inputs"]["tiers"] == {C: "cloud"}
     light = weights(system)
     assert C not in light and light[A] >= light.get(B, 0.0) and sum(light.values()) == pytest.approx(1.0)
     assert (HP2, C) not in system.pairs()
 
-    # heavy: over 2 x 51 requests in 30 s: each edge instance takes 51 (0.85 x 30 / 0.5), the cloud the rest
+    # heavy: 130 requests in a 30 s window (30-40 s of buckets): each edge instance takes at most
+    # 0.85 x seconds / 0.5 (51 to 67), the cloud the rest
     system.seed_demand({(HP2, "z-a"): 130}, keep=list(system.pairs()))
     code, report = system.backend(1, "--window", "30", "--wait-ready")
     assert code == 0, report["errors"]
     total = report["inputs"]["requests"]
     assert total >= 130 and report["solver"]["status"] == "optimal"
-    cap = int(0.85 * 30 / EDGE_S)
+    cap = int(0.85 * report["inputs"]["rates_over_seconds"] / EDGE_S + 1e-9)
+    assert 2 * cap < total
     got = weights(system)
-    assert got == pytest.approx({A: cap / total, B: cap / total, C: (total - 2 * cap) / total})
+    assert got == pytest.approx({A: cap / total, B: cap / total, C: (total - 2 * cap) / total}, abs=2e-6)   # 6 decimals
     assert system.pairs() == {(HP2, A), (HP2, B), (HP2, C)}
 
 

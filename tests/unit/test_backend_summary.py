@@ -162,10 +162,13 @@ def test_a_rate_window_plans_the_load_aware_problem_for_a_rise_at_once(tmp_path)
                   recent=recent)
     plain = build_problem(settings=BuildSettings(formulation="latency", window=30), **common)
     peak = build_problem(settings=BuildSettings(formulation="latency", window=30, rate_window=10), **common)
-    assert [g.count for g in plain.problem.requests] == [60]                 # 2 req/s: the window's mean
-    assert [g.count for g in peak.problem.requests] == [76]                  # 50 / 19.9 s, over 30 s
-    assert peak.summary["rates"] == {f"{HP2}/z1": round(76 / 30, 6)}
-    assert peak.summary["rates_from_recent"] == [f"{HP2}/z1"]
+    # the window's buckets span [9,990, 10,029.9]: 60 requests over 39.9 s (not over the 30 s asked)
+    assert [g.count for g in plain.problem.requests] == [60] and plain.problem.window == pytest.approx(39.9)
+    assert plain.summary["rates"] == {f"{HP2}/z1": round(60 / 39.9, 6)}
+    # recent: 50 / 19.9 s = 2.51 req/s, planned as ceil(2.51 * 39.9) = 101 requests over the window
+    assert [g.count for g in peak.problem.requests] == [101] and peak.problem.window == pytest.approx(39.9)
+    assert peak.summary["rates"] == {f"{HP2}/z1": round(101 / 39.9, 6)}
+    assert peak.summary["rates_from_recent"] == [f"{HP2}/z1"] and peak.summary["rates_over_seconds"] == 39.9
     # a fall is followed by the window alone (the recent rate below it changes nothing), and the
     # formulations that plan counts, not rates, never look at it
     calm = build_problem(settings=BuildSettings(formulation="latency", window=30, rate_window=10),
