@@ -7,6 +7,8 @@ pod's node InternalIP (a loopback address) on the NodePort of the pod's Service,
 where kube-proxy with `externalTrafficPolicy: Local` would route it on a real node. When the pod,
 its Service or its readiness goes away, the server is stopped. Every server runs in its own
 process group and dies with the harness (stop(), interpreter exit, or the parent dying).
+With kubelet_metrics=True it also serves each such node's kubelet /metrics/resource, with the real
+CPU time of the model servers run on the node (kubelet_metrics.py), for metrics-server to scrape.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,7 @@ class Server:
     port: int
     process: subprocess.Popen
     log: Path
+    cpu_seen: float = field(default=0.0)       # highest CPU seconds read: the node's counter never falls
 
     @property
     def endpoint(self) -> str:
@@ -77,7 +80,8 @@ class ModelServerStandIn:
     """Keep one real model server per Ready pod of ours, at its node's IP and its Service's NodePort."""
 
     def __init__(self, *, kubeconfig: str | Path, namespace: str, catalog_path: str | Path,
-                 models_dir: str | Path, log_dir: str | Path, poll_seconds: float = 0.3) -> None:
+                 models_dir: str | Path, log_dir: str | Path, poll_seconds: float = 0.3,
+                 kubelet_metrics: bool = False) -> None:
         from kubernetes import client, config
 
         from cluster.catalog import load_catalog
@@ -89,6 +93,9 @@ class ModelServerStandIn:
         self._api = config.new_client_from_config(config_file=str(kubeconfig))
         self._core = client.CoreV1Api(self._api)
         self._servers: dict[tuple[str, str], Server] = {}
+        self.kubelet_metrics = kubelet_metrics
+        self.kubelets: dict[str, Any] = {}          # node -> kubelet_metrics.NodeKubelet
+        self._retired_cpu: dict[str, float] = {}    # node -> CPU seconds of its stopped servers
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="standin", daemon=True)
@@ -109,6 +116,9 @@ class ModelServerStandIn:
             servers, self._servers = list(self._servers.values()), {}
         for server in servers:
             _kill(server)
+        for kubelet in list(self.kubelets.values()):
+            kubelet.close()
+        self.kubelets.clear()
         _LIVE.discard(self)
         try:
             self._api.close()
@@ -142,6 +152,20 @@ class ModelServerStandIn:
             time.sleep(0.2)
         raise TimeoutError(f"no model server for {model} on {node} after {timeout:g}s "
                            f"(running: {self.servers()}, errors: {self.errors[-3:]})")
+
+    def node_usage(self, node: str) -> tuple[float, int]:
+        """Return (cumulative CPU seconds, resident bytes) of the model servers run on `node`: the
+        live ones' process trees plus the CPU of those already stopped (a counter, as a kubelet's)."""
+        from kubelet_metrics import process_usage
+
+        with self._lock:
+            servers = [s for s in self._servers.values() if s.node == node]
+            cpu, memory = self._retired_cpu.get(node, 0.0), 0
+            for server in servers:
+                used, resident = process_usage(server.process.pid)
+                server.cpu_seen = max(server.cpu_seen, used)
+                cpu, memory = cpu + server.cpu_seen, memory + resident
+            return cpu, memory
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -186,9 +210,11 @@ class ModelServerStandIn:
             current = dict(self._servers)
         for key, server in current.items():
             if desired.get(key) != (server.host, server.port) or server.process.poll() is not None:
-                _kill(server)
+                self.node_usage(server.node)             # last reading of its CPU before it goes
                 with self._lock:
                     self._servers.pop(key, None)
+                    self._retired_cpu[server.node] = self._retired_cpu.get(server.node, 0.0) + server.cpu_seen
+                _kill(server)
         for key, (host, port) in desired.items():
             with self._lock:
                 if key in self._servers:
@@ -196,6 +222,28 @@ class ModelServerStandIn:
             if self._stop.is_set():
                 return
             self._spawn(key, host, port)
+        if self.kubelet_metrics:
+            for (_, node), (host, _) in desired.items():
+                if node not in self.kubelets and not self._stop.is_set():
+                    self._start_kubelet(node, host)
+
+    def _start_kubelet(self, node: str, address: str) -> None:
+        """Serve the node's /metrics/resource and publish the port in its status, as a kubelet does."""
+        from controlplane import _openssl
+        from kubelet_metrics import NodeKubelet
+
+        cert, key = self.log_dir / "kubelet.crt", self.log_dir / "kubelet.key"
+        if not cert.is_file():
+            _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                     "-keyout", key.name, "-out", cert.name, "-days", "3", "-subj", "/CN=kubelet-stand-in",
+                     cwd=self.log_dir)
+        kubelet = NodeKubelet(node, address, lambda: self.node_usage(node), cert=cert, key=key)
+        try:
+            self._core.patch_node_status(node, {"status": {"daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet.port}}}})
+        except BaseException:
+            kubelet.close()
+            raise
+        self.kubelets[node] = kubelet
 
     def _spawn(self, key: tuple[str, str], host: str, port: int) -> None:
         model, node = key
