@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from cluster.k8s_state import parse_cpu
-from k8s_support import wait_for
+from k8s_support import FRONTEND_TOKEN, wait_for
 
 MODEL = "half_plus_two"
 BUSY = 0.2             # cores: a node whose model server is loaded uses at least this much
@@ -62,6 +62,11 @@ def _adapter_cpu(cluster, *nodes: str) -> dict[str, float]:
     return {n: usage[n] for n in nodes}
 
 
+def _one_busy(usage: dict[str, float] | None, busy: str, idle: str) -> dict[str, float] | None:
+    """`usage` when node `busy` uses at least BUSY cores and node `idle` less than IDLE, else None."""
+    return usage if usage and usage[busy] >= BUSY and usage[idle] < IDLE else None
+
+
 def _adapter_reads_api(cluster, metrics_server, *nodes: str) -> dict[str, float] | None:
     """The adapter's node CPU when it equals what metrics.k8s.io reports (both may move: retried)."""
     api = _api_cpu(metrics_server, *nodes)
@@ -88,9 +93,8 @@ def test_adapter_cpu_is_metrics_server_usage_and_follows_real_load(two_nodes, me
     assert all(standin.kubelets[n].scrapes >= 2 for n in (node_a, node_b))     # metrics-server scraped them
 
     with Load(endpoints[node_a]) as load:
-        busy = wait_for(lambda: (lambda u: u if u and u[node_a] >= BUSY and u[node_b] < IDLE else None)(
-            _adapter_reads_api(cluster, metrics_server, node_a, node_b)), timeout=60,
-            what=f"node a busy (>= {BUSY} cores) in metrics.k8s.io and the adapter")
+        busy = wait_for(lambda: _one_busy(_adapter_reads_api(cluster, metrics_server, node_a, node_b), node_a, node_b),
+                        timeout=60, what=f"node a busy (>= {BUSY} cores) in metrics.k8s.io and the adapter")
         assert load.answers > 0
     assert busy[node_a] != REQUESTED                     # measured, not the estimate
     assert standin.node_usage(node_a)[0] > standin.node_usage(node_b)[0]
@@ -136,15 +140,29 @@ def _choice(url: str) -> str:
     return answer.json()["node"]
 
 
-def test_lowest_cpu_dispatch_follows_metrics_server(two_nodes, kube, frontend_factory, metrics_server):
-    node_a, node_b, cluster, standin, endpoints = two_nodes
-    cluster.deploy("digits_forest", node_a)      # by the estimate node a is the busier one
-    frontend = frontend_factory(policy="lowest-cpu", cluster_settings={"metrics_seconds": 0.5})
-    every_worker = lambda node: all(_choice(frontend.url) == node for _ in range(8))  # noqa: E731
+def _frontend_cpu(url: str) -> dict[str, float]:
+    """Node CPU as the answering front-end worker sees it (GET /stats/memory)."""
+    answer = requests.get(f"{url}/stats/memory", headers={"Authorization": f"Bearer {FRONTEND_TOKEN}"}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    return {row["node"]: row["cpu_usage"] for row in answer.json()["nodes"]}
 
-    with Load(endpoints[node_b]):                  # ... but node b is the one really working
-        wait_for(lambda: every_worker(node_a), timeout=60, what="lowest-cpu picks node a while b is loaded")
-        usage = _api_cpu(metrics_server, node_a, node_b)
-        assert usage[node_b] > usage[node_a], usage
+
+def test_lowest_cpu_dispatch_follows_metrics_server(two_nodes, kube, frontend_factory, metrics_server):
+    # By the estimate node a is the busier one (two instances' requests against one), and on a tie
+    # lowest-cpu takes the first name (node a): the first step rules out the estimate, the second the tie.
+    node_a, node_b, cluster, standin, endpoints = two_nodes
+    cluster.deploy("digits_forest", node_a)
+    frontend = frontend_factory(policy="lowest-cpu", cluster_settings={"metrics_seconds": 0.5})
+    every_worker = lambda check: all(check() for _ in range(8))  # noqa: E731
+
+    with Load(endpoints[node_b]):                  # node b is the one really working
+        wait_for(lambda: _one_busy(_api_cpu(metrics_server, node_a, node_b), node_b, node_a), timeout=60,
+                 what="node b busy, node a idle in metrics.k8s.io")
+        wait_for(lambda: every_worker(lambda: _choice(frontend.url) == node_a), timeout=30,
+                 what="lowest-cpu picks node a while node b is loaded")
+        assert every_worker(lambda: _one_busy(_frontend_cpu(frontend.url), node_b, node_a))
     with Load(endpoints[node_a]):
-        wait_for(lambda: every_worker(node_b), timeout=60, what="lowest-cpu moves to node b once a is loaded")
+        wait_for(lambda: _one_busy(_api_cpu(metrics_server, node_a, node_b), node_a, node_b), timeout=60,
+                 what="node a busy, node b idle in metrics.k8s.io")
+        wait_for(lambda: every_worker(lambda: _choice(frontend.url) == node_b), timeout=30,
+                 what="lowest-cpu moves to node b once node a is loaded")
