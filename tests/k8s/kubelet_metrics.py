@@ -3,9 +3,9 @@
 Why this exists: metrics-server builds metrics.k8s.io from each kubelet's
 https://<node InternalIP>:<kubelet port>/metrics/resource (Prometheus text). KWOK's kubelets run
 nothing, but the stand-in (standin.py) runs real model servers "on" each node; this serves that
-endpoint at the node's loopback address with the node's cumulative CPU time and working set taken
-from those processes (psutil, children included), so a node whose model server works hard reports
-the CPU it really burns. The port is free-picked; the stand-in writes it into the node's status
+endpoint at the node's loopback address with the node's and each pod's container's cumulative CPU
+time and working set taken from those processes (psutil, children included), so a node whose
+model server works hard reports the CPU it really burns. The port is free-picked; the stand-in writes it into the node's status
 (daemonEndpoints.kubeletEndpoint.Port) as a kubelet does, and metrics-server runs with
 --kubelet-use-node-status-port.
 """
@@ -15,12 +15,28 @@ import http.server
 import ssl
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import psutil
 
-Sample = Callable[[], "tuple[float, int]"]      # () -> (cumulative CPU seconds, working-set bytes)
+
+@dataclass(frozen=True)
+class Usage:
+    """Cumulative CPU seconds and working-set bytes (and, for a container, its start time)."""
+
+    cpu_seconds: float
+    memory_bytes: int
+    start_time: float = 0.0
+
+
+@dataclass(frozen=True)
+class NodeSample:
+    """What one scrape reports: the node, and each container by (namespace, pod, container)."""
+
+    node: Usage
+    containers: dict[tuple[str, str, str], Usage] = field(default_factory=dict)
 
 
 def process_usage(pid: int) -> tuple[float, int]:
@@ -41,24 +57,39 @@ def process_usage(pid: int) -> tuple[float, int]:
     return cpu, memory
 
 
-def render(cpu_seconds: float, memory_bytes: int, *, now: float | None = None) -> str:
-    """Return the /metrics/resource text a kubelet serves for a node (the node series only)."""
+def _family(name: str, kind: str, help_text: str, rows: list[tuple[str, str]], stamp: int) -> list[str]:
+    return [f"# HELP {name} [STABLE] {help_text}", f"# TYPE {name} {kind}",
+            *(f"{name}{labels} {value} {stamp}" for labels, value in rows)]
+
+
+def render(sample: NodeSample, *, now: float | None = None) -> str:
+    """Return the /metrics/resource text a kubelet serves: node and container series, timestamped (ms)."""
     stamp = int((now if now is not None else time.time()) * 1000)
-    return ("# HELP node_cpu_usage_seconds_total [STABLE] Cumulative cpu time consumed by the node in core-seconds\n"
-            "# TYPE node_cpu_usage_seconds_total counter\n"
-            f"node_cpu_usage_seconds_total {cpu_seconds:.9f} {stamp}\n"
-            "# HELP node_memory_working_set_bytes [STABLE] Current working set of the node in bytes\n"
-            "# TYPE node_memory_working_set_bytes gauge\n"
-            f"node_memory_working_set_bytes {memory_bytes} {stamp}\n"
-            "# HELP resource_scrape_error [STABLE] 1 if there was an error while getting container metrics, 0 otherwise\n"
-            "# TYPE resource_scrape_error gauge\n"
-            "resource_scrape_error 0\n")
+    keys = sorted(sample.containers)
+    labels = {key: f'{{container="{key[2]}",namespace="{key[0]}",pod="{key[1]}"}}' for key in keys}
+    node = sample.node
+    lines = [
+        *_family("container_cpu_usage_seconds_total", "counter", "Cumulative cpu time consumed by the container in core-seconds",
+                 [(labels[k], f"{sample.containers[k].cpu_seconds:.9f}") for k in keys], stamp),
+        *_family("container_memory_working_set_bytes", "gauge", "Current working set of the container in bytes",
+                 [(labels[k], str(sample.containers[k].memory_bytes)) for k in keys], stamp),
+        *_family("container_start_time_seconds", "gauge", "Start time of the container since unix epoch in seconds",
+                 [(labels[k], f"{sample.containers[k].start_time:.6f}") for k in keys], stamp),
+        *_family("node_cpu_usage_seconds_total", "counter", "Cumulative cpu time consumed by the node in core-seconds",
+                 [("", f"{node.cpu_seconds:.9f}")], stamp),
+        *_family("node_memory_working_set_bytes", "gauge", "Current working set of the node in bytes",
+                 [("", str(node.memory_bytes))], stamp),
+        "# HELP resource_scrape_error [STABLE] 1 if there was an error while getting container metrics, 0 otherwise",
+        "# TYPE resource_scrape_error gauge",
+        "resource_scrape_error 0",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 class NodeKubelet:
-    """HTTPS /metrics/resource for one node at (address, free port); `sample` gives its usage."""
+    """HTTPS /metrics/resource for one node at (address, free port); `sample()` gives its usage."""
 
-    def __init__(self, node: str, address: str, sample: Sample, *, cert: Path, key: Path) -> None:
+    def __init__(self, node: str, address: str, sample: Callable[[], NodeSample], *, cert: Path, key: Path) -> None:
         if not address.startswith("127."):
             raise ValueError(f"kubelet stand-in binds loopback addresses only, got {address}")
         self.node, self.sample = node, sample
@@ -70,8 +101,7 @@ class NodeKubelet:
                 if self.path.split("?")[0] != "/metrics/resource":
                     self.send_error(404)
                     return
-                cpu, memory = owner.sample()
-                body = render(cpu, memory).encode()
+                body = render(owner.sample()).encode()
                 owner.scrapes += 1
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4")

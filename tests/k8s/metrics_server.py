@@ -170,3 +170,14 @@ class MetricsServer:
         data = client.CustomObjectsApi(self._api).list_cluster_custom_object("metrics.k8s.io", "v1beta1", "nodes")
         return {item["metadata"]["name"]: item["usage"]["cpu"] for item in data.get("items") or []}
 
+
+    def pod_metrics(self, namespace: str) -> dict[str, float]:
+        """Return pod name -> CPU cores (its containers summed) as metrics.k8s.io reports for `namespace`."""
+        from kubernetes import client
+
+        from cluster.k8s_state import parse_cpu
+
+        data = client.CustomObjectsApi(self._api).list_namespaced_custom_object("metrics.k8s.io", "v1beta1",
+                                                                                 namespace, "pods")
+        return {item["metadata"]["name"]: sum(parse_cpu(c["usage"]["cpu"]) for c in item.get("containers") or [])
+                for item in data.get("items") or []}

@@ -8,7 +8,8 @@ where kube-proxy with `externalTrafficPolicy: Local` would route it on a real no
 its Service or its readiness goes away, the server is stopped. Every server runs in its own
 process group and dies with the harness (stop(), interpreter exit, or the parent dying).
 With kubelet_metrics=True it also serves each such node's kubelet /metrics/resource, with the real
-CPU time of the model servers run on the node (kubelet_metrics.py), for metrics-server to scrape.
+CPU time of the model servers run on the node and of each pod's (kubelet_metrics.py), for
+metrics-server to scrape.
 """
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ class Server:
     port: int
     process: subprocess.Popen
     log: Path
+    started: float = field(default_factory=time.time)   # its "container's" start time
+    pod: tuple[str, str] = ("", "")            # (pod name, container name) it stands for
     cpu_seen: float = field(default=0.0)       # highest CPU seconds read: the node's counter never falls
 
     @property
@@ -96,6 +99,7 @@ class ModelServerStandIn:
         self.kubelet_metrics = kubelet_metrics
         self.kubelets: dict[str, Any] = {}          # node -> kubelet_metrics.NodeKubelet
         self._retired_cpu: dict[str, float] = {}    # node -> CPU seconds of its stopped servers
+        self._pods: dict[tuple[str, str], tuple[str, str]] = {}   # (model, node) -> (pod, container)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="standin", daemon=True)
@@ -154,18 +158,25 @@ class ModelServerStandIn:
                            f"(running: {self.servers()}, errors: {self.errors[-3:]})")
 
     def node_usage(self, node: str) -> tuple[float, int]:
-        """Return (cumulative CPU seconds, resident bytes) of the model servers run on `node`: the
-        live ones' process trees plus the CPU of those already stopped (a counter, as a kubelet's)."""
-        from kubelet_metrics import process_usage
+        """Return (cumulative CPU seconds, resident bytes) of the model servers run on `node`."""
+        usage = self.node_sample(node).node
+        return usage.cpu_seconds, usage.memory_bytes
+
+    def node_sample(self, node: str):
+        """Return a kubelet_metrics.NodeSample for `node`: the live model servers' process trees, each
+        as its pod's container, and for the node the CPU of those already stopped too (a counter)."""
+        from kubelet_metrics import NodeSample, Usage, process_usage
 
         with self._lock:
             servers = [s for s in self._servers.values() if s.node == node]
-            cpu, memory = self._retired_cpu.get(node, 0.0), 0
+            cpu, memory, containers = self._retired_cpu.get(node, 0.0), 0, {}
             for server in servers:
                 used, resident = process_usage(server.process.pid)
                 server.cpu_seen = max(server.cpu_seen, used)
                 cpu, memory = cpu + server.cpu_seen, memory + resident
-            return cpu, memory
+                if server.pod[0] and resident:
+                    containers[(self.namespace, *server.pod)] = Usage(server.cpu_seen, resident, server.started)
+            return NodeSample(Usage(cpu, memory), containers)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -192,6 +203,7 @@ class ModelServerStandIn:
                     ports[ident] = int(port["nodePort"])
                     break
         desired: dict[tuple[str, str], tuple[str, int]] = {}
+        self._pods = {}
         for pod in pods:
             ident = _identity(pod)
             node_name = (pod.get("spec") or {}).get("nodeName")
@@ -202,12 +214,16 @@ class ModelServerStandIn:
             address = _internal_ip(nodes[node_name])
             if address and address.startswith("127."):     # loopback only, never anything else
                 desired[ident] = (address, ports[ident])
+                containers = (pod.get("spec") or {}).get("containers") or [{}]
+                self._pods[ident] = (pod["metadata"]["name"], containers[0].get("name", ""))
         return desired
 
     def _sync(self) -> None:
         desired = self._desired()
         with self._lock:
             current = dict(self._servers)
+            for key, server in current.items():
+                server.pod = self._pods.get(key, server.pod)   # a replaced pod keeps the server
         for key, server in current.items():
             if desired.get(key) != (server.host, server.port) or server.process.poll() is not None:
                 self.node_usage(server.node)             # last reading of its CPU before it goes
@@ -237,7 +253,7 @@ class ModelServerStandIn:
             _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                      "-keyout", key.name, "-out", cert.name, "-days", "3", "-subj", "/CN=kubelet-stand-in",
                      cwd=self.log_dir)
-        kubelet = NodeKubelet(node, address, lambda: self.node_usage(node), cert=cert, key=key)
+        kubelet = NodeKubelet(node, address, lambda: self.node_sample(node), cert=cert, key=key)
         try:
             self._core.patch_node_status(node, {"status": {"daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet.port}}}})
         except BaseException:
@@ -257,7 +273,7 @@ class ModelServerStandIn:
                                        stdin=subprocess.DEVNULL, start_new_session=True,
                                        preexec_fn=_die_with_parent)
         with self._lock:
-            self._servers[key] = Server(model, node, host, port, process, log)
+            self._servers[key] = Server(model, node, host, port, process, log, pod=self._pods.get(key, ("", "")))
 
 
 def _kill(server: Server, grace: float = 3.0) -> None:

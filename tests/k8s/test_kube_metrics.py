@@ -85,8 +85,9 @@ def two_nodes(kube, standin_factory):
     return node_a, node_b, cluster, standin, endpoints
 
 
-def test_adapter_cpu_is_metrics_server_usage_and_follows_real_load(two_nodes, metrics_server):
+def test_adapter_cpu_is_metrics_server_usage_and_follows_real_load(two_nodes, kube, metrics_server):
     node_a, node_b, cluster, standin, endpoints = two_nodes
+    pod_on = {p.spec.node_name: p.metadata.name for p in kube.core.list_namespaced_pod(kube.namespace).items}
     idle = wait_for(lambda: _adapter_reads_api(cluster, metrics_server, node_a, node_b), timeout=60,
                     what="both nodes' CPU from metrics.k8s.io in the adapter")
     assert all(value < IDLE for value in idle.values()), idle
@@ -96,6 +97,10 @@ def test_adapter_cpu_is_metrics_server_usage_and_follows_real_load(two_nodes, me
         busy = wait_for(lambda: _one_busy(_adapter_reads_api(cluster, metrics_server, node_a, node_b), node_a, node_b),
                         timeout=60, what=f"node a busy (>= {BUSY} cores) in metrics.k8s.io and the adapter")
         assert load.answers > 0
+        # The pods' metrics too (what `kubectl top pod` shows): the loaded pod's container is busy.
+        by_pod = wait_for(lambda: (lambda m: m if {pod_on[node_a], pod_on[node_b]} <= set(m) else None)(
+            metrics_server.pod_metrics(kube.namespace)), timeout=30, what="pod metrics of both pods")
+        assert by_pod[pod_on[node_a]] >= BUSY and by_pod[pod_on[node_b]] < IDLE, by_pod
     assert busy[node_a] != REQUESTED                     # measured, not the estimate
     assert standin.node_usage(node_a)[0] > standin.node_usage(node_b)[0]
 
