@@ -19,6 +19,7 @@ serves that for the nodes where it runs model servers; other nodes refuse and ge
 from __future__ import annotations
 
 import base64
+import signal
 import subprocess
 import time
 import urllib.error
@@ -105,11 +106,11 @@ class MetricsServer:
         except Exception:
             pass
         if self.process is not None and self.process.poll() is None:
-            _signal_group(self.process.pid, 15)
+            _signal_group(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                _signal_group(self.process.pid, 9)
+                _signal_group(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=5)
         self._api.close()
 
