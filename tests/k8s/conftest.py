@@ -1,7 +1,8 @@
 """Fixtures for the tests against a real Kubernetes control plane (tests/k8s).
 
 One control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok) is shared
-by the whole session; each test gets its own namespace and its own KWOK nodes (unique names, a
+by the whole session; metrics-server (metrics.k8s.io) runs only for the modules that ask for the
+`metrics_server` fixture, so elsewhere the adapter estimates node CPU; each test gets its own namespace and its own KWOK nodes (unique names, a
 unique loopback /24 for their InternalIPs) and removes them at teardown, so tests do not see each
 other's objects and parallel pytest runs do not collide. The binaries come from tests/k8s/k8s_tools.py:
 when they are missing, they are built once before the first test runs (outside the per-test
@@ -21,6 +22,7 @@ sys.path.insert(0, str(HERE))
 import k8s_tools as build  # noqa: E402
 import controlplane  # noqa: E402
 from controlplane import ControlPlane, ControlPlaneError  # noqa: E402
+from metrics_server import MetricsServer  # noqa: E402
 from k8s_support import (AUDIT_POLICY, AUDITED_GROUP, CATALOG, FRONTEND_TOKEN, KubeEnv,  # noqa: E402,F401
                          _suffix, wait_for)
 
@@ -93,6 +95,17 @@ def control_plane(request: pytest.FixtureRequest, audit_log: Path) -> Iterator[C
     plane.stop(keep_logs=keep)
 
 
+@pytest.fixture(scope="module")
+def metrics_server(control_plane: ControlPlane) -> Iterator[MetricsServer]:
+    """Run metrics-server with metrics.k8s.io registered and Available for one test module; remove both after."""
+    try:
+        server = MetricsServer(control_plane).start()
+    except ControlPlaneError as exc:
+        pytest.fail(f"metrics-server did not start: {exc}", pytrace=False)
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def kube_admin(control_plane: ControlPlane):
     """Return an admin kubernetes ApiClient for the session's control plane."""
@@ -153,16 +166,18 @@ def standin_factory(kube: KubeEnv, built_models: Path) -> Iterator[Callable]:
 
 @pytest.fixture
 def frontend_factory(kube: KubeEnv) -> Iterator[Callable]:
-    """Yield make(**settings) -> a started GunicornServer whose cluster is the test's namespace."""
+    """Yield make(**settings) -> a started GunicornServer whose cluster is the test's namespace
+    (`cluster_settings` adds to the adapter's settings)."""
     from tests.frontend_server import GunicornServer
 
     made: list[GunicornServer] = []
 
-    def make(*, workers: int = 2, **settings) -> GunicornServer:
+    def make(*, workers: int = 2, cluster_settings: dict | None = None, **settings) -> GunicornServer:
         config = {
             "cluster": "kubernetes",
             "cluster_settings": {"kubeconfig": str(kube.kubeconfig), "namespace": kube.namespace,
-                                 "catalog_path": str(CATALOG), "node_class_label": "edge-inference/node-class"},
+                                 "catalog_path": str(CATALOG), "node_class_label": "edge-inference/node-class",
+                                 **(cluster_settings or {})},
             "database": str(kube.tmp_path / f"frontend-{len(made)}.db"),
             "token": FRONTEND_TOKEN, "refresh_interval": 0.2, **settings,
         }

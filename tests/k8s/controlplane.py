@@ -81,7 +81,8 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 def make_pki(directory: Path, *, service_ip: str) -> None:
-    """Write a throwaway CA, apiserver serving cert, admin client cert and service-account key pair."""
+    """Write a throwaway CA, apiserver serving cert, admin client cert, front-proxy CA and client cert,
+    and service-account key pair."""
     directory.mkdir(parents=True, exist_ok=True)
     ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
     _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "3",
@@ -97,6 +98,14 @@ def make_pki(directory: Path, *, service_ip: str) -> None:
              "-CA", "ca.crt", "-CAkey", "ca.key", "-subj", "/O=system:masters/CN=edge-test-admin",
              "-addext", "extendedKeyUsage=clientAuth", "-addext", "basicConstraints=critical,CA:FALSE",
              cwd=directory)
+    # The aggregator's front proxy: kube-apiserver presents front-proxy-client.crt when it proxies to
+    # an extension API server (metrics-server), which trusts it through front-proxy-ca.crt.
+    _openssl("req", "-x509", *ec, "-keyout", "front-proxy-ca.key", "-out", "front-proxy-ca.crt", "-days", "3",
+             "-subj", "/CN=edge-inference-test-front-proxy-ca", "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature", cwd=directory)
+    _openssl("req", "-x509", *ec, "-keyout", "front-proxy-client.key", "-out", "front-proxy-client.crt",
+             "-days", "3", "-CA", "front-proxy-ca.crt", "-CAkey", "front-proxy-ca.key", "-subj", "/CN=front-proxy-client",
+             "-addext", "extendedKeyUsage=clientAuth", "-addext", "basicConstraints=critical,CA:FALSE", cwd=directory)
     _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "sa.key", cwd=directory)
     _openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=directory)
     for key in directory.glob("*.key"):
@@ -266,6 +275,11 @@ class ControlPlane:
                 f"--service-account-key-file={pki / 'sa.pub'}", f"--service-account-signing-key-file={pki / 'sa.key'}",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 "--authorization-mode=Node,RBAC", f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+                "--requestheader-allowed-names=front-proxy-client", "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group", "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+                f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
                 "--endpoint-reconciler-type=none",      # the default endpoints reject loopback addresses
                 "--max-requests-inflight=1000", "--max-mutating-requests-inflight=500",
                 "--profiling=false", "--v=1",

@@ -12,6 +12,8 @@ with the local Go toolchain and the Go module proxy:
   with the version stamped in through -ldflags.
 - etcd from `go.etcd.io/etcd/server/v3` through a three-line main calling `etcdmain.Main`.
 - kwok (simulated kubelets) with `go install sigs.k8s.io/kwok/cmd/kwok@<version>`.
+- metrics-server (serves metrics.k8s.io through the aggregator) with
+  `go install sigs.k8s.io/metrics-server/cmd/metrics-server@<version>`.
 
 Binaries land in `${XDG_CACHE_HOME:-~/.cache}/edge-inference/k8s/<kubernetes version>/bin`
 (override with EDGE_K8S_CACHE); each has a stamp file naming the recipe it was built from, so only
@@ -38,9 +40,10 @@ from pathlib import Path
 KUBERNETES_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.8.0"
+METRICS_SERVER_VERSION = "v0.9.0"
 GO_DIRECTIVE = "1.26.0"
 KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
-ALL_BINARIES = (*KUBE_COMMANDS, "etcd", "kwok")
+ALL_BINARIES = (*KUBE_COMMANDS, "etcd", "kwok", "metrics-server")
 RECIPE_REVISION = "1"   # bump when the way a binary is built changes
 
 
@@ -141,6 +144,8 @@ def recipe_key(name: str) -> str:
         version = f"kubernetes {KUBERNETES_VERSION}"
     elif name == "etcd":
         version = f"etcd {ETCD_VERSION}"
+    elif name == "metrics-server":
+        version = f"metrics-server {METRICS_SERVER_VERSION}"
     else:
         version = f"kwok {KWOK_VERSION}"
     digest = hashlib.sha256(f"{version} {RECIPE_REVISION} {GO_DIRECTIVE}".encode()).hexdigest()[:12]
@@ -291,14 +296,25 @@ def build_etcd(go: str, paths: Paths, progress: Progress) -> None:
         install(paths, Path(out_dir), ["etcd"])
 
 
-def build_kwok(go: str, paths: Paths, progress: Progress) -> None:
-    """Build kwok with `go install sigs.k8s.io/kwok/cmd/kwok@version`."""
+def go_install(go: str, paths: Paths, progress: Progress, name: str, package: str) -> None:
+    """Build command `name` with `go install <package>@<version>` (a module without replaces)."""
     env = go_env(go, paths)
     with tempfile.TemporaryDirectory(dir=paths.root, prefix=".out-") as out_dir:
         env["GOBIN"] = out_dir
-        progress.run([go, "install", "-v", "-trimpath", "-ldflags", "-s -w", f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"],
-                     cwd=Path(out_dir), env=env, what=f"compile kwok {KWOK_VERSION}")
-        install(paths, Path(out_dir), ["kwok"])
+        progress.run([go, "install", "-v", "-trimpath", "-ldflags", "-s -w", package],
+                     cwd=Path(out_dir), env=env, what=f"compile {package}")
+        install(paths, Path(out_dir), [name])
+
+
+def build_kwok(go: str, paths: Paths, progress: Progress) -> None:
+    """Build kwok (the simulated kubelets)."""
+    go_install(go, paths, progress, "kwok", f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}")
+
+
+def build_metrics_server(go: str, paths: Paths, progress: Progress) -> None:
+    """Build metrics-server (metrics.k8s.io from the kubelets' /metrics/resource)."""
+    go_install(go, paths, progress, "metrics-server",
+               f"sigs.k8s.io/metrics-server/cmd/metrics-server@{METRICS_SERVER_VERSION}")
 
 
 def build(*, force: bool = False, only: list[str] | None = None, progress: Progress | None = None) -> Path:
@@ -325,6 +341,8 @@ def build(*, force: bool = False, only: list[str] | None = None, progress: Progr
             build_etcd(go, paths, progress)
         if "kwok" in todo:
             build_kwok(go, paths, progress)
+        if "metrics-server" in todo:
+            build_metrics_server(go, paths, progress)
     progress.say(f"built into {paths.bin}")
     return paths.bin
 

@@ -7,6 +7,9 @@ pod's node InternalIP (a loopback address) on the NodePort of the pod's Service,
 where kube-proxy with `externalTrafficPolicy: Local` would route it on a real node. When the pod,
 its Service or its readiness goes away, the server is stopped. Every server runs in its own
 process group and dies with the harness (stop(), interpreter exit, or the parent dying).
+With kubelet_metrics=True it also serves each such node's kubelet /metrics/resource, with the real
+CPU time of the model servers run on the node and of each pod's (kubelet_metrics.py), for
+metrics-server to scrape.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,9 @@ class Server:
     port: int
     process: subprocess.Popen
     log: Path
+    started: float = field(default_factory=time.time)   # its "container's" start time
+    pod: tuple[str, str] = ("", "")            # (pod name, container name) it stands for
+    cpu_seen: float = field(default=0.0)       # highest CPU seconds read: the node's counter never falls
 
     @property
     def endpoint(self) -> str:
@@ -77,7 +83,8 @@ class ModelServerStandIn:
     """Keep one real model server per Ready pod of ours, at its node's IP and its Service's NodePort."""
 
     def __init__(self, *, kubeconfig: str | Path, namespace: str, catalog_path: str | Path,
-                 models_dir: str | Path, log_dir: str | Path, poll_seconds: float = 0.3) -> None:
+                 models_dir: str | Path, log_dir: str | Path, poll_seconds: float = 0.3,
+                 kubelet_metrics: bool = False) -> None:
         from kubernetes import client, config
 
         from cluster.catalog import load_catalog
@@ -89,6 +96,10 @@ class ModelServerStandIn:
         self._api = config.new_client_from_config(config_file=str(kubeconfig))
         self._core = client.CoreV1Api(self._api)
         self._servers: dict[tuple[str, str], Server] = {}
+        self.kubelet_metrics = kubelet_metrics
+        self.kubelets: dict[str, Any] = {}          # node -> kubelet_metrics.NodeKubelet
+        self._retired_cpu: dict[str, float] = {}    # node -> CPU seconds of its stopped servers
+        self._pods: dict[tuple[str, str], tuple[str, str]] = {}   # (model, node) -> (pod, container)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="standin", daemon=True)
@@ -109,6 +120,9 @@ class ModelServerStandIn:
             servers, self._servers = list(self._servers.values()), {}
         for server in servers:
             _kill(server)
+        for kubelet in list(self.kubelets.values()):
+            kubelet.close()
+        self.kubelets.clear()
         _LIVE.discard(self)
         try:
             self._api.close()
@@ -143,6 +157,27 @@ class ModelServerStandIn:
         raise TimeoutError(f"no model server for {model} on {node} after {timeout:g}s "
                            f"(running: {self.servers()}, errors: {self.errors[-3:]})")
 
+    def node_usage(self, node: str) -> tuple[float, int]:
+        """Return (cumulative CPU seconds, resident bytes) of the model servers run on `node`."""
+        usage = self.node_sample(node).node
+        return usage.cpu_seconds, usage.memory_bytes
+
+    def node_sample(self, node: str):
+        """Return a kubelet_metrics.NodeSample for `node`: the live model servers' process trees, each
+        as its pod's container, and for the node the CPU of those already stopped too (a counter)."""
+        from kubelet_metrics import NodeSample, Usage, process_usage
+
+        with self._lock:
+            servers = [s for s in self._servers.values() if s.node == node]
+            cpu, memory, containers = self._retired_cpu.get(node, 0.0), 0, {}
+            for server in servers:
+                used, resident = process_usage(server.process.pid)
+                server.cpu_seen = max(server.cpu_seen, used)
+                cpu, memory = cpu + server.cpu_seen, memory + resident
+                if server.pod[0] and resident:
+                    containers[(self.namespace, *server.pod)] = Usage(server.cpu_seen, resident, server.started)
+            return NodeSample(Usage(cpu, memory), containers)
+
     # -- the loop ----------------------------------------------------------------------------
 
     def _loop(self) -> None:
@@ -168,6 +203,7 @@ class ModelServerStandIn:
                     ports[ident] = int(port["nodePort"])
                     break
         desired: dict[tuple[str, str], tuple[str, int]] = {}
+        self._pods = {}
         for pod in pods:
             ident = _identity(pod)
             node_name = (pod.get("spec") or {}).get("nodeName")
@@ -178,17 +214,23 @@ class ModelServerStandIn:
             address = _internal_ip(nodes[node_name])
             if address and address.startswith("127."):     # loopback only, never anything else
                 desired[ident] = (address, ports[ident])
+                containers = (pod.get("spec") or {}).get("containers") or [{}]
+                self._pods[ident] = (pod["metadata"]["name"], containers[0].get("name", ""))
         return desired
 
     def _sync(self) -> None:
         desired = self._desired()
         with self._lock:
             current = dict(self._servers)
+            for key, server in current.items():
+                server.pod = self._pods.get(key, server.pod)   # a replaced pod keeps the server
         for key, server in current.items():
             if desired.get(key) != (server.host, server.port) or server.process.poll() is not None:
-                _kill(server)
+                self.node_usage(server.node)             # last reading of its CPU before it goes
                 with self._lock:
                     self._servers.pop(key, None)
+                    self._retired_cpu[server.node] = self._retired_cpu.get(server.node, 0.0) + server.cpu_seen
+                _kill(server)
         for key, (host, port) in desired.items():
             with self._lock:
                 if key in self._servers:
@@ -196,6 +238,28 @@ class ModelServerStandIn:
             if self._stop.is_set():
                 return
             self._spawn(key, host, port)
+        if self.kubelet_metrics:
+            for (_, node), (host, _) in desired.items():
+                if node not in self.kubelets and not self._stop.is_set():
+                    self._start_kubelet(node, host)
+
+    def _start_kubelet(self, node: str, address: str) -> None:
+        """Serve the node's /metrics/resource and publish the port in its status, as a kubelet does."""
+        from controlplane import _openssl
+        from kubelet_metrics import NodeKubelet
+
+        cert, key = self.log_dir / "kubelet.crt", self.log_dir / "kubelet.key"
+        if not cert.is_file():
+            _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                     "-keyout", key.name, "-out", cert.name, "-days", "3", "-subj", "/CN=kubelet-stand-in",
+                     cwd=self.log_dir)
+        kubelet = NodeKubelet(node, address, lambda: self.node_sample(node), cert=cert, key=key)
+        try:
+            self._core.patch_node_status(node, {"status": {"daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet.port}}}})
+        except BaseException:
+            kubelet.close()
+            raise
+        self.kubelets[node] = kubelet
 
     def _spawn(self, key: tuple[str, str], host: str, port: int) -> None:
         model, node = key
@@ -209,7 +273,7 @@ class ModelServerStandIn:
                                        stdin=subprocess.DEVNULL, start_new_session=True,
                                        preexec_fn=_die_with_parent)
         with self._lock:
-            self._servers[key] = Server(model, node, host, port, process, log)
+            self._servers[key] = Server(model, node, host, port, process, log, pod=self._pods.get(key, ("", "")))
 
 
 def _kill(server: Server, grace: float = 3.0) -> None:

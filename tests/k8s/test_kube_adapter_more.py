@@ -2,8 +2,9 @@
 
 These were unit tests against a hand-written stand-in for kube-apiserver; here the same behaviour
 comes from the real control plane (the real scheduler, RBAC, audit log and watch streams). What
-cannot be produced here stays in tests/unit/test_k8s_adapter_fake_only.py (metrics.k8s.io and
-410 Gone; its docstring says why) and tests/unit/test_k8s_adapter_no_server.py (no API server).
+cannot be produced here stays in tests/unit/test_k8s_adapter_fake_only.py (410 Gone; its
+docstring says why) and tests/unit/test_k8s_adapter_no_server.py (no API server). Node CPU from
+metrics.k8s.io (a real metrics-server) is in test_kube_metrics.py.
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def test_nodes_come_from_the_cache_with_fallback_cpu(kube):
     assert a.cpu_capacity == 4.0 and b.cpu_capacity == 2.0
     assert a.cpu_usage == 0.0 and a.memory_used == 0
 
-    # No metrics-server: the CPU is estimated from our pods' requests (half_plus_two: 50m).
+    # metrics.k8s.io is not served (metrics-server runs for test_kube_metrics.py only): the CPU
+    # is estimated from our pods' requests (half_plus_two: 50m).
     cluster.deploy(MODEL, node_a, timeout=60)
     wait_for(lambda: _by_name(cluster)[node_a].cpu_usage == pytest.approx(0.05), timeout=30,
              what="cpu estimate from the pod's request")

@@ -71,7 +71,8 @@ def test_memory_stats_come_from_the_api(kube, frontend_factory):
 
 
 def test_lowest_cpu_choice_follows_the_cluster_cpu(kube, frontend_factory):
-    # No metrics.k8s.io here: node CPU is estimated from our pods' requests over allocatable.
+    # No metrics.k8s.io in this module: node CPU is estimated from our pods' requests over
+    # allocatable (test_kube_metrics.py has lowest-cpu follow a real metrics-server).
     node_a, node_b = kube.add_node("a", cpu=2.0), kube.add_node("b", cpu=2.0)
     cluster = kube.cluster()
     cluster.deploy(MODEL, node_a)

@@ -54,8 +54,8 @@ def _can_i(kubectl: Kubectl, verb: str, resource: str, *, namespace: str | None 
     scope = ["-n", namespace] if namespace else ["--all-namespaces"]
     proc = kubectl("auth", "can-i", verb, resource, f"--as={SERVICE_ACCOUNT}", *scope, check=False)
     if "doesn't have a resource type" in proc.stderr:
-        # kubectl cannot map a group the server does not serve (metrics.k8s.io without
-        # metrics-server) and answers "no" without asking; ask the authorizer directly instead.
+        # kubectl cannot map a group the server does not serve (metrics.k8s.io: metrics-server
+        # runs for test_kube_metrics.py only) and answers "no" without asking; ask the authorizer.
         return _subject_access_review(kubectl, verb, resource, namespace=namespace)
     answer = proc.stdout.strip()
     assert answer in ("yes", "no"), proc.stderr

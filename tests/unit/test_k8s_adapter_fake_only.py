@@ -1,14 +1,12 @@
-"""The two adapter behaviours that cannot be produced on the real control plane of tests/k8s/.
+"""The one adapter behaviour that cannot be produced on the real control plane of tests/k8s/.
 
 Everything else the Kubernetes adapter does is tested against a real kube-apiserver, scheduler,
-controller-manager and KWOK in tests/k8s/ (test_kube_adapter.py, test_kube_adapter_more.py). Only
-these two stay on a loopback stand-in for kube-apiserver (FakeApiServer below, which implements
-just list/watch of the four resources the adapter watches, 410 Gone, and metrics.k8s.io):
+controller-manager and KWOK in tests/k8s/ (test_kube_adapter.py, test_kube_adapter_more.py, and
+test_kube_metrics.py for metrics.k8s.io served by a real metrics-server through the aggregator,
+replacing the CPU estimate). Only this one stays on a loopback stand-in for kube-apiserver
+(FakeApiServer below, which implements just list/watch of the four resources the adapter watches,
+and 410 Gone):
 
-- **metrics.k8s.io replacing the CPU estimate.** The group is served by metrics-server, which
-  tests/k8s does not build or run (only the Kubernetes components and KWOK are built from Go), so
-  the real API server answers 404 and the adapter always takes its fallback there (that fallback
-  is tested for real). Registering an APIService for it would mean writing a fake metrics server.
 - **A watch recovering from 410 Gone.** The adapter re-lists after any failed or cut stream; it
   watches again from its stored resourceVersion only after a stream the server ended cleanly.
   The real API server serves watches from its watch cache, which keeps ~75 s of history and
@@ -41,7 +39,6 @@ _ROUTES = [
     (re.compile(r"^/api/v1/nodes$"), "nodes"),
     (re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/(?P<res>services|pods)$"), None),
     (re.compile(r"^/apis/apps/v1/namespaces/(?P<ns>[^/]+)/deployments$"), "deployments"),
-    (re.compile(r"^/apis/metrics\.k8s\.io/v1beta1/nodes$"), "metrics"),
 ]
 
 
@@ -51,7 +48,7 @@ def _status(code: int, reason: str, message: str) -> dict:
 
 
 class FakeApiServer:
-    """Loopback stand-in for kube-apiserver: list/watch with 410 Gone, and metrics.k8s.io."""
+    """Loopback stand-in for kube-apiserver: list/watch with 410 Gone (metrics.k8s.io: 404, not served)."""
 
     def __init__(self) -> None:
         self.cond = threading.Condition()
@@ -60,7 +57,6 @@ class FakeApiServer:
         self.events: list[tuple[int, str, str, dict]] = []
         self.compacted = 0             # a watch from a resourceVersion below this gets 410
         self.stream_epoch = 0          # bumping it ends every open watch stream
-        self.metrics: dict[str, str] | None = None     # None: metrics.k8s.io not served (404)
         self.calls: list[tuple[str, str]] = []          # (verb, resource)
         self.stopping = False
         fake = self
@@ -155,11 +151,6 @@ class FakeApiServer:
         verb = "watch" if query.get("watch") == "true" else "list"
         with self.cond:
             self.calls.append((verb, resource))
-        if resource == "metrics":
-            if self.metrics is None:
-                return self._send(h, 404, _status(404, "NotFound", "the server could not find the requested resource"))
-            return self._send(h, 200, {"kind": "NodeMetricsList", "items": [
-                {"metadata": {"name": n}, "usage": {"cpu": c, "memory": "1Mi"}} for n, c in self.metrics.items()]})
         if verb == "watch":
             return self._watch(h, resource, query)
         with self.cond:
@@ -228,27 +219,6 @@ def connect(fake, tmp_path):
     yield make
     for cluster in opened:
         cluster.close()
-
-
-def test_metrics_replace_the_estimate_when_served(fake, connect):
-    fake.add_node("nano-1", cpu="4")
-    fake.put("pods", {      # one of our pods on the node, requesting 50m (half_plus_two)
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "half-plus-two-nano-1-7f9c-x2x", "namespace": NS,
-                     "labels": {"app.kubernetes.io/managed-by": "edge-inference"},
-                     "annotations": {"edge-inference/model": "half_plus_two", "edge-inference/node": "nano-1"}},
-        "spec": {"nodeName": "nano-1", "containers": [{"name": "model-server", "image": "x",
-                                                       "resources": {"requests": {"cpu": "50m", "memory": "60000Ki"}}}]},
-        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})
-    cluster = connect()
-    wait_for(lambda: cluster.metrics_served is False, 10)
-    assert cluster.nodes()[0].cpu_usage == pytest.approx(0.05)          # estimate: our pod's request
-    fake.metrics = {"nano-1": "1500000000n"}
-    wait_for(lambda: cluster.nodes()[0].cpu_usage == pytest.approx(1.5), 10)    # measured usage wins
-    assert cluster.metrics_served is True
-    fake.metrics = None                                                   # metrics-server goes away
-    wait_for(lambda: cluster.nodes()[0].cpu_usage == pytest.approx(0.05), 10)
-    assert cluster.metrics_served is False
 
 
 def test_watch_recovers_from_410_and_sees_what_it_missed(fake, connect):

@@ -1,8 +1,8 @@
 """The Kubernetes adapter with no API server at all: nothing listening, or no kubeconfig.
 
 Everything that needs an API server is tested against a real control plane in tests/k8s/
-(test_kube_adapter.py, test_kube_adapter_more.py); the two behaviours only a stand-in can
-produce are in test_k8s_adapter_fake_only.py.
+(test_kube_adapter.py, test_kube_adapter_more.py, test_kube_metrics.py); the one behaviour only
+a stand-in can produce (410 Gone) is in test_k8s_adapter_fake_only.py.
 """
 from __future__ import annotations
 
