@@ -340,18 +340,27 @@ def _exec_from(medians: dict[tuple[str, str], tuple[int, float]], catalog: Catal
     return table, sources
 
 
+RISE_SIGMAS = 2.0        # a recent count this many Poisson deviations above the window's pace is a rise
+
+
 def recent_peaks(counts: dict[tuple[str, str], int], recent: dict[tuple[str, str], int], *,
                  scale: float) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
-    """Return (counts, the groups raised): each group's count over the window raised to its recent
-    count scaled to the window (`scale` = window / rate window) when that is larger.
+    """Return (counts, the groups raised): a group whose recent count is a significant rise over
+    its pace in the window gets its recent count scaled to the window (`scale` = window seconds /
+    recent seconds).
 
     Why: a window's mean lags a rise in load by up to the window, and the load-aware plan is sized
-    by it, so for that long the instances run above the utilisation they were planned for; the
-    recent rate catches a rise within the short window, while a fall still follows the long one
-    (the plan keeps capacity until the whole window has seen the lower load)."""
+    by it, so for that long the instances run above the utilisation they were planned for. Why a
+    significant rise only (more than RISE_SIGMAS Poisson deviations above the count the window's
+    pace predicts for the recent seconds): the larger of two noisy estimates is biased upwards, so
+    under a steady load it would plan, and predict, for more than arrives. A fall is followed by
+    the window alone."""
     raised = dict(counts)
     peaks = {}
     for key, count in recent.items():
+        expected = raised.get(key, 0) / scale
+        if count <= expected + RISE_SIGMAS * math.sqrt(max(expected, 1.0)):
+            continue
         scaled = math.ceil(count * scale - 1e-9)
         if scaled > raised.get(key, 0):
             raised[key] = peaks[key] = scaled

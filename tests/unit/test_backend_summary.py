@@ -181,10 +181,13 @@ def test_a_rate_window_plans_the_load_aware_problem_for_a_rise_at_once(tmp_path)
 def test_recent_peaks_raise_only_the_groups_that_rose():
     from backend.build import recent_peaks
 
-    counts, raised = recent_peaks({("m", "z1"): 30, ("m", "z2"): 30}, {("m", "z1"): 20, ("m", "z2"): 5,
-                                                                       ("n", "z1"): 1}, scale=3.0)
-    assert counts == {("m", "z1"): 60, ("m", "z2"): 30, ("n", "z1"): 3}
-    assert raised == {("m", "z1"): 60, ("n", "z1"): 3}
+    # the window's pace predicts 10 of 30 in the last third: 20 is a rise (> 10 + 2 x sqrt(10)),
+    # 15 is within the noise of a steady load, 5 a fall; a new group (4 > 0 + 2 x 1) rose
+    counts, raised = recent_peaks({("m", "z1"): 30, ("m", "z2"): 30, ("m", "z3"): 30},
+                                  {("m", "z1"): 20, ("m", "z2"): 15, ("m", "z3"): 5, ("n", "z1"): 4}, scale=3.0)
+    assert counts == {("m", "z1"): 60, ("m", "z2"): 30, ("m", "z3"): 30, ("n", "z1"): 12}
+    assert raised == {("m", "z1"): 60, ("n", "z1"): 12}
+    assert recent_peaks({("m", "z1"): 30}, {("m", "z1"): 1}, scale=3.0)[1] == {}
 
 
 def test_collect_reads_the_recent_summary_only_when_asked():
