@@ -132,6 +132,23 @@ def test_exact_chords_make_the_milp_the_true_optimum(tiny, seed, perspective):
     assert result.bound <= optimum + TOL
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_lp_fix_lagrangian_bound_is_valid_for_any_prices(tiny, seed):
+    """Any demand prices and compute prices <= 0 give a bound below the optimum (integer loads and
+    instance costs included: the cloud node's cost must not be charged where nothing is served)."""
+    from solver.backends.large_latency import lagrangian_bound
+
+    problem, optimum = tiny[(seed, True)]
+    arrays = to_arrays(problem)
+    rng = np.random.default_rng(seed)
+    scale = float(arrays.cost.max())
+    bounds = [lagrangian_bound(arrays, rng.uniform(0, 1.5 * scale, arrays.n_groups),
+                               -rng.exponential(scale, arrays.n_nodes) * rng.integers(0, 2, arrays.n_nodes))
+              for _ in range(300)]
+    assert max(bounds) <= optimum + TOL            # charging every instance's cost breaks this in 4 of the 8 seeds
+    assert max(bounds) >= 0.75 * optimum           # and not trivially low: some prices come close
+
+
 def test_checker_recomputes_the_mm1_objective_exactly():
     problem = Problem.from_dict({
         "formulation": "latency", "window": 10, "max_utilisation": 0.9,
