@@ -2,10 +2,10 @@
 candidate pairs, a Lagrangian lower bound valid for the whole problem, then rounding and repair.
 
 1. Candidates: each group's cheapest and nearest nodes (as for the fixed-time formulations).
-2. The LP relaxation of the `latency` MILP over them (y continuous, tangent cuts for the waiting,
-   a costly `unserved` column per group), solved by HiGHS; pairs left out are priced at the LP's
-   loads (unit cost + cpu price + the instance's marginal waiting s h'(rho) - the group's demand
-   dual) and the cheapest ones added, a few rounds while time allows. After PLAIN_ROUNDS rounds
+2. An LP relaxation of the `latency` MILP over them (no memory, no instance costs, tangent cuts
+   for the waiting, a costly `unserved` column per group), solved by HiGHS; pairs left out are
+   priced at the LP's loads (unit cost + cpu price + the instance's marginal waiting s h'(rho) -
+   the group's demand dual) and the cheapest ones added, a few rounds while time allows. After PLAIN_ROUNDS rounds
    (or once no pair prices out), each instance whose waiting the LP under-estimates at its load
    also gets the tangent there (Kelley's cutting planes): the LP's waiting, hence its prices and
    the bound, approach the exact ones round by round.
