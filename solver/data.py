@@ -6,6 +6,7 @@ rtt dict between the groups of a zone (as large generated instances do) convert 
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,12 +36,15 @@ class Arrays:
     cost_req: np.ndarray | None = None    # (S,) latency: objective seconds added per request on a node
     cost_inst: np.ndarray | None = None   # (S,) latency: objective seconds per instance over the window
 
-    @property
+    @functools.cached_property
     def cost(self) -> np.ndarray:
         """Return the (G, S) unit cost rtt + exec_time of each group on each node (+ the cost per request
-        in `latency`, where it is the low-load cost: waiting comes on top)."""
+        in `latency`, where it is the low-load cost: waiting comes on top). Built once (read-only):
+        at 5,000 groups x 1,000 nodes a build takes ~13 ms, and the bounds ask for it per model."""
         base = self.rtt + self.exec_time[self.group_model]
-        return base + self.cost_req[None, :] if self.latency else base
+        out = base + self.cost_req[None, :] if self.latency else base
+        out.setflags(write=False)
+        return out
 
     @property
     def n_groups(self) -> int:

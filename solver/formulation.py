@@ -78,14 +78,17 @@ def all_pairs(arrays: Arrays) -> tuple[np.ndarray, np.ndarray]:
 def build_model(arrays: Arrays, *, pairs: tuple[np.ndarray, np.ndarray] | None = None,
                 linking: str = LINK_GROUP, slack_cost: float | None = None,
                 tangents: np.ndarray | None = None,
-                extra_cuts: dict[tuple[int, int], list[tuple[float, float]]] | None = None) -> LinearModel:
+                extra_cuts: dict[tuple[int, int], list[tuple[float, float]]] | None = None,
+                perspective: bool = False) -> LinearModel:
     """Build the MILP of the problem's formulation over the given candidate pairs (default: all).
 
     `latency` (placement's rows, plus): `ceiling[m,j]`: sum_g x[g,j] <= cap[m,j] * y[m,j] (the
     utilisation ceiling), and a column wait[m,j] >= 0 (cost 1) above the tangent cuts of the
     instance's waiting at the utilisations `tangents`, plus the cuts `extra_cuts[(m, j)]` given as
     (slope per request, intercept) pairs: the piecewise-linear outer approximation of
-    solver/queueing.py; y costs the instance's cost.
+    solver/queueing.py; y costs the instance's cost. With `perspective`, each cut's intercept
+    (<= 0) multiplies y[m,j] instead of standing alone: the same integer points (y = 1 where the
+    instance serves, t >= 0 where it does not), a tighter LP relaxation.
 
     With `slack_cost`, every group also gets a continuous column `unserved[g]` of that unit cost in
     its demand row (after the x and y columns), so a model restricted to candidate pairs always
@@ -179,36 +182,41 @@ def build_model(arrays: Arrays, *, pairs: tuple[np.ndarray, np.ndarray] | None =
         family("ceiling", n_y, np.concatenate([x_to_y, np.arange(n_y)]), np.concatenate([x_cols, y_cols]),
                np.concatenate([np.where(finite[x_to_y], 1.0, 0.0), -np.where(finite, caps, 0.0)]),
                np.full(n_y, -np.inf), np.zeros(n_y))
-        # wait[m,j,k]: slope_k * sum_{g of m} x[g,j] - wait[m,j] <= -intercept_k   (t >= each tangent)
+        # wait[m,j,k]: slope_k * sum_{g of m} x[g,j] - wait[m,j] <= -intercept_k   (t >= each cut), or with
+        # `perspective`: slope_k * sum_g x[g,j] + intercept_k * y[m,j] - wait[m,j] <= 0
         points = np.zeros(1) if tangents is None else np.asarray(tangents, dtype=float)
         slope, intercept = cut_rows(arrays, y_m, y_j, points)          # (n_y, K)
-        n_k = len(points)
-        base = np.arange(n_y) * n_k
-        kk = np.arange(n_k)
-        r_x = (base[x_to_y][:, None] + kk[None, :]).ravel()
-        c_x = np.repeat(x_cols, n_k)
-        v_x = slope[x_to_y].ravel()
-        r_t = (base[:, None] + kk[None, :]).ravel()
-        rows_w, cols_w, vals_w, hi_w = [r_x, r_t], [c_x, np.repeat(t_cols, n_k)], [v_x, np.full(n_y * n_k, -1.0)], \
-            [-intercept.ravel()]
-        n_rows = n_y * n_k
+        cut_y = [np.repeat(np.arange(n_y), len(points))]
+        cut_a, cut_b = [slope.ravel()], [intercept.ravel()]
         if extra_cuts:
             position = {(int(mm), int(jj)): yk for yk, (mm, jj) in enumerate(zip(y_m.tolist(), y_j.tolist()))}
-            members = np.argsort(x_to_y, kind="stable")
-            bounds = np.searchsorted(x_to_y[members], np.arange(n_y + 1))
             for key, cuts in extra_cuts.items():
                 yk = position.get(key)
-                if yk is None:
-                    continue
-                cols = members[bounds[yk]:bounds[yk + 1]]
-                for a_k, b_k in cuts:
-                    rows_w += [np.full(len(cols), n_rows), np.array([n_rows])]
-                    cols_w += [x_cols[cols], np.array([t_cols[yk]])]
-                    vals_w += [np.full(len(cols), a_k), np.array([-1.0])]
-                    hi_w.append(np.array([-b_k]))
-                    n_rows += 1
+                if yk is not None and len(cuts):
+                    ab = np.asarray(cuts, dtype=float).reshape(-1, 2)
+                    cut_y.append(np.full(len(ab), yk))
+                    cut_a.append(ab[:, 0])
+                    cut_b.append(ab[:, 1])
+        cut_y, cut_a, cut_b = np.concatenate(cut_y), np.concatenate(cut_a), np.concatenate(cut_b)
+        n_rows = len(cut_y)
+        members = np.argsort(x_to_y, kind="stable")                     # x columns grouped by instance
+        bounds = np.searchsorted(x_to_y[members], np.arange(n_y + 1))
+        per_cut = bounds[cut_y + 1] - bounds[cut_y]
+        starts = np.repeat(bounds[cut_y] - np.cumsum(per_cut) + per_cut, per_cut)
+        x_of_cut = members[np.arange(per_cut.sum()) + starts]
+        rows_w = [np.repeat(np.arange(n_rows), per_cut), np.arange(n_rows)]
+        cols_w = [x_cols[x_of_cut], t_cols[cut_y]]
+        vals_w = [np.repeat(cut_a, per_cut), np.full(n_rows, -1.0)]
+        if perspective:          # valid: every cut's intercept is <= 0 (h convex, h(0) = 0) and y = 0 means no load
+            on_y = np.minimum(cut_b, 0.0)
+            rows_w.append(np.arange(n_rows))
+            cols_w.append(y_cols[cut_y])
+            vals_w.append(on_y)
+            hi_w = -(cut_b - on_y)
+        else:
+            hi_w = -cut_b
         family("wait", n_rows, np.concatenate(rows_w), np.concatenate(cols_w), np.concatenate(vals_w),
-               np.full(n_rows, -np.inf), np.concatenate(hi_w))
+               np.full(n_rows, -np.inf), hi_w)
 
     A = sp.csr_matrix((np.concatenate(vals_i), (np.concatenate(rows_i), np.concatenate(cols_i))),
                       shape=(next_row, n_x + n_y + n_s + n_t))

@@ -96,6 +96,59 @@ def test_backend_against_brute_force(tiny, backend, case):
         assert solution.bound <= optimum + TOL
 
 
+@pytest.mark.parametrize("case", CASES[::2])
+@pytest.mark.parametrize("perspective", [False, True])
+def test_highs_tangent_route_against_brute_force(tiny, case, perspective, monkeypatch):
+    """The tiny instances' loads are small enough for exact chords from the start; forced onto
+    tangents (with or without the perspective form), `highs` must refine them by chords to the optimum."""
+    import solver.backends.highs_latency as highs_latency
+
+    monkeypatch.setattr(highs_latency, "CHORD_ROWS", 0)
+    monkeypatch.setattr(highs_latency, "PERSPECTIVE", perspective)
+    problem, optimum = tiny[case]
+    solution = solve(problem, solver="highs")
+    assert solution.status == "optimal", solution.message
+    assert "0 of " in solution.message and "round(s)" in solution.message
+    assert solution.objective == pytest.approx(check_assignment(problem, solution.assignment).objective, abs=1e-12)
+    assert solution.objective == pytest.approx(optimum, abs=TOL)
+    assert solution.bound <= optimum + TOL
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("perspective", [False, True])
+def test_exact_chords_make_the_milp_the_true_optimum(tiny, seed, perspective):
+    """With every instance's chords between consecutive integer loads, the MILP's value is the true
+    optimum in one solve (its bound too: the perspective form only tightens the relaxation)."""
+    from solver.backends.highs_latency import initial_cuts
+
+    problem, optimum = tiny[(seed, True)]
+    arrays = to_arrays(problem)
+    cuts, exact = initial_cuts(arrays, np.zeros(1))
+    assert exact == len(cuts) > 0
+    model = build_model(arrays, extra_cuts=cuts, perspective=perspective)
+    result = run_highs(model, mip_gap=1e-9)
+    assert result.status == "kOptimal"
+    assert result.objective == pytest.approx(optimum, abs=TOL)
+    assert result.bound <= optimum + TOL
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_lp_fix_lagrangian_bound_is_valid_for_any_prices(tiny, seed):
+    """Any demand prices and compute prices <= 0 give a bound below the optimum (integer loads and
+    instance costs included: the cloud node's cost must not be charged where nothing is served)."""
+    from solver.backends.large_latency import lagrangian_bound
+
+    problem, optimum = tiny[(seed, True)]
+    arrays = to_arrays(problem)
+    rng = np.random.default_rng(seed)
+    scale = float(arrays.cost.max())
+    bounds = [lagrangian_bound(arrays, rng.uniform(0, 1.5 * scale, arrays.n_groups),
+                               -rng.exponential(scale, arrays.n_nodes) * rng.integers(0, 2, arrays.n_nodes))
+              for _ in range(300)]
+    assert max(bounds) <= optimum + TOL            # charging every instance's cost breaks this in 4 of the 8 seeds
+    assert max(bounds) >= 0.75 * optimum           # and not trivially low: some prices come close
+
+
 def test_checker_recomputes_the_mm1_objective_exactly():
     problem = Problem.from_dict({
         "formulation": "latency", "window": 10, "max_utilisation": 0.9,
