@@ -52,8 +52,9 @@ $(MEASURED_CATALOG): $(MODELS_STAMP) config/models.yaml config/cluster.local.yam
 	  || { rm -f $@; echo "note: could not profile the models here ($$(tail -n 1 build/profile.log)): config/models.yaml's reference figures are used"; }
 
 # The Kubernetes control plane tests/k8s runs against (kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, etcd, kwok): compiled from Go modules with the local Go toolchain into
-# $${XDG_CACHE_HOME:-~/.cache}/edge-inference/k8s/<version>/bin, only when missing (first run ~10 min).
+# kube-scheduler, kubectl, etcd, kwok, metrics-server): compiled from Go modules with the local Go
+# toolchain into $${XDG_CACHE_HOME:-~/.cache}/edge-inference/k8s/<version>/bin, only when missing
+# (first run ~15 min).
 # Without Go it warns and goes on; the tests in tests/k8s then fail.
 k8s-tools: | $(PIP_STAMP)
 	@$(PY) tests/k8s/k8s_tools.py --missing-go-ok
