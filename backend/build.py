@@ -33,7 +33,9 @@ where every number came from (the report prints it).
   node's constraint bounds the average cores in use over the window (Little's law). The literal
   thesis reading (`compute="per-request"`) bounds the number of requests in a window by the
   node's cores, which makes any busy window infeasible.
-- `latency` (the load-aware formulation): each group's arrival rate is its count / `window` (req/s),
+- `latency` (the load-aware formulation): each group's arrival rate is its count over the seconds
+  the front-end's aggregates cover (`window`, up to one 10 s bucket more; `recent_peaks` with a
+  rate window),
   the service time is the catalog's low-load profile for the node's class (the measured proxy
   times hold waiting, which the queueing model adds itself), and no instance is planned above
   `max_utilisation`. Nodes carry their tier and costs (cloud sites) from the cluster.

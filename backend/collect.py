@@ -21,7 +21,7 @@ from typing import Any
 import requests
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from common.validation import (Checked, Flag, Number, OptionalText, Text, ValidationError, check_number, invalid, one_of,
+from common.validation import (Checked, Flag, Number, Text, ValidationError, check_number, invalid, one_of,
                                problems)
 
 __all__ = [
@@ -186,9 +186,19 @@ class _Answer(BaseModel):
 
 
 Time = Number(optional=True, minimum=None)        # unix seconds (a test clock may start at 0)
-Seconds = Number(optional=True)
+Amount = Number(optional=True)                    # seconds, KB or cores, >= 0, or null
 Count = Number(int, what="an integer >= 0")
-Name = OptionalText                               # "" and null both mean "not known"
+
+
+def _name(value: Any) -> str | None:
+    if value is None or value == "":
+        return None                               # "" and null both mean "not known"
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string or null, got {value!r}")
+    return value
+
+
+Name = Checked(str | None, _name)
 
 
 class _Row(_Answer):
@@ -196,13 +206,13 @@ class _Row(_Answer):
     time: Number(minimum=None)
     model: Text
     zone: Name = None
-    latency: Seconds = None
+    latency: Amount = None
     node: Name = None
     status: Number(int, optional=True) = None
-    duration: Seconds = None
+    duration: Amount = None
     kind: Name = None
     cached: Flag = False
-    rtt: Seconds = None
+    rtt: Amount = None
     rtt_node: Name = None
 
 
@@ -214,7 +224,7 @@ class _Group(_Answer):
     count: Count
     ok: Count
     latency_count: Count
-    latency_mean: Seconds = None
+    latency_mean: Amount = None
     last_request: Time = None
 
     @model_validator(mode="after")
@@ -290,10 +300,10 @@ class _NodeEntry(_Answer):
     ready: Flag = True
     node_class: Name = Field(None, alias="class")
     total: Number()
-    used: Seconds = None                      # KB (optional numbers >= 0, like seconds)
-    available: Seconds = None
-    cpu_capacity: Seconds = None
-    cpu_usage: Seconds = None
+    used: Amount = None                       # KB
+    available: Amount = None
+    cpu_capacity: Amount = None
+    cpu_usage: Amount = None
     tier: Checked(str, one_of(TIERS)) = "edge"
     cost_per_request: Number() = 0.0
     cost_per_instance_hour: Number() = 0.0
@@ -334,30 +344,30 @@ def parse_requests(doc: Any) -> tuple[list[RequestStat], int, int | None]:
         except ValidationError:
             skipped += 1
             continue
-        rtt, rtt_node = row.rtt, row.rtt_node or None
+        rtt, rtt_node = row.rtt, row.rtt_node
         if rtt is None or rtt_node is None or rtt > MAX_RTT:   # a report needs both halves
             rtt, rtt_node = None, None
-        rows.append(RequestStat(time=row.time, model=row.model, zone=row.zone or None, latency=row.latency,
-                                node=row.node or None, status=row.status, duration=row.duration,
-                                kind=row.kind or None, cached=row.cached, rtt=rtt, rtt_node=rtt_node))
+        rows.append(RequestStat(time=row.time, model=row.model, zone=row.zone, latency=row.latency,
+                                node=row.node, status=row.status, duration=row.duration,
+                                kind=row.kind, cached=row.cached, rtt=rtt, rtt_node=rtt_node))
     return rows, skipped, last_id
 
 
 def parse_summary(doc: Any) -> Summary:
     """Return the groups of a /stats/summary answer; a malformed group or bin is an error."""
     answer = _answer(_SummaryAnswer, doc, "/stats/summary", "groups")
-    groups = [GroupStat(model=g.model, zone=g.zone or None, node=g.node or None, kind=g.kind or None,
+    groups = [GroupStat(model=g.model, zone=g.zone, node=g.node, kind=g.kind,
                         count=g.count, ok=g.ok, latency_count=g.latency_count,
                         latency_sum=(g.latency_mean or 0.0) * g.latency_count, last_request=g.last_request)
               for g in answer.groups]
-    durations = [DurationStat(model=d.model, node=d.node or None, kind=d.kind or None,
+    durations = [DurationStat(model=d.model, node=d.node, kind=d.kind,
                               bins=tuple(sorted((b.bin, b.count, b.sum) for b in d.bins or ())))
                  for d in answer.durations or ()]
-    rtt = [RttStat(zone=r.zone or None, node=r.node, buckets=tuple(sorted(b for b in r.buckets if b[1])))
+    rtt = [RttStat(zone=r.zone, node=r.node, buckets=tuple(sorted(b for b in r.buckets if b[1])))
            for r in answer.rtt or () if any(b[1] for b in r.buckets)]
     return Summary(groups=groups, durations=durations, since=answer.since or 0.0,
                    relative_error=answer.histogram.relative_error if answer.histogram else 0.0, rtt=rtt,
-                   until=answer.until, store=answer.store or None)
+                   until=answer.until, store=answer.store)
 
 
 def parse_models(doc: Any) -> list[ModelStat]:
@@ -376,7 +386,7 @@ def parse_memory(doc: Any) -> list[NodeMemory]:
     for n in answer.nodes:
         used = n.used or 0.0
         available = n.available if n.available is not None else max(0.0, n.total - used)
-        out.append(NodeMemory(node=n.node, ready=n.ready, node_class=n.node_class or None, total=int(n.total),
+        out.append(NodeMemory(node=n.node, ready=n.ready, node_class=n.node_class, total=int(n.total),
                               used=int(used), available=int(available), cpu_capacity=n.cpu_capacity or 0.0,
                               cpu_usage=n.cpu_usage or 0.0, tier=n.tier, cost_per_request=n.cost_per_request,
                               cost_per_instance_hour=n.cost_per_instance_hour))

@@ -162,9 +162,11 @@ def choose(policy: str, candidates: Sequence[Candidate], *, model: str, zone: st
         raise ValueError("no candidates")
     if len(candidates) == 1:
         return candidates[0]
-    cloud = [c for c in candidates if node_tier(c.node) == "cloud"]
+    cloud: list[Candidate] = []
+    edge: list[Candidate] = []
+    for c in candidates:              # one label lookup per candidate on every request
+        (cloud if node_tier(c.node) == "cloud" else edge).append(c)
     if cloud:
-        edge = [c for c in candidates if node_tier(c.node) != "cloud"]
         if policy == "plan":
             pick = planned(candidates, model, zone, plan, u)
             if node_tier(pick.node) == "cloud" or not overloaded(pick):

@@ -74,6 +74,7 @@ def solve_latency(problem: Problem, arrays: Arrays, *, deadline: Deadline, time_
     """Solve the `latency` problem with HiGHS; see the module's docstring."""
     points, h_error = tangent_points(arrays.max_util, TANGENT_TOL)
     extra, exact = initial_cuts(arrays, points)
+    caps = unit_caps(arrays)
     added_cuts = 0
     best = None
     best_value = np.inf
@@ -105,7 +106,6 @@ def solve_latency(problem: Problem, arrays: Arrays, *, deadline: Deadline, time_
             proven = True
             break
         # cuts where the approximation under-estimates this answer's waiting
-        caps = unit_caps(arrays)
         t = result.x[model.n_cols - model.n_wait:]
         added = 0
         for k in range(model.n_wait):
