@@ -27,7 +27,8 @@ from .build import BuildSettings, build_problem
 from .collect import FrontendClient, FrontendError, collect
 from .replicas import collect_replicas
 from .lock import LockError, RunLock
-from .plan import SOLVED_STATUSES, Thresholds, desired_pairs, dispatch_weights, instances_from, plan_actions
+from .plan import (SOLVED_STATUSES, Thresholds, desired_pairs, dispatch_weights, instances_from, plan_actions,
+                   service_times)
 from .report import EXIT_ERRORS, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, RunReport
 
 log = logging.getLogger("backend.pipeline")
@@ -318,6 +319,10 @@ def _run_with(cfg: RunConfig, report: RunReport, finish, *, client: FrontendClie
             plan_doc = {"created": now, "mode": cfg.mode, "solver": solved.solver, "weights": weights}
             if built.measured_rtt:      # the measured rtt the problem used: nearest/placement prefer it
                 plan_doc["rtt"] = built.measured_rtt
+            if cfg.build.formulation == "latency":     # the service times it planned with: expected-delay
+                service = service_times(weights, built.problem.exec_time, deployments)
+                if service:
+                    plan_doc["service"] = service
             unfit = _plan_problems(plan_doc)
             if unfit:       # the front-end would refuse it as well: say what is wrong, push nothing
                 report.errors.append(f"plan not pushed: {'; '.join(unfit)}")
@@ -332,12 +337,14 @@ def _run_with(cfg: RunConfig, report: RunReport, finish, *, client: FrontendClie
                     try:
                         client.put_plan(plan_doc)
                     except FrontendError as exc:
-                        # a front-end that predates the measured rtt refuses the field: send the weights alone
-                        if exc.status != 400 or "rtt" not in plan_doc or "unknown field(s): rtt" not in str(exc):
+                        # a front-end that predates the optional fields refuses them: send the weights alone
+                        extra = [f for f in ("rtt", "service") if f in plan_doc]
+                        if exc.status != 400 or not extra or "unknown field(s)" not in str(exc):
                             raise
-                        plan_doc.pop("rtt")
+                        for f in extra:
+                            plan_doc.pop(f)
                         client.put_plan(plan_doc)
-                        report.warnings.append("the front-end does not take the measured rtt with the plan")
+                        report.warnings.append(f"the front-end does not take the plan's {' and '.join(extra)}")
                     report.plan_pushed = True
                 except FrontendError as exc:
                     report.errors.append(f"PUT /plan: {exc}")

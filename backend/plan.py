@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from cluster.port import Deployment
+from common.plan_body import MAX_SERVICE
 
 from .collect import ModelStat
 
 __all__ = ["Action", "Thresholds", "Instance", "Plan", "desired_pairs", "instances_from",
-           "plan_actions", "dispatch_weights", "PROVISION", "DELETE", "SOLVED_STATUSES"]
+           "plan_actions", "dispatch_weights", "service_times", "PROVISION", "DELETE", "SOLVED_STATUSES"]
 
 PROVISION = "provision"
 DELETE = "delete"
@@ -189,3 +190,20 @@ def dispatch_weights(groups: list[tuple[str, str]], assignment: Iterable) -> dic
         model, zone = groups[index]
         weights.setdefault(model, {})[zone] = {node: round(c / total, 6) for node, c in sorted(per_node.items())}
     return weights
+
+
+def service_times(weights: dict[str, dict[str, dict[str, float]]], exec_time: dict[str, dict[str, float]],
+                  deployments: Iterable[Deployment]) -> dict[str, dict[str, float]]:
+    """Return {model: {node: seconds}}: the service time the solver planned with for every instance
+    the plan routes to or that runs (the expected-delay policy's input), for the weighted models."""
+    running: dict[str, set[str]] = {}
+    for dep in deployments:
+        running.setdefault(dep.model, set()).add(dep.node)
+    out: dict[str, dict[str, float]] = {}
+    for model, zones in sorted(weights.items()):
+        nodes = {node for row in zones.values() for node, w in row.items() if w > 0} | running.get(model, set())
+        row = exec_time.get(model, {})
+        times = {node: float(row[node]) for node in sorted(nodes) if 0 < float(row.get(node, 0.0)) <= MAX_SERVICE}
+        if times:
+            out[model] = times
+    return out

@@ -3,7 +3,9 @@
 nor enters the other.
 
 {"created": unix seconds, "mode": 1|2, "solver": name, "weights": {model: {zone: {node: weight >= 0}}},
- "rtt": {zone: {node: seconds in 0..MAX_RTT}} (optional)}
+ "rtt": {zone: {node: seconds in 0..MAX_RTT}} (optional),
+ "service": {model: {node: seconds in (0, MAX_SERVICE]}} (optional: each instance's service time at low
+ load, which the expected-delay policy charges to its node's backlog)}
 """
 from __future__ import annotations
 
@@ -12,10 +14,11 @@ from typing import Any
 
 from .validation import Checked, Strict, ValidationError, check_number, problems
 
-__all__ = ["PlanBody", "plan_problems", "NAME_RE", "MAX_RTT"]
+__all__ = ["PlanBody", "plan_problems", "NAME_RE", "MAX_RTT", "MAX_SERVICE"]
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")   # zone and node names on the wire
 MAX_RTT = 60.0         # seconds; a network round trip longer than this is not one
+MAX_SERVICE = 3600.0   # seconds; a service time longer than this is a unit error
 
 
 def _number(reason: str, **rules: Any):
@@ -31,6 +34,8 @@ def _number(reason: str, **rules: Any):
 _created = _number("must be a unix time in seconds", minimum=0)
 _weight = _number("must be a number >= 0", minimum=0)
 _seconds = _number(f"must be a number of seconds in 0..{MAX_RTT:g}", minimum=0, maximum=MAX_RTT)
+_service = _number(f"must be a number of seconds in (0, {MAX_SERVICE:g}]", minimum=0, maximum=MAX_SERVICE,
+                   positive=True)
 
 
 def _mode(value: Any) -> int:
@@ -53,9 +58,19 @@ def _weights_shape(value: Any) -> Any:
 
 
 def _rtt_shape(value: Any) -> Any:
+    return _table_shape(value, "zone")
+
+
+def _service_shape(value: Any) -> Any:
+    return _table_shape(value, "model")
+
+
+def _table_shape(value: Any, outer: str) -> Any:
+    """A {outer: {node: seconds}} table with wire-safe names (models are checked against the catalog
+    by the front-end, as in `weights`)."""
     if not isinstance(value, dict) or not all(isinstance(row, dict) for row in value.values()):
-        raise ValueError("must map zone -> node -> seconds")
-    bad = [f"{zone[:64]!r} is not a zone name" for zone in value if not isinstance(zone, str) or not NAME_RE.fullmatch(zone)]
+        raise ValueError(f"must map {outer} -> node -> seconds")
+    bad = [f"{key[:64]!r} is not a {outer} name" for key in value if not isinstance(key, str) or not NAME_RE.fullmatch(key)]
     bad += [f"{node[:64]!r} is not a node name" for row in value.values() for node in row
             if not isinstance(node, str) or not NAME_RE.fullmatch(node)]
     if bad:
@@ -71,6 +86,7 @@ class PlanBody(Strict):
     solver: Checked(str, _solver)
     weights: Checked(dict[str, dict[str, dict[str, Checked(float, _weight)]]], _weights_shape)
     rtt: Checked(dict[str, dict[str, Checked(float, _seconds)]], _rtt_shape) = None
+    service: Checked(dict[str, dict[str, Checked(float, _service)]], _service_shape) = None
 
 
 def plan_problems(exc: ValidationError) -> list[str]:

@@ -27,7 +27,7 @@ from common.validation import (Checked, Number, OptionalText, Strict, Text, Vali
 __all__ = ["Settings", "ConfigError", "load_settings", "settings_from_mapping", "REPO_ROOT", "POLICIES"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-POLICIES = ("lowest-cpu", "plan", "nearest", "round-robin", "random")
+POLICIES = ("lowest-cpu", "plan", "nearest", "round-robin", "random", "expected-delay")
 # Environment variables that belong to the process around the app (gunicorn), not to Settings.
 _RESERVED_ENV = {"FRONTEND_CONFIG", "FRONTEND_BIND", "FRONTEND_WORKERS", "FRONTEND_THREADS",
                  "FRONTEND_TIMEOUT", "FRONTEND_ACCESS_LOG", "FRONTEND_WORKER_CLASS", "FRONTEND_CONNECTIONS",
@@ -71,7 +71,8 @@ class Settings(Strict):
     token: OptionalText = None
     # File holding the token (first line), e.g. a mounted Kubernetes Secret; used when token is unset.
     token_file: OptionalText = None
-    # Dispatch policy: lowest-cpu (thesis), plan, nearest, round-robin, random. Default lowest-cpu.
+    # Dispatch policy: lowest-cpu (thesis), plan, nearest, round-robin, random, expected-delay.
+    # Default lowest-cpu.
     policy: Checked(str, one_of(POLICIES)) = "lowest-cpu"
     # Round-trip time in seconds from a client zone to a node, {zone: {node: seconds}}, for nearest.
     rtt: Checked(dict[str, dict[str, Seconds]], _rtt) = Field(default_factory=dict)

@@ -12,16 +12,24 @@ its arguments (randomness and counters are passed in), so the unit tests need no
 - `round-robin`: candidates in node-name order, one after another.
 - `random`: uniformly at random among the ready instances (what a Kubernetes Service gives:
   kube-proxy's default iptables mode picks an endpoint at random); the testbed's baseline.
+- `expected-delay`: the plan's instances for the model (those the back-end gave a service time),
+  each request to the one that would answer first: the client zone's round trip + the work this
+  worker has already sent to that node and not yet seen drain (`Backlog`) + the instance's service
+  time. At low load that is the nearest fast instance; in a burst, the requests spread over the
+  nodes by their backlog instead of by chance (a random split queues a burst unevenly). Falls
+  back to `plan` when the plan has no service times (a fixed-time formulation's plan).
 
-Cloud sites (nodes labelled `topology=cloud`) are a fallback: every policy but `plan` chooses
-among the edge instances whose node is below OVERLOAD_CPU of its cores, and only when there is
-none (all overloaded, down, or refusing connections) among the cloud instances; `plan` follows
-the back-end's weights, cloud included, and moves to the cloud when its pick is an overloaded
-edge node. With no cloud instance the edge ones are used as before (busy beats a 503).
+Cloud sites (nodes labelled `topology=cloud`) are a fallback: every policy but `plan` and
+`expected-delay` chooses among the edge instances whose node is below OVERLOAD_CPU of its cores,
+and only when there is none (all overloaded, down, or refusing connections) among the cloud
+instances; those two choose among all of them, cloud included, and move to the cloud when their
+pick is an overloaded edge node. With no cloud instance the edge ones are used as before (busy
+beats a 503).
 """
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -32,7 +40,8 @@ from common.validation import ValidationError
 from .snapshot import Candidate, ClusterState
 
 __all__ = [
-    "choose", "lowest_cpu", "round_robin", "uniform", "nearest", "planned", "Plan", "PlanError", "parse_plan",
+    "choose", "lowest_cpu", "round_robin", "uniform", "nearest", "planned", "expected_delay", "Backlog",
+    "service_time", "Plan", "PlanError", "parse_plan",
     "rtt_from_alto", "merge_rtt", "Placement", "choose_provision_node", "ZONE_LABELS", "OVERLOAD_CPU", "overloaded",
 ]
 
@@ -78,18 +87,22 @@ def nearest(candidates: Sequence[Candidate], zone: str | None,
 @dataclass(frozen=True)
 class Plan:
     """The back-end's latest plan: weights[model][zone][node] >= 0, and optionally the round trips
-    rtt[zone][node] (seconds) it measured from the clients' reports."""
+    rtt[zone][node] (seconds) it measured from the clients' reports and the service times
+    service[model][node] (seconds) it planned with."""
 
     created: float
     mode: int
     solver: str
     weights: dict[str, dict[str, dict[str, float]]]
     rtt: dict[str, dict[str, float]] | None = None
+    service: dict[str, dict[str, float]] | None = None
 
     def to_json(self) -> dict:
         doc = {"created": self.created, "mode": self.mode, "solver": self.solver, "weights": self.weights}
         if self.rtt is not None:
             doc["rtt"] = self.rtt
+        if self.service is not None:
+            doc["service"] = self.service
         return doc
 
 
@@ -108,15 +121,17 @@ def parse_plan(body: Any, *, known_models: Sequence[str]) -> Plan:
         doc = PlanBody.model_validate(body)
     except ValidationError as exc:
         errors.extend(plan_problems(exc))
-    weights = body.get("weights")
-    if isinstance(weights, dict):
-        known = set(known_models)
-        errors[:0] = [f"weights.{model}: unknown model" for model in weights if model not in known]
+    known = set(known_models)
+    for field in ("weights", "service"):
+        table = body.get(field)
+        if isinstance(table, dict):
+            errors[:0] = [f"{field}.{model}: unknown model" for model in table if model not in known]
     if errors or doc is None:
         raise PlanError("; ".join(errors))
     return Plan(created=doc.created, mode=doc.mode, solver=doc.solver,
                 weights={m: {str(z): dict(row) for z, row in zones.items()} for m, zones in doc.weights.items()},
-                rtt={z: dict(row) for z, row in doc.rtt.items()} if doc.rtt is not None else None)
+                rtt={z: dict(row) for z, row in doc.rtt.items()} if doc.rtt is not None else None,
+                service={m: dict(row) for m, row in doc.service.items()} if doc.service is not None else None)
 
 
 def merge_rtt(configured: Mapping[str, Mapping[str, float]],
@@ -154,10 +169,61 @@ def planned(candidates: Sequence[Candidate], model: str, zone: str | None, plan:
     return weighted[-1][0]
 
 
+def expected_delay(candidates: Sequence[Candidate], model: str, zone: str | None, plan: Plan | None,
+                   rtt: Mapping[str, Mapping[str, float]], backlog: Mapping[str, float], u: float) -> Candidate:
+    """Return the candidate that would answer first: rtt from `zone` + the node's `backlog` (seconds
+    of work sent and not yet drained) + its service time in the plan. Candidates without a service
+    time are left out; with none, the plan's weights decide (`planned`). An unknown rtt counts as
+    the largest known one (a node nobody measured is not assumed near)."""
+    service = (plan.service or {}).get(model, {}) if plan else {}
+    timed = [(c, service[c.node.name]) for c in candidates if c.node.name in service]
+    if not timed:
+        return planned(candidates, model, zone, plan, u)
+    row = rtt.get(zone, {}) if zone else {}
+    far = max(row.values(), default=0.0)
+    return min(timed, key=lambda cs: (row.get(cs[0].node.name, far) + backlog.get(cs[0].node.name, 0.0) + cs[1],
+                                      cs[0].node.name))[0]
+
+
+class Backlog:
+    """Seconds of work each node has been sent by this worker and not yet drained.
+
+    Each node drains one second of work per second (service times are measured on the node they
+    are for, so they are already in its own time); `charge` adds a request's service time. One per
+    worker: a worker sees only its own dispatches, so with several workers a node's backlog is
+    under-counted by the others' share (each still spreads its own bursts). Thread-safe."""
+
+    def __init__(self) -> None:
+        self._work: dict[str, tuple[float, float]] = {}      # node -> (seconds left, as of time)
+        self._lock = threading.Lock()
+
+    def seconds(self, nodes: Sequence[str], now: float) -> dict[str, float]:
+        """Return each node's work left at `now`."""
+        out = {}
+        for node in nodes:
+            left, since = self._work.get(node, (0.0, now))
+            out[node] = max(0.0, left - max(0.0, now - since))
+        return out
+
+    def charge(self, node: str, seconds: float, now: float) -> None:
+        """Add `seconds` of work to `node` at `now`."""
+        with self._lock:
+            left, since = self._work.get(node, (0.0, now))
+            self._work[node] = (max(0.0, left - max(0.0, now - since)) + seconds, now)
+
+
+def service_time(plan: Plan | None, model: str, node: str) -> float | None:
+    """Return the plan's service time of `model` on `node` (None: the plan has none)."""
+    if plan is None or not plan.service:
+        return None
+    return plan.service.get(model, {}).get(node)
+
+
 def choose(policy: str, candidates: Sequence[Candidate], *, model: str, zone: str | None = None,
            plan: Plan | None = None, rtt: Mapping[str, Mapping[str, float]] | None = None,
-           counter: int = 0, u: float = 0.0) -> Candidate:
-    """Pick one of `candidates` (non-empty) for `model` under `policy` (cloud sites as the fallback)."""
+           counter: int = 0, u: float = 0.0, backlog: Mapping[str, float] | None = None) -> Candidate:
+    """Pick one of `candidates` (non-empty) for `model` under `policy` (cloud sites as the fallback).
+    `backlog`: node -> seconds of work ahead, for `expected-delay`."""
     if not candidates:
         raise ValueError("no candidates")
     if len(candidates) == 1:
@@ -167,19 +233,25 @@ def choose(policy: str, candidates: Sequence[Candidate], *, model: str, zone: st
     for c in candidates:              # one label lookup per candidate on every request
         (cloud if node_tier(c.node) == "cloud" else edge).append(c)
     if cloud:
-        if policy == "plan":
-            pick = planned(candidates, model, zone, plan, u)
+        if policy in ("plan", "expected-delay"):
+            pick = _choose(policy, candidates, model=model, zone=zone, plan=plan, rtt=rtt, counter=counter,
+                           u=u, backlog=backlog)
             if node_tier(pick.node) == "cloud" or not overloaded(pick):
                 return pick
         usable = [c for c in edge if not overloaded(c)]
-        return _choose(policy, usable or cloud, model=model, zone=zone, plan=plan, rtt=rtt, counter=counter, u=u)
-    return _choose(policy, candidates, model=model, zone=zone, plan=plan, rtt=rtt, counter=counter, u=u)
+        return _choose(policy, usable or cloud, model=model, zone=zone, plan=plan, rtt=rtt, counter=counter, u=u,
+                       backlog=backlog)
+    return _choose(policy, candidates, model=model, zone=zone, plan=plan, rtt=rtt, counter=counter, u=u,
+                   backlog=backlog)
 
 
 def _choose(policy: str, candidates: Sequence[Candidate], *, model: str, zone: str | None,
-            plan: Plan | None, rtt: Mapping[str, Mapping[str, float]] | None, counter: int, u: float) -> Candidate:
+            plan: Plan | None, rtt: Mapping[str, Mapping[str, float]] | None, counter: int, u: float,
+            backlog: Mapping[str, float] | None = None) -> Candidate:
     if len(candidates) == 1:
         return candidates[0]
+    if policy == "expected-delay":
+        return expected_delay(candidates, model, zone, plan, rtt or {}, backlog or {}, u)
     if policy == "lowest-cpu":
         return lowest_cpu(candidates)
     if policy == "round-robin":

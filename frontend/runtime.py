@@ -10,13 +10,14 @@ import math
 import random
 import re
 import threading
+import time
 
 from flask import current_app
 
 from cluster.catalog import ModelSpec
 
 from .config import Settings
-from .dispatch import choose
+from .dispatch import Backlog, choose, service_time
 from .errors import ApiError
 from .predcache import PredictionCache
 from .provision import Provisioner
@@ -48,6 +49,7 @@ class Runtime:
         self._counters: dict[str, itertools.count] = {}
         self._counters_lock = threading.Lock()
         self._rng = random.Random()
+        self._backlog = Backlog()           # expected-delay: work this worker sent to each node
         self._pools: dict[str, UpstreamPool] = {}
         self._listing: tuple[tuple, list[dict]] | None = None
         self._pools_lock = threading.Lock()
@@ -93,18 +95,29 @@ class Runtime:
         return next(counter)
 
     def pick(self, model: str, *, zone: str | None = None, exclude: frozenset[str] = frozenset(),
-             provision: bool = True) -> Candidate:
-        """Choose the endpoint for `model`; raise ApiError 404/503 when there is none."""
+             provision: bool = True, charge: bool = True) -> Candidate:
+        """Choose the endpoint for `model`; raise ApiError 404/503 when there is none. `charge`:
+        the caller will send the request there (expected-delay adds its work to the node)."""
         spec = self.spec(model)
         candidates = self.cache.candidates(model)
         if exclude:
             candidates = tuple(c for c in candidates if c.endpoint not in exclude)
         if candidates:
             policy = self.settings.policy
-            return choose(policy, candidates, model=model, zone=zone, plan=self.cache.plan,
-                          rtt=self.cache.rtt,
-                          counter=self._counter(model) if policy == "round-robin" else 0,
-                          u=self._rng.random() if policy in ("plan", "random") else 0.0)
+            plan = self.cache.plan
+            backlog = None
+            if policy == "expected-delay":
+                now = time.monotonic()
+                backlog = self._backlog.seconds([c.node.name for c in candidates], now)
+            chosen = choose(policy, candidates, model=model, zone=zone, plan=plan, rtt=self.cache.rtt,
+                            counter=self._counter(model) if policy == "round-robin" else 0,
+                            u=self._rng.random() if policy in ("plan", "random", "expected-delay") else 0.0,
+                            backlog=backlog)
+            if backlog is not None and charge:
+                seconds = service_time(plan, model, chosen.node.name)
+                if seconds is not None:
+                    self._backlog.charge(chosen.node.name, seconds, now)
+            return chosen
         if not provision:
             raise ApiError(503, f"no reachable instance of model {model}")
         if self.cache.state.serving.get(model):
@@ -136,7 +149,7 @@ class Runtime:
         services = []
         for name in self.cache.state.serving:
             if name in catalog and self.cache.candidates(name):
-                services.append(self.pick(name, zone=zone, provision=False).to_json())
+                services.append(self.pick(name, zone=zone, provision=False, charge=False).to_json())
         if key is not None:
             self._listing = (key, services)
         return services

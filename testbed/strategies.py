@@ -19,7 +19,10 @@ local cluster with node limits, and differs only in what it tells the front-end 
   serving there (measured on load.yaml in Mode 2: the same balanced split as `kubernetes` at ~40%
   load, with p95 1.7-2.9x its, while instances were being replaced on those nodes). It plans each
   group for the larger of its rates over the window and over the last 10 s (`--rate-window 10`), so
-  a rise in load is planned for within one run instead of after a whole window.
+  a rise in load is planned for within one run instead of after a whole window. Dispatch is
+  `expected-delay`: each request to the planned instance that would answer first (round trip +
+  the node's backlog of work the front-end sent it + the planned service time), so a burst is
+  spread by backlog where the plan's weights (and `kubernetes`' random choice) split it by chance.
 - `ours-cloud`: `ours-load` with the scenario's cloud-tier nodes (`tier: cloud`), which no other
   strategy gets: the solver may route part of a group's traffic there, and the front-end falls back
   to a cloud instance when no edge instance can take a request.
@@ -60,12 +63,12 @@ STRATEGIES: dict[str, Strategy] = {
     "ours": Strategy("ours", policy="plan",
                      backend=("--mode", "2", "--solver", "highs", "--rtt-source", "reports"),
                      description="exact MILP, plan dispatch, measured network RTT"),
-    "ours-load": Strategy("ours-load", policy="plan",
+    "ours-load": Strategy("ours-load", policy="expected-delay",
                           backend=("--mode", "1", "--solver", "highs", "--rtt-source", "reports",
                                    "--formulation", "latency", "--rate-window", "10"),
                           description="ours on the load-aware formulation (M/M/1 waiting, utilisation <= 0.85), "
-                                      "Mode 1"),
-    "ours-cloud": Strategy("ours-cloud", policy="plan",
+                                      "Mode 1, expected-delay dispatch"),
+    "ours-cloud": Strategy("ours-cloud", policy="expected-delay",
                            backend=("--mode", "1", "--solver", "highs", "--rtt-source", "reports",
                                     "--formulation", "latency", "--rate-window", "10"), cloud=True,
                            description="ours-load with the scenario's cloud site(s)"),

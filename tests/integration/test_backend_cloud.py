@@ -84,6 +84,8 @@ def test_cloud_takes_exactly_what_the_edge_cannot(system):
     assert 2 * cap < total
     got = weights(system)
     assert got == pytest.approx({A: cap / total, B: cap / total, C: (total - 2 * cap) / total}, abs=2e-6)   # 6 decimals
+    # the plan carries the service times it was made with (the expected-delay policy's input)
+    assert system.plan()["service"][HP2] == {A: EDGE_S, B: EDGE_S, C: 0.05}
     assert system.pairs() == {(HP2, A), (HP2, B), (HP2, C)}
 
 

@@ -314,6 +314,27 @@ def test_plan_policy_follows_the_stored_plan(make_frontend):
     assert requests.get(f"{fe.url}/plan", headers=AUTH, timeout=10).json()["mode"] == 1     # unchanged
 
 
+def test_expected_delay_spreads_a_burst_and_returns_to_the_nearest(make_frontend):
+    fe = make_frontend(TWO_NODES, deploy=((HP2, "node-a"), (HP2, "node-b")), policy="expected-delay",
+                       rtt={"zone-1": {"node-a": 0.001, "node-b": 0.010}})
+    plan = {"created": time.time(), "mode": 1, "solver": "highs",
+            "weights": {HP2: {"zone-1": {"node-a": 1.0}}}, "service": {HP2: {"node-a": 1.0, "node-b": 1.0}}}
+    assert requests.put(f"{fe.url}/plan", json=plan, headers=AUTH, timeout=10).json() == {"ok": True}
+    assert requests.get(f"{fe.url}/plan", headers=AUTH, timeout=10).json()["service"] == plan["service"]
+    zone = lambda: requests.get(f"{fe.url}/services/{HP2}", headers={"X-Client-Zone": "zone-1"}, timeout=10).json()["node"]
+    burst = [zone() for _ in range(6)]          # well within one 1 s service time
+    assert burst[0] == "node-a" and burst.count("node-a") == 3 and burst.count("node-b") == 3, burst
+    time.sleep(3.1)                              # both backlogs drained (3 s each at most)
+    # GET /services (every model) charges nothing: the next lookup still finds node-a idle
+    for _ in range(3):
+        requests.get(f"{fe.url}/services", headers={"X-Client-Zone": "zone-1"}, timeout=10)
+    assert zone() == "node-a"
+    # a plan without service times: the weights decide, as under `plan`
+    bare = {"created": time.time(), "mode": 1, "solver": "highs", "weights": {HP2: {"zone-1": {"node-b": 1.0}}}}
+    assert requests.put(f"{fe.url}/plan", json=bare, headers=AUTH, timeout=10).json() == {"ok": True}
+    wait_for(lambda: zone() == "node-b", what="the plan without service times followed")
+
+
 # ---- failures and on-demand provisioning ---------------------------------------------------------------
 
 def test_a_node_taken_down_is_skipped(make_frontend):

@@ -142,3 +142,14 @@ def test_dispatch_weights_are_shares_per_model_and_zone():
 def test_mode_must_be_1_or_2():
     with pytest.raises(ValueError):
         run(3, set(), [])
+
+
+def test_service_times_cover_the_routed_and_running_instances_of_weighted_models():
+    from backend.plan import service_times
+    weights = {"m": {"z1": {"a": 0.7, "b": 0.3, "c": 0.0}}}
+    exec_time = {"m": {"a": 0.07, "b": 0.07, "c": 0.07, "d": 0.02, "e": 0.0}, "other": {"a": 0.01}}
+    running = [Deployment(model="m", node="d", endpoint="127.0.0.1:1", ready=True, created=1.0),
+               Deployment(model="m", node="e", endpoint="127.0.0.1:2", ready=True, created=1.0),
+               Deployment(model="other", node="a", endpoint="127.0.0.1:3", ready=True, created=1.0)]
+    # c has no weight and runs nothing; e's service time is 0 (unmeasured); 'other' is not in the plan
+    assert service_times(weights, exec_time, running) == {"m": {"a": 0.07, "b": 0.07, "d": 0.02}}

@@ -2,8 +2,8 @@
 import pytest
 
 from cluster.port import Deployment, Node
-from frontend.dispatch import (Plan, PlanError, choose, choose_provision_node, lowest_cpu, nearest, parse_plan,
-                               planned, round_robin, rtt_from_alto)
+from frontend.dispatch import (Backlog, Plan, PlanError, choose, choose_provision_node, expected_delay, lowest_cpu,
+                               nearest, parse_plan, planned, round_robin, rtt_from_alto)
 from frontend.snapshot import ClusterState
 
 
@@ -188,3 +188,69 @@ def test_cloud_is_the_fallback_when_no_edge_instance_can_take_the_request():
     assert choose("plan", edges_busy.serving["m"], model="m", zone="z", plan=only_a, u=0.1).node.name == "n-c"
     assert edges_busy.serving["m"][2].to_json()["tier"] == "cloud"
     assert edges_busy.serving["m"][0].to_json()["tier"] == "edge"
+
+
+def _delay_world(**cloud_labels):
+    nodes = [node("n-a"), node("n-b"), node("n-c", **cloud_labels)]
+    s = state(nodes, [dep("m", n) for n in ("n-a", "n-b", "n-c")])
+    plan = Plan(created=1.0, mode=1, solver="highs", weights={"m": {"z1": {"n-a": 1.0}}},
+                service={"m": {"n-a": 0.070, "n-b": 0.070, "n-c": 0.020}})
+    rtt = {"z1": {"n-a": 0.003, "n-b": 0.025, "n-c": 0.060}}
+    return s.serving["m"], plan, rtt
+
+
+def test_expected_delay_sends_a_lone_request_to_the_first_answer():
+    cands, plan, rtt = _delay_world()
+    # 3 + 70 ms on n-a beats 25 + 70 on n-b and 60 + 20 on n-c
+    assert expected_delay(cands, "m", "z1", plan, rtt, {}, 0.0).node.name == "n-a"
+    assert choose("expected-delay", cands, model="m", zone="z1", plan=plan, rtt=rtt).node.name == "n-a"
+
+
+def test_expected_delay_spreads_a_burst_by_backlog():
+    cands, plan, rtt = _delay_world()
+    backlog, picks = Backlog(), []
+    for _ in range(9):                  # nine requests in the same instant
+        now = 100.0
+        pick = choose("expected-delay", cands, model="m", zone="z1", plan=plan, rtt=rtt,
+                      backlog=backlog.seconds([c.node.name for c in cands], now))
+        backlog.charge(pick.node.name, plan.service["m"][pick.node.name], now)
+        picks.append(pick.node.name)
+    # n-a (73 ms) first; then n-c (80 ms) before n-a's 143; then n-b (95) before n-c's 100
+    assert picks[:3] == ["n-a", "n-c", "n-b"]
+    assert {"n-a", "n-b", "n-c"} == set(picks)
+    finish = {n: rtt["z1"][n] + plan.service["m"][n] * picks.count(n) for n in set(picks)}
+    assert max(finish.values()) - min(finish.values()) <= 0.070 + 1e-9    # no node a whole request behind
+
+
+def test_backlog_drains_one_second_per_second():
+    backlog = Backlog()
+    backlog.charge("n-a", 0.5, 10.0)
+    backlog.charge("n-a", 0.5, 10.2)            # 0.3 left, plus 0.5
+    assert backlog.seconds(["n-a", "n-b"], 10.2) == {"n-a": pytest.approx(0.8), "n-b": 0.0}
+    assert backlog.seconds(["n-a"], 10.7)["n-a"] == pytest.approx(0.3)
+    assert backlog.seconds(["n-a"], 12.0)["n-a"] == 0.0
+    cands, plan, rtt = _delay_world()
+    # a drained backlog: back to the nearest
+    assert expected_delay(cands, "m", "z1", plan, rtt, backlog.seconds(["n-a"], 12.0), 0.0).node.name == "n-a"
+
+
+def test_expected_delay_without_service_times_follows_the_weights():
+    cands, plan, rtt = _delay_world()
+    bare = Plan(created=1.0, mode=1, solver="highs", weights={"m": {"z1": {"n-b": 1.0}}})
+    assert expected_delay(cands, "m", "z1", bare, rtt, {"n-b": 9.0}, 0.3).node.name == "n-b"
+    assert choose("expected-delay", cands, model="m", zone="z1", plan=None, rtt=rtt).node.name == "n-a"  # lowest cpu
+    # instances the plan has no service time for are not candidates; unknown zone: rtt counts as the farthest
+    only_b = Plan(created=1.0, mode=1, solver="x", weights={}, service={"m": {"n-b": 0.07}})
+    assert expected_delay(cands, "m", "z1", only_b, rtt, {"n-b": 5.0}, 0.0).node.name == "n-b"
+    assert expected_delay(cands, "m", "z9", plan, rtt, {}, 0.0).node.name == "n-c"     # 20 ms service, rtt unknown
+
+
+def test_expected_delay_takes_the_cloud_when_the_edge_is_overloaded():
+    cloud = {"topology": "cloud"}
+    nodes = [node("n-a", cpu=1.95), node("n-b", cpu=1.9), node("n-c", capacity=64, labels=cloud)]
+    s = state(nodes, [dep("m", n) for n in ("n-a", "n-b", "n-c")])
+    plan = Plan(created=1.0, mode=1, solver="highs", weights={"m": {"z1": {"n-a": 1.0}}},
+                service={"m": {"n-a": 0.070, "n-b": 0.070, "n-c": 0.020}})
+    rtt = {"z1": {"n-a": 0.003, "n-b": 0.025, "n-c": 0.300}}
+    # n-a would answer first by the backlog it knows of, but its node is at OVERLOAD_CPU: the cloud
+    assert choose("expected-delay", s.serving["m"], model="m", zone="z1", plan=plan, rtt=rtt).node.name == "n-c"

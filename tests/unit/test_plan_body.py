@@ -22,6 +22,11 @@ GOOD = {"created": 10.0, "mode": 1, "solver": "ipopt", "weights": {"m": {"z": {"
     ({"mode": True}, "mode: must be 1 or 2"),
     ({"weights": [1]}, "weights: must map model -> zone -> node -> weight"),
     ({"colour": 1}, "unknown field(s): colour"),
+    ({"service": {"m": {"n": 0}}}, "service.m.n: must be a number of seconds in (0, 3600]"),
+    ({"service": {"m": {"n": math.nan}}}, "service.m.n: must be a number of seconds in (0, 3600]"),
+    ({"service": {"m": {"n": 4000}}}, "service.m.n: must be a number of seconds in (0, 3600]"),
+    ({"service": {"m": [0.1]}}, "service: must map model -> node -> seconds"),
+    ({"service": {"m": {"bad node": 0.1}}}, "'bad node' is not a node name"),
 ])
 def test_nan_inf_wrong_types_and_unknown_keys_are_named_on_both_sides(change, expect):
     body = {**GOOD, **change}
@@ -38,9 +43,19 @@ def test_every_error_at_once_and_unknown_models():
     message = str(info.value)
     for part in ("weights.ghost: unknown model", "mode: must be 1 or 2", "created:", "weights.m.z.n"):
         assert part in message
+    with pytest.raises(PlanError, match="service.ghost: unknown model"):
+        parse_plan({**GOOD, "service": {"ghost": {"n": 0.1}}}, known_models=["m"])
 
 
 def test_a_good_body_passes_both_sides():
     assert _plan_problems(GOOD) == []
     plan = parse_plan(GOOD, known_models=["m"])
     assert plan.weights == {"m": {"z": {"n": 1.0}}} and plan.rtt == {"z": {"n": 0.01}} and plan.mode == 1
+
+
+def test_service_times_travel_with_the_plan():
+    body = {**GOOD, "service": {"m": {"n": 0.07}}}
+    assert _plan_problems(body) == []
+    plan = parse_plan(json.loads(json.dumps(body)), known_models=["m"])
+    assert plan.service == {"m": {"n": 0.07}} and plan.to_json()["service"] == {"m": {"n": 0.07}}
+    assert "service" not in parse_plan(GOOD, known_models=["m"]).to_json()

@@ -39,7 +39,7 @@ def test_strategies_configure_what_the_issue_names():
     load, cloud = backend_flags(STRATEGIES["ours-load"]), backend_flags(STRATEGIES["ours-cloud"])
     assert load == cloud and load[load.index("--formulation") + 1] == "latency" and "--formulation" not in ours
     assert STRATEGIES["ours-cloud"].cloud and not any(STRATEGIES[n].cloud for n in STRATEGIES if n != "ours-cloud")
-    assert {"--mode", "1", "highs", "reports"} <= set(load) and STRATEGIES["ours-load"].policy == "plan"
+    assert {"--mode", "1", "highs", "reports"} <= set(load) and STRATEGIES["ours-load"].policy == "expected-delay"
     assert load[load.index("--rate-window") + 1] == "10" and "--rate-window" not in ours
     from testbed.scenario import STRATEGIES as NAMES
     assert set(STRATEGIES) == set(NAMES)          # every name a scenario may list can be run
