@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 from typing import Any, Callable, Iterable
 
@@ -30,6 +31,12 @@ _ROUTE = re.compile(
     r"(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
     r"(?:(?P<metadata>/metadata)|:(?P<verb>predict|classify|regress))?/?$"
 )
+# When the request being handled on this thread became ready to serve (time.perf_counter()), set by
+# the server's worker (modelserver/server.py) around each request: the wait for a free request
+# thread is the server's time, not the network's, and a client that subtracts Server-Timing from
+# what it waited must not count it as distance. Unset (None): the request started at once.
+arrival = threading.local()
+
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
             413: "Payload Too Large", 500: "Internal Server Error", 501: "Not Implemented"}
 log = logging.getLogger("modelserver")
@@ -69,6 +76,8 @@ class ModelServerApp:
     # -- WSGI ----------------------------------------------------------------------------------
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         started = time.perf_counter()
+        queued = getattr(arrival, "at", None)
+        since = queued if queued is not None and queued <= started else started
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "")
         headers: list[tuple[str, str]] = [("Content-Type", "application/json")]
@@ -93,9 +102,12 @@ class ModelServerApp:
         error = payload.get("error") if status >= 400 else None
         del payload                  # the parsed request and its answer: only `body` is kept
         headers.append(("Content-Length", str(len(body))))
-        # The server's own time (parse, inference, encode) in the standard header, so a client can
-        # tell the network's share of what it waited from the server's (issue 9: RTT measured right).
-        headers.append(("Server-Timing", f"app;dur={(time.perf_counter() - started) * 1000:.3f}"))
+        # The server's own time in the standard header, so a client can tell the network's share of
+        # what it waited from the server's (issue 9: RTT measured right): `app` from the moment the
+        # request was ready to serve (waiting for a request thread included) to its answer, `wait`
+        # the waiting part.
+        done = time.perf_counter()
+        headers.append(("Server-Timing", f"wait;dur={(started - since) * 1000:.3f}, app;dur={(done - since) * 1000:.3f}"))
         start_response(f"{status} {_REASONS.get(status, 'Error')}", headers)
         if status >= 400 and log.isEnabledFor(logging.DEBUG):
             log.debug("request failed", extra={"fields": {

@@ -10,6 +10,7 @@ and the master stays small.
 from __future__ import annotations
 
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -17,6 +18,8 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gthread import ThreadWorker
 
 from common.logs import gunicorn_logger_class
+
+from .app import arrival
 
 __all__ = ["ServerSettings", "bind_socket", "GunicornServer", "QuickStopWorker"]
 
@@ -46,7 +49,8 @@ class QuickStopWorker(ThreadWorker):
     sent nothing yet for the whole keep-alive time; a cluster removing a model would wait for them.
     Here both get STOP_LINGER seconds, and a fresh connection holds a thread at most STOP_LINGER
     seconds waiting for its first bytes before it is parked on the poller (stock: 5 s, which a stop
-    also waits for). Requests in flight still get the graceful timeout.
+    also waits for). Requests in flight still get the graceful timeout. Each request's wait for a
+    free request thread is noted and counted in its Server-Timing (modelserver/app.py).
     """
 
     def init_process(self) -> None:
@@ -56,9 +60,20 @@ class QuickStopWorker(ThreadWorker):
         gthread.DEFAULT_WORKER_DATA_TIMEOUT = STOP_LINGER
         super().init_process()
 
-    def _cap_keepalive(self, deadline: float) -> None:
-        import time
+    def enqueue_req(self, conn) -> None:
+        """Note when the connection's request became ready to serve (its wait for a thread counts
+        as the server's time in Server-Timing)."""
+        conn.edge_ready_at = time.perf_counter()
+        super().enqueue_req(conn)
 
+    def handle(self, conn):
+        arrival.at = getattr(conn, "edge_ready_at", None)
+        try:
+            return super().handle(conn)
+        finally:
+            arrival.at = None
+
+    def _cap_keepalive(self, deadline: float) -> None:
         deadline = min(deadline, time.monotonic() + STOP_LINGER)
         super()._cap_keepalive(deadline)
         # pending_conns is sorted by timeout; capping all at one deadline keeps it sorted.

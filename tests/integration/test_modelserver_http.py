@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,9 +153,10 @@ def test_every_answer_says_the_servers_own_time_in_server_timing(hp2):
     import re
     for response in (post(hp2, "/v1/models/half_plus_two:predict", {"instances": [1.0]}),
                      requests.get(f"{hp2.url}/v1/models/nope", timeout=10)):
-        match = re.fullmatch(r"app;dur=([0-9.]+)", response.headers["Server-Timing"])
+        match = re.fullmatch(r"wait;dur=([0-9.]+), app;dur=([0-9.]+)", response.headers["Server-Timing"])
         assert match, response.headers["Server-Timing"]
-        assert 0 < float(match.group(1)) < 10_000        # milliseconds, the standard's unit
+        wait, app = float(match.group(1)), float(match.group(2))
+        assert 0 <= wait <= app and 0 < app < 10_000        # milliseconds, the standard's unit
 
 
 def test_unknown_model_on_predict_is_404(hp2):
@@ -487,5 +490,33 @@ def test_a_large_batch_runs_in_chunks_with_the_same_answers(models):
         assert len(whole) == len(rows)
         assert parts[0] == whole[:100] and parts[1] == whole[CHUNK_ROWS - 50:CHUNK_ROWS + 50]
         assert parts[2] == whole[2 * CHUNK_ROWS - 95:]
+    finally:
+        server.stop()
+
+
+def test_the_wait_for_a_request_thread_is_the_servers_time_not_the_networks(models):
+    """One request thread, four large batches at once: the later ones wait for the thread. What a
+    client subtracts (Server-Timing app) must include that wait, or it would report the queue as
+    network distance (the testbed's clients do exactly that subtraction)."""
+    server = start_server(models, "digits_cnn", "--rest_api_num_threads", "1")
+    try:
+        url = f"{server.url}/v1/models/digits_cnn:predict"
+        rows = np.random.default_rng(1).uniform(0, 16, size=(40, 64)).round(2).tolist()
+        assert requests.post(url, json={"instances": rows[:1]}, timeout=30).status_code == 200   # warm
+
+        def call() -> tuple[float, float, float]:
+            t0 = time.perf_counter()
+            answer = requests.post(url, json={"instances": rows}, timeout=120)
+            elapsed = time.perf_counter() - t0
+            assert answer.status_code == 200
+            timing = dict(part.strip().split(";dur=") for part in answer.headers["Server-Timing"].split(","))
+            return elapsed, float(timing["wait"]) / 1000, float(timing["app"]) / 1000
+
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda _: call(), range(4)))
+        one = min(app - wait for _, wait, app in results)        # one batch's own time
+        assert max(wait for _, wait, _ in results) > 1.5 * one, results   # somebody queued behind two
+        for elapsed, wait, app in results:
+            assert elapsed - app < max(0.25, 0.5 * one), results  # what is left is loopback, not queue
     finally:
         server.stop()
