@@ -4,8 +4,8 @@ nor enters the other.
 
 {"created": unix seconds, "mode": 1|2, "solver": name, "weights": {model: {zone: {node: weight >= 0}}},
  "rtt": {zone: {node: seconds in 0..MAX_RTT}} (optional),
- "service": {model: {node: seconds in (0, MAX_SERVICE]}} (optional: each instance's service time at low
- load, which the expected-delay policy charges to its node's backlog)}
+ "service": {model: {node: seconds in (0, MAX_SERVICE]}} (optional: the service time per request the
+ load-aware solve used for each instance, which the expected-delay policy charges to its node's backlog)}
 """
 from __future__ import annotations
 

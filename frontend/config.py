@@ -74,6 +74,11 @@ class Settings(Strict):
     # Dispatch policy: lowest-cpu (thesis), plan, nearest, round-robin, random, expected-delay.
     # Default lowest-cpu.
     policy: Checked(str, one_of(POLICIES)) = "lowest-cpu"
+    # expected-delay: the share of a second of planned work a node is counted to finish per second
+    # (0 < x <= 1). Below 1 because a service time is profiled alone on an idle host, and a busy node
+    # shares its cores with its other requests and its neighbours; 0.85, the load-aware solver's
+    # default utilisation ceiling, makes the dispatcher see a node full where the plan does.
+    backlog_drain: Number(float, positive=True, maximum=1.0) = 0.85
     # Round-trip time in seconds from a client zone to a node, {zone: {node: seconds}}, for nearest.
     rtt: Checked(dict[str, dict[str, Seconds]], _rtt) = Field(default_factory=dict)
     # ALTO cost map (RFC 7285 JSON): source PIDs are client zones, destination PIDs are node names.

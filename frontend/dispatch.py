@@ -188,28 +188,33 @@ def expected_delay(candidates: Sequence[Candidate], model: str, zone: str | None
 class Backlog:
     """Seconds of work each node has been sent by this worker and not yet drained.
 
-    Each node drains one second of work per second (service times are measured on the node they
-    are for, so they are already in its own time); `charge` adds a request's service time. One per
-    worker: a worker sees only its own dispatches, so with several workers a node's backlog is
-    under-counted by the others' share (each still spreads its own bursts). Thread-safe."""
+    A node drains `drain` seconds of work per second (service times are measured on the node they
+    are for, so they are in its own time; `drain` < 1 counts what a busy, shared node loses beside
+    its profiled pace, see the front-end's `backlog_drain`); `charge` adds a request's service time.
+    Without the discount, a node whose real pace falls short of its profile is sent more than it
+    can do and nothing here notices (no feedback: the front-end does not see the calls it looked
+    up). One per worker: a worker sees only its own dispatches, so with several workers a node's
+    backlog is under-counted by the others' share (each still spreads its own bursts). Thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, drain: float = 1.0) -> None:
+        if not 0 < drain <= 1:
+            raise ValueError(f"drain must be in (0, 1], got {drain!r}")
+        self.drain = drain
         self._work: dict[str, tuple[float, float]] = {}      # node -> (seconds left, as of time)
         self._lock = threading.Lock()
 
+    def _left(self, node: str, now: float) -> float:
+        left, since = self._work.get(node, (0.0, now))
+        return max(0.0, left - self.drain * max(0.0, now - since))
+
     def seconds(self, nodes: Sequence[str], now: float) -> dict[str, float]:
         """Return each node's work left at `now`."""
-        out = {}
-        for node in nodes:
-            left, since = self._work.get(node, (0.0, now))
-            out[node] = max(0.0, left - max(0.0, now - since))
-        return out
+        return {node: self._left(node, now) for node in nodes}
 
     def charge(self, node: str, seconds: float, now: float) -> None:
         """Add `seconds` of work to `node` at `now`."""
         with self._lock:
-            left, since = self._work.get(node, (0.0, now))
-            self._work[node] = (max(0.0, left - max(0.0, now - since)) + seconds, now)
+            self._work[node] = (self._left(node, now) + seconds, now)
 
 
 def service_time(plan: Plan | None, model: str, node: str) -> float | None:

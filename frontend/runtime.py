@@ -49,7 +49,7 @@ class Runtime:
         self._counters: dict[str, itertools.count] = {}
         self._counters_lock = threading.Lock()
         self._rng = random.Random()
-        self._backlog = Backlog()           # expected-delay: work this worker sent to each node
+        self._backlog = Backlog(drain=settings.backlog_drain)     # expected-delay: work sent to each node
         self._pools: dict[str, UpstreamPool] = {}
         self._listing: tuple[tuple, list[dict]] | None = None
         self._pools_lock = threading.Lock()

@@ -254,3 +254,19 @@ def test_expected_delay_takes_the_cloud_when_the_edge_is_overloaded():
     rtt = {"z1": {"n-a": 0.003, "n-b": 0.025, "n-c": 0.300}}
     # n-a would answer first by the backlog it knows of, but its node is at OVERLOAD_CPU: the cloud
     assert choose("expected-delay", s.serving["m"], model="m", zone="z1", plan=plan, rtt=rtt).node.name == "n-c"
+
+
+def test_backlog_drains_at_the_configured_share():
+    backlog = Backlog(drain=0.5)
+    backlog.charge("n-a", 1.0, 0.0)
+    assert backlog.seconds(["n-a"], 1.0)["n-a"] == pytest.approx(0.5)
+    backlog.charge("n-a", 0.25, 1.0)
+    assert backlog.seconds(["n-a"], 2.0)["n-a"] == pytest.approx(0.25)
+    # a node sent 13 requests of 71 ms a second: drained at 0.85 its backlog grows, at 1 it keeps up
+    for drain, grows in ((0.85, True), (1.0, False)):
+        b = Backlog(drain=drain)
+        for i in range(130):
+            b.charge("n-a", 0.071, i / 13)
+        assert (b.seconds(["n-a"], 10.0)["n-a"] > 0.5) is grows
+    with pytest.raises(ValueError):
+        Backlog(drain=0)
