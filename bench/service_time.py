@@ -1,0 +1,86 @@
+"""A model's service time on a CPU-limited node: back to back (what `python -m cluster profile`
+writes into the catalog) beside requests that arrive at an idle server (issue 10's prediction).
+
+    sudo .venv/bin/python -m bench.service_time [--model digits_cnn] [--quota 0.25] [--samples 20] [--gap 0.25]
+
+One real model server in a cgroup of its own (as the profile starts it), warmed at 1 core, then at
+`--quota` cores: `--samples` predicts one after another on a kept-alive connection, then
+`--samples` predicts each after `--gap` seconds of idleness. Prints both medians and their ratio.
+Why it matters: CPU bandwidth control lets a group that has been idle start a request faster than
+one that is saturated, so a queueing model with one service time per node cannot be right at both
+ends of the load range. Needs root (cgroups) and the built models (`make setup`).
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cluster.limits import CgroupLimits, NodeLimits, detect_layout
+from cluster.local_proc import probe_ready, python_command
+from cluster.profile import REPO_ROOT, _example, _free_port, _predict
+
+
+def measure(model: str, quota: float, samples: int, gap: float, models_dir: Path) -> tuple[float, float]:
+    """Return (back-to-back median, after-idle median) seconds of one predict at `quota` cores."""
+    layout, why = detect_layout()
+    if layout is None:
+        raise SystemExit(f"bench.service_time: no writable cgroup cpu controller here ({why})")
+    limits = CgroupLimits(layout, "bench-service-time", reason=why)
+    group, address = f"svc-{model.replace('_', '-')}", "127.0.0.1"
+    port = _free_port(address)
+    limits.apply(group, NodeLimits(cpu=1.0, memory=None))
+    command = limits.wrap(python_command(host=address, port=port, model=model, base_path=models_dir / model),
+                          group, model)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO_ROOT,
+                            env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not probe_ready(address, port, model, timeout=1.0):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"bench.service_time: the {model} server did not start")
+            time.sleep(0.1)
+        body, conn = _example(model), http.client.HTTPConnection(address, port, timeout=60)
+        for _ in range(5):
+            _predict(conn, model, body)
+        limits.apply(group, NodeLimits(cpu=quota, memory=None))
+        _predict(conn, model, body)
+        busy = [_predict(conn, model, body) for _ in range(samples)]
+        idle = []
+        for _ in range(samples):
+            time.sleep(gap)
+            idle.append(_predict(conn, model, body))
+        conn.close()
+        return statistics.median(busy), statistics.median(idle)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+        limits.release(group, model, proc.pid)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.service_time", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="digits_cnn")
+    parser.add_argument("--quota", type=float, default=0.25, help="cores (default 0.25, a Nano)")
+    parser.add_argument("--samples", type=int, default=20)
+    parser.add_argument("--gap", type=float, default=0.25, help="seconds idle before each idle-start predict")
+    parser.add_argument("--models-dir", default=str(REPO_ROOT / "build" / "models"))
+    args = parser.parse_args(argv)
+    if not 0 < args.quota <= 64 or args.samples < 1 or args.gap < 0:
+        print("bench.service_time: --quota must be in (0, 64], --samples >= 1, --gap >= 0", file=sys.stderr)
+        return 2
+    busy, idle = measure(args.model, args.quota, args.samples, args.gap, Path(args.models_dir))
+    print(f"{args.model} at {args.quota:g} cores: back to back {busy * 1000:.1f} ms, after {args.gap:g} s idle "
+          f"{idle * 1000:.1f} ms (median of {args.samples}); idle / back to back {idle / busy:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
