@@ -14,55 +14,40 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from cluster.limits import CgroupLimits, NodeLimits, detect_layout
-from cluster.local_proc import probe_ready, python_command
-from cluster.profile import REPO_ROOT, _example, _free_port, _predict
+from cluster.profile import REPO_ROOT, _example, _predict, profiled_server
+from cluster.port import ClusterError
 
 
 def measure(model: str, quota: float, samples: int, gap: float, models_dir: Path) -> tuple[float, float]:
     """Return (back-to-back median, after-idle median) seconds of one predict at `quota` cores."""
     layout, why = detect_layout()
     if layout is None:
-        raise SystemExit(f"bench.service_time: no writable cgroup cpu controller here ({why})")
+        raise ClusterError(f"no writable cgroup cpu controller here ({why})")
     limits = CgroupLimits(layout, "bench-service-time", reason=why)
-    group, address = f"svc-{model.replace('_', '-')}", "127.0.0.1"
-    port = _free_port(address)
-    limits.apply(group, NodeLimits(cpu=1.0, memory=None))
-    command = limits.wrap(python_command(host=address, port=port, model=model, base_path=models_dir / model),
-                          group, model)
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO_ROOT,
-                            env=env, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not probe_ready(address, port, model, timeout=1.0):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"bench.service_time: the {model} server did not start")
-            time.sleep(0.1)
-        body, conn = _example(model), http.client.HTTPConnection(address, port, timeout=60)
-        for _ in range(5):
+    group = f"svc-{model.replace('_', '-')}"
+    log_path = REPO_ROOT / "build" / "bench-service-time.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with profiled_server(model, models_dir / model, limits=limits, group=group, log_path=log_path) as (_, port):
+        body, conn = _example(model), http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        try:
+            for _ in range(5):
+                _predict(conn, model, body)
+            limits.apply(group, NodeLimits(cpu=quota, memory=None))
             _predict(conn, model, body)
-        limits.apply(group, NodeLimits(cpu=quota, memory=None))
-        _predict(conn, model, body)
-        busy = [_predict(conn, model, body) for _ in range(samples)]
-        idle = []
-        for _ in range(samples):
-            time.sleep(gap)
-            idle.append(_predict(conn, model, body))
-        conn.close()
-        return statistics.median(busy), statistics.median(idle)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
-        limits.release(group, model, proc.pid)
+            busy = [_predict(conn, model, body) for _ in range(samples)]
+            idle = []
+            for _ in range(samples):
+                time.sleep(gap)
+                idle.append(_predict(conn, model, body))
+        finally:
+            conn.close()
+    return statistics.median(busy), statistics.median(idle)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.quota <= 64 or args.samples < 1 or args.gap < 0:
         print("bench.service_time: --quota must be in (0, 64], --samples >= 1, --gap >= 0", file=sys.stderr)
         return 2
-    busy, idle = measure(args.model, args.quota, args.samples, args.gap, Path(args.models_dir))
+    try:
+        busy, idle = measure(args.model, args.quota, args.samples, args.gap, Path(args.models_dir))
+    except ClusterError as exc:
+        print(f"bench.service_time: {exc}", file=sys.stderr)
+        return 1
     print(f"{args.model} at {args.quota:g} cores: back to back {busy * 1000:.1f} ms, after {args.gap:g} s idle "
           f"{idle * 1000:.1f} ms (median of {args.samples}); idle / back to back {idle / busy:.2f}")
     return 0

@@ -20,6 +20,7 @@ and `measured:` lines are replaced or added; the result is validated before it r
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import http.client
 import json
@@ -34,6 +35,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import psutil
 import yaml
@@ -44,7 +46,7 @@ from .local_config import load_local_cluster
 from .local_proc import last_log_line, probe_ready, python_command
 from .port import ClusterError
 
-__all__ = ["Measurement", "class_quotas", "profile_model", "update_catalog_text", "run_profile"]
+__all__ = ["Measurement", "class_quotas", "profiled_server", "profile_model", "update_catalog_text", "run_profile"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WARMUP = 5
@@ -173,16 +175,15 @@ def _rss(pid: int) -> int:
     return total // 1024
 
 
-def profile_model(spec: ModelSpec, *, limits: CgroupLimits, models_dir: Path, quotas: dict[str, float],
-                  log_dir: Path, timeout: float = 60.0) -> Measurement:
-    """Start one server for `spec` in its own group, measure it at 1 core and at each quota."""
-    group = f"profile-{spec.name.replace('_', '-')}"
+@contextlib.contextmanager
+def profiled_server(model: str, model_path: Path, *, limits: CgroupLimits, group: str, log_path: Path,
+                    timeout: float = 60.0) -> Iterator[tuple[subprocess.Popen, int]]:
+    """Run one model server in cgroup `group` (at 1 core until the caller changes it); yield (process,
+    port) once it is ready; stop it and release the group after."""
     address = "127.0.0.1"
     port = _free_port(address)
     limits.apply(group, NodeLimits(cpu=1.0, memory=None))
-    log_path = log_dir / f"{spec.name}.log"
-    command = limits.wrap(python_command(host=address, port=port, model=spec.name,
-                                         base_path=models_dir / spec.model_file), group, spec.name)
+    command = limits.wrap(python_command(host=address, port=port, model=model, base_path=model_path), group, model)
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)}
     with open(log_path, "ab") as log:
@@ -190,13 +191,25 @@ def profile_model(spec: ModelSpec, *, limits: CgroupLimits, models_dir: Path, qu
                                 cwd=REPO_ROOT, env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout
-        while not probe_ready(address, port, spec.name, timeout=1.0):
+        while not probe_ready(address, port, model, timeout=1.0):
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise ClusterError(f"{spec.name}: the model server did not start: "
+                raise ClusterError(f"{model}: the model server did not start: "
                                    f"{last_log_line(log_path) or 'no output'} (log: {log_path})")
             time.sleep(0.1)
+        yield proc, port
+    finally:
+        _stop(proc)
+        limits.release(group, model, proc.pid)
+
+
+def profile_model(spec: ModelSpec, *, limits: CgroupLimits, models_dir: Path, quotas: dict[str, float],
+                  log_dir: Path, timeout: float = 60.0) -> Measurement:
+    """Start one server for `spec` in its own group, measure it at 1 core and at each quota."""
+    group = f"profile-{spec.name.replace('_', '-')}"
+    with profiled_server(spec.name, models_dir / spec.model_file, limits=limits, group=group,
+                         log_path=log_dir / f"{spec.name}.log", timeout=timeout) as (proc, port):
         body = _example(spec.name)
-        conn = http.client.HTTPConnection(address, port, timeout=60)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         try:
             try:
                 _predict(conn, spec.name, body)
@@ -220,9 +233,6 @@ def profile_model(spec: ModelSpec, *, limits: CgroupLimits, models_dir: Path, qu
                 times[quota] = statistics.median(samples)
         finally:
             conn.close()
-    finally:
-        _stop(proc)
-        limits.release(group, spec.name, proc.pid)
     return Measurement(model=spec.name, charged=charged, rss=rss, exec_time_1core=times[1.0],
                        exec_time={cls: times[q] for cls, q in quotas.items()},
                        cpu_time=statistics.median(cpu_times))

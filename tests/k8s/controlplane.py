@@ -329,24 +329,8 @@ class ControlPlane:
 
     def _wait_healthy(self, name: str, deadline: float) -> None:
         component = self.components[name]
-        context = self._ssl_context(admin=name == "kube-apiserver")
-        url = component.health or f"{self.server}/readyz"
-        last = ""
-        while time.monotonic() < deadline:
-            code = component.process.poll() if component.process else None
-            if code is not None:
-                tail = _tail(component.log)
-                if "address already in use" in tail:
-                    raise _PortTaken(name)
-                raise ControlPlaneError(f"{name} exited with code {code} at start-up; last log lines:\n{tail}")
-            try:
-                with urllib.request.urlopen(url, timeout=2, context=context if url.startswith("https") else None) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
-                last = str(exc)
-            time.sleep(0.2)
-        raise ControlPlaneError(f"{name} not ready in time ({url}: {last}); last log lines:\n{_tail(component.log)}")
+        wait_ready(name, component.health or f"{self.server}/readyz", component.process, component.log, deadline,
+                   self._ssl_context(admin=name == "kube-apiserver"))
 
     def _ssl_context(self, *, admin: bool) -> ssl.SSLContext:
         pki = self.run_dir / "pki"
@@ -420,8 +404,30 @@ class ControlPlane:
         return self is other
 
 
-class _PortTaken(Exception):
-    pass
+class _PortTaken(ControlPlaneError):
+    """A component could not bind its port (another process took it first): start again elsewhere."""
+
+
+def wait_ready(name: str, url: str, process: subprocess.Popen | None, log: Path, deadline: float,
+               context: ssl.SSLContext | None = None) -> None:
+    """Poll `url` until it answers 200; raise ControlPlaneError (with the log's tail) when the
+    process exits first or `deadline` (time.monotonic()) passes."""
+    last = ""
+    while time.monotonic() < deadline:
+        code = process.poll() if process else None
+        if code is not None:
+            tail = _tail(log)
+            if "address already in use" in tail:
+                raise _PortTaken(f"{name}: address already in use")
+            raise ControlPlaneError(f"{name} exited with code {code} at start-up; last log lines:\n{tail}")
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=context if url.startswith("https") else None) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
+            last = str(exc)
+        time.sleep(0.2)
+    raise ControlPlaneError(f"{name} not ready in time ({url}: {last}); last log lines:\n{_tail(log)}")
 
 
 def _tail(path: Path, lines: int = 30) -> str:

@@ -22,10 +22,9 @@ import base64
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 
-from controlplane import ControlPlane, ControlPlaneError, _die_with_parent, _openssl, _signal_group, _tail, free_port
+from controlplane import (ControlPlane, ControlPlaneError, _die_with_parent, _openssl, _signal_group, _tail, free_port,
+                          wait_ready)
 
 NAMESPACE = "kube-system"
 SERVICE = "metrics-server"
@@ -75,29 +74,14 @@ class MetricsServer:
             self.process = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             cwd=self.plane.run_dir, start_new_session=True, preexec_fn=_die_with_parent)
         try:
-            self._wait_live(timeout)
+            wait_ready("metrics-server", f"https://127.0.0.1:{self.port}/livez", self.process, self.log,
+                       time.monotonic() + timeout, self.plane._ssl_context(admin=False))
             self.register()
             self.wait_available(timeout=timeout)
         except BaseException:
             self.stop()
             raise
         return self
-
-    def _wait_live(self, timeout: float) -> None:
-        context = self.plane._ssl_context(admin=False)
-        deadline, last = time.monotonic() + timeout, ""
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ControlPlaneError(f"metrics-server exited with code {self.process.returncode}; "
-                                        f"last log lines:\n{_tail(self.log)}")
-            try:
-                with urllib.request.urlopen(f"https://127.0.0.1:{self.port}/livez", timeout=2, context=context) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, OSError) as exc:
-                last = str(exc)
-            time.sleep(0.2)
-        raise ControlPlaneError(f"metrics-server not live in time ({last}); last log lines:\n{_tail(self.log)}")
 
     def stop(self) -> None:
         """Remove the APIService and kill metrics-server."""
