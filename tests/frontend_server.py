@@ -17,8 +17,9 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
+import requests
 from flask import Flask
 from werkzeug.serving import BaseWSGIServer, make_server
 
@@ -44,6 +45,11 @@ def wait_healthy(url: str, *, timeout: float = 30.0, proc: subprocess.Popen | No
             last = str(exc)
         time.sleep(0.05)
     raise RuntimeError(f"front-end at {url} not healthy within {timeout:g} s ({last})")
+
+
+def _worker_pid(session: requests.Session, url: str) -> int:
+    """The pid of the gunicorn worker that answers on `session`'s connection."""
+    return session.get(f"{url}/healthz", timeout=10).json()["pid"]
 
 
 class ServerThread:
@@ -99,6 +105,7 @@ class GunicornServer:
         self.config_path = Path(self._dir.name) / "frontend.json"
         self.log_path = Path(log_path) if log_path else Path(self._dir.name) / "gunicorn.log"
         self.proc: subprocess.Popen | None = None
+        self._sessions: dict[int, requests.Session] = {}   # worker pid -> a connection it accepted
 
     def start(self, *, timeout: float = 60.0) -> "GunicornServer":
         """Start gunicorn and wait until /healthz answers."""
@@ -130,7 +137,49 @@ class GunicornServer:
         except OSError:
             return ""
 
+    def every_worker(self, check: Callable[[requests.Session], object], *, timeout: float = 30.0) -> bool:
+        """Tell whether `check(http)` is true in every worker. `http` is a keep-alive session whose
+        connection one worker accepted (known by /healthz's pid): requests in a row on fresh
+        connections may all reach the same worker, so "n answers in a row agree" proves nothing
+        about the others."""
+        for pid in sorted(self._bound(timeout)):
+            for _ in range(5):
+                session = self._bound(timeout)[pid]
+                verdict = check(session)
+                if _worker_pid(session, self.url) == pid:        # still the same connection: the verdict is pid's
+                    break
+                self._sessions.pop(pid, None)          # keep-alive ended mid-check: bind again, ask again
+                session.close()
+            else:
+                raise RuntimeError(f"could not keep a connection to worker {pid}")
+            if not verdict:
+                return False
+        return True
+
+    def _bound(self, timeout: float) -> dict[int, requests.Session]:
+        """One session per worker, each checked to still reach its worker; new connections are
+        opened until every worker has accepted one."""
+        for pid, session in list(self._sessions.items()):
+            if _worker_pid(session, self.url) != pid:            # its connection was closed and replaced
+                del self._sessions[pid]
+                session.close()
+        deadline = time.monotonic() + timeout
+        while len(self._sessions) < self.workers:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only workers {sorted(self._sessions)} of {self.workers} accepted a "
+                                   f"connection within {timeout:g} s")
+            session = requests.Session()
+            pid = _worker_pid(session, self.url)
+            if pid in self._sessions:
+                session.close()
+            else:
+                self._sessions[pid] = session
+        return self._sessions
+
     def _terminate(self, *, timeout: float = 15.0) -> None:
+        for session in self._sessions.values():
+            session.close()
+        self._sessions.clear()
         if self.proc is not None:
             stop_group(self.proc, grace=timeout)
 

@@ -72,6 +72,17 @@ def test_counts_are_shared_by_workers_and_survive_a_restart(gunicorn_frontend):
     assert hp2["count"] == lookups + 80 and hp2["instances"][0]["count"] == lookups + 80
 
 
+def test_every_worker_asks_each_worker_on_a_connection_of_its_own(gunicorn_frontend):
+    # The tests' helper for "all workers agree": a check that holds in one worker only is false.
+    server, _ = gunicorn_frontend
+    pid = lambda http: http.get(f"{server.url}/healthz", timeout=10).json()["pid"]  # noqa: E731
+    seen: list[int] = []
+    assert server.every_worker(lambda http: seen.append(pid(http)) or True)
+    assert len(seen) == 2 and len(set(seen)) == 2
+    assert not server.every_worker(lambda http: pid(http) == seen[0])
+    assert server.every_worker(lambda http: pid(http) in seen)
+
+
 def test_python_m_frontend_refuses_a_bad_config(tmp_path):
     bad = tmp_path / "frontend.yaml"
     bad.write_text("policy: fastest\n")

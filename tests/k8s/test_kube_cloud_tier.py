@@ -81,21 +81,21 @@ class Site:
                 for d in self.kube.apps.list_namespaced_deployment(self.kube.namespace, label_selector=MANAGED).items
                 if not d.metadata.deletion_timestamp}
 
-    def choice(self) -> tuple[str, str]:
+    def choice(self, http=requests) -> tuple[str, str]:
         """(node, tier) GET /services/half_plus_two answers zone z-a (recorded as a lookup: demand)."""
-        answer = requests.get(f"{self.url}/services/{HP2}", headers={"X-Client-Zone": "z-a"}, timeout=10)
+        answer = http.get(f"{self.url}/services/{HP2}", headers={"X-Client-Zone": "z-a"}, timeout=10)
         assert answer.status_code == 200, answer.text
         return answer.json()["node"], answer.json()["tier"]
 
-    def listed(self) -> list[tuple[str, str, str]]:
+    def listed(self, http=requests) -> list[tuple[str, str, str]]:
         """(node, tier, endpoint) of half_plus_two in GET /services for zone z-a (not recorded)."""
-        answer = requests.get(f"{self.url}/services", headers={"X-Client-Zone": "z-a"}, timeout=10)
+        answer = http.get(f"{self.url}/services", headers={"X-Client-Zone": "z-a"}, timeout=10)
         assert answer.status_code == 200, answer.text
         return [(s["node"], s["tier"], s["endpoint"]) for s in answer.json()["services"] if s["model"] == HP2]
 
     def steadily(self, check, what: str) -> None:
-        """Wait until `check` holds for eight answers in a row (so every gunicorn worker agrees)."""
-        wait_for(lambda: all(check() for _ in range(8)), timeout=30, what=what)
+        """Wait until `check(http)` holds in every gunicorn worker."""
+        wait_for(lambda: self.frontend.every_worker(check), timeout=30, what=what)
 
     def predict(self) -> requests.Response:
         return requests.post(f"{self.url}/services/{HP2}/v1/models/{HP2}:predict", json=BODY,
@@ -105,7 +105,7 @@ class Site:
         """Record `count` real proxied requests from zone z-a (half_plus_two on edge a serves them)."""
         self.cluster.deploy(HP2, self.a)
         self.standin.wait_serving(HP2, self.a, timeout=60)
-        self.steadily(lambda: [row[:2] for row in self.listed()] == [(self.a, "edge")], "half_plus_two on a")
+        self.steadily(lambda http: [row[:2] for row in self.listed(http)] == [(self.a, "edge")], "half_plus_two on a")
         with ThreadPoolExecutor(max_workers=4) as pool:
             codes = list(pool.map(lambda _: self.predict().status_code, range(count)))
         assert codes == [200] * count
@@ -197,7 +197,7 @@ def test_backend_uses_the_cloud_when_it_is_cheaper_and_not_once_a_cost_makes_it_
     assert {(p.spec.node_name, p.status.phase) for p in pods if not p.metadata.deletion_timestamp} == {
         (site.c, "Running")}
     assert site.weights() == {site.c: 1.0}
-    site.steadily(lambda: site.listed() and site.listed()[0][:2] == (site.c, "cloud"), "the cloud in /services")
+    site.steadily(lambda http: [row[:2] for row in site.listed(http)][:1] == [(site.c, "cloud")], "the cloud in /services")
     site.standin.wait_serving(HP2, site.c, timeout=60)     # (KWOK marks pods Ready before the stand-in serves)
     answer = site.predict()
     assert answer.status_code == 200 and answer.headers["X-Served-By"] == site.c
@@ -242,7 +242,7 @@ def test_frontend_lists_the_cloud_tier_and_falls_back_to_it(kube, catalog, stand
         site.cluster.deploy(HP2, node)
         site.standin.wait_serving(HP2, node, timeout=60)
     # the edge instance first, although the cloud node's CPU fraction (0.05/32) is far below a's (0.05/0.3)
-    site.steadily(lambda: site.choice() == (site.a, "edge"), "the edge instance chosen")
+    site.steadily(lambda http: site.choice(http) == (site.a, "edge"), "the edge instance chosen")
     assert [row[:2] for row in site.listed()] == [(site.a, "edge")]
     memory = {n["node"]: n for n in requests.get(f"{site.url}/stats/memory", headers=AUTH, timeout=10).json()["nodes"]}
     assert {name: memory[name]["tier"] for name in (site.a, site.b, site.c)} == {
@@ -266,7 +266,7 @@ def test_frontend_lists_the_cloud_tier_and_falls_back_to_it(kube, catalog, stand
         # overloaded: 0.05 + 0.2 + 0.05 cores requested of a's 0.3 -> the cloud instance
         site.cluster.deploy(FOREST, site.a)
         site.cluster.deploy(HP3, site.a)
-        site.steadily(lambda: site.choice() == (site.c, "cloud"), "the cloud chosen once a is overloaded")
+        site.steadily(lambda http: site.choice(http) == (site.c, "cloud"), "the cloud chosen once a is overloaded")
         endpoint = site.cluster.deployments()
         cloud_endpoint = next(d.endpoint for d in endpoint if (d.model, d.node) == (HP2, site.c))
         assert site.listed() == [(site.c, "cloud", cloud_endpoint)]
@@ -276,16 +276,16 @@ def test_frontend_lists_the_cloud_tier_and_falls_back_to_it(kube, catalog, stand
         assert set(served[mark + 2:]) == {site.c}
 
         site.cluster.remove(FOREST, site.a)          # below the line again: back to the edge
-        site.steadily(lambda: site.choice() == (site.a, "edge"), "the edge chosen again")
+        site.steadily(lambda http: site.choice(http) == (site.a, "edge"), "the edge chosen again")
 
         kube.set_node_ready(site.a, False)           # NotReady: the cloud instance
-        site.steadily(lambda: site.choice() == (site.c, "cloud"), "the cloud chosen once a is NotReady")
+        site.steadily(lambda http: site.choice(http) == (site.c, "cloud"), "the cloud chosen once a is NotReady")
         mark = len(served)
         wait_for(lambda: len(served) >= mark + 10, timeout=30, what="predictions while a is NotReady")
         assert set(served[mark + 2:]) == {site.c}
 
         kube.set_node_ready(site.a, True)
-        site.steadily(lambda: site.choice() == (site.a, "edge"), "the edge chosen once a is Ready")
+        site.steadily(lambda http: site.choice(http) == (site.a, "edge"), "the edge chosen once a is Ready")
         mark = len(served)
         wait_for(lambda: len(served) >= mark + 10, timeout=30, what="predictions from the edge again")
         assert set(served[mark + 2:]) == {site.a}

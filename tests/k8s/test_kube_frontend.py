@@ -10,21 +10,16 @@ MODEL = "half_plus_two"
 AUTH = {"Authorization": f"Bearer {FRONTEND_TOKEN}"}
 
 
-def _services(url: str) -> list[dict]:
-    answer = requests.get(f"{url}/services", timeout=10)
+def _services(url: str, http=requests) -> list[dict]:
+    answer = http.get(f"{url}/services", timeout=10)
     assert answer.status_code == 200, answer.text
     return answer.json()["services"]
 
 
-def _choice(url: str, model: str) -> dict:
-    answer = requests.get(f"{url}/services/{model}", timeout=10)
+def _choice(url: str, model: str, http=requests) -> dict:
+    answer = http.get(f"{url}/services/{model}", timeout=10)
     assert answer.status_code == 200, answer.text
     return answer.json()
-
-
-def _every_worker(url: str, check, *, rounds: int = 8) -> bool:
-    """True when `check` holds for several answers in a row (so every gunicorn worker agrees)."""
-    return all(check() for _ in range(rounds))
 
 
 def test_new_deployment_appears_in_services_without_restart(kube, frontend_factory):
@@ -34,7 +29,7 @@ def test_new_deployment_appears_in_services_without_restart(kube, frontend_facto
 
     cluster = kube.cluster()
     dep = cluster.deploy(MODEL, node_a)
-    wait_for(lambda: _every_worker(frontend.url, lambda: [s["endpoint"] for s in _services(frontend.url)]
+    wait_for(lambda: frontend.every_worker(lambda http: [s["endpoint"] for s in _services(frontend.url, http)]
                                    == [dep.endpoint]), timeout=30, what="the new deployment in /services")
     listed = _services(frontend.url)[0]
     assert listed["model"] == MODEL and listed["node"] == node_a
@@ -42,13 +37,13 @@ def test_new_deployment_appears_in_services_without_restart(kube, frontend_facto
     assert listed["url"] == f"http://{dep.endpoint}/v1/models/{MODEL}"
 
     second = cluster.deploy("digits_logreg", node_b)
-    wait_for(lambda: _every_worker(frontend.url, lambda: {(s["model"], s["node"]) for s in _services(frontend.url)}
+    wait_for(lambda: frontend.every_worker(lambda http: {(s["model"], s["node"]) for s in _services(frontend.url, http)}
                                    == {(MODEL, node_a), ("digits_logreg", node_b)}),
              timeout=30, what="the second deployment in /services")
     assert _choice(frontend.url, "digits_logreg")["endpoint"] == second.endpoint
 
     cluster.remove("digits_logreg", node_b)          # and a removed one disappears
-    wait_for(lambda: _every_worker(frontend.url, lambda: {s["model"] for s in _services(frontend.url)} == {MODEL}),
+    wait_for(lambda: frontend.every_worker(lambda http: {s["model"] for s in _services(frontend.url, http)} == {MODEL}),
              timeout=30, what="the removed deployment gone from /services")
 
 
@@ -79,14 +74,14 @@ def test_lowest_cpu_choice_follows_the_cluster_cpu(kube, frontend_factory):
     cluster.deploy(MODEL, node_b)
     cluster.deploy("digits_forest", node_a)          # node a is the busier one
     frontend = frontend_factory(policy="lowest-cpu")
-    wait_for(lambda: _every_worker(frontend.url, lambda: _choice(frontend.url, MODEL)["node"] == node_b),
+    wait_for(lambda: frontend.every_worker(lambda http: _choice(frontend.url, MODEL, http)["node"] == node_b),
              timeout=30, what="lowest-cpu picks node b")
     usage = {n.name: n.cpu_usage for n in cluster.nodes()}
     assert usage[node_a] > usage[node_b] > 0
 
     cluster.deploy("digits_forest", node_b)           # now node b carries more
     cluster.deploy("digits_logreg", node_b)
-    wait_for(lambda: _every_worker(frontend.url, lambda: _choice(frontend.url, MODEL)["node"] == node_a),
+    wait_for(lambda: frontend.every_worker(lambda http: _choice(frontend.url, MODEL, http)["node"] == node_a),
              timeout=30, what="lowest-cpu switches to node a")
 
 
@@ -97,18 +92,20 @@ def test_not_ready_node_is_never_returned(kube, frontend_factory):
     cluster.deploy(MODEL, node_b)
     cluster.deploy("digits_forest", node_b)           # lowest-cpu alone would prefer node a
     frontend = frontend_factory(policy="lowest-cpu")
-    wait_for(lambda: _every_worker(frontend.url, lambda: _choice(frontend.url, MODEL)["node"] == node_a),
+    wait_for(lambda: frontend.every_worker(lambda http: _choice(frontend.url, MODEL, http)["node"] == node_a),
              timeout=30, what="node a chosen while ready")
 
+    def only_b(http) -> bool:
+        return (_choice(frontend.url, MODEL, http)["node"] == node_b
+                and node_a not in {s["node"] for s in _services(frontend.url, http)})
+
     kube.set_node_ready(node_a, False)
-    wait_for(lambda: _every_worker(frontend.url, lambda: _choice(frontend.url, MODEL)["node"] == node_b),
-             timeout=30, what="node b chosen once node a is NotReady")
-    for _ in range(30):                               # never node a, whichever worker answers
-        assert _choice(frontend.url, MODEL)["node"] == node_b
-        assert node_a not in {s["node"] for s in _services(frontend.url)}
+    wait_for(lambda: frontend.every_worker(only_b), timeout=30, what="node b chosen once node a is NotReady")
+    for _ in range(10):                               # and never node a again, in any worker
+        assert frontend.every_worker(only_b)
     memory = requests.get(f"{frontend.url}/stats/memory", headers=AUTH, timeout=10).json()["nodes"]
     assert {r["node"]: r["ready"] for r in memory}[node_a] is False
 
     kube.set_node_ready(node_a, True)
-    wait_for(lambda: _every_worker(frontend.url, lambda: _choice(frontend.url, MODEL)["node"] == node_a),
+    wait_for(lambda: frontend.every_worker(lambda http: _choice(frontend.url, MODEL, http)["node"] == node_a),
              timeout=30, what="node a chosen again once Ready")

@@ -148,15 +148,15 @@ def test_estimate_when_metrics_k8s_io_is_unavailable_or_removed(kube, standin_fa
         metrics_server.wait_available()
 
 
-def _choice(url: str) -> str:
-    answer = requests.get(f"{url}/services/{MODEL}", timeout=10)
+def _choice(url: str, http=requests) -> str:
+    answer = http.get(f"{url}/services/{MODEL}", timeout=10)
     assert answer.status_code == 200, answer.text
     return answer.json()["node"]
 
 
-def _frontend_cpu(url: str) -> dict[str, float]:
+def _frontend_cpu(url: str, http=requests) -> dict[str, float]:
     """Node CPU as the answering front-end worker sees it (GET /stats/memory)."""
-    answer = requests.get(f"{url}/stats/memory", headers={"Authorization": f"Bearer {FRONTEND_TOKEN}"}, timeout=10)
+    answer = http.get(f"{url}/stats/memory", headers={"Authorization": f"Bearer {FRONTEND_TOKEN}"}, timeout=10)
     assert answer.status_code == 200, answer.text
     return {row["node"]: row["cpu_usage"] for row in answer.json()["nodes"]}
 
@@ -167,16 +167,16 @@ def test_lowest_cpu_dispatch_follows_metrics_server(two_nodes, kube, frontend_fa
     node_a, node_b, cluster, standin, endpoints = two_nodes
     cluster.deploy("digits_forest", node_a)
     frontend = frontend_factory(policy="lowest-cpu", cluster_settings={"metrics_seconds": 0.5})
-    every_worker = lambda check: all(check() for _ in range(8))  # noqa: E731
+    every_worker = frontend.every_worker
 
     with Load(endpoints[node_b]):                  # node b is the one really working
         wait_for(lambda: _one_busy(_api_cpu(metrics_server, node_a, node_b), node_b, node_a), timeout=60,
                  what="node b busy, node a idle in metrics.k8s.io")
-        wait_for(lambda: every_worker(lambda: _choice(frontend.url) == node_a), timeout=30,
+        wait_for(lambda: every_worker(lambda http: _choice(frontend.url, http) == node_a), timeout=30,
                  what="lowest-cpu picks node a while node b is loaded")
-        assert every_worker(lambda: _one_busy(_frontend_cpu(frontend.url), node_b, node_a))
+        assert every_worker(lambda http: _one_busy(_frontend_cpu(frontend.url, http), node_b, node_a))
     with Load(endpoints[node_a]):
         wait_for(lambda: _one_busy(_api_cpu(metrics_server, node_a, node_b), node_a, node_b), timeout=60,
                  what="node a busy, node b idle in metrics.k8s.io")
-        wait_for(lambda: every_worker(lambda: _choice(frontend.url) == node_b), timeout=30,
+        wait_for(lambda: every_worker(lambda http: _choice(frontend.url, http) == node_b), timeout=30,
                  what="lowest-cpu moves to node b once node a is loaded")
