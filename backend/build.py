@@ -48,7 +48,7 @@ import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from typing import TYPE_CHECKING
 
@@ -115,6 +115,18 @@ class Built:
     summary: dict = field(default_factory=dict)    # counts for the report
     measured_rtt: dict[str, dict[str, float]] = field(default_factory=dict)   # the measured entries of the
     #                                                rtt table used ({zone: {node: s}}): pushed with the plan
+    queueing: "QueueingInputs | None" = None       # `latency`: what solver.predict needs beyond the problem
+
+
+@dataclass(frozen=True)
+class QueueingInputs:
+    """The measured figures a latency prediction uses beside the problem (solver.predict): each
+    model's low-load service time and service-time variability per node (the catalog's profile)
+    and its arrivals' index of dispersion (the front-end's per-second counts; empty: unknown)."""
+
+    idle: dict[str, dict[str, float]]
+    scv: dict[str, dict[str, float]]
+    dispersion: dict[str, float]
 
 
 def _zone(row: RequestStat) -> str:
@@ -346,22 +358,26 @@ RISE_SIGMAS = 2.0        # a recent count this many Poisson deviations above the
 
 
 def recent_peaks(counts: dict[tuple[str, str], int], recent: dict[tuple[str, str], int], *,
-                 scale: float) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
+                 scale: float, dispersion: Mapping[str, float] | None = None,
+                 ) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
     """Return (counts, the groups raised): a group whose recent count is a significant rise over
     its pace in the window gets its recent count scaled to the window (`scale` = window seconds /
     recent seconds).
 
     Why: a window's mean lags a rise in load by up to the window, and the load-aware plan is sized
     by it, so for that long the instances run above the utilisation they were planned for. Why a
-    significant rise only (more than RISE_SIGMAS Poisson deviations above the count the window's
-    pace predicts for the recent seconds): the larger of two noisy estimates is biased upwards, so
-    under a steady load it would plan, and predict, for more than arrives. A fall is followed by
-    the window alone."""
+    significant rise only (more than RISE_SIGMAS deviations above the count the window's pace
+    predicts for the recent seconds): the larger of two noisy estimates is biased upwards, so under
+    a steady load it would plan, and predict, for more than arrives. A deviation is Poisson's
+    sqrt(expected), times sqrt(the model's index of dispersion) when its arrivals are burstier
+    (`dispersion`, model -> IDC): a burst is not a rise. A fall is followed by the window alone."""
     raised = dict(counts)
     peaks = {}
+    dispersion = dispersion or {}
     for key, count in recent.items():
         expected = raised.get(key, 0) / scale
-        if count <= expected + RISE_SIGMAS * math.sqrt(max(expected, 1.0)):
+        spread = max(1.0, dispersion.get(key[0], 1.0))
+        if count <= expected + RISE_SIGMAS * math.sqrt(max(expected, 1.0) * spread):
             continue
         scaled = math.ceil(count * scale - 1e-9)
         if scaled > raised.get(key, 0):
@@ -389,6 +405,7 @@ def build_problem(*, requests: list[RequestStat], nodes: list[NodeMemory], catal
     ready = [n for n in nodes if n.ready]
     node_names = [n.node for n in ready]
     known = set(catalog.names())
+    dispersion = summary.dispersion if summary is not None else {}    # rows: not measured
     if summary is not None:
         counts, unknown = group_summary(summary.groups, known)
     else:
@@ -399,7 +416,8 @@ def build_problem(*, requests: list[RequestStat], nodes: list[NodeMemory], catal
     peaks: dict[tuple[str, str], int] = {}
     if settings.formulation == "latency" and settings.rate_window > 0 and recent is not None:
         counts, peaks = recent_peaks(counts, group_summary(recent.groups, known)[0],
-                                     scale=observed / _span(recent, settings.rate_window))
+                                     scale=observed / _span(recent, settings.rate_window),
+                                     dispersion=dispersion)
     keys = sorted(counts)
     zones = sorted({zone for _, zone in keys})
     # RTT: network only (the clients' reports) and execution time once (exec_table), unless the
@@ -474,4 +492,20 @@ def build_problem(*, requests: list[RequestStat], nodes: list[NodeMemory], catal
         if settings.rate_window > 0:
             summary["rate_window_seconds"] = settings.rate_window
             summary["rates_from_recent"] = sorted(f"{model}/{zone}" for model, zone in peaks)
-    return Built(problem=problem, groups=keys, summary=summary, measured_rtt=measured_part(rtt, measured=measured))
+    queueing = None
+    if latency:
+        queueing = queueing_inputs(catalog, ready, dispersion=dispersion)
+        summary["dispersion"] = {m: round(d, 3) for m, d in sorted(queueing.dispersion.items())}
+    return Built(problem=problem, groups=keys, summary=summary, measured_rtt=measured_part(rtt, measured=measured),
+                 queueing=queueing)
+
+
+def queueing_inputs(catalog: Catalog, nodes: list[NodeMemory], *, dispersion: Mapping[str, float]) -> QueueingInputs:
+    """The catalog's low-load pace and variability per (model, node) by node class, and `dispersion`."""
+    idle: dict[str, dict[str, float]] = {}
+    scv: dict[str, dict[str, float]] = {}
+    for spec in catalog:
+        idle[spec.name] = {n.node: spec.idle_time_on(n.node_class or "") for n in nodes}
+        measured = {n.node: spec.scv_on(n.node_class or "") for n in nodes}
+        scv[spec.name] = {node: v for node, v in measured.items() if v is not None}
+    return QueueingInputs(idle=idle, scv=scv, dispersion=dict(dispersion))

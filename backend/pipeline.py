@@ -125,6 +125,23 @@ def _solve(problem, cfg: RunConfig) -> _Solved:
                    float(solution.seconds), list(solution.assignment), solution.message or "", warnings)
 
 
+def _prediction(built, solved: _Solved) -> dict[str, float | None]:
+    """Mean latency per request (s) the plan should give: `pooled` under expected-delay dispatch,
+    `split` under plan/random dispatch (solver.predict), and `objective` (the solver's own M/M/1
+    figure, costs included). None where the load would be at or above capacity."""
+    from solver.predict import DISPATCHES, predicted_mean
+
+    q = built.queueing
+    out: dict[str, float | None] = {}
+    for dispatch in DISPATCHES:
+        mean = predicted_mean(built.problem, solved.assignment, dispatch=dispatch, idle=q.idle,
+                              dispersion=q.dispersion, scv=q.scv)
+        out[dispatch] = None if mean is None else round(mean, 6)
+    requests = built.problem.total_requests
+    out["objective"] = round(solved.objective / requests, 6) if solved.objective is not None and requests else None
+    return out
+
+
 def _plan_problems(plan_doc: dict) -> list[str]:
     """What is wrong with a plan body by the contract both sides share (common/plan_body.py)."""
     from common.plan_body import PlanBody, plan_problems
@@ -286,6 +303,8 @@ def _run_with(cfg: RunConfig, report: RunReport, finish, *, client: FrontendClie
                      "seconds": round(solved.seconds, 6), "message": solved.message}
     if not ok:
         report.errors.append(f"solve {solved.status}: {solved.message or 'no message'}; nothing deleted")
+    elif built.queueing is not None and solved.assignment:
+        report.prediction = _prediction(built, solved)
 
     # --- plan (pure) --------------------------------------------------------------------------
     now = time.time()

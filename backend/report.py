@@ -1,7 +1,7 @@
 """The one JSON document a run leaves behind (stdout or --report FILE).
 
 Fields: when and how it ran, a summary of its inputs, the solver's outcome (status, objective,
-bound, seconds), the plan, each action with its time, the total provisioning latency (the
+bound, seconds), the predicted mean latency of its plan (`latency` formulation), the plan, each action with its time, the total provisioning latency (the
 quantity of thesis Tables 6.4 and 6.5: from the start of the provisioning step to its end, the
 solver excluded), whether the dispatch plan reached the front-end, and every error.
 """
@@ -33,6 +33,7 @@ class RunReport:
     finished: float | None = None
     inputs: dict[str, Any] = field(default_factory=dict)
     solver: dict[str, Any] = field(default_factory=dict)
+    prediction: dict[str, Any] = field(default_factory=dict)   # `latency`: backend.pipeline._prediction
     plan: dict[str, Any] = field(default_factory=dict)
     actions: list[dict[str, Any]] = field(default_factory=list)
     provisioning_seconds: float | None = None
@@ -62,6 +63,7 @@ class RunReport:
             "frontend": self.frontend,
             "inputs": self.inputs,
             "solver": self.solver,
+            "prediction": self.prediction or None,
             "plan": self.plan,
             "actions": self.actions,
             "summary": counts,

@@ -121,19 +121,33 @@ def _read_report(path: Path) -> dict | None:
     return doc if isinstance(doc, dict) and "solver" in doc else None
 
 
-def _backend_runs(reports: list[dict], started_at: float) -> list[dict]:
-    """One entry per back-end run report: when, solver status and time, predicted mean latency."""
+# The back-end's latency prediction that matches a front-end dispatch policy (solver.predict):
+# expected-delay spreads each model's requests over its instances as one pool; plan and random draw
+# each request by weight. Other policies (and the fixed-time formulations) are predicted by the
+# objective itself: rtt + execution time per request.
+PREDICTION_FOR_POLICY = {"expected-delay": "pooled", "plan": "split", "random": "split"}
+
+
+def _backend_runs(reports: list[dict], started_at: float, *, policy: str | None = None) -> list[dict]:
+    """One entry per back-end run report: when, solver status and time, predicted mean latency
+    (`predicted_mean`: the prediction for the front-end's `policy` when the report has one, else the
+    objective per request; `objective_mean`: the objective per request)."""
     runs = []
     for report in reports:
         solver = report.get("solver") or {}
         inputs = report.get("inputs") or {}
         requests = inputs.get("requests") or 0
         objective = solver.get("objective")
+        objective_mean = (objective / requests) if objective is not None and requests else None
+        prediction = report.get("prediction")
+        predicted = objective_mean
+        if prediction and PREDICTION_FOR_POLICY.get(policy or "") in prediction:
+            predicted = prediction[PREDICTION_FOR_POLICY[policy]]
         runs.append({
             "t": round((report.get("started") or started_at) - started_at, 3),
             "status": solver.get("status"), "solver": solver.get("name"), "seconds": solver.get("seconds"),
             "objective": objective, "requests": requests,
-            "predicted_mean": (objective / requests) if objective is not None and requests else None,
+            "predicted_mean": predicted, "objective_mean": objective_mean,
             "provisioned": (report.get("summary") or {}).get("provisioned", 0),
             "deleted": (report.get("summary") or {}).get("deleted", 0),
             "errors": report.get("errors") or [],
@@ -281,7 +295,7 @@ def run_strategy(scenario: Scenario, strategy: Strategy, trace: list[Arrival], w
             reports.setdefault(last["started"], last)
         runs = [reports[k] for k in sorted(reports) if k >= started - 1]
         return StrategyRun(name=strategy.name, clients=results, samples=samples,
-                           backend_runs=_backend_runs(runs, results.started_at),
+                           backend_runs=_backend_runs(runs, results.started_at, policy=strategy.policy),
                            started_at=results.started_at, setup_seconds=setup, limits=limits)
     finally:
         system.stop()

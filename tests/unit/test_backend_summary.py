@@ -188,6 +188,12 @@ def test_recent_peaks_raise_only_the_groups_that_rose():
     assert counts == {("m", "z1"): 60, ("m", "z2"): 30, ("m", "z3"): 30, ("n", "z1"): 12}
     assert raised == {("m", "z1"): 60, ("n", "z1"): 12}
     assert recent_peaks({("m", "z1"): 30}, {("m", "z1"): 1}, scale=3.0)[1] == {}
+    # bursty arrivals (index of dispersion 9): a deviation is 3 Poisson ones, so 20 is a burst, 40 a rise
+    bursty = {"m": 9.0}
+    assert recent_peaks({("m", "z1"): 30}, {("m", "z1"): 20}, scale=3.0, dispersion=bursty)[1] == {}
+    assert recent_peaks({("m", "z1"): 30}, {("m", "z1"): 40}, scale=3.0, dispersion=bursty)[1] == {("m", "z1"): 120}
+    assert recent_peaks({("m", "z1"): 30}, {("m", "z1"): 20}, scale=3.0, dispersion={"m": 0.2})[1] == {
+        ("m", "z1"): 60}                                 # smoother than Poisson: never a narrower test than Poisson's
 
 
 def test_collect_reads_the_recent_summary_only_when_asked():

@@ -4,7 +4,9 @@ import json
 from pathlib import Path
 
 from testbed.clients import ClientResults, RequestRecord
-from testbed.report import latency_stats, write_results
+import pytest
+
+from testbed.report import PREDICTION_LAG, latency_stats, write_results
 from testbed.runner import StrategyRun, _backend_runs, _read_report, spread_placement
 from testbed.scenario import load_scenario
 from testbed.strategies import STRATEGIES, backend_flags
@@ -53,11 +55,23 @@ def test_backend_runs_come_from_the_run_reports(tmp_path):
     assert _read_report(path) == report and _read_report(tmp_path / "missing.json") is None
     runs = _backend_runs([report], started_at=100.0)
     assert runs == [{"t": 5.0, "status": "optimal", "solver": "highs", "seconds": 0.01, "objective": 2.0,
-                     "requests": 40, "predicted_mean": 0.05, "provisioned": 2, "deleted": 0, "errors": []}]
+                     "requests": 40, "predicted_mean": 0.05, "objective_mean": 0.05, "provisioned": 2,
+                     "deleted": 0, "errors": []}]
+    # a latency run's report carries predictions per dispatch: the one for the front-end's policy is used
+    latency = {**report, "prediction": {"pooled": 0.03, "split": 0.04, "objective": 0.05}}
+    assert _backend_runs([latency], started_at=100.0, policy="expected-delay")[0]["predicted_mean"] == 0.03
+    assert _backend_runs([latency], started_at=100.0, policy="plan")[0]["predicted_mean"] == 0.04
+    assert _backend_runs([latency], started_at=100.0, policy="random")[0]["predicted_mean"] == 0.04
+    nearest = _backend_runs([latency], started_at=100.0, policy="nearest")[0]
+    assert nearest["predicted_mean"] == nearest["objective_mean"] == 0.05
+    overload = {**report, "prediction": {"pooled": None, "split": None, "objective": 0.05}}
+    assert _backend_runs([overload], started_at=100.0, policy="expected-delay")[0]["predicted_mean"] is None
 
 
 def test_results_document_has_the_promised_shape(tmp_path):
-    scenario = load_scenario(SMOKE)
+    smoke = load_scenario(SMOKE)               # phases of 10 s; twice as long, so one holds a run PREDICTION_LAG in
+    scenario = dataclasses.replace(smoke, phases=tuple(dataclasses.replace(p, start=2 * p.start, duration=2 * p.duration)
+                                                       for p in smoke.phases))
     trace = generate_trace(scenario)
     runs = []
     for name, base in (("ours", 0.010), ("kubernetes", 0.030)):
@@ -69,8 +83,11 @@ def test_results_document_has_the_promised_shape(tmp_path):
                    for i, a in enumerate(trace)]
         clients = ClientResults(mode="lookup", frontend="http://x", scheduled=len(trace), records=records,
                                 seconds=scenario.duration, started_at=1000.0, timeout=10.0, slo=scenario.slo)
+        lag = PREDICTION_LAG
         runs.append(StrategyRun(name=name, clients=clients, samples=[{"t": 0.0, "instances": 1}],
-                                backend_runs=[{"t": 1.0, "predicted_mean": base, "requests": 10, "seconds": 0.01}]))
+                                backend_runs=[{"t": lag - 1, "predicted_mean": 1.0, "requests": 10, "seconds": 0.01},
+                                              {"t": lag, "predicted_mean": base, "objective_mean": 2 * base,
+                                               "requests": 10, "seconds": 0.01}]))
     doc = write_results(scenario, trace, runs, tmp_path, mode="lookup", every=10.0)
     saved = json.loads((tmp_path / "results.json").read_text())
     for name in ("ours", "kubernetes"):
@@ -84,8 +101,11 @@ def test_results_document_has_the_promised_shape(tmp_path):
     assert "| kubernetes |" in (tmp_path / "results.md").read_text()
     for plot in ("latency_cdf.png", "p95_over_time.png", "instances_over_time.png"):
         assert (tmp_path / plot).stat().st_size > 1000
-    assert doc["strategies"]["ours"]["predicted_mean"] == 0.01
     ours = doc["strategies"]["ours"]
+    assert ours["predicted_mean"] == pytest.approx((1.0 + 0.01) / 2)           # every run, over the whole trace
+    # a phase's prediction: the runs made PREDICTION_LAG s or more into it (the first planned for the phase before)
+    assert ours["phases"][0]["predicted_mean"] == 0.01 and ours["phases"][0]["objective_mean"] == 0.02
+    assert "(pred 10.0, obj 20.0, ach" in (tmp_path / "results.md").read_text()
     assert ours["achieved_mean_ok"] == 0.01 and ours["achieved_call_mean_ok"] == 0.008   # the lookup left out
     assert saved["initial"] == "spread" and "call 8.0" in (tmp_path / "results.md").read_text()
 

@@ -1,0 +1,136 @@
+"""solver.predict: a plan's mean latency under its dispatch, against the objective and simulations.
+
+- with the defaults (idle = back-to-back pace, Poisson arrivals, exponential service, `split`) it is
+  the `latency` objective's own M/M/1 figure, checked on real solves;
+- `pooled` is M/M/k: against the Erlang C values in closed form and a simulated central queue;
+- `split` with bursty arrivals against a simulated G/G/1 (Kingman's formula is an approximation:
+  the tolerance says how close it is here);
+- the idle pace, the dispersion and overload each change the answer as documented.
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+
+from solver import Assignment, Problem, solve
+from solver.predict import erlang_c, predicted_mean
+from tests.unit.test_solver_latency import tiny_latency
+
+
+def one_model(count: int, nodes: int, *, s: float = 0.1, window: float = 100.0) -> tuple[Problem, list[Assignment]]:
+    """`count` requests of model m spread evenly over `nodes` nodes 10 ms away."""
+    names = [f"n{j}" for j in range(nodes)]
+    problem = Problem.from_dict({
+        "formulation": "latency", "window": window,
+        "nodes": [{"name": n, "memory": 100, "cpu": 8} for n in names],
+        "models": [{"name": "m", "memory": 10, "cpu": 0.01}],
+        "requests": [{"model": "m", "count": count, "rtt": {n: 0.01 for n in names}}],
+        "exec_time": {"m": {n: s for n in names}}})
+    share, extra = divmod(count, nodes)
+    return problem, [Assignment(0, n, share + (j < extra)) for j, n in enumerate(names)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_defaults_reproduce_the_objective_of_a_real_solve(seed):
+    problem = tiny_latency(seed, window=20.0)
+    problem = dataclasses.replace(problem, nodes=[dataclasses.replace(n, cost_per_request=0.0,
+                                                                      cost_per_instance_hour=0.0)
+                                                  for n in problem.nodes])
+    solution = solve(problem, solver="highs")
+    assert solution.status == "optimal"
+    mean = predicted_mean(problem, solution.assignment, dispatch="split")
+    assert mean == pytest.approx(solution.objective / problem.total_requests, rel=1e-9)
+
+
+def test_erlang_c_closed_forms():
+    assert erlang_c(1, 0.7) == pytest.approx(0.7)                  # M/M/1: P(wait) = rho
+    assert erlang_c(2, 1.0) == pytest.approx(1 / 3)                # M/M/2 at a = 1: a^2 / (2 + a) / ... = 1/3
+    assert erlang_c(3, 0.0) == 0.0
+    assert erlang_c(1000, 900.0) < erlang_c(10, 9.0) < erlang_c(2, 1.8)   # pooling: fewer wait
+
+
+def test_pooled_one_instance_is_split():
+    problem, assignment = one_model(600, 1)                         # 6 req/s at 0.1 s: rho 0.6
+    pooled = predicted_mean(problem, assignment, dispatch="pooled")
+    assert pooled == pytest.approx(predicted_mean(problem, assignment, dispatch="split"))
+    assert pooled == pytest.approx(0.01 + 0.1 / (1 - 0.6))
+
+
+def _mmk_wait(rate: float, servers: int, service: float, n: int, seed: int) -> float:
+    """Mean wait in a simulated FCFS central queue with Poisson arrivals and exponential service."""
+    rng = random.Random(seed)
+    free = [0.0] * servers
+    t = total = 0.0
+    for _ in range(n):
+        t += rng.expovariate(rate)
+        k = min(range(servers), key=free.__getitem__)
+        start = max(t, free[k])
+        total += start - t
+        free[k] = start + rng.expovariate(1 / service)
+    return total / n
+
+
+def test_pooled_is_the_simulated_central_queue():
+    problem, assignment = one_model(3200, 4)                       # 32 req/s over 4 x 10/s: rho 0.8
+    mean = predicted_mean(problem, assignment, dispatch="pooled")
+    wait = mean - 0.01 - 0.1
+    simulated = _mmk_wait(32.0, 4, 0.1, 200_000, seed=1)
+    assert wait == pytest.approx(simulated, rel=0.08)
+    split = predicted_mean(problem, assignment, dispatch="split") - 0.01 - 0.1
+    assert split == pytest.approx(0.1 * 0.8 / 0.2) and wait < split / 3   # pooling queues far less
+
+
+def _gamma_deterministic_wait(rate: float, cv: float, service: float, n: int, seed: int) -> float:
+    """Mean wait of a single FCFS server, Gamma inter-arrivals with coefficient of variation cv,
+    a fixed service time (Lindley's recursion)."""
+    rng = random.Random(seed)
+    shape = 1 / cv ** 2
+    w = total = 0.0
+    for _ in range(n):
+        gap = rng.gammavariate(shape, 1 / (shape * rate))
+        w = max(0.0, w + service - gap)
+        total += w
+    return total / n
+
+
+def test_split_with_bursts_is_kingman_near_a_simulated_gg1():
+    problem, assignment = one_model(800, 1)                         # 80% busy, one instance
+    scv = {"m": {"n0": 0.0}}                                        # fixed service time
+    poisson = predicted_mean(problem, assignment, dispatch="split", scv=scv) - 0.01 - 0.1
+    bursty = predicted_mean(problem, assignment, dispatch="split", scv=scv, dispersion={"m": 4.0}) - 0.01 - 0.1
+    assert bursty == pytest.approx(4 * poisson)                      # (4 + 0) / 2 against (1 + 0) / 2
+    assert poisson == pytest.approx(0.1 * 0.8 / 0.2 / 2)            # M/D/1: half of M/M/1
+    simulated = _gamma_deterministic_wait(8.0, 2.0, 0.1, 300_000, seed=2)
+    assert bursty == pytest.approx(simulated, rel=0.15)            # Kingman: 0.80 s here, simulated 0.89
+
+
+def test_a_random_share_of_a_bursty_stream_is_smoother():
+    problem, assignment = one_model(1000, 2)                        # 10 req/s over two: rho 0.5 each
+    got = predicted_mean(problem, assignment, dispatch="split", dispersion={"m": 9.0}) - 0.01 - 0.1
+    # each instance gets half the stream: c_a^2 = 0.5 * 9 + 0.5 = 5, waiting factor (5 + 1) / 2 = 3
+    assert got == pytest.approx(0.1 * 0.5 / 0.5 * 3)
+
+
+def test_idle_pace_at_low_load_and_the_back_to_back_pace_near_saturation():
+    idle = {"m": {"n0": 0.06}}
+    problem, light = one_model(1, 1, window=10_000.0)               # rho 1e-5
+    assert predicted_mean(problem, light, dispatch="split", idle=idle) == pytest.approx(0.01 + 0.06, rel=1e-3)
+    problem, busy = one_model(800, 1)                               # rho 0.8: 0.06 + 0.04 * 0.8 of service
+    got = predicted_mean(problem, busy, dispatch="split", idle=idle)
+    assert got == pytest.approx(0.01 + 0.06 + 0.04 * 0.8 + 0.1 * 0.8 / 0.2)
+    faster_than_b2b = {"m": {"n0": 0.5}}                            # an idle figure above b2b is capped at it
+    assert predicted_mean(problem, busy, dispatch="split", idle=faster_than_b2b) == pytest.approx(
+        predicted_mean(problem, busy, dispatch="split"))
+
+
+def test_overload_unknown_window_nothing_assigned_and_a_bad_dispatch():
+    problem, assignment = one_model(1000, 1)                        # 10 req/s at 0.1 s: rho 1
+    assert predicted_mean(problem, assignment, dispatch="split") is None
+    assert predicted_mean(problem, assignment, dispatch="pooled") is None
+    problem, assignment = one_model(100, 2)
+    assert predicted_mean(dataclasses.replace(problem, window=None), assignment, dispatch="pooled") is None
+    assert predicted_mean(problem, [], dispatch="pooled") is None
+    with pytest.raises(ValueError, match="dispatch must be one of pooled, split"):
+        predicted_mean(problem, assignment, dispatch="random")
