@@ -27,7 +27,7 @@ from common.validation import (Checked, Flag, Number, Text, ValidationError, che
 __all__ = [
     "FrontendError", "RequestStat", "InstanceStat", "ModelStat", "NodeMemory", "Observed",
     "GroupStat", "DurationStat", "RttStat", "Summary", "BUCKET_SECONDS", "MAX_RTT", "FrontendClient", "collect", "parse_requests", "parse_models", "parse_memory",
-    "parse_summary",
+    "parse_summary", "index_of_dispersion",
 ]
 
 PAGE = 100_000          # rows asked for per /stats/requests call (the front-end's maximum)
@@ -149,6 +149,10 @@ class Summary:
     rtt: list[RttStat] = field(default_factory=list)   # empty from a front-end without the reports
     until: float | None = None       # the front-end's clock when it answered
     store: str | None = None         # id of the statistics database that answered (replicas: merge once)
+    # model -> index of dispersion of its requests per second over the window's whole seconds
+    # (variance / mean: 1 for Poisson arrivals, more for bursts); empty from a front-end without it
+    dispersion: dict[str, float] = field(default_factory=dict)
+    arrival_count: dict[str, int] = field(default_factory=dict)   # model -> requests in those seconds
 
     @property
     def requests(self) -> int:
@@ -263,6 +267,32 @@ class _Rtt(_Answer):
     buckets: list[Checked(tuple, _bucket)]
 
 
+class _Arrival(_Answer):
+    model: Text
+    count: Count
+    sumsq: Count
+
+
+class _Arrivals(_Answer):
+    since: Number(int, minimum=None)
+    seconds: Count
+    models: list[_Arrival]
+
+    @model_validator(mode="after")
+    def _possible(self) -> "_Arrivals":
+        seen: set[str] = set()
+        for i, a in enumerate(self.models):
+            if a.model in seen:
+                raise invalid(f"models[{i}]: model {a.model!r} is listed twice")
+            seen.add(a.model)
+            # c requests in n whole seconds: their squares sum to at least c and c^2 / n (spread
+            # evenly), at most c^2 (all in one second)
+            if not (a.count <= a.sumsq <= a.count ** 2 and a.count ** 2 <= a.sumsq * self.seconds):
+                raise invalid(f"models[{i}]: sumsq {a.sumsq} is impossible for {a.count} requests "
+                              f"in {self.seconds} seconds")
+        return self
+
+
 class _Histogram(_Answer):
     relative_error: Number() = 0.0
 
@@ -271,6 +301,7 @@ class _SummaryAnswer(_Answer):
     groups: list[_Group]
     durations: list[_Durations] | None = None
     rtt: list[_Rtt] | None = None              # absent from a front-end that predates the reports
+    arrivals: _Arrivals | None = None          # absent from a front-end that predates it
     histogram: _Histogram | None = None
     since: Time = None
     until: Time = None
@@ -353,8 +384,18 @@ def parse_requests(doc: Any) -> tuple[list[RequestStat], int, int | None]:
     return rows, skipped, last_id
 
 
+def index_of_dispersion(count: int, sumsq: int, seconds: int) -> float | None:
+    """Variance / mean of the requests per second, from their total `count` and sum of squares over
+    `seconds` whole seconds: (sumsq/n - (count/n)^2) / (count/n) = sumsq/count - count/n (population
+    variance). None without a request or with fewer than 2 seconds; >= 0 despite float error."""
+    if count <= 0 or seconds < 2:
+        return None
+    return max(0.0, sumsq / count - count / seconds)
+
+
 def parse_summary(doc: Any) -> Summary:
-    """Return the groups of a /stats/summary answer; a malformed group or bin is an error."""
+    """Return the groups of a /stats/summary answer (and the models' arrival dispersion); a malformed
+    group, bin or arrivals entry is an error."""
     answer = _answer(_SummaryAnswer, doc, "/stats/summary", "groups")
     groups = [GroupStat(model=g.model, zone=g.zone, node=g.node, kind=g.kind,
                         count=g.count, ok=g.ok, latency_count=g.latency_count,
@@ -365,9 +406,13 @@ def parse_summary(doc: Any) -> Summary:
                  for d in answer.durations or ()]
     rtt = [RttStat(zone=r.zone, node=r.node, buckets=tuple(sorted(b for b in r.buckets if b[1])))
            for r in answer.rtt or () if any(b[1] for b in r.buckets)]
+    arrivals = answer.arrivals or _Arrivals(since=0, seconds=0, models=[])
+    dispersion = {a.model: index_of_dispersion(a.count, a.sumsq, arrivals.seconds) for a in arrivals.models}
     return Summary(groups=groups, durations=durations, since=answer.since or 0.0,
                    relative_error=answer.histogram.relative_error if answer.histogram else 0.0, rtt=rtt,
-                   until=answer.until, store=answer.store)
+                   until=answer.until, store=answer.store,
+                   dispersion={m: d for m, d in dispersion.items() if d is not None},
+                   arrival_count={a.model: a.count for a in arrivals.models if a.count})
 
 
 def parse_models(doc: Any) -> list[ModelStat]:

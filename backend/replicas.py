@@ -8,6 +8,8 @@ pods behind the Service (`KubernetesCluster.frontend_replicas`); this module rea
 - a request is recorded by exactly one replica, so the window's aggregates are summed; two replicas
   answering with the same statistics database (`store` id: a shared volume) are counted once;
 - per-model and per-instance counts are summed, last-request times take the latest;
+- each model's index of dispersion of its requests per second is the count-weighted mean of the
+  replicas' (see `_merge_dispersion`);
 - node memory and CPU come from the cluster, identical on every replica: the first answer is used;
 - a replica that cannot be reached (killed, restarting) is left out with a warning: its requests
   not yet read are missing from this run, never counted twice. No replica answering is an error.
@@ -22,6 +24,24 @@ from .collect import (DurationStat, FrontendClient, FrontendError, GroupStat, In
                       RttStat, Summary, collect)
 
 __all__ = ["merge_observed", "collect_replicas"]
+
+
+def _merge_dispersion(summaries: list[Summary]) -> tuple[dict[str, float], dict[str, int]]:
+    """Each model's index of dispersion over several stores: the count-weighted mean of theirs, the
+    index of a sum of independent streams (variances add, and so do means). Replicas behind one
+    Service see a random split of one stream, which is not independent when it is bursty (a burst
+    reaches them all): the mean then understates the whole stream's index (a split into k parts of a
+    stream with index D has 1 + (D - 1) / k in each), the exact value needing the per-second counts."""
+    weighted: dict[str, list] = {}
+    counts: dict[str, int] = {}
+    for s in summaries:
+        for model, count in s.arrival_count.items():
+            counts[model] = counts.get(model, 0) + count
+        for model, d in s.dispersion.items():
+            acc = weighted.setdefault(model, [0, 0.0])
+            acc[0] += s.arrival_count.get(model, 0)
+            acc[1] += s.arrival_count.get(model, 0) * d
+    return {m: total / n for m, (n, total) in weighted.items() if n}, counts
 
 
 def _merge_summaries(summaries: list[Summary]) -> Summary:
@@ -53,6 +73,7 @@ def _merge_summaries(summaries: list[Summary]) -> Summary:
                 acc[0] += c
                 acc[1] += total
     untils = [s.until for s in summaries if s.until is not None]
+    dispersion, arrival_count = _merge_dispersion(summaries)
     return Summary(
         groups=[GroupStat(model=m, zone=z, node=n, kind=k, count=a[0], ok=a[1], latency_count=a[2],
                           latency_sum=a[3], last_request=a[4]) for (m, z, n, k), a in groups.items()],
@@ -63,7 +84,7 @@ def _merge_summaries(summaries: list[Summary]) -> Summary:
         rtt=[RttStat(zone=z, node=n, buckets=tuple((t, a[0], a[1]) for t, a in sorted(b.items())))
              for (z, n), b in rtt.items()],
         until=max(untils) if untils else None,
-        store=None)
+        store=None, dispersion=dispersion, arrival_count=arrival_count)
 
 
 def _latest(a: float | None, b: float | None) -> float | None:

@@ -15,11 +15,13 @@ client-latency count/sum, served-duration count/sum and last request time; `agg_
 row per (60 s bucket, model, node, kind, duration bin) with the count and sum of the durations of
 2xx answers not served from the prediction cache; `agg_rtt` one row per (10 s bucket, client zone,
 reported node) with the count, sum and sum of squares of the network round trips clients reported
-(X-Client-RTT / X-Client-RTT-Node: the back-end's RTT table is built from them). The bins are fixed and log-spaced (16 per octave
-from 1 us): a quantile is reported as the mean of the bin holding it, within 4.5 %
-(2**(1/16) - 1) of the exact value. The histogram leaves the client zone out (a model server's time
-does not depend on it) and uses coarser buckets: its row count, not the request rate, is what a
-summary costs. Pruning drops whole buckets older than the retention.
+(X-Client-RTT / X-Client-RTT-Node: the back-end's RTT table is built from them); `agg_arrivals` one
+row per (whole unix second, catalog model) with the requests of that second (the variance of these
+per-second counts is the arrivals' burstiness the back-end's queueing model needs). The bins are
+fixed and log-spaced (16 per octave from 1 us): a quantile is reported as the mean of the bin
+holding it, within 4.5 % (2**(1/16) - 1) of the exact value. The histogram leaves the client zone
+out (a model server's time does not depend on it) and uses coarser buckets: its row count, not the
+request rate, is what a summary costs. Pruning drops whole buckets (and seconds) older than the retention.
 
 What a dying worker loses: each worker buffers its records for `flush_interval` seconds (default
 0.05) and writes them in one transaction. A graceful exit (SIGTERM, SIGINT/SIGQUIT, the arbiter's
@@ -131,6 +133,15 @@ _RTT_UPSERT = (
     "INSERT INTO agg_rtt (bucket, zone, node, count, sum, sumsq) VALUES (?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (bucket, zone, node) DO UPDATE SET count = count + excluded.count, sum = sum + excluded.sum,"
     " sumsq = sumsq + excluded.sumsq")
+# Requests per (whole unix second, catalog model): GET /stats/summary's `arrivals` (per-second count
+# and sum of squares, whence the index of dispersion). Created (and filled from the rows) when missing.
+_ARRIVALS_SCHEMA = """
+CREATE TABLE agg_arrivals (
+    second INTEGER NOT NULL, model TEXT NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (second, model)
+) WITHOUT ROWID"""
+_ARRIVALS_UPSERT = ("INSERT INTO agg_arrivals (second, model, count) VALUES (?, ?, ?)"
+                    " ON CONFLICT (second, model) DO UPDATE SET count = count + excluded.count")
 # Columns added to `requests` after its first release: added to an older database at start-up.
 _ADDED_COLUMNS = (("rtt", "REAL"), ("rtt_node", "TEXT"))
 _AGG_UPSERT = (
@@ -235,8 +246,10 @@ def _off_the_event_loop(fn):
     return get_hub().threadpool.apply(fn)
 
 
-def _summary_rows(conn: sqlite3.Connection, first: int, first_hist: int) -> tuple[list, list, list]:
-    """The aggregate rows of GET /stats/summary from the given first buckets on."""
+def _summary_rows(conn: sqlite3.Connection, first: int, first_hist: int,
+                  seconds: tuple[int, int]) -> tuple[list, list, list, list]:
+    """The aggregate rows of GET /stats/summary from the given first buckets on, and the arrivals
+    of the whole seconds in [seconds[0], seconds[1])."""
     return (conn.execute(
         "SELECT model, zone, node, kind, sum(count), sum(ok), sum(latency_count), sum(latency_sum),"
         " sum(duration_count), sum(duration_sum), max(last) FROM agg_requests WHERE bucket >= ?"
@@ -246,16 +259,24 @@ def _summary_rows(conn: sqlite3.Connection, first: int, first_hist: int) -> tupl
         " GROUP BY model, node, kind, bin ORDER BY model, node, kind, bin", (first_hist,)).fetchall(),
         conn.execute(
         "SELECT zone, node, bucket, count, sum, sumsq FROM agg_rtt WHERE bucket >= ?"
-        " ORDER BY zone, node, bucket", (first,)).fetchall())
+        " ORDER BY zone, node, bucket", (first,)).fetchall(),
+        conn.execute(
+        "SELECT model, sum(count), sum(count * count) FROM agg_arrivals WHERE second >= ? AND second < ?"
+        " GROUP BY model ORDER BY model", seconds).fetchall())
 
 
 class _Aggregates:
-    """The agg_requests, agg_durations and agg_rtt increments of a batch of records."""
+    """The agg_requests, agg_durations, agg_rtt and agg_arrivals increments of a batch of records."""
 
     def __init__(self) -> None:
         self.groups: dict[tuple, list] = {}
         self.bins: dict[tuple, list] = {}
         self.rtts: dict[tuple, list] = {}
+        self.arrivals: dict[tuple[int, str], int] = {}
+
+    def add_arrival(self, t: float, model: str) -> None:
+        key = (math.floor(t), model)
+        self.arrivals[key] = self.arrivals.get(key, 0) + 1
 
     def add_rtt(self, t: float, zone: str | None, node: str | None, rtt: float | None) -> None:
         if rtt is None or node is None:
@@ -300,6 +321,8 @@ class _Aggregates:
             conn.executemany(_BINS_UPSERT, [(*key, *agg) for key, agg in self.bins.items()])
         if self.rtts:
             conn.executemany(_RTT_UPSERT, [(*key, *agg) for key, agg in self.rtts.items()])
+        if self.arrivals:
+            conn.executemany(_ARRIVALS_UPSERT, [(*key, count) for key, count in self.arrivals.items()])
 
 
 class StatsStore:
@@ -339,6 +362,9 @@ class StatsStore:
             if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'agg_rtt'").fetchone() is None:
                 conn.execute(_RTT_SCHEMA)
                 self._backfill_rtt(conn)
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'agg_arrivals'").fetchone() is None:
+                conn.execute(_ARRIVALS_SCHEMA)
+                self._backfill_arrivals(conn)
             conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?)", (uuid.uuid4().hex,))
         # Names this database, not the process: the back-end counts two replicas answering from the
         # same file (a shared volume) once.
@@ -480,6 +506,7 @@ class StatsStore:
                 aggregates.add(r.time, r.model, r.kind, r.zone, r.latency, r.node, r.status, r.duration, r.cached)
                 aggregates.add_rtt(r.time, r.zone, r.rtt_node, r.rtt)
                 if r.known_model:
+                    aggregates.add_arrival(r.time, r.model)
                     m = models.setdefault(r.model, [0, r.time])
                     m[0] += 1
                     m[1] = max(m[1], r.time)
@@ -529,6 +556,7 @@ class StatsStore:
             conn.execute("DELETE FROM agg_requests WHERE bucket < ?", (math.floor(older_than / BUCKET_SECONDS),))
             conn.execute("DELETE FROM agg_durations WHERE bucket < ?", (math.floor(older_than / HISTOGRAM_SECONDS),))
             conn.execute("DELETE FROM agg_rtt WHERE bucket < ?", (math.floor(older_than / BUCKET_SECONDS),))
+            conn.execute("DELETE FROM agg_arrivals WHERE second < ?", (math.floor(older_than),))
             return cur.rowcount
 
     def _backfill_aggregates(self, conn: sqlite3.Connection) -> None:
@@ -551,6 +579,16 @@ class StatsStore:
         for t, zone, node, rtt in conn.execute(
                 "SELECT time, zone, rtt_node, rtt FROM requests WHERE rtt IS NOT NULL AND rtt_node IS NOT NULL"):
             aggregates.add_rtt(t, zone, node, rtt)
+        aggregates.write(conn)
+
+    def _backfill_arrivals(self, conn: sqlite3.Connection) -> None:
+        """Count the stored rows per second (once, when agg_arrivals is created). A row does not say
+        whether its model was in the catalog: the names model_counts holds (it counts catalog models
+        only) stand for it. One pass over the rows the retention keeps, as for agg_rtt."""
+        aggregates = _Aggregates()
+        for t, model in conn.execute(
+                "SELECT time, model FROM requests WHERE model IN (SELECT model FROM model_counts)"):
+            aggregates.add_arrival(t, model)
         aggregates.write(conn)
 
     # -- reads -------------------------------------------------------------------------------
@@ -581,22 +619,27 @@ class StatsStore:
         prediction cache, last request. `durations`, per (model, node, kind): those durations'
         p50, p95 and histogram (60 s buckets). `models`: count, 2xx count, last request. `rtt`, per
         (client zone, reported node): the count, mean and standard deviation of the round trips clients
-        reported and the 10 s buckets as [bucket start, count, sum of seconds], oldest first."""
+        reported and the 10 s buckets as [bucket start, count, sum of seconds], oldest first.
+        `arrivals`: over the n whole seconds in [floor(now - window), floor(now)) (the current second
+        is still filling), per catalog model the requests and the sum over those seconds of the
+        squared requests per second: the back-end's index of dispersion (variance / mean of the
+        per-second counts) without a row per second in the answer."""
         self.flush()
         first = max(0, math.floor((now - window) / BUCKET_SECONDS))
         first_hist = max(0, math.floor((now - window) / HISTOGRAM_SECONDS))
+        seconds = (math.floor(now - window), math.floor(now))
 
-        def read() -> tuple[list, list, list]:
+        def read() -> tuple[list, list, list, list]:
             # A connection of its own, closed after: gevent's pool threads come and go (an idle one
             # exits after 5 s), and a per-thread connection would be left open by each (a
             # 10-minute soak showed the front-end's descriptors growing by ~4 a minute).
             conn = self._connect()
             try:
-                return _summary_rows(conn, first, first_hist)
+                return _summary_rows(conn, first, first_hist, seconds)
             finally:
                 conn.close()
 
-        rows, bins, rtt_rows = _off_the_event_loop(read)
+        rows, bins, rtt_rows, arrival_rows = _off_the_event_loop(read)
         groups = []
         models: dict[str, dict] = {}
         for model, zone, node, kind, count, ok, lat_n, lat_sum, dur_n, dur_sum, last in rows:
@@ -639,7 +682,9 @@ class StatsStore:
                               "min": DURATION_MIN, "bins_per_octave": BINS_PER_OCTAVE, "bins": DURATION_BINS,
                               "relative_error": RELATIVE_ERROR},
                 "groups": groups, "durations": durations, "models": sorted(models.values(), key=lambda m: m["model"]),
-                "rtt": rtt}
+                "rtt": rtt,
+                "arrivals": {"since": seconds[0], "seconds": seconds[1] - seconds[0],
+                             "models": [{"model": m, "count": c, "sumsq": q} for m, c, q in arrival_rows]}}
 
     def model_counts(self) -> dict[str, tuple[int, float | None]]:
         """Return model -> (requests ever, last requested time)."""

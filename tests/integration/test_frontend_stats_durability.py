@@ -4,6 +4,7 @@ time of its last write; see frontend/store.py)."""
 from __future__ import annotations
 
 import http.client
+import math
 import os
 import signal
 import threading
@@ -116,6 +117,9 @@ def _rows(server) -> int:
     total = sum(m["count"] for m in doc["models"])
     raw = requests.get(f"{server.url}/stats/requests?limit=100000", headers=AUTH, timeout=30).json()["requests"]
     assert len(raw) == total, "the aggregates and the rows disagree"
+    arrivals = doc["arrivals"]           # whole seconds only: the rows of the answer's current second are not in
+    whole = sum(arrivals["since"] <= math.floor(r["time"]) < arrivals["since"] + arrivals["seconds"] for r in raw)
+    assert sum(m["count"] for m in arrivals["models"]) == whole, "the arrivals and the rows disagree"
     return total
 
 

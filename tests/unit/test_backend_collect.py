@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from backend.collect import FrontendError, parse_memory, parse_models, parse_requests, parse_summary
+from backend.collect import (FrontendError, index_of_dispersion, parse_memory, parse_models, parse_requests,
+                             parse_summary)
 from backend.report import RunReport, write_report
 
 
@@ -55,11 +56,51 @@ def test_models_and_memory():
      "groups[0]: latency_mean is required when latency_count > 0"),
     (parse_summary, {"groups": [], "durations": [{"model": "m", "bins": [{"bin": 1, "count": 1, "sum": -1}]}]},
      "durations[0].bins[0].sum: must be a non-negative number, got -1"),
+    (parse_summary, {"groups": [], "arrivals": {"since": 0, "seconds": 10, "models": [
+        {"model": "m", "count": -1, "sumsq": 1}]}}, "arrivals.models[0].count: must be a non-negative number, got -1"),
+    (parse_summary, {"groups": [], "arrivals": {"since": 0, "seconds": 9.5, "models": []}},
+     "arrivals.seconds: must be an integer, got 9.5"),
+    (parse_summary, {"groups": [], "arrivals": {"since": "0", "seconds": 10, "models": []}},
+     "arrivals.since: must be a number, got '0'"),
+    (parse_summary, {"groups": [], "arrivals": {"since": 0, "seconds": 10}}, "arrivals.models: missing"),
+    (parse_summary, {"groups": [], "arrivals": [1, 2]}, "arrivals: must be an object"),
+    (parse_summary, {"groups": [], "arrivals": {"since": 0, "seconds": 10, "models": [
+        {"model": "m", "count": 20, "sumsq": 20}]}},         # 20 requests in 10 s: some second had 2
+     "arrivals: models[0]: sumsq 20 is impossible for 20 requests in 10 seconds"),
+    (parse_summary, {"groups": [], "arrivals": {"since": 0, "seconds": 10, "models": [
+        {"model": "m", "count": 3, "sumsq": 10}]}}, "arrivals: models[0]: sumsq 10 is impossible"),
+    (parse_summary, {"groups": [], "arrivals": {"since": 0, "seconds": 10, "models": [
+        {"model": "m", "count": 1, "sumsq": 1}, {"model": "m", "count": 1, "sumsq": 1}]}},
+     "arrivals: models[1]: model 'm' is listed twice"),
 ])
 def test_a_malformed_answer_names_its_route_and_field(parse, doc, expect):
     with pytest.raises(FrontendError) as caught:
         parse(doc)
     assert expect in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_arrivals_become_each_models_index_of_dispersion():
+    # per-second counts over 10 s: a [0, 0, 0, 15, 0, 0, 0, 0, 10, 0], b [2, 3] x 5, c one request
+    doc = {"groups": [], "arrivals": {"since": 1000, "seconds": 10, "future_field": True, "models": [
+        {"model": "a", "count": 25, "sumsq": 325, "future_field": 1}, {"model": "b", "count": 25, "sumsq": 65},
+        {"model": "c", "count": 1, "sumsq": 1}, {"model": "d", "count": 0, "sumsq": 0}]}}
+    summary = parse_summary(doc)
+    # (sumsq/n - (count/n)^2) / (count/n): a (32.5 - 6.25) / 2.5, b (6.5 - 6.25) / 2.5, c (0.1 - 0.01) / 0.1
+    assert summary.dispersion == {"a": pytest.approx(10.5), "b": pytest.approx(0.1), "c": pytest.approx(0.9)}
+    assert summary.arrival_count == {"a": 25, "b": 25, "c": 1}          # d: no request, no entry
+    # one whole second says nothing about the variance; a front-end without `arrivals` is accepted
+    one = {"groups": [], "arrivals": {"since": 1000, "seconds": 1, "models": [{"model": "a", "count": 4, "sumsq": 16}]}}
+    assert parse_summary(one).dispersion == {} and parse_summary(one).arrival_count == {"a": 4}
+    older = parse_summary({"groups": [], "since": 990.0})
+    assert older.dispersion == {} and older.arrival_count == {} and older.since == 990.0
+
+
+def test_index_of_dispersion_is_none_without_requests_or_two_seconds_and_never_negative():
+    assert index_of_dispersion(0, 0, 10) is None and index_of_dispersion(5, 9, 1) is None
+    assert index_of_dispersion(5, 5, 10) == pytest.approx(0.5)
+    # equal counts every second: variance 0, however the floats round
+    assert all(index_of_dispersion(c * n, c * c * n, n) == 0.0 for c in (1, 3, 7, 10**6) for n in (2, 3, 10, 86400))
+    assert index_of_dispersion(20, 20, 10) == 0.0              # an impossible answer still gives no negative
 
 
 def test_report_document_counts_actions_and_is_strict_json(tmp_path):

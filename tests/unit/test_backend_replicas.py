@@ -12,8 +12,9 @@ NODES = [NodeMemory(node="n1", ready=True, node_class="small", total=1000, used=
 
 
 def observed(store, *, count, zone="z1", last=100.0, provisioned=50.0, since=10.0, bins=((3, 1, 0.01),),
-             rtt=((0.0, 1, 0.02),)):
+             rtt=((0.0, 1, 0.02),), dispersion=None):
     summary = Summary(
+        dispersion={"m": dispersion} if dispersion is not None else {}, arrival_count={"m": count},
         groups=[GroupStat(model="m", zone=zone, node="n1", kind="proxy", count=count, ok=count, latency_count=1,
                           latency_sum=0.1, last_request=last)],
         durations=[DurationStat(model="m", node="n1", kind="proxy", bins=bins)],
@@ -46,6 +47,17 @@ def test_two_replicas_on_one_database_count_once():
                              ("http://c", observed("C", count=4))])
     assert merged.requests_read == 7
     assert any("share one statistics database" in w for w in merged.warnings)
+
+
+def test_dispersion_is_the_count_weighted_mean_of_the_stores():
+    merged = merge_observed([("http://a", observed("A", count=10, dispersion=2.0)),
+                             ("http://b", observed("B", count=30, dispersion=5.0)),
+                             ("http://b2", observed("B", count=30, dispersion=5.0)),    # the same store: once
+                             ("http://c", observed("C", count=1))])                    # too few seconds: no index
+    # two independent streams: variances add (2 x 10 + 5 x 30), and means (10 + 30)
+    assert merged.summary.dispersion == {"m": pytest.approx((2.0 * 10 + 5.0 * 30) / 40)}
+    assert merged.summary.arrival_count == {"m": 41}
+    assert merge_observed([("http://c", observed("C", count=1))]).summary.dispersion == {}
 
 
 def test_no_replica_or_one_without_the_summary_is_an_error():

@@ -1,15 +1,22 @@
 """The back-end reads the window as /stats/summary aggregates: parsing, the fallback to rows for an
-older front-end, and the same Problem from the same requests given as rows and as their summary."""
+older front-end, the same Problem from the same requests given as rows and as their summary, and the
+arrivals' index of dispersion read over HTTP."""
 from __future__ import annotations
 
+import math
 import random
+import statistics
+import time
+from collections import Counter
 
 import pytest
 
 from backend.alto import CostMap
 from backend.build import BuildSettings, build_problem
 from backend.collect import FrontendClient, FrontendError, collect, parse_requests, parse_summary
+from frontend import create_app
 from frontend.store import RELATIVE_ERROR, RequestRecord, StatsStore
+from tests.frontend_server import ServerThread
 from test_backend_build import ALTO, CATALOG, HP2, LOGREG, NODES
 
 FOREST = "digits_forest"
@@ -216,3 +223,45 @@ def test_the_rate_window_flag():
     assert config_from_args(parser.parse_args(base + ["--rate-window", "10"])).build.rate_window == 10.0
     with pytest.raises(UsageError, match="--rate-window 40 is longer than --window 30"):
         config_from_args(parser.parse_args(base + ["--rate-window", "40"]))
+
+
+def _arrival_times(start: float, end: float, gap) -> list[float]:
+    times, t = [], start + gap()
+    while t < end:
+        times.append(t)
+        t += gap()
+    return times
+
+
+def test_a_frontend_over_http_gives_poisson_arrivals_a_dispersion_near_1_and_bursty_ones_more(tmp_path):
+    """5 requests/s for 300 s: exponential gaps (Poisson, index 1) and Gamma gaps with CV 3 (shape
+    1/9: index CV^2 = 9 over long counts, less over 1 s), recorded by a front-end served on loopback."""
+    rng = random.Random(11)
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text("nodes:\n  - {name: a, address: 127.254.254.2, memory: 1000, cpu: 1.0, class: small}\n")
+    token = "arrivals-token-0123456789"
+    app = create_app({"cluster_settings": {"config_path": str(cluster), "state_path": str(tmp_path / "c.db")},
+                      "database": str(tmp_path / "fe.db"), "token": token})
+    window = 300
+    with ServerThread(app) as server:
+        start = math.floor(time.time()) - window
+        times = {HP2: _arrival_times(start, start + window, lambda: rng.expovariate(5.0)),
+                 LOGREG: _arrival_times(start, start + window, lambda: rng.gammavariate(1 / 9, 9 / 5))}
+        for model, ts in times.items():
+            for t in ts:
+                app.extensions["frontend"].store.record(request=RequestRecord(
+                    time=t, model=model, kind="proxy", zone="z1", latency=None, node="a", endpoint="127.0.0.1:1",
+                    status=200, duration=0.004), increments=[])
+        client = FrontendClient(server.url, token=token)
+        try:
+            summary = client.summary(window)
+        finally:
+            client.close()
+    since = math.floor(summary.until - window)          # the whole seconds the answer covers
+    seconds = range(since, math.floor(summary.until))
+    for model, ts in times.items():
+        per_second = Counter(math.floor(t) for t in ts)
+        counts = [per_second[s] for s in seconds]
+        assert summary.arrival_count[model] == sum(counts)
+        assert summary.dispersion[model] == pytest.approx(statistics.pvariance(counts) / statistics.mean(counts))
+    assert 0.8 < summary.dispersion[HP2] < 1.2 and summary.dispersion[LOGREG] > 4, summary.dispersion

@@ -1,11 +1,13 @@
-"""GET /stats/summary: aggregates kept at write time, the duration histogram, retention, upgrade of an
-old database, the route's validation; /stats/requests refuses out-of-range numbers with 400."""
+"""GET /stats/summary: aggregates kept at write time, the duration histogram, the arrivals per second,
+retention, upgrade of an old database, the route's validation and its OpenAPI schema; /stats/requests
+refuses out-of-range numbers with 400."""
 from __future__ import annotations
 
 import math
 import random
 import sqlite3
 import statistics
+from dataclasses import replace
 
 import pytest
 
@@ -104,6 +106,7 @@ def test_aggregates_match_the_rows_with_several_processes_writing(tmp_path):
     store = StatsStore(path)
     doc = store.summary(window=3600, now=1200.0)
     assert sum(m["count"] for m in doc["models"]) == store.request_rows() == 900
+    assert sum(m["count"] for m in doc["arrivals"]["models"]) == 900
     store.close()
 
 
@@ -145,6 +148,84 @@ def test_prune_drops_whole_old_buckets_and_an_old_database_is_backfilled(tmp_pat
     assert StatsStore(old).summary(window=600, now=1010.0)["models"][0]["count"] == 7    # not twice
 
 
+EVEN = [2, 3, 2, 3, 2, 3, 2, 3, 2, 3]          # requests per second: 25, about one every 0.4 s
+BURSTY = [0, 0, 0, 15, 0, 0, 0, 0, 10, 0]       # the same 25 in two bursts
+
+
+def _per_second(store, model, counts, start):
+    for i, n in enumerate(counts):
+        for k in range(n):
+            store.record(request=rec(start + i + (k + 1) / (n + 1), model), increments=[])
+
+
+def _dispersion(entry, seconds):
+    mean = entry["count"] / seconds
+    return (entry["sumsq"] / seconds - mean * mean) / mean
+
+
+def test_arrivals_count_and_square_the_requests_of_each_whole_second(tmp_path):
+    store = StatsStore(tmp_path / "fe.db", flush_interval=0.05)
+    _per_second(store, "even", EVEN, 1000)
+    _per_second(store, "bursty", BURSTY, 1000)
+    for t in (999.99, 1010.0, 1010.4):           # before the window; in the current second
+        store.record(request=rec(t, "even"), increments=[])
+    store.record(request=replace(rec(1005.5, "ghost"), known_model=False), increments=[])   # not in the catalog
+    doc = store.summary(window=10, now=1010.5)
+    assert doc["arrivals"] == {"since": 1000, "seconds": 10, "models": [
+        {"model": "bursty", "count": 25, "sumsq": 15 ** 2 + 10 ** 2},
+        {"model": "even", "count": 25, "sumsq": 5 * 2 ** 2 + 5 * 3 ** 2}]}
+    entries = {m["model"]: m for m in doc["arrivals"]["models"]}
+    bursty, even = _dispersion(entries["bursty"], 10), _dispersion(entries["even"], 10)
+    assert bursty == pytest.approx(statistics.pvariance(BURSTY) / statistics.mean(BURSTY)) == pytest.approx(10.5)
+    assert even == pytest.approx(statistics.pvariance(EVEN) / statistics.mean(EVEN)) == pytest.approx(0.1)
+    assert bursty > 1 > even
+    # a second later the window has moved by one whole second: 1000 is out, 1010 (now complete) in
+    later = store.summary(window=10, now=1011.0)["arrivals"]
+    assert (later["since"], later["seconds"]) == (1001, 10)
+    assert later["models"][1] == {"model": "even", "count": 25, "sumsq": sum(n * n for n in EVEN[1:]) + 2 ** 2}
+    # a fractional window: the whole seconds from floor(now - window) on
+    short = store.summary(window=2.5, now=1009.7)["arrivals"]
+    assert (short["since"], short["seconds"]) == (1007, 2)
+    assert short["models"] == [{"model": "bursty", "count": 10, "sumsq": 100}, {"model": "even", "count": 5,
+                                                                                 "sumsq": 13}]
+    store.close()
+
+
+def test_prune_drops_old_seconds_and_an_old_database_gets_the_arrivals_from_its_rows(tmp_path):
+    store = StatsStore(tmp_path / "fe.db")
+    for t in (1000.2, 1001.2, 1001.7, 1002.5):
+        store.record(request=rec(t), increments=[])
+    store.prune(older_than=1001.5)                  # second 1000 ends before it, 1001 does not
+    conn = sqlite3.connect(tmp_path / "fe.db")
+    assert conn.execute("SELECT second, model, count FROM agg_arrivals ORDER BY second").fetchall() == [
+        (1001, "m", 2), (1002, "m", 1)]
+    conn.close()
+    assert store.summary(window=100, now=1010.0)["arrivals"]["models"] == [{"model": "m", "count": 3, "sumsq": 5}]
+    store.close()
+
+    # A database from before agg_arrivals: the rows of catalog models (those model_counts names)
+    # are counted once, at the first open.
+    old = tmp_path / "old.db"
+    store = StatsStore(old)
+    _per_second(store, "m", [1, 4, 0, 2], 1000)
+    store.record(request=replace(rec(1001.5, "ghost"), known_model=False), increments=[])
+    store.close()
+    conn = sqlite3.connect(old)
+    conn.execute("DROP TABLE agg_arrivals")
+    conn.commit()
+    conn.close()
+    expected = [{"model": "m", "count": 7, "sumsq": 1 + 16 + 4}]
+    upgraded = StatsStore(old)
+    assert upgraded.summary(window=600, now=1010.0)["arrivals"]["models"] == expected
+    upgraded.close()
+    again = StatsStore(old)
+    assert again.summary(window=600, now=1010.0)["arrivals"]["models"] == expected      # not twice
+    again.record(request=rec(1001.9), increments=[])
+    assert again.summary(window=600, now=1010.0)["arrivals"]["models"] == [{"model": "m", "count": 8,
+                                                                             "sumsq": 1 + 25 + 4}]
+    again.close()
+
+
 def test_a_record_after_close_is_written_at_once(tmp_path):
     store = StatsStore(tmp_path / "fe.db", flush_interval=10.0)
     store.record(request=rec(1000.0), increments=[])
@@ -178,6 +259,33 @@ def test_summary_route_validates_window_and_needs_the_token(client):
         answer = http.get(f"/stats/summary?window={bad}", headers=AUTH)
         assert answer.status_code == 400, bad
         assert "window" in answer.get_json()["error"]
+
+
+def test_summary_route_answers_the_arrivals_as_its_openapi_schema_says(tmp_path):
+    import time
+    from pathlib import Path
+
+    import requests
+    import schemathesis
+
+    from tests.frontend_server import ServerThread
+
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text("nodes:\n  - {name: n-a, address: 127.254.254.2, memory: 1000, cpu: 1.0, class: small}\n")
+    app = create_app({"cluster_settings": {"config_path": str(cluster), "state_path": str(tmp_path / "c.db")},
+                      "database": str(tmp_path / "fe.db"), "token": TOKEN})
+    with ServerThread(app) as server:
+        first = math.floor(time.time()) - 5
+        for t in (first + 0.1, first + 0.6, first + 2.5):
+            app.extensions["frontend"].store.record(request=rec(t), increments=[])
+        answer = requests.get(f"{server.url}/stats/summary?window=60", headers=AUTH, timeout=10)
+        asked_until = time.time()
+    assert answer.status_code == 200
+    openapi = Path(__file__).resolve().parents[2] / "frontend" / "openapi.yaml"
+    schemathesis.openapi.from_path(openapi)["/stats/summary"]["GET"].validate_response(answer)
+    arrivals = answer.json()["arrivals"]
+    assert arrivals["seconds"] == 60 and first - 55 <= arrivals["since"] <= asked_until - 60
+    assert arrivals["models"] == [{"model": "m", "count": 3, "sumsq": 2 ** 2 + 1}]
 
 
 @pytest.mark.parametrize("query", ["after=9223372036854775808", "after=-1", "after=99999999999999999999999",
