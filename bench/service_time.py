@@ -5,7 +5,9 @@ writes into the catalog) beside requests that arrive at an idle server (issue 10
 
 One real model server in a cgroup of its own (as the profile starts it), warmed at 1 core, then at
 `--quota` cores: `--samples` predicts one after another on a kept-alive connection, then
-`--samples` predicts each after `--gap` seconds of idleness. Prints both medians and their ratio.
+`--samples` predicts each after `--gap` seconds of idleness (the profile's own `back_to_back` and
+`after_idle`, which write `exec_time` and `exec_time_idle`; here with more samples and any quota).
+Prints both medians and their ratio.
 Why it matters: CPU bandwidth control lets a group that has been idle start a request faster than
 one that is saturated, so a queueing model with one service time per node cannot be right at both
 ends of the load range. Needs root (cgroups) and the built models (`make setup`).
@@ -16,11 +18,10 @@ import argparse
 import http.client
 import statistics
 import sys
-import time
 from pathlib import Path
 
 from cluster.limits import CgroupLimits, NodeLimits, detect_layout
-from cluster.profile import REPO_ROOT, _example, _predict, profiled_server
+from cluster.profile import IDLE_GAP, REPO_ROOT, WARMUP, _example, _predict, after_idle, back_to_back, profiled_server
 from cluster.port import ClusterError
 
 
@@ -36,15 +37,12 @@ def measure(model: str, quota: float, samples: int, gap: float, models_dir: Path
     with profiled_server(model, models_dir / model, limits=limits, group=group, log_path=log_path) as (_, port):
         body, conn = _example(model), http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         try:
-            for _ in range(5):
+            for _ in range(WARMUP):
                 _predict(conn, model, body)
             limits.apply(group, NodeLimits(cpu=quota, memory=None))
             _predict(conn, model, body)
-            busy = [_predict(conn, model, body) for _ in range(samples)]
-            idle = []
-            for _ in range(samples):
-                time.sleep(gap)
-                idle.append(_predict(conn, model, body))
+            busy = back_to_back(conn, model, body, least=samples, most=samples)
+            idle = after_idle(conn, model, body, count=samples, gap=gap)
         finally:
             conn.close()
     return statistics.median(busy), statistics.median(idle)
@@ -55,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="digits_cnn")
     parser.add_argument("--quota", type=float, default=0.25, help="cores (default 0.25, a Nano)")
     parser.add_argument("--samples", type=int, default=20)
-    parser.add_argument("--gap", type=float, default=0.25, help="seconds idle before each idle-start predict")
+    parser.add_argument("--gap", type=float, default=IDLE_GAP, help="seconds idle before each idle-start predict")
     parser.add_argument("--models-dir", default=str(REPO_ROOT / "build" / "models"))
     args = parser.parse_args(argv)
     if not 0 < args.quota <= 64 or args.samples < 1 or args.gap < 0:

@@ -18,7 +18,7 @@ from .port import ClusterError
 from .yamlcheck import read_yaml
 
 __all__ = ["ModelSpec", "Catalog", "CatalogError", "load_catalog", "DEFAULT_CATALOG", "MEASURED_CATALOG",
-           "host_catalog"]
+           "host_catalog", "ENTRY_FIELDS"]
 
 DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "config" / "models.yaml"
 # This host's figures: `make setup` profiles the models into it (cluster/profile.py, --out).
@@ -47,13 +47,26 @@ class ModelSpec:
     model_file: str                 # folder under the models dir the local server loads
     memory: int                     # KB per instance
     cpu: float                      # cores one request keeps busy
-    exec_time: dict[str, float] = field(default_factory=dict)  # seconds per node class
+    exec_time: dict[str, float] = field(default_factory=dict)  # seconds per node class, back to back
+    # A request that finds its node idle is served faster than back to back (CPU bandwidth control
+    # lets an idle group start with unused quota): seconds per node class, where it was measured.
+    exec_time_idle: dict[str, float] = field(default_factory=dict)
+    exec_time_scv: dict[str, float] = field(default_factory=dict)   # variance / mean^2 of exec_time
 
     def exec_time_on(self, node_class: str) -> float:
         """Execution time on a node class, falling back to the slowest known class."""
         if node_class in self.exec_time:
             return self.exec_time[node_class]
         return max(self.exec_time.values()) if self.exec_time else 0.0
+
+    def idle_time_on(self, node_class: str) -> float:
+        """Execution time of a request that finds a node of the class idle; where that was not
+        measured (a fast model: the two paces are the same within noise), the back-to-back one."""
+        return self.exec_time_idle.get(node_class, self.exec_time_on(node_class))
+
+    def scv_on(self, node_class: str) -> float | None:
+        """Squared coefficient of variation of the execution time on a node class, None if not measured."""
+        return self.exec_time_scv.get(node_class)
 
 
 @dataclass(frozen=True)
@@ -119,7 +132,13 @@ class _ModelEntry(Strict):
     memory: Number(int, positive=True, unit="KB")
     cpu: Number(float, positive=True)
     exec_time: NumberMap("node classes to seconds", minimum=0)
+    exec_time_idle: NumberMap("node classes to seconds", empty=True, positive=True) | None = None
+    exec_time_scv: NumberMap("node classes to squared coefficients of variation", empty=True, minimum=0) | None = None
     measured: _Measured | None = None
+
+
+# An entry's fields in the order the catalog writes them (cluster.profile adds a missing one in place).
+ENTRY_FIELDS = tuple(_ModelEntry.model_fields)
 
 
 class _CatalogFile(Strict):
@@ -138,7 +157,8 @@ def _model(errors: list[str], source: str, index: int, entry: object) -> ModelSp
     if model is None:
         return None
     return ModelSpec(name=model.name, image=model.image, port=model.port, model_file=model.model_file or model.name,
-                     memory=model.memory, cpu=model.cpu, exec_time=dict(model.exec_time))
+                     memory=model.memory, cpu=model.cpu, exec_time=dict(model.exec_time),
+                     exec_time_idle=dict(model.exec_time_idle or {}), exec_time_scv=dict(model.exec_time_scv or {}))
 
 
 def load_catalog(path: str | Path = DEFAULT_CATALOG) -> Catalog:

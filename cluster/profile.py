@@ -12,11 +12,19 @@ measured:
   `example_body`) over a kept-alive loopback connection, at 1 core and at each node class's
   `cpu_quota` from the cluster description (the quota of the group is changed between rounds; the
   server is not restarted). The class figures are written as `exec_time.<class>`, the 1-core one as
-  `measured.exec_time_1core`.
+  `measured.exec_time_1core`; the squared coefficient of variation of those back-to-back samples as
+  `exec_time_scv.<class>`;
+- execution time after idleness: where a class's back-to-back median is at least IDLE_MIN, the
+  median of IDLE_SAMPLES predicts each sent after IDLE_GAP seconds with nothing running, written as
+  `exec_time_idle.<class>`. CPU bandwidth control lets a group that was idle start with unused
+  quota, so a request that finds its node idle is served faster than back to back (digits_cnn at
+  0.25 core: ~51 vs ~70 ms); the queueing model needs both paces. Below IDLE_MIN the two are the
+  same within noise, and skipping them keeps the profile fast.
 
 Each model also gets a one-line `measured: {date, host, host_cores, cgroup, cpu_quota, ...}` note.
-The catalog is edited line by line (comments and layout kept): a model's `memory:`, `exec_time:`
-and `measured:` lines are replaced or added; the result is validated before it replaces the file.
+The catalog is edited line by line (comments and layout kept): a model's `memory:`, `exec_time:`,
+`exec_time_idle:`, `exec_time_scv:` and `measured:` lines are replaced or added (the new ones right
+after `exec_time:`); the result is validated before it replaces the file.
 """
 from __future__ import annotations
 
@@ -40,18 +48,22 @@ from typing import Iterator
 import psutil
 import yaml
 
-from .catalog import CatalogError, ModelSpec, load_catalog
+from .catalog import ENTRY_FIELDS, CatalogError, ModelSpec, load_catalog
 from .limits import CgroupLimits, NodeLimits
 from .local_config import load_local_cluster
 from .local_proc import last_log_line, probe_ready, python_command
 from .port import ClusterError
 
-__all__ = ["Measurement", "class_quotas", "profiled_server", "profile_model", "update_catalog_text", "run_profile"]
+__all__ = ["Measurement", "class_quotas", "profiled_server", "back_to_back", "after_idle", "profile_model",
+           "update_catalog_text", "run_profile"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WARMUP = 5
 MIN_SAMPLES, MAX_SAMPLES, BUDGET = 7, 30, 1.5       # requests per quota; seconds per quota at most
 MEMORY_HEADROOM = 0.10                              # added to the charged memory (see new_fields)
+# Predicts after idleness per quota, seconds idle before each (a few 10 ms CFS periods), and the
+# back-to-back median (s) from which on they are taken (~2 s per quota measured).
+IDLE_SAMPLES, IDLE_GAP, IDLE_MIN = 7, 0.25, 0.005
 
 
 @dataclass
@@ -60,7 +72,9 @@ class Measurement:
     charged: int                    # KB charged to the server's cgroup
     rss: int                        # KB resident in its processes
     exec_time_1core: float          # s, median predict at 1 core
-    exec_time: dict[str, float] = field(default_factory=dict)   # s per node class
+    exec_time: dict[str, float] = field(default_factory=dict)   # s per node class, back to back
+    exec_time_idle: dict[str, float] = field(default_factory=dict)  # s per node class after IDLE_GAP idle
+    exec_time_scv: dict[str, float] = field(default_factory=dict)   # of the back-to-back samples
     cpu_time: float = 0.0           # s of CPU one request takes (its server's processes, all threads)
 
     @property
@@ -133,6 +147,34 @@ def _predict(conn: http.client.HTTPConnection, model: str, body: bytes) -> float
         raise ClusterError(f"{model}: predict with its example body answered {response.status}: "
                            f"{payload[:200].decode('utf-8', 'replace')}")
     return elapsed
+
+
+def back_to_back(conn: http.client.HTTPConnection, model: str, body: bytes, *, least: int = MIN_SAMPLES,
+                 most: int = MAX_SAMPLES, budget: float = BUDGET) -> list[float]:
+    """Predict times one right after another (at least `least`, then until `budget` seconds or `most`):
+    the pace of a saturated node, which its capacity and the waiting in its queue follow."""
+    samples: list[float] = []
+    started = time.monotonic()
+    while len(samples) < most and (len(samples) < least or time.monotonic() - started < budget):
+        samples.append(_predict(conn, model, body))
+    return samples
+
+
+def after_idle(conn: http.client.HTTPConnection, model: str, body: bytes, *, count: int = IDLE_SAMPLES,
+               gap: float = IDLE_GAP) -> list[float]:
+    """Predict times each after `gap` seconds with nothing running on the server: the pace of a request
+    that finds its node idle (faster on a CPU-limited node: an idle group starts with unused quota)."""
+    samples: list[float] = []
+    for _ in range(count):
+        time.sleep(gap)
+        samples.append(_predict(conn, model, body))
+    return samples
+
+
+def scv(samples: list[float]) -> float:
+    """Squared coefficient of variation: population variance / mean^2 (0 for a constant time)."""
+    mean = statistics.fmean(samples)
+    return statistics.pvariance(samples, mean) / mean ** 2 if mean > 0 else 0.0
 
 
 def _charged(limits: CgroupLimits, group: str) -> int:
@@ -220,21 +262,24 @@ def profile_model(spec: ModelSpec, *, limits: CgroupLimits, models_dir: Path, qu
                 _predict(conn, spec.name, body)
             charged, rss = _charged(limits, group), _rss(proc.pid)
             times: dict[float, float] = {}
+            scvs: dict[float, float] = {}
+            idle: dict[float, float] = {}
             cpu_times: list[float] = []
             for quota in sorted({1.0, *quotas.values()}, reverse=True):
                 limits.apply(group, NodeLimits(cpu=quota, memory=None))
                 _predict(conn, spec.name, body)             # settle into the new quota
-                samples: list[float] = []
-                started, cpu_before = time.monotonic(), _cpu_ns(proc.pid)
-                while len(samples) < MAX_SAMPLES and (len(samples) < MIN_SAMPLES
-                                                      or time.monotonic() - started < BUDGET):
-                    samples.append(_predict(conn, spec.name, body))
+                cpu_before = _cpu_ns(proc.pid)
+                samples = back_to_back(conn, spec.name, body)
                 cpu_times.append((_cpu_ns(proc.pid) - cpu_before) / 1e9 / len(samples))
-                times[quota] = statistics.median(samples)
+                times[quota], scvs[quota] = statistics.median(samples), scv(samples)
+                if quota in quotas.values() and times[quota] >= IDLE_MIN:
+                    idle[quota] = statistics.median(after_idle(conn, spec.name, body))
         finally:
             conn.close()
     return Measurement(model=spec.name, charged=charged, rss=rss, exec_time_1core=times[1.0],
                        exec_time={cls: times[q] for cls, q in quotas.items()},
+                       exec_time_idle={cls: idle[q] for cls, q in quotas.items() if q in idle},
+                       exec_time_scv={cls: scvs[q] for cls, q in quotas.items()},
                        cpu_time=statistics.median(cpu_times))
 
 
@@ -271,16 +316,26 @@ def _flow(value: object) -> str:
     return text[:-4].strip() if text.endswith("\n...") else text
 
 
-def new_fields(measurement: Measurement, old_exec_time: dict[str, float], *, date: str, host: str,
+def _merged(old: dict[str, float], new: dict[str, float], measured: dict[str, float]) -> dict[str, float]:
+    """`old` with the `new` figures: a class `measured` this time keeps no old figure (none where it got
+    none, e.g. no idle time below IDLE_MIN); the other classes keep theirs; the file's order is kept."""
+    kept = {c: v for c, v in old.items() if c in new or c not in measured}
+    return kept | {c: _seconds(v) for c, v in new.items()}
+
+
+def new_fields(measurement: Measurement, old: ModelSpec, *, date: str, host: str,
                cgroup: str, quotas: dict[str, float]) -> dict[str, object]:
-    """The catalog fields a measurement sets: memory, exec_time (merged) and the measured note.
+    """The catalog fields a measurement sets: memory, exec_time, exec_time_idle and exec_time_scv
+    (each merged with `old`'s) and the measured note; exec_time_idle is None (no line) when empty.
 
     `memory` is the charged figure plus MEMORY_HEADROOM, rounded up to 1000 KB: a server's charge
     grows a little under sustained load (buffers, allocator), and a node's limit is a hard one."""
-    exec_time = {**old_exec_time, **{c: _seconds(s) for c, s in measurement.exec_time.items()}}
+    measured = measurement.exec_time
     return {
         "memory": int(math.ceil(measurement.charged * (1 + MEMORY_HEADROOM) / 1000.0) * 1000),
-        "exec_time": exec_time,
+        "exec_time": _merged(old.exec_time, measured, measured),
+        "exec_time_idle": _merged(old.exec_time_idle, measurement.exec_time_idle, measured) or None,
+        "exec_time_scv": _merged(old.exec_time_scv, measurement.exec_time_scv, measured),
         "measured": {"date": date, "host": host, "host_cores": os.cpu_count() or 1, "cgroup": cgroup,
                      "cpu_quota": dict(quotas), "exec_time_1core": _seconds(measurement.exec_time_1core),
                      "cpu_time": _seconds(measurement.cpu_time),
@@ -289,7 +344,9 @@ def new_fields(measurement: Measurement, old_exec_time: dict[str, float], *, dat
 
 
 def update_catalog_text(text: str, updates: dict[str, dict[str, object]]) -> str:
-    """Replace or add `key: value` lines in each named model's block of a block-style catalog.
+    """Replace or add `key: value` lines in each named model's block of a block-style catalog; a value
+    None removes the key's line. A new key goes right after the nearest key before it (in the catalog's
+    field order, ENTRY_FIELDS) that the block has, so exec_time_idle follows exec_time; else at the end.
 
     Raises ValueError when a model's block is not found in that shape (a flow-style catalog)."""
     lines = text.splitlines(keepends=True)
@@ -313,20 +370,30 @@ def update_catalog_text(text: str, updates: dict[str, dict[str, object]]) -> str
             end += 1
         while end > start + 1 and (not lines[end - 1].strip() or lines[end - 1].lstrip().startswith("#")):
             end -= 1                 # blank lines and comments before the next block stay before it
-        for key, value in fields.items():
-            new_line = f"{' ' * indent}{key}: {_flow(value)}\n"
-            at = next((i for i in range(start + 1, end)
-                       if lines[i].startswith(" " * indent + key + ":")), None)
+
+        def span(key: str) -> tuple[int, int] | None:
+            """Where `key`'s line and its block-style continuation (deeper-indented lines) are."""
+            at = next((i for i in range(start + 1, end) if lines[i].startswith(" " * indent + key + ":")), None)
             if at is None:
-                lines.insert(end, new_line)
-                end += 1
-                continue
-            stop = at + 1            # a block-style value continues on deeper-indented lines
+                return None
+            stop = at + 1
             while stop < end and (not lines[stop].strip()
                                   or len(lines[stop]) - len(lines[stop].lstrip(" ")) > indent):
                 stop += 1
-            lines[at:stop] = [new_line]
-            end -= stop - at - 1
+            return at, stop
+
+        for key, value in fields.items():
+            new = [] if value is None else [f"{' ' * indent}{key}: {_flow(value)}\n"]
+            found = span(key)
+            if found is None:
+                earlier = ENTRY_FIELDS[:ENTRY_FIELDS.index(key)] if key in ENTRY_FIELDS else ()
+                before = next(filter(None, map(span, reversed(earlier))), None)
+                at = end if before is None else before[1]
+                while at > start + 1 and not lines[at - 1].strip():
+                    at -= 1                 # before the blank lines that end a value
+                found = (at, at)
+            lines[found[0]:found[1]] = new
+            end += len(new) - (found[1] - found[0])
     return "".join(lines)
 
 
@@ -397,7 +464,7 @@ def run_profile(*, catalog_path: str | Path, config_path: str | Path, models_dir
                     notes.append(f"{spec.name}: not profiled: {' '.join(str(exc).split())}")
     finally:
         limits.cleanup()
-    updates = {m.model: new_fields(m, catalog[m.model].exec_time, date=date, host=host, cgroup=cgroup,
+    updates = {m.model: new_fields(m, catalog[m.model], date=date, host=host, cgroup=cgroup,
                                    quotas=quotas) for m in results}
     busy = [m.model for m in results if m.host_busy]
     if busy:
@@ -413,12 +480,14 @@ def run_profile(*, catalog_path: str | Path, config_path: str | Path, models_dir
               f"{time.monotonic() - started:.1f} s; class quotas: "
               + ", ".join(f"{c} {q:g} core" for c, q in quotas.items()), file=out)
         print(f"{'MODEL':<18} {'MEMORY KB':>10} {'RSS KB':>9} {'CPU S':>10} {'1 CORE S':>10} "
-              + " ".join(f"{c.upper() + ' S':>10}" for c in classes), file=out)
+              + " ".join(f"{c.upper() + ' S':>10} {c.upper() + ' IDLE S':>12} {c.upper() + ' SCV':>10}"
+                         for c in classes), file=out)
         for m in results:
-            fields = updates[m.model]
-            print(f"{m.model:<18} {fields['memory']:>10} {m.rss:>9} {_seconds(m.cpu_time):>10} "
+            idle = {c: _seconds(s) for c, s in m.exec_time_idle.items()}
+            print(f"{m.model:<18} {updates[m.model]['memory']:>10} {m.rss:>9} {_seconds(m.cpu_time):>10} "
                   f"{_seconds(m.exec_time_1core):>10} "
-                  + " ".join(f"{fields['exec_time'][c]:>10}" for c in classes), file=out)
+                  + " ".join(f"{_seconds(m.exec_time[c]):>10} {idle.get(c, '-'):>12} "
+                             f"{_seconds(m.exec_time_scv[c]):>10}" for c in classes), file=out)
         for note in notes:
             print(f"note: {note}", file=out)
     text = update_catalog_text(catalog_path.read_text(), updates)

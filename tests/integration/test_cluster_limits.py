@@ -252,6 +252,7 @@ def test_profile_dry_run_measures_one_model(tmp_path, built_models):
     assert measured["rss"] >= measured["charged"] > 0
     assert set(fields["exec_time"]) >= {"small", "large"}
     assert all(0 < s < 5 for s in fields["exec_time"].values())
+    assert_idle_and_scv(fields)
     assert catalog.read_text() == original, "a dry run writes nothing"
 
     text = profile("--dry-run", "--model", "half_plus_two", "--catalog", str(catalog),
@@ -259,6 +260,31 @@ def test_profile_dry_run_measures_one_model(tmp_path, built_models):
     assert text.returncode == 0, text.stderr
     assert "half_plus_two" in text.stdout and "dry run:" in text.stdout
     assert catalog.read_text() == original
+
+
+def assert_idle_and_scv(fields: dict) -> None:
+    """Every class has its back-to-back variability; an idle pace exactly where back to back is slow enough."""
+    from cluster.profile import IDLE_MIN
+
+    assert set(fields["exec_time_scv"]) == set(fields["exec_time"])
+    assert all(0 <= x < 50 for x in fields["exec_time_scv"].values())
+    idle = fields["exec_time_idle"] or {}
+    assert set(idle) == {c for c, s in fields["exec_time"].items() if s >= IDLE_MIN}
+    assert all(0 < s < 5 for s in idle.values())
+
+
+def test_profile_measures_the_idle_pace_of_a_slow_model(tmp_path, built_models):
+    """digits_cnn is slower than IDLE_MIN back to back at every class: it gets an idle figure at each."""
+    catalog = tmp_path / "models.yaml"
+    catalog.write_text((REPO_ROOT / "config" / "models.yaml").read_text())
+    started = time.monotonic()
+    result = profile("--dry-run", "--json", "--model", "digits_cnn", "--catalog", str(catalog),
+                     "--models-dir", str(built_models))
+    assert result.returncode == 0, result.stderr
+    fields = json.loads(result.stdout)["models"]["digits_cnn"]
+    assert set(fields["exec_time_idle"]) == {"small", "large"}
+    assert_idle_and_scv(fields)
+    assert time.monotonic() - started < 60
 
 
 def test_profile_writes_the_catalog_keeping_its_comments(tmp_path, built_models):
@@ -278,6 +304,8 @@ def test_profile_writes_the_catalog_keeping_its_comments(tmp_path, built_models)
     entry = next(m for m in changed if m["name"] == "half_plus_three")
     assert entry["measured"]["date"] and entry["memory"] == after["half_plus_three"].memory
     assert after["half_plus_three"].exec_time["small"] == entry["exec_time"]["small"]
+    assert after["half_plus_three"].exec_time_scv == entry["exec_time_scv"]
+    assert_idle_and_scv(entry | {"exec_time_idle": entry.get("exec_time_idle")})
     for name in before.names():                     # the other models are untouched
         if name != "half_plus_three":
             assert after[name] == before[name]

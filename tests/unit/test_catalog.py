@@ -33,6 +33,10 @@ def test_shipped_catalog_loads():
     assert {"half_plus_two", "half_plus_three", "digits_logreg", "digits_forest"} <= set(catalog.names())
     assert len({spec.port for spec in catalog}) == len(catalog)
     assert all(spec.memory > 0 and spec.cpu > 0 and spec.exec_time for spec in catalog)
+    # measured by `python -m cluster profile`: the variability at every class, the idle pace where it
+    # differs (digits_cnn, the one model slow enough)
+    assert all(spec.exec_time_scv.keys() == spec.exec_time.keys() for spec in catalog)
+    assert catalog["digits_cnn"].exec_time_idle.keys() == catalog["digits_cnn"].exec_time.keys()
 
 
 def test_good_catalog_parses(tmp_path):
@@ -53,6 +57,19 @@ def test_exec_time_falls_back_to_slowest_class(tmp_path):
     assert spec.exec_time_on("unknown") == 0.01
 
 
+def test_idle_time_and_scv_are_optional_and_the_idle_time_falls_back_to_back_to_back(tmp_path):
+    entry = {**GOOD, "exec_time_idle": {"small": 0.007}, "exec_time_scv": {"small": 0.02, "large": 0}}
+    catalog = load_catalog(_write(tmp_path, {"models": [entry, {**GOOD, "name": "m2", "port": 8502}]}))
+    spec, plain = catalog["m1"], catalog["m2"]
+    assert spec.exec_time_idle == {"small": 0.007} and spec.exec_time_scv == {"small": 0.02, "large": 0.0}
+    assert spec.idle_time_on("small") == 0.007
+    assert spec.idle_time_on("large") == 0.005          # not measured idle: the back-to-back pace
+    assert spec.idle_time_on("unknown") == 0.01         # as exec_time_on: the slowest class
+    assert spec.scv_on("small") == 0.02 and spec.scv_on("large") == 0.0 and spec.scv_on("unknown") is None
+    assert plain.exec_time_idle == {} and plain.exec_time_scv == {}
+    assert plain.idle_time_on("small") == 0.01 and plain.scv_on("small") is None
+
+
 @pytest.mark.parametrize("field, value, expect", [
     ("image", "", "field 'image' must be a non-empty string"),
     ("image", None, "field 'image' must be a non-empty string"),
@@ -69,6 +86,12 @@ def test_exec_time_falls_back_to_slowest_class(tmp_path):
     ("exec_time", [1], "field 'exec_time' must map node classes to seconds"),
     ("exec_time", {"small": -1}, "field 'exec_time.small' must be a non-negative number"),
     ("exec_time", {"small": "fast"}, "field 'exec_time.small' must be a non-negative number"),
+    ("exec_time_idle", [1], "field 'exec_time_idle' must map node classes to seconds"),
+    ("exec_time_idle", {"small": 0}, "field 'exec_time_idle.small' must be positive, got 0"),
+    ("exec_time_idle", {"small": -0.1}, "field 'exec_time_idle.small' must be positive"),
+    ("exec_time_idle", {"small": "fast"}, "field 'exec_time_idle.small' must be a positive number"),
+    ("exec_time_scv", 0.5, "field 'exec_time_scv' must map node classes to squared coefficients of variation"),
+    ("exec_time_scv", {"small": -1}, "field 'exec_time_scv.small' must be a non-negative number, got -1"),
     ("flavour", 1, "unknown field(s) flavour"),
 ])
 def test_each_bad_field_is_named(tmp_path, field, value, expect):
@@ -119,6 +142,8 @@ def test_catalog_errors_are_cluster_errors():
 @pytest.mark.parametrize("field, value, expect", [
     ("exec_time", {"small": float("nan")}, "field 'exec_time.small' must be a finite number, got nan"),
     ("exec_time", {"small": float("inf")}, "field 'exec_time.small' must be a finite number, got inf"),
+    ("exec_time_idle", {"small": float("nan")}, "field 'exec_time_idle.small' must be a finite number, got nan"),
+    ("exec_time_scv", {"large": float("inf")}, "field 'exec_time_scv.large' must be a finite number, got inf"),
     ("cpu", float("nan"), "field 'cpu' must be a finite number, got nan"),
     ("memory", float("-inf"), "field 'memory' must be a finite number, got -inf"),
     ("memory", "1000", "field 'memory' must be a positive number, got '1000'"),

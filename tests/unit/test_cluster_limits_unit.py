@@ -8,7 +8,8 @@ import yaml
 
 from cluster.limits import CgroupLimits, cfs_quota, cluster_id, detect_layout, oom_reason
 from cluster.local_config import LocalConfigError, load_local_cluster, parse_local_config
-from cluster.profile import update_catalog_text
+from cluster.catalog import ModelSpec
+from cluster.profile import Measurement, new_fields, scv, update_catalog_text
 
 GOOD = {"name": "n1", "address": "127.0.1.1", "memory": 1000, "cpu": 2, "class": "small"}
 
@@ -157,3 +158,54 @@ def test_update_catalog_text_keeps_comments_and_layout():
     assert "    measured: {date: d}\n\n  # between" in text
     with pytest.raises(ValueError, match="'c'"):
         update_catalog_text(CATALOG, {"c": {"memory": 1}})
+
+
+def test_update_catalog_text_puts_the_idle_and_scv_lines_right_after_exec_time():
+    updates = {"a": {"exec_time": {"small": 0.4}, "exec_time_idle": {"small": 0.3},
+                     "exec_time_scv": {"small": 0.1}, "measured": {"date": "d"}},
+               "b": {"exec_time_idle": {"small": 1.5}, "exec_time_scv": {"small": 0.2, "large": 0.0}}}
+    text = update_catalog_text(CATALOG, updates)
+    assert text.startswith("# header comment\n") and "\n  # between\n" in text
+    assert ("    exec_time: {small: 0.4}\n    exec_time_idle: {small: 0.3}\n    exec_time_scv: {small: 0.1}\n"
+            "    measured: {date: d}\n\n  # between\n") in text
+    # b's block-style exec_time is not touched: the new lines follow its last line
+    assert ("    exec_time:\n      small: 2.0\n      large: 1.0\n    exec_time_idle: {small: 1.5}\n"
+            "    exec_time_scv: {small: 0.2, large: 0.0}\n    measured: {date: old}\n") in text
+    data = yaml.safe_load(text)["models"]
+    assert data[1]["exec_time"] == {"small": 2.0, "large": 1.0} and data[1]["exec_time_idle"] == {"small": 1.5}
+
+
+def test_update_catalog_text_replaces_the_idle_line_and_none_removes_it():
+    first = update_catalog_text(CATALOG, {"a": {"exec_time": {"small": 0.4}, "exec_time_idle": {"small": 0.3},
+                                                "exec_time_scv": {"small": 0.1}}})
+    again = update_catalog_text(first, {"a": {"exec_time": {"small": 0.5}, "exec_time_idle": {"small": 0.35},
+                                              "exec_time_scv": {"small": 0.2}}})
+    assert again == first.replace("0.4}", "0.5}").replace("0.3}", "0.35}").replace("0.1}", "0.2}")
+    gone = update_catalog_text(again, {"a": {"exec_time_idle": None}, "b": {"exec_time_idle": None}})
+    assert "exec_time_idle" not in gone
+    assert gone == again.replace("    exec_time_idle: {small: 0.35}\n", "")
+
+
+def test_new_fields_write_the_idle_time_only_for_classes_measured_idle():
+    old = ModelSpec(name="m", image="i", port=1, model_file="m", memory=1, cpu=1.0,
+                    exec_time={"large": 0.01, "small": 0.04, "tiny": 0.2},
+                    exec_time_idle={"large": 0.009, "small": 0.03, "tiny": 0.15}, exec_time_scv={"tiny": 0.3})
+    fast = Measurement("m", charged=1000, rss=2000, exec_time_1core=0.002, exec_time={"small": 0.0123456, "large": 0.002},
+                       exec_time_idle={"small": 0.0100004}, exec_time_scv={"small": 0.012346, "large": 0.5})
+    fields = new_fields(fast, old, date="d", host="h", cgroup="v2", quotas={"small": 0.25, "large": 1.0})
+    assert list(fields) == ["memory", "exec_time", "exec_time_idle", "exec_time_scv", "measured"]
+    assert fields["exec_time"] == {"large": 0.002, "small": 0.01235, "tiny": 0.2}      # the file's order kept
+    # small: the new figure; large: measured, below IDLE_MIN, so no idle figure (not the stale one);
+    # tiny: not measured this time, kept
+    assert fields["exec_time_idle"] == {"small": 0.01, "tiny": 0.15}
+    assert fields["exec_time_scv"] == {"tiny": 0.3, "small": 0.01235, "large": 0.5}
+    bare = ModelSpec(name="m", image="i", port=1, model_file="m", memory=1, cpu=1.0, exec_time={"small": 0.04})
+    none = new_fields(Measurement("m", 1000, 2000, 0.002, {"small": 0.002}, {}, {"small": 0.1}), bare,
+                      date="d", host="h", cgroup="v2", quotas={"small": 0.25})
+    assert none["exec_time_idle"] is None and none["exec_time_scv"] == {"small": 0.1}
+    assert "exec_time_idle" not in update_catalog_text(CATALOG, {"a": none})
+
+
+def test_scv_is_the_population_variance_over_the_squared_mean():
+    assert scv([0.01] * 7) == 0.0
+    assert scv([1.0, 3.0]) == pytest.approx(0.25)        # variance 1, mean 2
