@@ -72,12 +72,14 @@ def test_cloud_takes_exactly_what_the_edge_cannot(system):
     light = weights(system)
     assert C not in light and light[A] >= light.get(B, 0.0) and sum(light.values()) == pytest.approx(1.0)
     assert (HP2, C) not in system.pairs()
-    # the plan's predicted mean latency per request: the objective's own, and the queueing model's for
-    # each dispatch (at 5% busy, round trip + 0.5 s and a little waiting; a pool never queues more)
+    # the plan's predicted mean latency per request: the objective's own (M/M/1), and the queueing
+    # model's for each dispatch, which sees that the 12 requests came in one burst (sent back to back:
+    # per-second counts far from Poisson), so it predicts more waiting than M/M/1; a pool queues less
     predicted = report["prediction"]
     assert predicted["objective"] == pytest.approx(report["solver"]["objective"] / report["inputs"]["requests"],
                                                    rel=1e-5)
-    assert EDGE_S < predicted["pooled"] <= predicted["split"] < 0.6
+    assert report["inputs"]["dispersion"][HP2] > 5
+    assert EDGE_S < predicted["pooled"] <= predicted["split"] and predicted["split"] > predicted["objective"]
 
     # heavy: 130 requests in a 30 s window (30-40 s of buckets): each edge instance takes at most
     # 0.85 x seconds / 0.5 (51 to 67), the cloud the rest

@@ -172,6 +172,12 @@ def test_a_rate_window_plans_the_load_aware_problem_for_a_rise_at_once(tmp_path)
     # the window's buckets span [9,990, 10,029.9]: 60 requests over 39.9 s (not over the 30 s asked)
     assert [g.count for g in plain.problem.requests] == [60] and plain.problem.window == pytest.approx(39.9)
     assert plain.summary["rates"] == {f"{HP2}/z1": round(60 / 39.9, 6)}
+    # the step is not Poisson: its per-second counts are over-dispersed, as the report says; the
+    # queueing inputs carry that and the catalog's low-load pace per node (solver.predict)
+    assert window.dispersion[HP2] > 1 and plain.summary["dispersion"] == {HP2: round(window.dispersion[HP2], 3)}
+    assert plain.queueing.dispersion == window.dispersion
+    assert plain.queueing.idle[HP2] == {n.node: CATALOG[HP2].idle_time_on(n.node_class or "") for n in NODES if n.ready}
+    assert placement_has_no_queueing(common)
     # recent: 50 / 19.9 s = 2.51 req/s, planned as ceil(2.51 * 39.9) = 101 requests over the window
     assert [g.count for g in peak.problem.requests] == [101] and peak.problem.window == pytest.approx(39.9)
     assert peak.summary["rates"] == {f"{HP2}/z1": round(101 / 39.9, 6)}
@@ -183,6 +189,11 @@ def test_a_rate_window_plans_the_load_aware_problem_for_a_rise_at_once(tmp_path)
     assert [g.count for g in calm.problem.requests] == [60] and calm.summary["rates_from_recent"] == []
     placement = build_problem(settings=BuildSettings(formulation="placement", window=30, rate_window=10), **common)
     assert [g.count for g in placement.problem.requests] == [60]
+
+
+def placement_has_no_queueing(common: dict) -> bool:
+    built = build_problem(settings=BuildSettings(formulation="placement", window=30), **common)
+    return built.queueing is None and "dispersion" not in built.summary
 
 
 def test_recent_peaks_raise_only_the_groups_that_rose():
