@@ -28,7 +28,7 @@ from .collect import FrontendClient, FrontendError, collect
 from .replicas import collect_replicas
 from .lock import LockError, RunLock
 from .plan import (SOLVED_STATUSES, Thresholds, desired_pairs, dispatch_weights, instances_from, plan_actions,
-                   service_times)
+                   service_times, idle_times)
 from .report import EXIT_ERRORS, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, RunReport
 
 log = logging.getLogger("backend.pipeline")
@@ -342,6 +342,9 @@ def _run_with(cfg: RunConfig, report: RunReport, finish, *, client: FrontendClie
                 service = service_times(weights, built.problem.exec_time, deployments)
                 if service:
                     plan_doc["service"] = service
+                    idle = idle_times(service, built.queueing.idle)
+                    if idle:       # a request that finds the node idle: expected-delay's pace there
+                        plan_doc["idle"] = idle
             unfit = _plan_problems(plan_doc)
             if unfit:       # the front-end would refuse it as well: say what is wrong, push nothing
                 report.errors.append(f"plan not pushed: {'; '.join(unfit)}")
@@ -357,7 +360,7 @@ def _run_with(cfg: RunConfig, report: RunReport, finish, *, client: FrontendClie
                         client.put_plan(plan_doc)
                     except FrontendError as exc:
                         # a front-end that predates the optional fields refuses them: send the weights alone
-                        extra = [f for f in ("rtt", "service") if f in plan_doc]
+                        extra = [f for f in ("rtt", "service", "idle") if f in plan_doc]
                         if exc.status != 400 or not extra or "unknown field(s)" not in str(exc):
                             raise
                         for f in extra:

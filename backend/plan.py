@@ -28,7 +28,7 @@ from common.plan_body import MAX_SERVICE
 from .collect import ModelStat
 
 __all__ = ["Action", "Thresholds", "Instance", "Plan", "desired_pairs", "instances_from",
-           "plan_actions", "dispatch_weights", "service_times", "PROVISION", "DELETE", "SOLVED_STATUSES"]
+           "plan_actions", "dispatch_weights", "service_times", "idle_times", "PROVISION", "DELETE", "SOLVED_STATUSES"]
 
 PROVISION = "provision"
 DELETE = "delete"
@@ -204,6 +204,18 @@ def service_times(weights: dict[str, dict[str, dict[str, float]]], exec_time: di
         nodes = {node for row in zones.values() for node, w in row.items() if w > 0} | running.get(model, set())
         row = exec_time.get(model, {})
         times = {node: float(row[node]) for node in sorted(nodes) if 0 < float(row.get(node, 0.0)) <= MAX_SERVICE}
+        if times:
+            out[model] = times
+    return out
+
+
+def idle_times(service: dict[str, dict[str, float]], idle: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Return {model: {node: seconds}}: the low-load service time of each instance in `service` where
+    it is below the planned (back-to-back) one; elsewhere the two are the same and it is left out."""
+    out: dict[str, dict[str, float]] = {}
+    for model, row in service.items():
+        times = {node: float(idle[model][node]) for node in row
+                 if 0 < float(idle.get(model, {}).get(node, 0.0)) < row[node]}
         if times:
             out[model] = times
     return out

@@ -5,7 +5,9 @@ nor enters the other.
 {"created": unix seconds, "mode": 1|2, "solver": name, "weights": {model: {zone: {node: weight >= 0}}},
  "rtt": {zone: {node: seconds in 0..MAX_RTT}} (optional),
  "service": {model: {node: seconds in (0, MAX_SERVICE]}} (optional: the service time per request the
- load-aware solve used for each instance, which the expected-delay policy charges to its node's backlog)}
+ load-aware solve used for each instance, which the expected-delay policy charges to its node's backlog),
+ "idle": {model: {node: seconds in (0, MAX_SERVICE]}} (optional: the low-load service time, what a
+ request that finds the node idle takes; expected-delay counts it for a node with no backlog)}
 """
 from __future__ import annotations
 
@@ -87,6 +89,7 @@ class PlanBody(Strict):
     weights: Checked(dict[str, dict[str, dict[str, Checked(float, _weight)]]], _weights_shape)
     rtt: Checked(dict[str, dict[str, Checked(float, _seconds)]], _rtt_shape) = None
     service: Checked(dict[str, dict[str, Checked(float, _service)]], _service_shape) = None
+    idle: Checked(dict[str, dict[str, Checked(float, _service)]], _service_shape) = None
 
 
 def plan_problems(exc: ValidationError) -> list[str]:

@@ -15,9 +15,11 @@ its arguments (randomness and counters are passed in), so the unit tests need no
 - `expected-delay`: the plan's instances for the model (those the back-end gave a service time),
   each request to the one that would answer first: the client zone's round trip + the work this
   worker has already sent to that node and not yet seen drain (`Backlog`) + the instance's service
-  time. At low load that is the nearest fast instance; in a burst, the requests spread over the
-  nodes by their backlog instead of by chance (a random split queues a burst unevenly). Falls
-  back to `plan` when the plan has no service times (a fixed-time formulation's plan).
+  time: its low-load pace (the plan's `idle`) on a node with no backlog, which a request that finds
+  it idle gets, else the back-to-back pace (`service`), which is also the work charged. At low load
+  that is the nearest fast instance; in a burst, the requests spread over the nodes by their
+  backlog instead of by chance (a random split queues a burst unevenly). Falls back to `plan`
+  when the plan has no service times (a fixed-time formulation's plan).
 
 Cloud sites (nodes labelled `topology=cloud`) are a fallback: every policy but `plan` and
 `expected-delay` chooses among the edge instances whose node is below OVERLOAD_CPU of its cores,
@@ -87,8 +89,8 @@ def nearest(candidates: Sequence[Candidate], zone: str | None,
 @dataclass(frozen=True)
 class Plan:
     """The back-end's latest plan: weights[model][zone][node] >= 0, and optionally the round trips
-    rtt[zone][node] (seconds) it measured from the clients' reports and the service times
-    service[model][node] (seconds) it planned with."""
+    rtt[zone][node] (seconds) it measured from the clients' reports, the service times
+    service[model][node] (seconds) it planned with and the low-load ones idle[model][node]."""
 
     created: float
     mode: int
@@ -96,13 +98,13 @@ class Plan:
     weights: dict[str, dict[str, dict[str, float]]]
     rtt: dict[str, dict[str, float]] | None = None
     service: dict[str, dict[str, float]] | None = None
+    idle: dict[str, dict[str, float]] | None = None
 
     def to_json(self) -> dict:
         doc = {"created": self.created, "mode": self.mode, "solver": self.solver, "weights": self.weights}
-        if self.rtt is not None:
-            doc["rtt"] = self.rtt
-        if self.service is not None:
-            doc["service"] = self.service
+        for field in ("rtt", "service", "idle"):
+            if getattr(self, field) is not None:
+                doc[field] = getattr(self, field)
         return doc
 
 
@@ -122,7 +124,7 @@ def parse_plan(body: Any, *, known_models: Sequence[str]) -> Plan:
     except ValidationError as exc:
         errors.extend(plan_problems(exc))
     known = set(known_models)
-    for field in ("weights", "service"):
+    for field in ("weights", "service", "idle"):
         table = body.get(field)
         if isinstance(table, dict):
             errors[:0] = [f"{field}.{model}: unknown model" for model in table if model not in known]
@@ -131,7 +133,8 @@ def parse_plan(body: Any, *, known_models: Sequence[str]) -> Plan:
     return Plan(created=doc.created, mode=doc.mode, solver=doc.solver,
                 weights={m: {str(z): dict(row) for z, row in zones.items()} for m, zones in doc.weights.items()},
                 rtt={z: dict(row) for z, row in doc.rtt.items()} if doc.rtt is not None else None,
-                service={m: dict(row) for m, row in doc.service.items()} if doc.service is not None else None)
+                service={m: dict(row) for m, row in doc.service.items()} if doc.service is not None else None,
+                idle={m: dict(row) for m, row in doc.idle.items()} if doc.idle is not None else None)
 
 
 def merge_rtt(configured: Mapping[str, Mapping[str, float]],
@@ -172,17 +175,24 @@ def planned(candidates: Sequence[Candidate], model: str, zone: str | None, plan:
 def expected_delay(candidates: Sequence[Candidate], model: str, zone: str | None, plan: Plan | None,
                    rtt: Mapping[str, Mapping[str, float]], backlog: Mapping[str, float], u: float) -> Candidate:
     """Return the candidate that would answer first: rtt from `zone` + the node's `backlog` (seconds
-    of work sent and not yet drained) + its service time in the plan. Candidates without a service
-    time are left out; with none, the plan's weights decide (`planned`). An unknown rtt counts as
-    the largest known one (a node nobody measured is not assumed near)."""
+    of work sent and not yet drained) + its service time in the plan (the low-load `idle` one where
+    the node has no backlog and the plan gives it). Candidates without a service time are left
+    out; with none, the plan's weights decide (`planned`). An unknown rtt counts as the largest
+    known one (a node nobody measured is not assumed near)."""
     service = (plan.service or {}).get(model, {}) if plan else {}
     timed = [(c, service[c.node.name]) for c in candidates if c.node.name in service]
     if not timed:
         return planned(candidates, model, zone, plan, u)
+    idle = (plan.idle or {}).get(model, {})
     row = rtt.get(zone, {}) if zone else {}
     far = max(row.values(), default=0.0)
-    return min(timed, key=lambda cs: (row.get(cs[0].node.name, far) + backlog.get(cs[0].node.name, 0.0) + cs[1],
-                                      cs[0].node.name))[0]
+
+    def answer(cs: tuple[Candidate, float]) -> tuple[float, str]:
+        node = cs[0].node.name
+        waiting = backlog.get(node, 0.0)
+        pace = min(idle.get(node, cs[1]), cs[1]) if waiting <= 0 else cs[1]
+        return row.get(node, far) + waiting + pace, node
+    return min(timed, key=answer)[0]
 
 
 class Backlog:

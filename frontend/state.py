@@ -133,7 +133,8 @@ class StateCache:
         if stored is not None:
             body, received = stored
             self.set_plan(Plan(created=body["created"], mode=body["mode"], solver=body["solver"],
-                               weights=body["weights"], rtt=body.get("rtt"), service=body.get("service")),
+                               weights=body["weights"], rtt=body.get("rtt"), service=body.get("service"),
+                               idle=body.get("idle")),
                           received=received)
 
     def _plan_from_cluster(self) -> None:

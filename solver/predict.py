@@ -5,11 +5,12 @@ by the requests the plan routes to it: separable and convex, so it can be optimi
 is not how the front-end sends requests, and it ignores what the testbed measured about the
 servers. This module predicts instead, for an assignment already chosen:
 
-- Service time depends on load. On a CPU-limited node a request that finds the server idle is
-  served at the low-load pace `idle` (the catalog's `exec_time_idle`), one that follows another at
-  the back-to-back pace `exec_time` (CFS bandwidth control lets an idle group start on unused
-  quota). The mean service time at utilisation rho is taken as idle + (exec_time - idle) rho, the
-  simplest curve through both measured ends; capacity and waiting use the back-to-back pace.
+- Service time depends on load. On a CPU-limited node a request that finds a server free is
+  served at the low-load pace `idle` (the catalog's `exec_time_idle`), one that has to wait starts
+  as the one before it ends and runs at the back-to-back pace `exec_time` (CFS bandwidth control
+  lets an idle group start on unused quota). So the mean service time is
+  idle + (exec_time - idle) P(wait), P(wait) = rho for one server and Erlang C for a pool;
+  capacity and waiting use the back-to-back pace.
 - Arrivals are not Poisson. `dispersion` is the index of dispersion of each model's per-second
   arrival counts (1 for Poisson; ~9 for Gamma CV 3), measured by the front-end; `scv` is the
   service time's squared coefficient of variation (profiled; 1 when unknown, as M/M/1 assumes).
@@ -86,14 +87,14 @@ def predicted_mean(problem: Problem, assignment: Iterable[Assignment], *, dispat
             rho = n_model / window / capacity if capacity else 0.0
             if rho >= 1:
                 return None
+            k = len(busy)
+            waits = erlang_c(k, k * rho) if busy else 0.0       # P(all k busy): the request queues
             for j, n in per_node.items():
-                latency += n * (s0[j] + (s[j] - s0[j]) * rho)
+                latency += n * (s0[j] + (s[j] - s0[j]) * waits)
             if busy:
-                k = len(busy)
                 mean_s = k / capacity                               # the pool's mean back-to-back pace
                 c2 = sum(per_node[j] * cs2[j] for j in busy) / sum(per_node[j] for j in busy)
-                wait = erlang_c(k, k * rho) * mean_s / (k * (1 - rho)) * (ca2 + c2) / 2
-                latency += n_model * wait
+                latency += n_model * waits * mean_s / (k * (1 - rho)) * (ca2 + c2) / 2
         else:
             for j, n in per_node.items():
                 rho = n / window * s[j]

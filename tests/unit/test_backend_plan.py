@@ -153,3 +153,12 @@ def test_service_times_cover_the_routed_and_running_instances_of_weighted_models
                Deployment(model="other", node="a", endpoint="127.0.0.1:3", ready=True, created=1.0)]
     # c has no weight and runs nothing; e's service time is 0 (unmeasured); 'other' is not in the plan
     assert service_times(weights, exec_time, running) == {"m": {"a": 0.07, "b": 0.07, "d": 0.02}}
+
+
+def test_idle_times_only_where_the_low_load_pace_is_faster():
+    from backend.plan import idle_times
+    service = {"m": {"a": 0.07, "b": 0.07, "d": 0.02}}
+    idle = {"m": {"a": 0.05, "b": 0.07, "d": 0.03, "z": 0.01}, "other": {"a": 0.001}}
+    # b: the same pace (nothing to say); d: slower when idle (noise: the planned pace stands); z, other: not planned
+    assert idle_times(service, idle) == {"m": {"a": 0.05}}
+    assert idle_times(service, {}) == {}

@@ -1,4 +1,6 @@
 """Dispatch policies, plan validation and on-demand placement, as pure functions of a state."""
+import dataclasses
+
 import pytest
 
 from cluster.port import Deployment, Node
@@ -220,6 +222,17 @@ def test_expected_delay_spreads_a_burst_by_backlog():
     assert {"n-a", "n-b", "n-c"} == set(picks)
     finish = {n: rtt["z1"][n] + plan.service["m"][n] * picks.count(n) for n in set(picks)}
     assert max(finish.values()) - min(finish.values()) <= 0.070 + 1e-9    # no node a whole request behind
+
+
+def test_expected_delay_counts_the_idle_pace_on_a_node_without_backlog():
+    cands, plan, rtt = _delay_world()
+    fast = dataclasses.replace(plan, idle={"m": {"n-b": 0.045, "n-c": 0.5}})
+    # idle n-b: 25 + 45 = 70 ms beats n-a's 3 + 70; n-c's idle figure above its service time is ignored
+    assert expected_delay(cands, "m", "z1", fast, rtt, {}, 0.0).node.name == "n-b"
+    assert expected_delay(cands, "m", "z1", dataclasses.replace(plan, idle={"m": {"n-c": 0.5}}), rtt, {},
+                          0.0).node.name == "n-a"
+    # with work queued on n-b it runs back to back: 25 + 1 + 70 ms loses to n-a's 73
+    assert expected_delay(cands, "m", "z1", fast, rtt, {"n-b": 0.001}, 0.0).node.name == "n-a"
 
 
 def test_backlog_drains_one_second_per_second():

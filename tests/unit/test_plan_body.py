@@ -27,6 +27,9 @@ GOOD = {"created": 10.0, "mode": 1, "solver": "ipopt", "weights": {"m": {"z": {"
     ({"service": {"m": {"n": 4000}}}, "service.m.n: must be a number of seconds in (0, 3600]"),
     ({"service": {"m": [0.1]}}, "service: must map model -> node -> seconds"),
     ({"service": {"m": {"bad node": 0.1}}}, "'bad node' is not a node name"),
+    ({"idle": {"m": {"n": 0}}}, "idle.m.n: must be a number of seconds in (0, 3600]"),
+    ({"idle": {"m": {"n": math.inf}}}, "idle.m.n: must be a number of seconds in (0, 3600]"),
+    ({"idle": {"m": 0.1}}, "idle: must map model -> node -> seconds"),
 ])
 def test_nan_inf_wrong_types_and_unknown_keys_are_named_on_both_sides(change, expect):
     body = {**GOOD, **change}
@@ -45,6 +48,8 @@ def test_every_error_at_once_and_unknown_models():
         assert part in message
     with pytest.raises(PlanError, match="service.ghost: unknown model"):
         parse_plan({**GOOD, "service": {"ghost": {"n": 0.1}}}, known_models=["m"])
+    with pytest.raises(PlanError, match="idle.ghost: unknown model"):
+        parse_plan({**GOOD, "idle": {"ghost": {"n": 0.1}}}, known_models=["m"])
 
 
 def test_a_good_body_passes_both_sides():
@@ -59,3 +64,8 @@ def test_service_times_travel_with_the_plan():
     plan = parse_plan(json.loads(json.dumps(body)), known_models=["m"])
     assert plan.service == {"m": {"n": 0.07}} and plan.to_json()["service"] == {"m": {"n": 0.07}}
     assert "service" not in parse_plan(GOOD, known_models=["m"]).to_json()
+    body = {**body, "idle": {"m": {"n": 0.05}}}
+    assert _plan_problems(body) == []
+    plan = parse_plan(json.loads(json.dumps(body)), known_models=["m"])
+    assert plan.idle == {"m": {"n": 0.05}} and plan.to_json()["idle"] == {"m": {"n": 0.05}}
+    assert "idle" not in parse_plan(GOOD, known_models=["m"]).to_json()

@@ -120,6 +120,13 @@ def test_idle_pace_at_low_load_and_the_back_to_back_pace_near_saturation():
     problem, busy = one_model(800, 1)                               # rho 0.8: 0.06 + 0.04 * 0.8 of service
     got = predicted_mean(problem, busy, dispatch="split", idle=idle)
     assert got == pytest.approx(0.01 + 0.06 + 0.04 * 0.8 + 0.1 * 0.8 / 0.2)
+    # in a pool a request runs back to back only when it has to wait: with probability Erlang C, not rho
+    problem, pooled = one_model(1800, 4)                            # 18 req/s over 4 x 10/s: rho 0.45
+    idle4 = {"m": {f"n{j}": 0.06 for j in range(4)}}
+    c = erlang_c(4, 1.8)
+    assert 0.1 < c < 0.45
+    got = predicted_mean(problem, pooled, dispatch="pooled", idle=idle4)
+    assert got == pytest.approx(0.01 + 0.06 + 0.04 * c + c * 0.1 / (4 * 0.55))
     faster_than_b2b = {"m": {"n0": 0.5}}                            # an idle figure above b2b is capped at it
     assert predicted_mean(problem, busy, dispatch="split", idle=faster_than_b2b) == pytest.approx(
         predicted_mean(problem, busy, dispatch="split"))
