@@ -406,13 +406,14 @@ def parse_summary(doc: Any) -> Summary:
                  for d in answer.durations or ()]
     rtt = [RttStat(zone=r.zone, node=r.node, buckets=tuple(sorted(b for b in r.buckets if b[1])))
            for r in answer.rtt or () if any(b[1] for b in r.buckets)]
-    arrivals = answer.arrivals or _Arrivals(since=0, seconds=0, models=[])
-    dispersion = {a.model: index_of_dispersion(a.count, a.sumsq, arrivals.seconds) for a in arrivals.models}
+    arrivals = answer.arrivals.models if answer.arrivals else []
+    seconds = answer.arrivals.seconds if answer.arrivals else 0
+    dispersion = {a.model: index_of_dispersion(a.count, a.sumsq, seconds) for a in arrivals}
     return Summary(groups=groups, durations=durations, since=answer.since or 0.0,
                    relative_error=answer.histogram.relative_error if answer.histogram else 0.0, rtt=rtt,
                    until=answer.until, store=answer.store,
                    dispersion={m: d for m, d in dispersion.items() if d is not None},
-                   arrival_count={a.model: a.count for a in arrivals.models if a.count})
+                   arrival_count={a.model: a.count for a in arrivals if a.count})
 
 
 def parse_models(doc: Any) -> list[ModelStat]:

@@ -127,19 +127,14 @@ def _solve(problem, cfg: RunConfig) -> _Solved:
 
 def _prediction(built, solved: _Solved) -> dict[str, float | None]:
     """Mean latency per request (s) the plan should give: `pooled` under expected-delay dispatch,
-    `split` under plan/random dispatch (solver.predict), and `objective` (the solver's own M/M/1
-    figure, costs included). None where the load would be at or above capacity."""
+    `split` under plan/random dispatch (solver.predict); None where the load would be at or above
+    capacity. (The solver's own M/M/1 figure is its objective over the report's requests.)"""
     from solver.predict import DISPATCHES, predicted_mean
 
     q = built.queueing
-    out: dict[str, float | None] = {}
-    for dispatch in DISPATCHES:
-        mean = predicted_mean(built.problem, solved.assignment, dispatch=dispatch, idle=q.idle,
-                              dispersion=q.dispersion, scv=q.scv)
-        out[dispatch] = None if mean is None else round(mean, 6)
-    requests = built.problem.total_requests
-    out["objective"] = round(solved.objective / requests, 6) if solved.objective is not None and requests else None
-    return out
+    means = {d: predicted_mean(built.problem, solved.assignment, dispatch=d, idle=q.idle, dispersion=q.dispersion,
+                               scv=q.scv) for d in DISPATCHES}
+    return {d: None if mean is None else round(mean, 6) for d, mean in means.items()}
 
 
 def _plan_problems(plan_doc: dict) -> list[str]:

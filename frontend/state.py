@@ -132,10 +132,9 @@ class StateCache:
         stored = self.store.get_plan()
         if stored is not None:
             body, received = stored
-            self.set_plan(Plan(created=body["created"], mode=body["mode"], solver=body["solver"],
-                               weights=body["weights"], rtt=body.get("rtt"), service=body.get("service"),
-                               idle=body.get("idle")),
-                          received=received)
+            # stored as Plan.to_json() wrote it; a field a newer replica added is not ours to read
+            known = {k: v for k, v in body.items() if k in Plan.__dataclass_fields__}
+            self.set_plan(Plan(**known), received=received)
 
     def _plan_from_cluster(self) -> None:
         """Take a new plan from the cluster when its adapter holds one (Kubernetes: the ConfigMap

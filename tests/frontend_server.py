@@ -146,7 +146,7 @@ class GunicornServer:
             for _ in range(5):
                 session = self._bound(timeout)[pid]
                 verdict = check(session)
-                if _worker_pid(session, self.url) == pid:        # still the same connection: the verdict is pid's
+                if _worker_pid(session, self.url) == pid:        # still pid's connection: the verdict is pid's
                     break
                 self._sessions.pop(pid, None)          # keep-alive ended mid-check: bind again, ask again
                 session.close()
@@ -157,12 +157,8 @@ class GunicornServer:
         return True
 
     def _bound(self, timeout: float) -> dict[int, requests.Session]:
-        """One session per worker, each checked to still reach its worker; new connections are
-        opened until every worker has accepted one."""
-        for pid, session in list(self._sessions.items()):
-            if _worker_pid(session, self.url) != pid:            # its connection was closed and replaced
-                del self._sessions[pid]
-                session.close()
+        """One session per worker: new connections are opened until every worker has accepted one
+        (a session whose connection was replaced since is caught by every_worker's check after use)."""
         deadline = time.monotonic() + timeout
         while len(self._sessions) < self.workers:
             if time.monotonic() > deadline:

@@ -78,10 +78,10 @@ def test_cloud_takes_exactly_what_the_edge_cannot(system):
     # model's for each dispatch, which sees that the 12 requests came in one burst (sent back to back:
     # per-second counts far from Poisson), so it predicts more waiting than M/M/1; a pool queues less
     predicted = report["prediction"]
-    assert predicted["objective"] == pytest.approx(report["solver"]["objective"] / report["inputs"]["requests"],
-                                                   rel=1e-5)
+    objective = report["solver"]["objective"] / report["inputs"]["requests"]
+    assert set(predicted) == {"pooled", "split"}
     assert report["inputs"]["dispersion"][HP2] > 2                 # a Poisson stream's is 1
-    assert EDGE_S < predicted["pooled"] <= predicted["split"] and predicted["split"] > predicted["objective"]
+    assert EDGE_S < predicted["pooled"] <= predicted["split"] and predicted["split"] > objective
 
     # heavy: 130 requests in a 30 s window (30-40 s of buckets): each edge instance takes at most
     # 0.85 x seconds / 0.5 (51 to 67), the cloud the rest

@@ -146,3 +146,15 @@ def test_a_landed_claim_is_kept_until_every_worker_has_refreshed(live):
     store.claim(MODEL, node, now=time.time() - 2 * 0.5 - 0.01, ttl=3600)
     cache._release_claims()
     assert MODEL not in store.claims()      # two refresh intervals later: every worker has seen it
+
+
+def test_a_plan_another_worker_stored_is_taken_whole(live):
+    # PUT /plan stores Plan.to_json() in the shared file; every other worker reads it back from there
+    _, cache, store = live
+    body = {"created": 5.0, "mode": 1, "solver": "highs", "weights": {MODEL: {"z": {"node-a": 1.0}}},
+            "rtt": {"z": {"node-a": 0.003}}, "service": {MODEL: {"node-a": 0.07}}, "idle": {MODEL: {"node-a": 0.05}},
+            "from_a_newer_replica": {"x": 1}}
+    store.put_plan(body, received=6.0)
+    cache._reload_plan()
+    assert cache.plan.to_json() == {k: v for k, v in body.items() if k != "from_a_newer_replica"}
+    assert cache.plan.idle == {MODEL: {"node-a": 0.05}} and cache.rtt["z"]["node-a"] == 0.003

@@ -58,13 +58,13 @@ def test_backend_runs_come_from_the_run_reports(tmp_path):
                      "requests": 40, "predicted_mean": 0.05, "objective_mean": 0.05, "provisioned": 2,
                      "deleted": 0, "errors": []}]
     # a latency run's report carries predictions per dispatch: the one for the front-end's policy is used
-    latency = {**report, "prediction": {"pooled": 0.03, "split": 0.04, "objective": 0.05}}
+    latency = {**report, "prediction": {"pooled": 0.03, "split": 0.04}}
     assert _backend_runs([latency], started_at=100.0, policy="expected-delay")[0]["predicted_mean"] == 0.03
     assert _backend_runs([latency], started_at=100.0, policy="plan")[0]["predicted_mean"] == 0.04
     assert _backend_runs([latency], started_at=100.0, policy="random")[0]["predicted_mean"] == 0.04
     nearest = _backend_runs([latency], started_at=100.0, policy="nearest")[0]
     assert nearest["predicted_mean"] == nearest["objective_mean"] == 0.05
-    overload = {**report, "prediction": {"pooled": None, "split": None, "objective": 0.05}}
+    overload = {**report, "prediction": {"pooled": None, "split": None}}
     assert _backend_runs([overload], started_at=100.0, policy="expected-delay")[0]["predicted_mean"] is None
 
 
