@@ -5,7 +5,8 @@ against a real front-end whose local cluster has the scenario's nodes: every cal
 is held for the scenario's true round trip, and the clients report what they observed with their
 next lookup (X-Client-RTT / X-Client-RTT-Node). The back-end then collects the front-end's summary
 and builds the problem in-process with an ALTO cost map wrong by 2x: every (zone, node) with at
-least 20 reports must be within 10 % or 2 ms of the truth, the node nobody used keeps the (wrong)
+least 20 reports must be within 10 % or 2 ms of the truth (plus what this host's own overhead
+added to every client's observation, measured from the clients' records), the node nobody used keeps the (wrong)
 ALTO prior, and the thesis's measurement (`--rtt-source latency`) is visibly not a network RTT.
 Finally the back-end's real CLI pushes the measured table with the plan.
 """
@@ -47,11 +48,32 @@ def close_enough(measured: float, truth: float) -> bool:
     return abs(measured - truth) <= max(0.10 * truth, 0.002)
 
 
+def host_overhead(records) -> dict:
+    """Seconds this host added, per (zone, node), to what the clients observed over the truth.
+
+    The emulated network is a sleep in a Python client calling a Python model server: on a quiet
+    host that adds ~2 ms, but on a busy 2-core CI host sleeps overshoot and processes wait for a
+    core (11 ms was seen). The clients cannot tell that from the network, nor should the system:
+    what it must report is what they observed. So the truth to meet is the scenario's RTT plus
+    the overhead measured from the same clients' own records."""
+    extra: dict = {}
+    for r in records:
+        if r.ok and r.node in TRUTH[r.zone]:
+            extra.setdefault((r.zone, r.node), []).append(r.network - TRUTH[r.zone][r.node])
+    return {key: sum(values) / len(values) for key, values in extra.items()}
+
+
 def test_measured_rtt_is_within_10_percent_of_the_truth_with_a_2x_wrong_alto(make_frontend, tmp_path):
     scenario = parse_scenario(SCENARIO)
     fe = make_frontend(nodes=scenario.cluster_nodes(), deploy=((HP2, "node-a"), (HP3, "node-b")))
     results = run_clients(fe.url, scenario, mode="lookup", clients_per_zone=2)
     assert results.ok == results.scheduled, [r.error for r in results.records if not r.ok][:5]
+    overhead = host_overhead(results.records)
+    # the run can tell a measurement from the 2x ALTO prior only while the host adds far less than that
+    assert all(extra < 0.5 * TRUTH[z][n] for (z, n), extra in overhead.items()), overhead
+
+    def observed_truth(zone: str, node: str) -> float:
+        return TRUTH[zone][node] + overhead[(zone, node)]
 
     # the front-end's aggregates hold >= 20 reports for every (zone, used node) pair
     summary = requests.get(f"{fe.url}/stats/summary", headers=AUTH, timeout=10).json()
@@ -86,7 +108,7 @@ def test_measured_rtt_is_within_10_percent_of_the_truth_with_a_2x_wrong_alto(mak
     for zone, row in tables.items():
         for node, seconds in row.items():
             if node in USED:                 # measured: the truth, not the 2x ALTO value
-                assert close_enough(seconds, TRUTH[zone][node]), (zone, node, seconds, TRUTH[zone][node])
+                assert close_enough(seconds, observed_truth(zone, node)), (zone, node, seconds, overhead)
             else:                            # nobody reported it: the ALTO prior, as given
                 assert seconds == pytest.approx(wrong[zone][node]), (zone, node, seconds)
     assert built.summary["rtt_sources"] == {"measured": 4, "alto": 2, "default": 0}
@@ -95,7 +117,7 @@ def test_measured_rtt_is_within_10_percent_of_the_truth_with_a_2x_wrong_alto(mak
     # the thesis's measurement: the previous request's end-to-end time, whatever node it went to
     thesis = build(rtt_source="latency")
     thesis_tables = {zone: group.rtt for (_, zone), group in zip(thesis.groups, thesis.problem.requests)}
-    assert any(not close_enough(thesis_tables[z][n], TRUTH[z][n]) for z in TRUTH for n in USED)
+    assert any(not close_enough(thesis_tables[z][n], observed_truth(z, n)) for z in TRUTH for n in USED)
 
     # the real back-end run pushes the measured table with its plan
     from backend.__main__ import main
@@ -115,4 +137,4 @@ def test_measured_rtt_is_within_10_percent_of_the_truth_with_a_2x_wrong_alto(mak
     for zone, row in pushed.items():
         assert set(row) == USED
         for node, seconds in row.items():
-            assert close_enough(seconds, TRUTH[zone][node]), (zone, node, seconds)
+            assert close_enough(seconds, observed_truth(zone, node)), (zone, node, seconds, overhead)
