@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import yaml
 from pydantic import Field
 
-from common.validation import (Checked, Number, OptionalText, Strict, Text, ValidationError, check_number, one_of,
+from common.validation import (Checked, Flag, Number, OptionalText, Strict, Text, ValidationError, check_number, one_of,
                                problems)
 
 __all__ = ["Settings", "ConfigError", "load_settings", "settings_from_mapping", "REPO_ROOT", "POLICIES"]
@@ -79,6 +79,10 @@ class Settings(Strict):
     # shares its cores with its other requests and its neighbours; 0.85, the load-aware solver's
     # default utilisation ceiling, makes the dispatcher see a node full where the plan does.
     backlog_drain: Number(float, positive=True, maximum=1.0) = 0.85
+    # expected-delay: true counts every worker's dispatches in one backlog, a file beside the
+    # database (`<database>-backlog`; workers and front-ends on one host share it); false keeps
+    # one per worker, which sees only its own share of a node's work. Default true.
+    backlog_shared: Flag = True
     # Round-trip time in seconds from a client zone to a node, {zone: {node: seconds}}, for nearest.
     rtt: Checked(dict[str, dict[str, Seconds]], _rtt) = Field(default_factory=dict)
     # ALTO cost map (RFC 7285 JSON): source PIDs are client zones, destination PIDs are node names.

@@ -13,8 +13,8 @@ its arguments (randomness and counters are passed in), so the unit tests need no
 - `random`: uniformly at random among the ready instances (what a Kubernetes Service gives:
   kube-proxy's default iptables mode picks an endpoint at random); the testbed's baseline.
 - `expected-delay`: the plan's instances for the model (those the back-end gave a service time),
-  each request to the one that would answer first: the client zone's round trip + the work this
-  worker has already sent to that node and not yet seen drain (`Backlog`) + the instance's service
+  each request to the one that would answer first: the client zone's round trip + the work the
+  front-end has already sent to that node and not yet seen drain (frontend/backlog.py) + the instance's service
   time: its low-load pace (the plan's `idle`) on a node with no backlog, which a request that finds
   it idle gets, else the back-to-back pace (`service`), which is also the work charged. At low load
   that is the nearest fast instance; in a burst, the requests spread over the nodes by their
@@ -31,7 +31,6 @@ beats a 503).
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -42,7 +41,7 @@ from common.validation import ValidationError
 from .snapshot import Candidate, ClusterState
 
 __all__ = [
-    "choose", "lowest_cpu", "round_robin", "uniform", "nearest", "planned", "expected_delay", "Backlog",
+    "choose", "lowest_cpu", "round_robin", "uniform", "nearest", "planned", "expected_delay",
     "service_time", "Plan", "PlanError", "parse_plan",
     "rtt_from_alto", "merge_rtt", "Placement", "choose_provision_node", "ZONE_LABELS", "OVERLOAD_CPU", "overloaded",
 ]
@@ -193,38 +192,6 @@ def expected_delay(candidates: Sequence[Candidate], model: str, zone: str | None
         pace = min(idle.get(node, cs[1]), cs[1]) if waiting <= 0 else cs[1]
         return row.get(node, far) + waiting + pace, node
     return min(timed, key=answer)[0]
-
-
-class Backlog:
-    """Seconds of work each node has been sent by this worker and not yet drained.
-
-    A node drains `drain` seconds of work per second (service times are measured on the node they
-    are for, so they are in its own time; `drain` < 1 counts what a busy, shared node loses beside
-    its profiled pace, see the front-end's `backlog_drain`); `charge` adds a request's service time.
-    Without the discount, a node whose real pace falls short of its profile is sent more than it
-    can do and nothing here notices (no feedback: the front-end does not see the calls it looked
-    up). One per worker: a worker sees only its own dispatches, so with several workers a node's
-    backlog is under-counted by the others' share (each still spreads its own bursts). Thread-safe."""
-
-    def __init__(self, drain: float = 1.0) -> None:
-        if not 0 < drain <= 1:
-            raise ValueError(f"drain must be in (0, 1], got {drain!r}")
-        self.drain = drain
-        self._work: dict[str, tuple[float, float]] = {}      # node -> (seconds left, as of time)
-        self._lock = threading.Lock()
-
-    def _left(self, node: str, now: float) -> float:
-        left, since = self._work.get(node, (0.0, now))
-        return max(0.0, left - self.drain * max(0.0, now - since))
-
-    def seconds(self, nodes: Sequence[str], now: float) -> dict[str, float]:
-        """Return each node's work left at `now`."""
-        return {node: self._left(node, now) for node in nodes}
-
-    def charge(self, node: str, seconds: float, now: float) -> None:
-        """Add `seconds` of work to `node` at `now`."""
-        with self._lock:
-            self._work[node] = (self._left(node, now) + seconds, now)
 
 
 def service_time(plan: Plan | None, model: str, node: str) -> float | None:

@@ -6,6 +6,7 @@ One Runtime lives in `app.extensions["frontend"]`; views reach it through `curre
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import random
 import re
@@ -16,8 +17,9 @@ from flask import current_app
 
 from cluster.catalog import ModelSpec
 
+from .backlog import Backlog, SharedBacklog, backlog_path
 from .config import Settings
-from .dispatch import Backlog, choose, service_time
+from .dispatch import choose, service_time
 from .errors import ApiError
 from .predcache import PredictionCache
 from .provision import Provisioner
@@ -27,6 +29,8 @@ from .store import StatsStore
 from .upstream import UpstreamPool
 
 __all__ = ["Runtime", "current_runtime", "MODEL_NAME"]
+
+log = logging.getLogger("frontend.runtime")
 
 # What a model name in a URL may look like before it is even compared with the catalog.
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -49,7 +53,7 @@ class Runtime:
         self._counters: dict[str, itertools.count] = {}
         self._counters_lock = threading.Lock()
         self._rng = random.Random()
-        self._backlog = Backlog(drain=settings.backlog_drain)     # expected-delay: work sent to each node
+        self._backlog = _backlog(settings)         # expected-delay: work sent to each node
         self._pools: dict[str, UpstreamPool] = {}
         self._listing: tuple[tuple, list[dict]] | None = None
         self._pools_lock = threading.Lock()
@@ -158,10 +162,22 @@ class Runtime:
         """Stop background work and close connections."""
         self.cache.close()
         self.store.close()
+        self._backlog.close()
         with self._pools_lock:
             pools, self._pools = list(self._pools.values()), {}
         for pool in pools:
             pool.close()
+
+
+def _backlog(settings: Settings) -> Backlog | SharedBacklog:
+    """expected-delay's backlog: shared by the workers when it can be (see frontend/backlog.py)."""
+    if settings.backlog_shared and settings.policy == "expected-delay":
+        path = backlog_path(settings.database_path)
+        try:
+            return SharedBacklog(path, drain=settings.backlog_drain)
+        except OSError as exc:
+            log.warning("cannot share expected-delay's backlog in %s (%s): each worker counts its own", path, exc)
+    return Backlog(drain=settings.backlog_drain)
 
 
 def current_runtime() -> Runtime:

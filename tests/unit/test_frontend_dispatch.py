@@ -4,7 +4,8 @@ import dataclasses
 import pytest
 
 from cluster.port import Deployment, Node
-from frontend.dispatch import (Backlog, Plan, PlanError, choose, choose_provision_node, expected_delay, lowest_cpu,
+from frontend.backlog import Backlog
+from frontend.dispatch import (Plan, PlanError, choose, choose_provision_node, expected_delay, lowest_cpu,
                                nearest, parse_plan, planned, round_robin, rtt_from_alto)
 from frontend.snapshot import ClusterState
 
@@ -235,15 +236,11 @@ def test_expected_delay_counts_the_idle_pace_on_a_node_without_backlog():
     assert expected_delay(cands, "m", "z1", fast, rtt, {"n-b": 0.001}, 0.0).node.name == "n-a"
 
 
-def test_backlog_drains_one_second_per_second():
-    backlog = Backlog()
-    backlog.charge("n-a", 0.5, 10.0)
-    backlog.charge("n-a", 0.5, 10.2)            # 0.3 left, plus 0.5
-    assert backlog.seconds(["n-a", "n-b"], 10.2) == {"n-a": pytest.approx(0.8), "n-b": 0.0}
-    assert backlog.seconds(["n-a"], 10.7)["n-a"] == pytest.approx(0.3)
-    assert backlog.seconds(["n-a"], 12.0)["n-a"] == 0.0
+def test_a_drained_backlog_sends_back_to_the_nearest():
     cands, plan, rtt = _delay_world()
-    # a drained backlog: back to the nearest
+    backlog = Backlog()
+    backlog.charge("n-a", 1.0, 10.0)
+    assert expected_delay(cands, "m", "z1", plan, rtt, backlog.seconds(["n-a"], 10.5), 0.0).node.name == "n-c"
     assert expected_delay(cands, "m", "z1", plan, rtt, backlog.seconds(["n-a"], 12.0), 0.0).node.name == "n-a"
 
 
@@ -267,19 +264,3 @@ def test_expected_delay_takes_the_cloud_when_the_edge_is_overloaded():
     rtt = {"z1": {"n-a": 0.003, "n-b": 0.025, "n-c": 0.300}}
     # n-a would answer first by the backlog it knows of, but its node is at OVERLOAD_CPU: the cloud
     assert choose("expected-delay", s.serving["m"], model="m", zone="z1", plan=plan, rtt=rtt).node.name == "n-c"
-
-
-def test_backlog_drains_at_the_configured_share():
-    backlog = Backlog(drain=0.5)
-    backlog.charge("n-a", 1.0, 0.0)
-    assert backlog.seconds(["n-a"], 1.0)["n-a"] == pytest.approx(0.5)
-    backlog.charge("n-a", 0.25, 1.0)
-    assert backlog.seconds(["n-a"], 2.0)["n-a"] == pytest.approx(0.25)
-    # a node sent 13 requests of 71 ms a second: drained at 0.85 its backlog grows, at 1 it keeps up
-    for drain, grows in ((0.85, True), (1.0, False)):
-        b = Backlog(drain=drain)
-        for i in range(130):
-            b.charge("n-a", 0.071, i / 13)
-        assert (b.seconds(["n-a"], 10.0)["n-a"] > 0.5) is grows
-    with pytest.raises(ValueError):
-        Backlog(drain=0)
