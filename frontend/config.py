@@ -173,6 +173,8 @@ def _kind(key: str) -> str:
     annotation = Settings.model_fields[key].annotation
     if annotation in (int, float):
         return "number"
+    if annotation is bool:
+        return "flag"
     if getattr(annotation, "__origin__", annotation) is dict:
         return "json"
     return "text"
@@ -191,7 +193,15 @@ def _env_value(key: str, raw: str) -> Any:
             return check_number(float(raw), minimum=None)
         except ValueError:
             raise ConfigError(f"FRONTEND_{key.upper()}: must be a finite number, got {raw!r}") from None
+    if kind == "flag":
+        flag = _FLAGS.get(raw.strip().lower())
+        if flag is None:
+            raise ConfigError(f"FRONTEND_{key.upper()}: must be true or false, got {raw!r}")
+        return flag
     return raw
+
+
+_FLAGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:

@@ -58,6 +58,13 @@ def test_bad_file_and_bad_variables(tmp_path):
         load_settings({"FRONTEND_CALL_TIMEOUT": "soon"})
     with pytest.raises(ConfigError, match="FRONTEND_RTT"):
         load_settings({"FRONTEND_RTT": "{not json"})
+    with pytest.raises(ConfigError, match="FRONTEND_BACKLOG_SHARED: must be true or false"):
+        load_settings({"FRONTEND_BACKLOG_SHARED": "sometimes"})
+
+
+@pytest.mark.parametrize("raw, value", [("false", False), ("0", False), ("No", False), ("true", True), ("1", True)])
+def test_a_flag_from_the_environment(raw, value):
+    assert load_settings({"FRONTEND_BACKLOG_SHARED": raw}).backlog_shared is value
 
 
 def test_token_file(tmp_path):
