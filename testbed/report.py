@@ -6,7 +6,8 @@ results.json:
      "strategies": {NAME: {"latency": {"mean", "p50", "p95", "p99"},      # seconds, every arrival
                            "phases": [{"phase", "latency": {...}, "sent", "ok", "failed", "slo_met",
                                        "predicted_mean", "objective_mean", "achieved_mean_ok",
-                                       "achieved_call_mean_ok"}, ...],
+                                       "achieved_call_mean_ok",
+                                       "nodes": {NODE: {"rate", "slo_met", "server_p50"}}}, ...],
                            "zones": {ZONE: {"latency": {...}, "sent", "ok", "failed", "slo_met"}},
                            "sent", "ok", "failed", "slo_met", "parts": {"network", "server", "lookup"},
                            "instances": [{"t", "instances", "memory_used", ...}, ...],
@@ -63,6 +64,22 @@ def _mean(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 6) if values else None
 
 
+def _nodes(records: list, seconds: float, slo: float | None) -> dict:
+    """Where a phase's requests went: per node, requests/s sent there, the share of them answered
+    within the SLO, and the node's median server time (Server-Timing: queue wait + compute). Shows
+    which node a strategy overloaded, and how far its real pace was from the profiled one."""
+    by_node: dict[str, list] = defaultdict(list)
+    for r in records:
+        if r.node is not None:
+            by_node[r.node].append(r)
+    out = {}
+    for node, rs in sorted(by_node.items()):
+        met = (round(sum(1 for r in rs if r.ok and r.latency <= slo) / len(rs), 6) if slo is not None else None)
+        out[node] = {"rate": round(len(rs) / seconds, 3) if seconds > 0 else None, "slo_met": met,
+                     "server_p50": latency_stats([r.server for r in rs if r.ok and r.server is not None])["p50"]}
+    return out
+
+
 def _strategy_doc(run, scenario: Scenario) -> dict:
     records = run.clients.records
     slo = scenario.slo
@@ -100,6 +117,7 @@ def _strategy_doc(run, scenario: Scenario) -> dict:
         phase_doc["achieved_mean_ok"] = latency_stats([r.latency for r in by_phase.get(phase.index, [])
                                                        if r.ok])["mean"]
         phase_doc["achieved_call_mean_ok"] = _call_mean([r for r in by_phase.get(phase.index, []) if r.ok])
+        phase_doc["nodes"] = _nodes(by_phase.get(phase.index, []), phase.duration, slo)
     solve = [b["seconds"] for b in run.backend_runs if b.get("seconds") is not None]
     doc["solve_seconds"] = latency_stats(solve)
     doc["setup_seconds"] = round(run.setup_seconds, 3)
@@ -177,6 +195,18 @@ def markdown(doc: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(
             f"{_ms(s['zones'][z['name']]['latency']['mean'])} / {_ms(s['zones'][z['name']]['latency']['p95'])}"
             for z in zones) + " |")
+    nodes = sorted({n for s in strategies.values() for p in s["phases"] for n in p.get("nodes", {})})
+    lines += ["", "Per node and phase (requests/s sent there, share of them within the SLO, median server time"
+              " in ms: queue wait + compute):", "",
+              "| strategy | phase | " + " | ".join(nodes) + " |", "| --- | ---: |" + " ---: |" * len(nodes)]
+    for name, s in strategies.items():
+        for p in s["phases"]:
+            cells = []
+            for node in nodes:
+                n = p.get("nodes", {}).get(node)
+                met = "-" if n is None or n["slo_met"] is None else f"{n['slo_met'] * 100:.0f}%"
+                cells.append("-" if n is None else f"{n['rate']:.1f}/s, {met}, {_ms(n['server_p50'])}")
+            lines.append(f"| {name} | {p['phase']} | " + " | ".join(cells) + " |")
     lines += ["", "Errors: " + "; ".join(f"{name}: {s['errors'] or 'none'}" for name, s in strategies.items()), ""]
     return "\n".join(lines)
 

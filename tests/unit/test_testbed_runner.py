@@ -108,6 +108,14 @@ def test_results_document_has_the_promised_shape(tmp_path):
     assert "(pred 10.0, obj 20.0, ach" in (tmp_path / "results.md").read_text()
     assert ours["achieved_mean_ok"] == 0.01 and ours["achieved_call_mean_ok"] == 0.008   # the lookup left out
     assert saved["initial"] == "spread" and "call 8.0" in (tmp_path / "results.md").read_text()
+    # where each phase's requests went: all to the first node here, 1 in 10 failed (outside the SLO)
+    node = scenario.node_names[0]
+    first = [a for a in trace if a.phase == 0]
+    assert ours["phases"][0]["nodes"] == {node: {
+        "rate": pytest.approx(len(first) / scenario.phases[0].duration, abs=1e-3),
+        "slo_met": pytest.approx(sum(1 for a in first if a.index % 10) / len(first), abs=1e-6),
+        "server_p50": 0.005}}
+    assert f"| ours | 0 | {len(first) / scenario.phases[0].duration:.1f}/s," in (tmp_path / "results.md").read_text()
 
 
 def test_latency_stats_nearest_rank():
