@@ -144,3 +144,23 @@ def test_a_file_of_another_layout_starts_empty(tmp_path, content):
 def test_an_unwritable_place_is_an_error_the_caller_sees(tmp_path):
     with pytest.raises(OSError):
         SharedBacklog(tmp_path / "missing-dir" / "b")
+
+
+def test_the_front_end_shares_its_backlog_only_for_expected_delay_and_falls_back_when_it_cannot(tmp_path, caplog):
+    from frontend.config import settings_from_mapping
+    from frontend.runtime import _backlog
+
+    db = tmp_path / "frontend.db"
+    shared = _backlog(settings_from_mapping({"database": str(db), "policy": "expected-delay"}))
+    assert isinstance(shared, SharedBacklog) and shared.path == backlog_path(db)
+    shared.close()
+    assert type(_backlog(settings_from_mapping({"database": str(db), "policy": "expected-delay",
+                                                "backlog_shared": False}))) is Backlog
+    assert type(_backlog(settings_from_mapping({"database": str(tmp_path / "other.db")}))) is Backlog
+    assert not (tmp_path / "other.db-backlog").exists()          # lowest-cpu: no file
+    blocked = tmp_path / "blocked.db"
+    backlog_path(blocked).mkdir()                                  # the file's place is taken
+    fallback = _backlog(settings_from_mapping({"database": str(blocked), "policy": "expected-delay",
+                                               "backlog_drain": 0.5}))
+    assert type(fallback) is Backlog and fallback.drain == 0.5
+    assert "each worker counts its own" in caplog.text
