@@ -195,7 +195,7 @@ def markdown(doc: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(
             f"{_ms(s['zones'][z['name']]['latency']['mean'])} / {_ms(s['zones'][z['name']]['latency']['p95'])}"
             for z in zones) + " |")
-    nodes = sorted({n for s in strategies.values() for p in s["phases"] for n in p.get("nodes", {})})
+    nodes = sorted({n for s in strategies.values() for p in s["phases"] for n in p["nodes"]})
     lines += ["", "Per node and phase (requests/s sent there, share of them within the SLO, median server time"
               " in ms: queue wait + compute):", "",
               "| strategy | phase | " + " | ".join(nodes) + " |", "| --- | ---: |" + " ---: |" * len(nodes)]
@@ -203,7 +203,7 @@ def markdown(doc: dict) -> str:
         for p in s["phases"]:
             cells = []
             for node in nodes:
-                n = p.get("nodes", {}).get(node)
+                n = p["nodes"].get(node)
                 met = "-" if n is None or n["slo_met"] is None else f"{n['slo_met'] * 100:.0f}%"
                 cells.append("-" if n is None else f"{n['rate']:.1f}/s, {met}, {_ms(n['server_p50'])}")
             lines.append(f"| {name} | {p['phase']} | " + " | ".join(cells) + " |")

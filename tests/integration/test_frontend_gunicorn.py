@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import re
-import time
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
