@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="serve every version found (default) or only the highest")
     parser.add_argument("--rest_api_num_threads", type=_number(int, 1, 1024), default=4,
                         help="request threads (default 4, 1..1024)")
+    parser.add_argument("--max_concurrent_inferences", type=_number(int, 0, 1024), default=0,
+                        help="inference calls run at once; the others wait their turn, first come first "
+                             "served (default 0: as many as request threads). The local cluster sets it to "
+                             "a CPU-limited node's whole cores (at least 1)")
     parser.add_argument("--max_body_bytes", type=_number(int, 1, MAX_BODY_LIMIT), default=32 * 1024 * 1024,
                         help="largest request body accepted (default 32 MiB, at most 2 GiB)")
     parser.add_argument("--graceful_timeout", type=_number(float, 0, 3600), default=5.0,
@@ -117,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             "event": "loaded", "model": args.model_name, "base_path": str(base_path),
             "versions": sorted(repository.servables), "labels": repository.labels,
             "seconds": round(time.monotonic() - loading, 4)}})
-        return ModelServerApp(repository, max_body=args.max_body_bytes)
+        return ModelServerApp(repository, max_body=args.max_body_bytes,
+                              max_concurrent=args.max_concurrent_inferences or None)
 
     def post_worker_init(_worker) -> None:
         log.info("ready", extra={"fields": {

@@ -12,6 +12,7 @@ Routes (TF Serving's):
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import re
@@ -21,6 +22,7 @@ from typing import Any, Callable, Iterable
 
 from . import codec, memory
 from .errors import ApiError, BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge
+from .pace import PaceMeter
 from .repository import ModelRepository, Servable
 
 __all__ = ["ModelServerApp", "DEFAULT_MAX_BODY"]
@@ -66,12 +68,45 @@ class _Response:
             memory.trim()
 
 
+class _Turns:
+    """At most `n` holders at once; the others get their turn in the order they asked."""
+
+    def __init__(self, n: int) -> None:
+        self._lock = threading.Lock()
+        self._free = n
+        self._waiting: collections.deque[threading.Lock] = collections.deque()
+
+    def acquire(self) -> None:
+        with self._lock:
+            if self._free and not self._waiting:
+                self._free -= 1
+                return
+            turn = threading.Lock()
+            turn.acquire()
+            self._waiting.append(turn)
+        turn.acquire()                 # released by the holder that hands its turn over
+
+    def release(self) -> None:
+        with self._lock:
+            if self._waiting:
+                self._waiting.popleft().release()
+            else:
+                self._free += 1
+
+
 class ModelServerApp:
     """Serve one model repository with TF Serving's REST API as a WSGI callable."""
 
-    def __init__(self, repository: ModelRepository, *, max_body: int = DEFAULT_MAX_BODY) -> None:
+    def __init__(self, repository: ModelRepository, *, max_body: int = DEFAULT_MAX_BODY,
+                 max_concurrent: int | None = None) -> None:
         self.repository = repository
         self.max_body = max_body
+        self.pace = PaceMeter()          # inference calls (POST) only: probes are not the node's work
+        # At most this many inference calls at once, the others in arrival order (None: no limit).
+        # On a node with a quarter core, four calls at once share it and all finish late (processor
+        # sharing); one at a time, the first finishes at full speed and the mean wait is shorter
+        # for the same work. It is also the queue the dispatcher's backlog and the solver model.
+        self._turns = _Turns(max_concurrent) if max_concurrent else None
 
     # -- WSGI ----------------------------------------------------------------------------------
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
@@ -80,6 +115,12 @@ class ModelServerApp:
         since = queued if queued is not None and queued <= started else started
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "")
+        timed = method == "POST"
+        if timed:
+            self.pace.start(since)
+            if self._turns is not None:
+                self._turns.acquire()
+                started = time.perf_counter()          # waiting for a turn is waiting, as for a thread
         headers: list[tuple[str, str]] = [("Content-Type", "application/json")]
         request_id = environ.get("HTTP_X_REQUEST_ID")
         if request_id:
@@ -90,24 +131,32 @@ class ModelServerApp:
             length = 0
         large = length > memory.TRIM_ABOVE or (not length and environ.get("HTTP_TRANSFER_ENCODING"))
         try:
-            status, payload = 200, self.dispatch(method, path, environ)
-        except ApiError as exc:
-            status, payload = exc.status, {"error": exc.message}
-            if isinstance(exc, MethodNotAllowed):
-                headers.append(("Allow", exc.allow))
-        except Exception as exc:  # never a traceback to the client
-            log.exception("internal error", extra={"fields": {"path": path, "request_id": request_id}})
-            status, payload = 500, {"error": f"internal error: {type(exc).__name__}"}
-        body = _dumps(payload)
+            try:
+                status, payload = 200, self.dispatch(method, path, environ)
+            except ApiError as exc:
+                status, payload = exc.status, {"error": exc.message}
+                if isinstance(exc, MethodNotAllowed):
+                    headers.append(("Allow", exc.allow))
+            except Exception as exc:  # never a traceback to the client
+                log.exception("internal error", extra={"fields": {"path": path, "request_id": request_id}})
+                status, payload = 500, {"error": f"internal error: {type(exc).__name__}"}
+            body = _dumps(payload)
+        finally:
+            if timed and self._turns is not None:
+                self._turns.release()
         error = payload.get("error") if status >= 400 else None
         del payload                  # the parsed request and its answer: only `body` is kept
         headers.append(("Content-Length", str(len(body))))
         # The server's own time in the standard header, so a client can tell the network's share of
         # what it waited from the server's (issue 9: RTT measured right): `app` from the moment the
         # request was ready to serve (waiting for a request thread included) to its answer, `wait`
-        # the waiting part.
+        # the waiting part; for an inference call `pace`, the busy time per answer lately
+        # (modelserver/pace.py), which the front-end's dispatch counts a node's work in.
         done = time.perf_counter()
-        headers.append(("Server-Timing", f"wait;dur={(started - since) * 1000:.3f}, app;dur={(done - since) * 1000:.3f}"))
+        timing = f"wait;dur={(started - since) * 1000:.3f}, app;dur={(done - since) * 1000:.3f}"
+        if timed:
+            timing += f", pace;dur={self.pace.finish(done) * 1000:.3f}"
+        headers.append(("Server-Timing", timing))
         start_response(f"{status} {_REASONS.get(status, 'Error')}", headers)
         if status >= 400 and log.isEnabledFor(logging.DEBUG):
             log.debug("request failed", extra={"fields": {

@@ -1,6 +1,7 @@
 """The model server as a real process on loopback, against known answers (TF Serving's REST API)."""
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import socket
@@ -151,12 +152,16 @@ def test_unknown_model_version_label_or_path_is_404(logreg, path, fragment):
 
 def test_every_answer_says_the_servers_own_time_in_server_timing(hp2):
     import re
-    for response in (post(hp2, "/v1/models/half_plus_two:predict", {"instances": [1.0]}),
-                     requests.get(f"{hp2.url}/v1/models/nope", timeout=10)):
-        match = re.fullmatch(r"wait;dur=([0-9.]+), app;dur=([0-9.]+)", response.headers["Server-Timing"])
+    for response, inference in ((post(hp2, "/v1/models/half_plus_two:predict", {"instances": [1.0]}), True),
+                                (requests.get(f"{hp2.url}/v1/models/nope", timeout=10), False)):
+        match = re.fullmatch(r"wait;dur=([0-9.]+), app;dur=([0-9.]+)(?:, pace;dur=([0-9.]+))?",
+                             response.headers["Server-Timing"])
         assert match, response.headers["Server-Timing"]
         wait, app = float(match.group(1)), float(match.group(2))
         assert 0 <= wait <= app and 0 < app < 10_000        # milliseconds, the standard's unit
+        assert (match.group(3) is not None) == inference    # the pace: inference calls only
+        if inference:
+            assert 0 < float(match.group(3)) < 10_000
 
 
 def test_unknown_model_on_predict_is_404(hp2):
@@ -434,6 +439,7 @@ def test_concurrent_clients_get_consistent_answers(hp2):
     ("--max_body_bytes", "-1"), ("--max_body_bytes", "0"), ("--max_body_bytes", "99999999999999"),
     ("--max_body_bytes", "nan"), ("--rest_api_port", "-1"), ("--rest_api_port", "70000"),
     ("--rest_api_num_threads", "0"), ("--rest_api_num_threads", "-4"), ("--rest_api_num_threads", "100000"),
+    ("--max_concurrent_inferences", "-1"), ("--max_concurrent_inferences", "2000"),
     ("--graceful_timeout", "nan"), ("--graceful_timeout", "inf"), ("--graceful_timeout", "-5"),
     ("--graceful_timeout", "1e300"), ("--model_version_policy", "newest"),
 ])
@@ -518,5 +524,57 @@ def test_the_wait_for_a_request_thread_is_the_servers_time_not_the_networks(mode
         assert max(wait for _, wait, _ in results) > 1.5 * one, results   # somebody queued behind two
         for elapsed, wait, app in results:
             assert elapsed - app < max(0.25, 0.5 * one), results  # what is left is loopback, not queue
+    finally:
+        server.stop()
+
+
+def _timed_predict(url: str, rows: list) -> dict[str, float]:
+    """POST one predict; return its Server-Timing metrics in seconds."""
+    answer = requests.post(url, json={"instances": rows}, timeout=120)
+    assert answer.status_code == 200
+    return {k: float(v) / 1000 for k, v in (part.strip().split(";dur=")
+                                            for part in answer.headers["Server-Timing"].split(","))}
+
+
+def test_max_concurrent_inferences_serves_calls_one_at_a_time_in_arrival_order(models):
+    """--max_concurrent_inferences 1 with 4 request threads: calls no longer share the CPU (each
+    computes in about one call's time) and the wait for a turn is reported as `wait`."""
+    server = start_server(models, "digits_cnn", "--max_concurrent_inferences", "1")
+    try:
+        url = f"{server.url}/v1/models/digits_cnn:predict"
+        rows = np.random.default_rng(3).uniform(0, 16, size=(40, 64)).round(2).tolist()
+        call = functools.partial(_timed_predict, url, rows)
+
+        call()
+        one = min(t["app"] - t["wait"] for t in (call() for _ in range(3)))
+        with ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(lambda _: call(), range(8)))
+        computes = sorted(t["app"] - t["wait"] for t in together)
+        assert computes[len(computes) // 2] < 1.6 * one, (one, together)     # not shared 4 ways
+        assert max(t["wait"] for t in together) > 1.5 * one, together          # the others waited
+        assert requests.get(f"{server.url}/v1/models/digits_cnn", timeout=10).status_code == 200
+    finally:
+        server.stop()
+
+
+def test_pace_is_the_busy_time_per_answer_not_the_time_a_request_waited(models):
+    """Server-Timing `pace` (modelserver/pace.py): alone, a call's own time; with calls queued on the
+    one request thread, the time between answers (one call's work), while `app` grows with the queue."""
+    server = start_server(models, "digits_cnn", "--rest_api_num_threads", "1")
+    try:
+        url = f"{server.url}/v1/models/digits_cnn:predict"
+        rows = np.random.default_rng(2).uniform(0, 16, size=(40, 64)).round(2).tolist()
+        call = functools.partial(_timed_predict, url, rows)
+
+        call()                                                      # warm
+        alone = [call() for _ in range(3)]
+        for timing in alone:                                        # idle between calls: not counted
+            assert timing["pace"] <= 1.5 * max(t["app"] for t in alone), alone
+        one = min(t["app"] - t["wait"] for t in alone)
+        with ThreadPoolExecutor(6) as pool:
+            queued = list(pool.map(lambda _: call(), range(12)))
+        assert max(t["app"] for t in queued) > 2.5 * one, queued     # the queue is real...
+        last = max(queued, key=lambda t: t["app"])
+        assert 0.5 * one < last["pace"] < 2.0 * max(t["app"] - t["wait"] for t in queued), (one, queued)
     finally:
         server.stop()
