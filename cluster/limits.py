@@ -24,6 +24,10 @@ get the CPU share of a single process (the front-end's workers, the clients and 
 get as much). `edge-inference` is therefore given the weight of as many processes as the host has
 cores (v1 `cpu.shares` 1024 x cores, v2 `cpu.weight` 100 x cores): under contention the nodes get
 roughly what their processes got before they were grouped, and never more than their quotas.
+Inside it each node's weight is in proportion to its cores (v1 1024 x cpu, v2 100 x cpu; 1024 / 100,
+the default, without a CPU ceiling): when the host is short of CPU, a 1-core node gets four times a
+quarter-core node's share, as machines of those sizes would have. With equal weights (the default)
+the testbed's 1-core cloud site got no more than each quarter-core Nano once the host was busy.
 
 Nothing here raises to the caller for an unusable cgroup tree: `CgroupLimits.open` returns an object
 whose `enabled` is False and whose `status` says why ("none (not root)"), and the cluster runs
@@ -41,7 +45,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CgroupLimits", "NodeLimits", "detect_layout", "Layout", "cluster_id", "cfs_quota",
+__all__ = ["CgroupLimits", "NodeLimits", "detect_layout", "Layout", "cluster_id", "cfs_quota", "cpu_weight",
            "oom_reason", "ENV_SWITCH", "TOP"]
 
 log = logging.getLogger("cluster.limits")
@@ -51,6 +55,14 @@ TOP = "edge-inference"                  # the one directory this module creates 
 PERIOD_US = 10_000                      # CFS period: 10 ms, so a throttled request waits <= ~10 ms
 _MIN_QUOTA_US = 1_000                   # the kernel's smallest CFS quota
 _MAX_PERIOD_US = 1_000_000              # and largest period
+
+
+def cpu_weight(cores: float | None, version: int) -> int:
+    """The node group's CPU weight for cgroup `version`: in proportion to its `cores` (None: the
+    default weight), within the kernel's range."""
+    if version == 2:
+        return 100 if cores is None else max(1, min(10_000, round(100 * cores)))
+    return 1024 if cores is None else max(2, min(262_144, round(1024 * cores)))
 
 
 @dataclass(frozen=True)
@@ -300,6 +312,7 @@ class CgroupLimits:
         else:
             quota, period = cfs_quota(limits.cpu)
             _write(group / "cpu.max", f"{quota} {period}")
+        _write(group / "cpu.weight", str(cpu_weight(limits.cpu, 2)))
         _write(group / "memory.max", "max" if limits.memory is None else str(limits.memory * 1024))
         if (group / "memory.swap.max").exists():
             _write(group / "memory.swap.max", "0")
@@ -311,6 +324,7 @@ class CgroupLimits:
             quota, period = cfs_quota(limits.cpu)
             _write(cpu / "cpu.cfs_period_us", str(period))
             _write(cpu / "cpu.cfs_quota_us", str(quota))
+        _write(cpu / "cpu.shares", str(cpu_weight(limits.cpu, 1)))
         value = "-1" if limits.memory is None else str(limits.memory * 1024)
         memsw = memory / "memory.memsw.limit_in_bytes"
         # memsw (memory + swap) may never be below the memory limit: raise it first when growing.

@@ -42,6 +42,7 @@ log = logging.getLogger("cluster.local")
 # front-end refresh (refresh_interval, 1 s by default) plus the time a client takes from its lookup
 # to its call. Kubernetes gives a terminating pod the same window (endpoints removal, then SIGTERM).
 DRAIN_SECONDS = 1.5
+TURNS_SWITCH = "EDGE_INFERENCE_TURNS"   # "0" (or "false", "no", "off"): servers run every call at once
 _POLL = 0.1          # seconds between readiness checks while waiting for a server
 _warned: set[str] = set()   # limits warnings already logged by this process (once per reason)
 
@@ -368,14 +369,20 @@ class LocalCluster(Cluster):
         return NodeLimits(cpu=spec.cpu_quota, memory=spec.memory)
 
     def _limited(self, node_spec: LocalNodeSpec, model: str, command: list[str]) -> list[str]:
-        """Set the node's limits on its group and return `command` wrapped to run inside it."""
+        """Set the node's limits on its group and return `command` wrapped to run inside it. On a
+        node with a CPU ceiling the server runs as many inference calls at once as the node has
+        whole cores (at least one), the others first come first served: calls sharing a quarter
+        core all finish late. `EDGE_INFERENCE_TURNS=0` lets them all run at once (as before)."""
         if not self.limits.enabled:
             return command
+        limits = self._node_limits(node_spec)
         try:
-            self.limits.apply(node_spec.name, self._node_limits(node_spec))
+            self.limits.apply(node_spec.name, limits)
         except OSError as exc:
             raise ClusterError(f"cannot set the limits of node {node_spec.name!r} "
                                f"({exc.filename}): {exc.strerror or exc}") from exc
+        if limits.cpu is not None and os.environ.get(TURNS_SWITCH, "").strip().lower() not in ("0", "false", "no", "off"):
+            command = [*command, "--max_concurrent_inferences", str(max(1, int(limits.cpu)))]
         return self.limits.wrap(command, node_spec.name, model)
 
     def _failure(self, row: InstanceRow) -> str | None:

@@ -179,13 +179,19 @@ def test_limits_status_and_cleanup(local_cluster_factory):
     version = cluster.limits.layout.version
     cluster.deploy("half_plus_two", "node-a")
     [group] = cluster.limits.node_dirs("node-a")[-1:]
+    # a half-core node runs one inference at a time (cluster/local.py)
+    [leaf] = [d for d in group.iterdir() if d.is_dir() and d.name.startswith("half_plus_two.")]
+    command = psutil.Process(int(leaf.name.rsplit(".", 1)[1])).cmdline()
+    assert command[command.index("--max_concurrent_inferences") + 1] == "1", command
     if version == 1:
         cpu = cluster.limits.layout.cpu / TOP / cluster.limits.cluster / "node-a"
         assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "5000"
         assert (cpu / "cpu.cfs_period_us").read_text().strip() == "10000"
+        assert (cpu / "cpu.shares").read_text().strip() == "512"     # in proportion to its half core
         assert int((group / "memory.limit_in_bytes").read_text()) == 250000 * 1024
     else:
         assert (group / "cpu.max").read_text().split() == ["5000", "10000"]
+        assert (group / "cpu.weight").read_text().strip() == "50"
         assert int((group / "memory.max").read_text()) == 250000 * 1024
 
     out = subprocess.run([sys.executable, "-m", "cluster", "--config", str(cluster.config_path),

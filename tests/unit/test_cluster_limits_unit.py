@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.limits import CgroupLimits, cfs_quota, cluster_id, detect_layout, oom_reason
+from cluster.limits import CgroupLimits, cfs_quota, cluster_id, cpu_weight, detect_layout, oom_reason
 from cluster.local_config import LocalConfigError, load_local_cluster, parse_local_config
 from cluster.catalog import ModelSpec
 from cluster.profile import Measurement, new_fields, scv, update_catalog_text
@@ -20,6 +20,11 @@ def test_cfs_quota_uses_a_10_ms_period_and_the_kernel_minimum():
     assert cfs_quota(2.5) == (25_000, 10_000)
     quota, period = cfs_quota(0.05)               # 0.5 ms would be below the kernel's 1 ms
     assert quota >= 1000 and abs(quota / period - 0.05) < 1e-3
+
+
+def test_a_nodes_cpu_weight_is_in_proportion_to_its_cores():
+    assert [cpu_weight(c, 1) for c in (0.25, 1.0, None, 0.0001, 1000)] == [256, 1024, 1024, 2, 262_144]
+    assert [cpu_weight(c, 2) for c in (0.25, 1.0, None, 0.001, 1000)] == [25, 100, 100, 1, 10_000]
 
 
 def test_cluster_ids_differ_per_state_file(tmp_path):
