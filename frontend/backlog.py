@@ -2,9 +2,10 @@
 
 A node drains `drain` seconds of work per second (service times are measured on the node they are
 for, so they are in its own time; `drain` < 1 counts what a busy, shared node loses beside its
-profiled pace, see the front-end's `backlog_drain`); `charge` adds a request's service time. There
-is no feedback: in lookup mode the front-end never sees the calls it looked up, so the backlog is
-what was sent minus what the node should have done since.
+profiled pace, see the front-end's `backlog_drain`); `charge` adds a request's service time (the
+node's measured pace where it reported one, frontend/pace.py). There is no feedback on the count
+itself: in lookup mode the front-end never sees the calls it looked up, so the backlog is what was
+sent minus what the node should have done since.
 
 `Backlog` keeps the count in one process. `SharedBacklog` keeps it in a small memory-mapped file
 beside the front-end's database, so every gunicorn worker (and every front-end on the host using

@@ -83,6 +83,10 @@ class Settings(Strict):
     # database (`<database>-backlog`; workers and front-ends on one host share it); false keeps
     # one per worker, which sees only its own share of a node's work. Default true.
     backlog_shared: Flag = True
+    # expected-delay: true counts a node's work at the pace it reported lately (Server-Timing
+    # `pace` of proxied answers, X-Client-Pace of lookups; frontend/pace.py) where it has one;
+    # false always at the plan's profiled service time. Default true.
+    measured_pace: Flag = True
     # Round-trip time in seconds from a client zone to a node, {zone: {node: seconds}}, for nearest.
     rtt: Checked(dict[str, dict[str, Seconds]], _rtt) = Field(default_factory=dict)
     # ALTO cost map (RFC 7285 JSON): source PIDs are client zones, destination PIDs are node names.

@@ -18,8 +18,11 @@ its arguments (randomness and counters are passed in), so the unit tests need no
   time: its low-load pace (the plan's `idle`) on a node with no backlog, which a request that finds
   it idle gets, else the back-to-back pace (`service`), which is also the work charged. At low load
   that is the nearest fast instance; in a burst, the requests spread over the nodes by their
-  backlog instead of by chance (a random split queues a burst unevenly). Falls back to `plan`
-  when the plan has no service times (a fixed-time formulation's plan).
+  backlog instead of by chance (a random split queues a burst unevenly). Where the node has
+  reported its pace lately (frontend/pace.py: busy seconds per answer, measured by the model
+  server), that figure replaces both of the plan's: it is what the node does now, under whatever
+  shares its CPU. Falls back to `plan` when the plan has no service times (a fixed-time
+  formulation's plan).
 
 Cloud sites (nodes labelled `topology=cloud`) are a fallback: every policy but `plan` and
 `expected-delay` chooses among the edge instances whose node is below OVERLOAD_CPU of its cores,
@@ -172,12 +175,14 @@ def planned(candidates: Sequence[Candidate], model: str, zone: str | None, plan:
 
 
 def expected_delay(candidates: Sequence[Candidate], model: str, zone: str | None, plan: Plan | None,
-                   rtt: Mapping[str, Mapping[str, float]], backlog: Mapping[str, float], u: float) -> Candidate:
+                   rtt: Mapping[str, Mapping[str, float]], backlog: Mapping[str, float], u: float,
+                   paces: Mapping[str, float] | None = None) -> Candidate:
     """Return the candidate that would answer first: rtt from `zone` + the node's `backlog` (seconds
-    of work sent and not yet drained) + its service time in the plan (the low-load `idle` one where
-    the node has no backlog and the plan gives it). Candidates without a service time are left
-    out; with none, the plan's weights decide (`planned`). An unknown rtt counts as the largest
-    known one (a node nobody measured is not assumed near)."""
+    of work sent and not yet drained) + its service time: the node's measured pace (`paces`) where
+    it has one, else the plan's (the low-load `idle` one where the node has no backlog and the plan
+    gives it). Candidates without a service time in the plan are left out; with none, the plan's
+    weights decide (`planned`). An unknown rtt counts as the largest known one (a node nobody
+    measured is not assumed near)."""
     service = (plan.service or {}).get(model, {}) if plan else {}
     timed = [(c, service[c.node.name]) for c in candidates if c.node.name in service]
     if not timed:
@@ -185,27 +190,37 @@ def expected_delay(candidates: Sequence[Candidate], model: str, zone: str | None
     idle = (plan.idle or {}).get(model, {})
     row = rtt.get(zone, {}) if zone else {}
     far = max(row.values(), default=0.0)
+    measured = paces or {}
 
     def answer(cs: tuple[Candidate, float]) -> tuple[float, str]:
         node = cs[0].node.name
         waiting = backlog.get(node, 0.0)
-        pace = min(idle.get(node, cs[1]), cs[1]) if waiting <= 0 else cs[1]
+        pace = measured.get(node)
+        if pace is None:
+            pace = min(idle.get(node, cs[1]), cs[1]) if waiting <= 0 else cs[1]
         return row.get(node, far) + waiting + pace, node
     return min(timed, key=answer)[0]
 
 
-def service_time(plan: Plan | None, model: str, node: str) -> float | None:
-    """Return the plan's service time of `model` on `node` (None: the plan has none)."""
+def service_time(plan: Plan | None, model: str, node: str, paces: Mapping[str, float] | None = None
+                 ) -> float | None:
+    """Return the work one request of `model` costs `node`: its measured pace (`paces`) where the
+    plan times the node, else the plan's service time (None: the plan has none)."""
     if plan is None or not plan.service:
         return None
-    return plan.service.get(model, {}).get(node)
+    planned_time = plan.service.get(model, {}).get(node)
+    if planned_time is None:
+        return None
+    return (paces or {}).get(node, planned_time)
 
 
 def choose(policy: str, candidates: Sequence[Candidate], *, model: str, zone: str | None = None,
            plan: Plan | None = None, rtt: Mapping[str, Mapping[str, float]] | None = None,
-           counter: int = 0, u: float = 0.0, backlog: Mapping[str, float] | None = None) -> Candidate:
+           counter: int = 0, u: float = 0.0, backlog: Mapping[str, float] | None = None,
+           paces: Mapping[str, float] | None = None) -> Candidate:
     """Pick one of `candidates` (non-empty) for `model` under `policy` (cloud sites as the fallback).
-    `backlog`: node -> seconds of work ahead, for `expected-delay`."""
+    `backlog`: node -> seconds of work ahead, `paces`: node -> measured seconds per request of
+    `model`, both for `expected-delay`."""
     if not candidates:
         raise ValueError("no candidates")
     if len(candidates) == 1:
@@ -217,23 +232,23 @@ def choose(policy: str, candidates: Sequence[Candidate], *, model: str, zone: st
     if cloud:
         if policy in ("plan", "expected-delay"):
             pick = _choose(policy, candidates, model=model, zone=zone, plan=plan, rtt=rtt, counter=counter,
-                           u=u, backlog=backlog)
+                           u=u, backlog=backlog, paces=paces)
             if node_tier(pick.node) == "cloud" or not overloaded(pick):
                 return pick
         usable = [c for c in edge if not overloaded(c)]
         return _choose(policy, usable or cloud, model=model, zone=zone, plan=plan, rtt=rtt, counter=counter, u=u,
-                       backlog=backlog)
+                       backlog=backlog, paces=paces)
     return _choose(policy, candidates, model=model, zone=zone, plan=plan, rtt=rtt, counter=counter, u=u,
-                   backlog=backlog)
+                   backlog=backlog, paces=paces)
 
 
 def _choose(policy: str, candidates: Sequence[Candidate], *, model: str, zone: str | None,
             plan: Plan | None, rtt: Mapping[str, Mapping[str, float]] | None, counter: int, u: float,
-            backlog: Mapping[str, float] | None = None) -> Candidate:
+            backlog: Mapping[str, float] | None = None, paces: Mapping[str, float] | None = None) -> Candidate:
     if len(candidates) == 1:
         return candidates[0]
     if policy == "expected-delay":
-        return expected_delay(candidates, model, zone, plan, rtt or {}, backlog or {}, u)
+        return expected_delay(candidates, model, zone, plan, rtt or {}, backlog or {}, u, paces)
     if policy == "lowest-cpu":
         return lowest_cpu(candidates)
     if policy == "round-robin":

@@ -1,9 +1,10 @@
 """Which headers cross the proxy, in each direction (RFC 9110 section 7.6.1): pure functions."""
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
-__all__ = ["HOP_BY_HOP", "upstream_headers", "downstream_headers", "timing_headers"]
+__all__ = ["HOP_BY_HOP", "upstream_headers", "downstream_headers", "timing_headers", "upstream_timing"]
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
@@ -64,15 +65,26 @@ def timing_headers(*, node: str, seconds: float, upstream: Iterable[tuple[str, s
     the model server's own `app` figure when it sent one.
     """
     metrics = [f"app;dur={seconds * 1000:.3f}"]
-    for name, value in upstream:
-        if name.lower() == "server-timing":
-            for part in value.split(","):
-                fields = [f.strip() for f in part.split(";")]
-                if fields[0] == "app":
-                    dur = next((f[4:] for f in fields[1:] if f.startswith("dur=")), None)
-                    try:
-                        metrics.append(f"upstream;dur={float(dur):.3f}")
-                    except (TypeError, ValueError):
-                        pass
-                    break
-    return [("X-Served-By", node), ("Server-Timing", ", ".join(metrics[:2]))]
+    app = upstream_timing(upstream, "app")
+    if app is not None:
+        metrics.append(f"upstream;dur={app * 1000:.3f}")
+    return [("X-Served-By", node), ("Server-Timing", ", ".join(metrics))]
+
+
+def upstream_timing(headers: Iterable[tuple[str, str]], metric: str) -> float | None:
+    """Return the seconds of `metric` in the model server's Server-Timing (`name;dur=<ms>`, the first
+    one named so), None when it sent none or a malformed, negative or infinite one."""
+    for name, value in headers:
+        if name.lower() != "server-timing":
+            continue
+        for part in value.split(","):
+            fields = [f.strip() for f in part.split(";")]
+            if fields[0] != metric:
+                continue
+            dur = next((f[4:] for f in fields[1:] if f.startswith("dur=")), None)
+            try:
+                ms = float(dur)
+            except (TypeError, ValueError):
+                return None
+            return ms / 1000 if math.isfinite(ms) and ms >= 0 else None
+    return None

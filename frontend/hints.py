@@ -5,7 +5,13 @@ The round-trip report is a pair: `X-Client-RTT: <seconds>` (the network round tr
 observed on its previous call to a node: that call's end-to-end time minus the server's own time
 from the answer's `Server-Timing: app;dur=<ms>`) and `X-Client-RTT-Node: <node name>` (the node
 that call went to). Or `rtt` / `rtt_node` in a JSON body (GET /services). One without the other is
-refused; the pair comes from the headers when either header is present, else from the body."""
+refused; the pair comes from the headers when either header is present, else from the body.
+
+The pace report rides on it: `X-Client-Pace: <seconds>` (the `pace` metric of that call's answer,
+`Server-Timing: pace;dur=<ms>`: the node's busy time per answer lately) and `X-Client-Pace-Model:
+<model>` (the model that call was for), or `pace` / `pace_model` in the body; the node is the
+round-trip report's, which must be there too. expected-delay counts the node's work at that pace
+(frontend/pace.py)."""
 from __future__ import annotations
 
 import math
@@ -15,8 +21,8 @@ from typing import Any, Mapping
 
 from common.plan_body import MAX_RTT, NAME_RE
 
-__all__ = ["ClientHints", "HintError", "parse_hints", "parse_rtt_report", "parse_request_id", "ZONE_RE", "NODE_RE",
-           "MAX_LATENCY", "MAX_RTT", "RTT_HEADER", "RTT_NODE_HEADER"]
+__all__ = ["ClientHints", "HintError", "parse_hints", "parse_rtt_report", "parse_pace_report", "parse_request_id", "ZONE_RE", "NODE_RE",
+           "MAX_LATENCY", "MAX_RTT", "MAX_PACE", "RTT_HEADER", "RTT_NODE_HEADER", "PACE_HEADER", "PACE_MODEL_HEADER"]
 
 ZONE_RE = NAME_RE      # the wire alphabet of common/plan_body.py
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
@@ -25,6 +31,9 @@ _NUMBER = re.compile(r"[+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")   # plain 
 MAX_LATENCY = 3600.0   # seconds; anything larger is a client bug, not a measurement
 RTT_HEADER = "X-Client-RTT"
 RTT_NODE_HEADER = "X-Client-RTT-Node"
+PACE_HEADER = "X-Client-Pace"
+PACE_MODEL_HEADER = "X-Client-Pace-Model"
+MAX_PACE = 60.0        # seconds per answer; more is a client bug, not a node's pace
 
 
 class HintError(ValueError):
@@ -37,6 +46,8 @@ class ClientHints:
     latency: float | None = None   # seconds the client observed
     rtt: float | None = None       # network round trip (s) the client observed to `rtt_node`
     rtt_node: str | None = None    # set exactly when rtt is
+    pace: float | None = None      # seconds per answer `rtt_node` reported for `pace_model`
+    pace_model: str | None = None  # set exactly when pace is
 
 
 def _zone(value: Any, where: str) -> str | None:
@@ -100,18 +111,53 @@ def parse_rtt_report(headers: Mapping[str, str], body: Mapping[str, Any] | None 
     return from_headers if from_headers[1] is not None else from_body
 
 
+def _both_or_neither(first: Any, second: Any, where_first: str, where_second: str, why: str) -> bool:
+    """True when both halves of a report are there, False when neither is; HintError for one alone."""
+    if first is None and second is None:
+        return False
+    if first is None or second is None:
+        raise HintError(f"{where_first} and {where_second} must be sent together ({why})")
+    return True
+
+
 def _rtt_pair(raw_rtt: Any, raw_node: Any, where_rtt: str, where_node: str) -> tuple[float | None, str | None]:
-    if raw_rtt is None and raw_node is None:
+    if not _both_or_neither(raw_rtt, raw_node, where_rtt, where_node, "the round trip and the node it was measured to"):
         return None, None
-    if raw_rtt is None or raw_node is None:
-        raise HintError(f"{where_rtt} and {where_node} must be sent together (the round trip and the node it was "
-                        f"measured to)")
     return _seconds(raw_rtt, where_rtt, most=MAX_RTT), _node(raw_node, where_node)
 
 
+def parse_pace_report(headers: Mapping[str, str], body: Mapping[str, Any] | None, node: str | None
+                      ) -> tuple[float | None, str | None]:
+    """Return (seconds, model) of an X-Client-Pace / X-Client-Pace-Model report (or the body's `pace` /
+    `pace_model`, validated either way), (None, None) without one. `node`: the round-trip report's
+    node, which the pace is for; a pace without it, one without the other, a pace outside
+    (0, MAX_PACE] seconds or a model name outside the alphabet raise HintError."""
+    from_headers = _pace_pair(headers.get(PACE_HEADER), headers.get(PACE_MODEL_HEADER), PACE_HEADER,
+                              PACE_MODEL_HEADER)
+    from_body = (_pace_pair(body.get("pace"), body.get("pace_model"), "body field 'pace'", "body field 'pace_model'")
+                 if body else (None, None))
+    pace, model = from_headers if from_headers[1] is not None else from_body
+    if model is not None and node is None:
+        raise HintError(f"{PACE_HEADER} needs the round-trip report's node ({RTT_NODE_HEADER}): the pace is that "
+                        f"node's")
+    return pace, model
+
+
+def _pace_pair(raw_pace: Any, raw_model: Any, where_pace: str, where_model: str) -> tuple[float | None, str | None]:
+    if not _both_or_neither(raw_pace, raw_model, where_pace, where_model, "the pace and the model it was measured for"):
+        return None, None
+    pace = _seconds(raw_pace, where_pace, most=MAX_PACE)
+    if not pace:
+        raise HintError(f"{where_pace}: must be more than 0 seconds")
+    if not isinstance(raw_model, str) or not NAME_RE.fullmatch(raw_model):
+        raise HintError(f"{where_model}: model must be 1-64 characters of letters, digits, '_', '.', ':' or '-'")
+    return pace, raw_model
+
+
 def parse_hints(headers: Mapping[str, str], body: Mapping[str, Any] | None = None) -> ClientHints:
-    """Read X-Client-Zone / X-Client-Latency / X-Client-RTT + X-Client-RTT-Node, or `zone` / `latency` /
-    `rtt` + `rtt_node` in a JSON body (headers win)."""
+    """Read X-Client-Zone / X-Client-Latency / X-Client-RTT + X-Client-RTT-Node / X-Client-Pace +
+    X-Client-Pace-Model, or `zone` / `latency` / `rtt` + `rtt_node` / `pace` + `pace_model` in a JSON
+    body (headers win)."""
     body = body or {}
     # A body hint is validated even when the header wins: a malformed hint is a 400 wherever it is.
     zone = _zone(headers.get("X-Client-Zone"), "X-Client-Zone")
@@ -123,7 +169,8 @@ def parse_hints(headers: Mapping[str, str], body: Mapping[str, Any] | None = Non
     if latency is None:
         latency = body_latency
     rtt, rtt_node = parse_rtt_report(headers, body)
-    return ClientHints(zone=zone, latency=latency, rtt=rtt, rtt_node=rtt_node)
+    pace, pace_model = parse_pace_report(headers, body, rtt_node)
+    return ClientHints(zone=zone, latency=latency, rtt=rtt, rtt_node=rtt_node, pace=pace, pace_model=pace_model)
 
 
 def parse_request_id(value: str | None) -> str | None:

@@ -15,7 +15,7 @@ import time
 from flask import Blueprint, Flask, Response, g, request
 
 from .errors import ApiError, read_body
-from .headers import downstream_headers, timing_headers, upstream_headers
+from .headers import downstream_headers, timing_headers, upstream_headers, upstream_timing
 from .hints import HintError, parse_hints
 from .observe import note_model_request, update_model_request
 from .predcache import CachedAnswer, PredictionCache
@@ -71,6 +71,7 @@ def forward(model: str, tfs_path: str):
         raise ApiError(400, str(exc)) from None
     known = model in rt.cache.catalog
     note_model_request(model=model, kind="proxy", zone=hints.zone, latency=hints.latency, known_model=known)
+    rt.note_pace(hints.pace_model, hints.rtt_node, hints.pace)
     rt.spec(model)                                   # 404 at once for an unknown model
 
     cache: PredictionCache = rt.predictions
@@ -127,6 +128,7 @@ def forward(model: str, tfs_path: str):
             raise ApiError(502, f"bad answer from {where}: status {upstream.status}")
         headers = downstream_headers(upstream.headers)
         content = upstream.body
+        rt.note_pace(model, chosen.node.name, upstream_timing(upstream.headers, "pace"))
         if cache_key is not None and upstream.status == 200:
             cache.put(cache_key, CachedAnswer(status=200, headers=tuple(headers), body=content,
                                               node=chosen.node.name, stored=time.monotonic(),

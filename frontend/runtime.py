@@ -21,6 +21,7 @@ from .backlog import Backlog, SharedBacklog, backlog_path
 from .config import Settings
 from .dispatch import choose, service_time
 from .errors import ApiError
+from .pace import PaceTable
 from .predcache import PredictionCache
 from .provision import Provisioner
 from .snapshot import Candidate
@@ -54,11 +55,13 @@ class Runtime:
         self._counters_lock = threading.Lock()
         self._rng = random.Random()
         self._backlog = _backlog(settings)         # expected-delay: work sent to each node
+        self.paces = PaceTable()                   # expected-delay: each node's measured pace
         self._pools: dict[str, UpstreamPool] = {}
         self._listing: tuple[tuple, list[dict]] | None = None
         self._pools_lock = threading.Lock()
         self.cache.add_listener(self._drop_pools)
         self.cache.add_listener(self.provisioner.retry_releases)
+        self.cache.add_listener(self._drop_paces)
 
     # -- HTTP pools to model servers ---------------------------------------------------------------
     def pool(self, endpoint: str) -> UpstreamPool:
@@ -82,6 +85,21 @@ class Runtime:
             pools = [self._pools.pop(e) for e in gone]
         for pool in pools:
             pool.close()
+
+    def _drop_paces(self, old, new) -> None:
+        """Forget the paces of instances the cluster no longer reports."""
+        self.paces.forget({(d.model, d.node) for d in new.deployments})
+
+    # -- measured pace ----------------------------------------------------------------------------
+    def note_pace(self, model: str | None, node: str | None, seconds: float | None) -> None:
+        """Remember a node's pace for a model (a proxied answer's Server-Timing `pace`, or a
+        client's X-Client-Pace report) when an instance of that model runs there: a report about
+        anything else is dropped, so clients cannot grow the table."""
+        if (model is None or node is None or seconds is None or not self.settings.measured_pace
+                or self.settings.policy != "expected-delay" or model not in self.cache.catalog):
+            return
+        if any(c.node.name == node for c in self.cache.candidates(model)):
+            self.paces.report(model, node, seconds, time.monotonic())
 
     # -- dispatch ---------------------------------------------------------------------------------
     def spec(self, model: str) -> ModelSpec:
@@ -109,16 +127,18 @@ class Runtime:
         if candidates:
             policy = self.settings.policy
             plan = self.cache.plan
-            backlog = None
+            backlog = paces = None
             if policy == "expected-delay":
                 now = time.monotonic()
-                backlog = self._backlog.seconds([c.node.name for c in candidates], now)
+                names = [c.node.name for c in candidates]
+                backlog = self._backlog.seconds(names, now)
+                paces = self.paces.paces(model, names, now) if self.settings.measured_pace else None
             chosen = choose(policy, candidates, model=model, zone=zone, plan=plan, rtt=self.cache.rtt,
                             counter=self._counter(model) if policy == "round-robin" else 0,
                             u=self._rng.random() if policy in ("plan", "random", "expected-delay") else 0.0,
-                            backlog=backlog)
+                            backlog=backlog, paces=paces)
             if backlog is not None and charge:
-                seconds = service_time(plan, model, chosen.node.name)
+                seconds = service_time(plan, model, chosen.node.name, paces)
                 if seconds is not None:
                     self._backlog.charge(chosen.node.name, seconds, now)
             return chosen

@@ -335,6 +335,56 @@ def test_expected_delay_spreads_a_burst_and_returns_to_the_nearest(make_frontend
     wait_for(lambda: zone() == "node-b", what="the plan without service times followed")
 
 
+def test_expected_delay_counts_a_node_at_the_pace_it_reported(make_frontend):
+    """frontend/pace.py: a node's measured pace (a client's X-Client-Pace in lookup mode, the model
+    server's Server-Timing `pace` on a proxied answer) replaces the plan's service time."""
+    fe = make_frontend(TWO_NODES, deploy=((HP2, "node-a"), (HP2, "node-b")), policy="expected-delay",
+                       rtt={"zone-1": {"node-a": 0.001, "node-b": 0.010}})
+    plan = {"created": time.time(), "mode": 1, "solver": "highs",
+            "weights": {HP2: {"zone-1": {"node-a": 1.0}}}, "service": {HP2: {"node-a": 0.5, "node-b": 0.5}}}
+    assert requests.put(f"{fe.url}/plan", json=plan, headers=AUTH, timeout=10).json() == {"ok": True}
+
+    def lookup(**headers: str) -> requests.Response:
+        return requests.get(f"{fe.url}/services/{HP2}", headers={"X-Client-Zone": "zone-1", **headers}, timeout=10)
+
+    report = {"X-Client-RTT": "0.001", "X-Client-RTT-Node": "node-a", "X-Client-Pace-Model": HP2}
+    assert lookup(**report, **{"X-Client-Pace": "2.0"}).json()["node"] == "node-b"   # node-a: 0.001 + 2 s
+    # reports the front-end cannot use are 400s or dropped, and change nothing
+    for bad in ({"X-Client-Pace": "0"}, {"X-Client-Pace": "-1"}, {"X-Client-Pace": "nan"},
+                {"X-Client-Pace": "61"}, {"X-Client-Pace": "0.1", "X-Client-Pace-Model": "bad model"},
+                {"X-Client-Pace": "0.1", "X-Client-RTT-Node": None, "X-Client-RTT": None}):
+        answer = lookup(**{k: v for k, v in {**report, **bad}.items() if v is not None})
+        assert answer.status_code == 400 and "X-Client-Pace" in answer.json()["error"], (bad, answer.text)
+    for ignored in ({"X-Client-Pace-Model": "digits_cnn"}, {"X-Client-RTT-Node": "node-z"}):
+        assert lookup(**{**report, "X-Client-Pace": "0.001", **ignored}).status_code == 200
+    time.sleep(1.5)           # node-b's 0.5 s drained; node-a still counted at its 2 s pace
+    assert lookup().json()["node"] == "node-b"
+
+    # A proxied call's answer carries the model server's own pace (about a millisecond for this toy
+    # model): node-a is counted at it, so a burst of lookups no longer spreads to node-b.
+    fe2 = make_frontend(TWO_NODES, deploy=((HP2, "node-a"), (HP2, "node-b")), policy="expected-delay",
+                        rtt={"zone-1": {"node-a": 0.001, "node-b": 0.010}})
+    assert requests.put(f"{fe2.url}/plan", json=plan, headers=AUTH, timeout=10).json() == {"ok": True}
+    answer = requests.post(f"{fe2.url}/services/{HP2}/v1/models/{HP2}:predict", data=predict_body([4.0]),
+                           headers={"X-Client-Zone": "zone-1"}, timeout=10)
+    assert answer.status_code == 200 and answer.headers["X-Served-By"] == "node-a"
+    time.sleep(0.7)           # the proxied call's 0.5 s charge drained
+    burst = [requests.get(f"{fe2.url}/services/{HP2}", headers={"X-Client-Zone": "zone-1"},
+                          timeout=10).json()["node"] for _ in range(6)]
+    assert burst == ["node-a"] * 6, burst
+
+    # measured_pace: false keeps the plan's figure (the burst spreads as before)
+    fe3 = make_frontend(TWO_NODES, deploy=((HP2, "node-a"), (HP2, "node-b")), policy="expected-delay",
+                        rtt={"zone-1": {"node-a": 0.001, "node-b": 0.010}}, measured_pace=False)
+    assert requests.put(f"{fe3.url}/plan", json=plan, headers=AUTH, timeout=10).json() == {"ok": True}
+    assert requests.post(f"{fe3.url}/services/{HP2}/v1/models/{HP2}:predict", data=predict_body([4.0]),
+                         headers={"X-Client-Zone": "zone-1"}, timeout=10).status_code == 200
+    time.sleep(0.7)
+    burst = [requests.get(f"{fe3.url}/services/{HP2}", headers={"X-Client-Zone": "zone-1"},
+                          timeout=10).json()["node"] for _ in range(4)]
+    assert burst.count("node-b") >= 1, burst
+
+
 # ---- failures and on-demand provisioning ---------------------------------------------------------------
 
 def test_a_node_taken_down_is_skipped(make_frontend):

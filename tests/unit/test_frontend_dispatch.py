@@ -6,7 +6,7 @@ import pytest
 from cluster.port import Deployment, Node
 from frontend.backlog import Backlog
 from frontend.dispatch import (Plan, PlanError, choose, choose_provision_node, expected_delay, lowest_cpu,
-                               nearest, parse_plan, planned, round_robin, rtt_from_alto)
+                               nearest, parse_plan, planned, round_robin, rtt_from_alto, service_time)
 from frontend.snapshot import ClusterState
 
 
@@ -264,3 +264,23 @@ def test_expected_delay_takes_the_cloud_when_the_edge_is_overloaded():
     rtt = {"z1": {"n-a": 0.003, "n-b": 0.025, "n-c": 0.300}}
     # n-a would answer first by the backlog it knows of, but its node is at OVERLOAD_CPU: the cloud
     assert choose("expected-delay", s.serving["m"], model="m", zone="z1", plan=plan, rtt=rtt).node.name == "n-c"
+
+
+def test_expected_delay_counts_a_node_at_its_measured_pace():
+    cands, plan, rtt = _delay_world()
+    # the cloud (n-c, 60 + 20 ms) reported 45 ms per request: n-a (3 + 70) still first, and in a
+    # burst n-b (25 + 70) now comes before the cloud (60 + 45)
+    slow_c = {"n-c": 0.045}
+    assert expected_delay(cands, "m", "z1", plan, rtt, {"n-a": 0.07}, 0.0).node.name == "n-c"
+    assert expected_delay(cands, "m", "z1", plan, rtt, {"n-a": 0.07}, 0.0, slow_c).node.name == "n-b"
+    assert choose("expected-delay", cands, model="m", zone="z1", plan=plan, rtt=rtt, backlog={"n-a": 0.07},
+                  paces=slow_c).node.name == "n-b"
+    # a measured pace replaces the idle one too: n-b idle at 45 ms, but it reported 90
+    fast = dataclasses.replace(plan, idle={"m": {"n-b": 0.045}})
+    assert expected_delay(cands, "m", "z1", fast, rtt, {}, 0.0).node.name == "n-b"
+    assert expected_delay(cands, "m", "z1", fast, rtt, {}, 0.0, {"n-b": 0.090}).node.name == "n-a"
+    # the charge follows the measured figure; a node the plan does not time gets none
+    assert service_time(plan, "m", "n-c", slow_c) == 0.045
+    assert service_time(plan, "m", "n-b", slow_c) == 0.070
+    assert service_time(plan, "m", "n-zz", {"n-zz": 0.1}) is None
+    assert service_time(None, "m", "n-c", slow_c) is None
