@@ -40,6 +40,9 @@ observation:
   else the largest `dur`). Without `Server-Timing` the whole end-to-end time of the call is
   reported (and counted in the summary as `server_timing_missing`). Not sent while the node is
   unknown (proxy mode without `X-Served-By`);
+- `X-Client-Pace: <seconds>` and `X-Client-Pace-Model: <model>`: the node's pace from that answer's
+  `Server-Timing` (`pace;dur=<ms>`: its busy time per answer lately) and the model the call was
+  for, beside the RTT report (whose node it is); not sent when the answer had no `pace`;
 - `X-Client-Latency: <seconds>`: the end-to-end time of that previous request (lookup included),
   kept for the front-end's older hint.
 
@@ -200,6 +203,7 @@ class RequestRecord:
     lookup: float | None = None      # lookup hop (s), lookup mode
     network: float | None = None     # call to the node minus the server's part (s)
     server: float | None = None      # from Server-Timing (s)
+    pace: float | None = None        # the node's Server-Timing `pace` (s per answer), when it sent one
     error: str | None = None
 
     def to_json(self) -> str:
@@ -291,6 +295,8 @@ class _Observation:
     rtt: float                 # network part of the call to the node (s)
     node: str | None
     latency: float             # end-to-end of the request (s)
+    pace: float | None = None  # the node's Server-Timing `pace` (s per answer)
+    model: str | None = None   # the model of the call
 
 
 class _Shared:
@@ -400,6 +406,9 @@ def run_clients(frontend_url: str, scenario: Scenario, *, mode: str = "lookup",
             if seen.node is not None:
                 headers["X-Client-RTT"] = f"{min(seen.rtt, 3600.0):.6f}"
                 headers["X-Client-RTT-Node"] = seen.node
+                if seen.pace:
+                    headers["X-Client-Pace"] = f"{min(seen.pace, 60.0):.6f}"
+                    headers["X-Client-Pace-Model"] = seen.model
         return headers
 
     def error_text(answer) -> str:
@@ -483,11 +492,14 @@ def run_clients(frontend_url: str, scenario: Scenario, *, mode: str = "lookup",
                 t2 = time.perf_counter()
                 call_seconds = t2 - t1
             record.status = answer.status
-            server = server_seconds(answer.headers.getlist("Server-Timing"))
+            timing = answer.headers.getlist("Server-Timing")
+            server = server_seconds(timing)
+            pace = parse_server_timing(timing).get("pace")
             if server is None:
                 with shared.lock:
                     shared.server_timing_missing += 1
             record.server = server
+            record.pace = pace
             record.network = max(0.0, call_seconds - (server or 0.0))
             record.elapsed = t2 - t0
             if answer.status != 200:
@@ -499,7 +511,7 @@ def run_clients(frontend_url: str, scenario: Scenario, *, mode: str = "lookup",
             with shared.lock:
                 shared.observations[(zone, record.client)] = _Observation(
                     rtt=record.network, node=record.node if record.node in rtts[zone] else None,
-                    latency=record.elapsed)
+                    latency=record.elapsed, pace=pace, model=record.model)
         except _HTTPError as exc:
             record.ok = False
             record.error = exc.reason

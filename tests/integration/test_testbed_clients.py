@@ -122,7 +122,7 @@ class Recorder:
                 with recorder.lock:
                     recorder.seen.append(("POST", self.path, dict(self.headers)))
                 time.sleep(server_ms / 1000)
-                extra = {"Server-Timing": f'db;dur=1.5;desc="a, b", app;dur={server_ms}'}
+                extra = {"Server-Timing": f'db;dur=1.5;desc="a, b", app;dur={server_ms}, pace;dur=17.5'}
                 if self.path.startswith("/services/"):
                     extra["X-Served-By"] = node
                 self._answer(200, {"predictions": [2.5, 3.0, 4.5]}, extra)
@@ -167,6 +167,7 @@ def test_measurement_headers_reach_the_frontend(recorder, tmp_path, mode):
     assert len(front) == 20
     for record in results.records:
         assert record.node == "xavier" and record.server == pytest.approx(0.020)
+        assert record.pace == pytest.approx(0.0175)
         assert record.latency >= 0.05 + 0.020 and record.network >= 0.05
     assert median(r.network for r in results.records) == pytest.approx(0.05, abs=0.010)
     with_rtt = [h for h in front if "X-Client-RTT" in h]
@@ -176,6 +177,8 @@ def test_measurement_headers_reach_the_frontend(recorder, tmp_path, mode):
         assert headers["X-Client-RTT-Node"] == "xavier" and headers["X-Client-Zone"] == "zone-1"
         assert float(headers["X-Client-RTT"]) >= 0.05
         assert float(headers["X-Client-Latency"]) >= 0.07
+        # the node's pace from that answer's Server-Timing, and the model it is for
+        assert float(headers["X-Client-Pace"]) == pytest.approx(0.0175) and headers["X-Client-Pace-Model"] == HP2
     # what was reported is what was measured: the network part, not the end-to-end time
     reported = sorted(float(h["X-Client-RTT"]) for h in with_rtt)
     measured = sorted(r.network for r in results.records)
