@@ -1,0 +1,200 @@
+"""How much of a scenario's phase any dispatcher could keep within the SLO: a dispatcher that knows
+every node's queue exactly, replayed on the same seeded trace.
+
+Why: issue 10 asks `ours-cloud` to keep >= 99% of the overload phase within the SLO. Whether that is
+a matter of dispatch or of capacity is answered here: the testbed's arrivals (same scenario, same
+seed, same phase) go through a discrete-event model of its nodes, with information no real
+dispatcher has:
+
+- each node is one first-come-first-served server (a CPU-limited node serves one request at a time
+  at its pace) holding every model, its service times the profile's (build/models.yaml, else
+  config/models.yaml): `exec_time_idle` for a request that finds the node idle, `exec_time` back to
+  back, with no variance;
+- a request costs its zone's round trip to the node plus a fixed `--overhead` (the lookup and the
+  client's own time; 4.7-4.9 ms at the median in the testbed's quiet phases, 7-13 ms in its loaded ones),
+  or, with `--overhead-from <run>/requests.jsonl`, one drawn from what that testbed run measured in the
+  same phase (each answered request's latency minus its round trip and server time): how much of
+  the SLO the host's own costs take, beside the dispatch;
+- `earliest-finish` sends each request to the node where it would finish first, knowing exactly when
+  every node's queue ends: what `expected-delay` estimates without feedback;
+- `earliest-finish, hopeless dropped` does the same but drops a request that would miss the SLO
+  everywhere, so that it costs no node any time (a real system must serve it: this is kinder than
+  any system can be);
+- `expected-delay`: the front-end's policy with only what it knows (frontend/dispatch.py): each
+  node's backlog is the service time of every request sent there, drained at `--drain` seconds per
+  second (the front-end's `backlog_drain`), never the real queue;
+- `nearest`: each request to the nearest edge node, for scale.
+
+Neither is a proof of an upper bound (a greedy choice is not optimal for the SLO share), but both are
+dispatchers with perfect knowledge, deterministic service and the least overhead measured: what they
+miss, a real dispatcher on this host misses too.
+
+Run: `.venv/bin/python -m bench.slo_oracle [--scenario testbed/scenarios/load.yaml] [--phase -1]
+[--overhead 0.005] [--slo S]`; prints one line per dispatcher and phase.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+from testbed.scenario import ScenarioError, load_scenario
+from testbed.trace import Arrival, generate_trace
+
+__all__ = ["Result", "simulate", "service_table", "main", "DISPATCHERS"]
+
+REPO = Path(__file__).resolve().parent.parent
+DISPATCHERS = ("earliest-finish", "earliest-finish, hopeless dropped", "expected-delay", "nearest")
+
+
+@dataclass
+class Result:
+    dispatcher: str
+    requests: int
+    within: int          # answered within the SLO
+    dropped: int
+    mean: float          # seconds, over the requests answered
+    busy: dict[str, float]   # node -> busy seconds
+
+    @property
+    def share(self) -> float:
+        return self.within / self.requests if self.requests else 1.0
+
+
+def service_table(catalog: Path, node_class: dict[str, str]) -> dict[tuple[str, str], tuple[float, float]]:
+    """(model, node) -> (idle, back-to-back) seconds from a catalog's exec_time / exec_time_idle."""
+    doc = yaml.safe_load(catalog.read_text())
+    out = {}
+    for model in doc["models"]:
+        b2b = model.get("exec_time") or {}
+        idle = model.get("exec_time_idle") or {}
+        for node, cls in node_class.items():
+            if cls in b2b:
+                busy = float(b2b[cls])
+                out[(model["name"], node)] = (min(float(idle.get(cls, busy)), busy), busy)
+    return out
+
+
+def simulate(arrivals: list[Arrival], rtt: dict[str, dict[str, float]], service: dict[tuple[str, str], tuple[float, float]],
+             *, slo: float, overhead: float | Sequence[float], dispatcher: str, edge: set[str],
+             drain: float = 0.85) -> Result:
+    """Replay `arrivals` through FCFS nodes under `dispatcher` (one of DISPATCHERS). `overhead`: seconds
+    per request, or one per arrival (in order)."""
+    extra = [overhead] * len(arrivals) if isinstance(overhead, (int, float)) else list(overhead)
+    free: dict[str, float] = {}            # node -> when its queue ends
+    busy: dict[str, float] = {}
+    backlog: dict[str, tuple[float, float]] = {}     # expected-delay's estimate: node -> (seconds, as of)
+    within = dropped = 0
+    total = 0.0
+    for a, overhead in zip(arrivals, extra):
+        options = []
+        for node, cost in rtt[a.zone].items():
+            if (a.model, node) not in service or (dispatcher == "nearest" and node not in edge):
+                continue
+            idle, b2b = service[(a.model, node)]
+            reach = a.offset + overhead + cost / 2
+            start = max(reach, free.get(node, 0.0))
+            work = idle if reach >= free.get(node, 0.0) else b2b      # found the node idle
+            done = start + work
+            options.append((done + cost / 2 - a.offset, cost, node, start, work))
+        if dispatcher == "nearest":
+            latency, _, node, start, work = min(options, key=lambda o: (o[1], o[2]))
+        elif dispatcher == "expected-delay":
+            def guess(o: tuple) -> tuple[float, str]:
+                left, since = backlog.get(o[2], (0.0, a.offset))
+                left = max(0.0, left - drain * (a.offset - since))
+                idle, b2b = service[(a.model, o[2])]
+                return o[1] + left + (idle if left <= 0 else b2b), o[2]
+            latency, _, node, start, work = min(options, key=guess)
+            left, since = backlog.get(node, (0.0, a.offset))
+            backlog[node] = (max(0.0, left - drain * (a.offset - since)) + service[(a.model, node)][1], a.offset)
+        else:
+            latency, _, node, start, work = min(options)
+            if dispatcher.endswith("dropped") and latency > slo:
+                dropped += 1
+                continue
+        free[node] = start + work
+        busy[node] = busy.get(node, 0.0) + work
+        within += latency <= slo
+        total += latency
+    answered = len(arrivals) - dropped
+    return Result(dispatcher, len(arrivals), within, dropped, total / answered if answered else 0.0, busy)
+
+
+def measured_overheads(path: Path, rtt: dict[str, dict[str, float]]) -> dict[int, list[float]]:
+    """phase -> what each answered request of a testbed run cost beside its round trip and server time."""
+    out: dict[int, list[float]] = {}
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        if r.get("ok") and r.get("node") in rtt.get(r["zone"], {}) and r.get("server") is not None:
+            out.setdefault(r["phase"], []).append(max(0.0, r["latency"] - rtt[r["zone"]][r["node"]] - r["server"]))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.slo_oracle", description=__doc__.split("\n\n")[0])
+    p.add_argument("--scenario", default=str(REPO / "testbed" / "scenarios" / "load.yaml"))
+    p.add_argument("--catalog", default=None, help="default: build/models.yaml, else config/models.yaml")
+    p.add_argument("--phase", type=int, action="append", help="phase index (negative from the end); default all")
+    p.add_argument("--overhead", type=float, default=0.005, help="seconds per request beside the round trip")
+    p.add_argument("--overhead-from", default=None, metavar="REQUESTS_JSONL",
+                   help="draw each request's overhead from a testbed run's records of the same phase")
+    p.add_argument("--slo", type=float, default=None, help="seconds; default the scenario's")
+    args = p.parse_args(argv)
+    catalog = Path(args.catalog) if args.catalog else next(
+        c for c in (REPO / "build" / "models.yaml", REPO / "config" / "models.yaml") if c.exists())
+    if not args.overhead >= 0:
+        print("slo_oracle: --overhead must be >= 0", file=sys.stderr)
+        return 2
+    try:
+        scenario = load_scenario(args.scenario, catalog_path=catalog)
+    except (OSError, ScenarioError) as exc:
+        print(f"slo_oracle: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    slo = args.slo if args.slo is not None else scenario.slo
+    if slo is None or not slo > 0:
+        print("slo_oracle: the scenario has no slo: give --slo SECONDS (> 0)", file=sys.stderr)
+        return 2
+    phases = [i % len(scenario.phases) for i in (args.phase or range(len(scenario.phases)))]
+    nodes = {n.name: n for n in scenario.nodes}
+    service = service_table(catalog, {name: n.node_class for name, n in nodes.items()})
+    edge = {name for name, n in nodes.items() if n.tier != "cloud"}
+    trace = generate_trace(scenario)
+    measured: dict[int, list[float]] = {}
+    if args.overhead_from:
+        try:
+            measured = measured_overheads(Path(args.overhead_from), scenario.rtt_map())
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"slo_oracle: cannot read {args.overhead_from}: {' '.join(str(exc).split())}", file=sys.stderr)
+            return 2
+    where = f"drawn from {args.overhead_from}" if measured else f"{args.overhead * 1000:g} ms"
+    print(f"slo_oracle: {args.scenario}, seed {scenario.seed}, SLO {slo * 1000:g} ms, overhead {where}, "
+          f"service times from {catalog.relative_to(REPO) if catalog.is_relative_to(REPO) else catalog}")
+    for phase in phases:
+        arrivals = [a for a in trace if a.phase == phase]
+        span = scenario.phases[phase].duration
+        for dispatcher in DISPATCHERS:
+            for label, rtt in (("edge + cloud", scenario.rtt_map()),
+                               ("edge only", {z: {n: c for n, c in row.items() if n in edge}
+                                              for z, row in scenario.rtt_map().items()})):
+                if dispatcher == "nearest" and label != "edge only":
+                    continue
+                overhead = args.overhead
+                if measured.get(phase):
+                    draw = random.Random(phase)
+                    overhead = [draw.choice(measured[phase]) for _ in arrivals]
+                r = simulate(arrivals, rtt, service, slo=slo, overhead=overhead, dispatcher=dispatcher, edge=edge)
+                load = ", ".join(f"{n} {r.busy.get(n, 0.0) / span:.0%}" for n in nodes if n in r.busy)
+                print(f"phase {phase} ({len(arrivals)} requests) | {label:12} | {dispatcher:34} | within SLO "
+                      f"{r.share:6.1%} | dropped {r.dropped:4d} | mean {r.mean * 1000:7.1f} ms | busy: {load}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
