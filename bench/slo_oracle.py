@@ -81,9 +81,9 @@ def service_table(catalog: Path, node_class: dict[str, str]) -> dict[tuple[str, 
     return out
 
 
-def simulate(arrivals: list[Arrival], rtt: dict[str, dict[str, float]], service: dict[tuple[str, str], tuple[float, float]],
-             *, slo: float, overhead: float | Sequence[float], dispatcher: str, edge: set[str],
-             drain: float = 0.85) -> Result:
+def simulate(arrivals: list[Arrival], rtt: dict[str, dict[str, float]],
+             service: dict[tuple[str, str], tuple[float, float]], *, slo: float,
+             overhead: float | Sequence[float], dispatcher: str, edge: set[str], drain: float = 0.85) -> Result:
     """Replay `arrivals` through FCFS nodes under `dispatcher` (one of DISPATCHERS). `overhead`: seconds
     per request, or one per arrival (in order)."""
     extra = [overhead] * len(arrivals) if isinstance(overhead, (int, float)) else list(overhead)

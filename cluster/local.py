@@ -381,7 +381,8 @@ class LocalCluster(Cluster):
         except OSError as exc:
             raise ClusterError(f"cannot set the limits of node {node_spec.name!r} "
                                f"({exc.filename}): {exc.strerror or exc}") from exc
-        if limits.cpu is not None and os.environ.get(TURNS_SWITCH, "").strip().lower() not in ("0", "false", "no", "off"):
+        turns = os.environ.get(TURNS_SWITCH, "").strip().lower() not in ("0", "false", "no", "off")
+        if limits.cpu is not None and turns:
             command = [*command, "--max_concurrent_inferences", str(max(1, int(limits.cpu)))]
         return self.limits.wrap(command, node_spec.name, model)
 

@@ -21,8 +21,9 @@ from typing import Any, Mapping
 
 from common.plan_body import MAX_RTT, NAME_RE
 
-__all__ = ["ClientHints", "HintError", "parse_hints", "parse_rtt_report", "parse_pace_report", "parse_request_id", "ZONE_RE", "NODE_RE",
-           "MAX_LATENCY", "MAX_RTT", "MAX_PACE", "RTT_HEADER", "RTT_NODE_HEADER", "PACE_HEADER", "PACE_MODEL_HEADER"]
+__all__ = ["ClientHints", "HintError", "parse_hints", "parse_rtt_report", "parse_pace_report", "parse_request_id",
+           "ZONE_RE", "NODE_RE", "MAX_LATENCY", "MAX_RTT", "MAX_PACE", "RTT_HEADER", "RTT_NODE_HEADER", "PACE_HEADER",
+           "PACE_MODEL_HEADER"]
 
 ZONE_RE = NAME_RE      # the wire alphabet of common/plan_body.py
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
