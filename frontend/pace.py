@@ -5,9 +5,9 @@ whatever shares its CPU (on the testbed, a cloud site profiled at 18 ms per requ
 ms). A model server reports its pace with every answer (`Server-Timing: pace;dur=<ms>`, busy time
 per answer); the front-end reads it from the answers it proxies, and from the clients' reports in
 lookup mode (`X-Client-Pace`, frontend/hints.py). `expected-delay` then counts a node's work, and
-charges a dispatch, at the measured pace instead of the profiled one. A figure older than `ttl`
-seconds is forgotten (the node went quiet or away: the plan's figure is back), and so is one for a
-model the plan does not time on that node.
+charges a dispatch, at the measured pace instead of the profiled one, for the instances the plan
+times. A figure older than `ttl` seconds is not used (the node went quiet or away: the plan's
+figure is back); the figures of instances the cluster no longer reports are dropped.
 
 One table per worker process: each worker hears about 1/W of the reports, but each report is
 already a smoothed figure from the node, so a worker's latest few are as good as all of them.
