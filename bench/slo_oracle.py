@@ -42,8 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import yaml
-
+from cluster.catalog import Catalog, CatalogError, load_catalog
 from testbed.scenario import ScenarioError, load_scenario
 from testbed.trace import Arrival, generate_trace
 
@@ -67,18 +66,10 @@ class Result:
         return self.within / self.requests if self.requests else 1.0
 
 
-def service_table(catalog: Path, node_class: dict[str, str]) -> dict[tuple[str, str], tuple[float, float]]:
-    """(model, node) -> (idle, back-to-back) seconds from a catalog's exec_time / exec_time_idle."""
-    doc = yaml.safe_load(catalog.read_text())
-    out = {}
-    for model in doc["models"]:
-        b2b = model.get("exec_time") or {}
-        idle = model.get("exec_time_idle") or {}
-        for node, cls in node_class.items():
-            if cls in b2b:
-                busy = float(b2b[cls])
-                out[(model["name"], node)] = (min(float(idle.get(cls, busy)), busy), busy)
-    return out
+def service_table(catalog: Catalog, node_class: dict[str, str]) -> dict[tuple[str, str], tuple[float, float]]:
+    """(model, node) -> (idle, back-to-back) seconds from the catalog's profile of each node's class."""
+    return {(spec.name, node): (min(spec.idle_time_on(cls), spec.exec_time_on(cls)), spec.exec_time_on(cls))
+            for spec in catalog for node, cls in node_class.items() if cls in spec.exec_time}
 
 
 def simulate(arrivals: list[Arrival], rtt: dict[str, dict[str, float]],
@@ -154,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         scenario = load_scenario(args.scenario, catalog_path=catalog)
-    except (OSError, ScenarioError) as exc:
+        profile = load_catalog(catalog)
+    except (OSError, ScenarioError, CatalogError) as exc:
         print(f"slo_oracle: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     slo = args.slo if args.slo is not None else scenario.slo
@@ -163,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     phases = [i % len(scenario.phases) for i in (args.phase or range(len(scenario.phases)))]
     nodes = {n.name: n for n in scenario.nodes}
-    service = service_table(catalog, {name: n.node_class for name, n in nodes.items()})
+    service = service_table(profile, {name: n.node_class for name, n in nodes.items()})
     edge = {name for name, n in nodes.items() if n.tier != "cloud"}
     trace = generate_trace(scenario)
     measured: dict[int, list[float]] = {}

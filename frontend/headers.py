@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Iterable, Mapping
 
-__all__ = ["HOP_BY_HOP", "upstream_headers", "downstream_headers", "timing_headers", "upstream_timing"]
+__all__ = ["HOP_BY_HOP", "upstream_headers", "downstream_headers", "timing_headers", "upstream_timings"]
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
@@ -57,34 +57,38 @@ def downstream_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, st
     return [(n, v) for n, v in headers if n.lower() not in drop]
 
 
-def timing_headers(*, node: str, seconds: float, upstream: Iterable[tuple[str, str]] = ()) -> list[tuple[str, str]]:
+def timing_headers(*, node: str, seconds: float, upstream: Mapping[str, float] | None = None) -> list[tuple[str, str]]:
     """`X-Served-By` (the node that answered) and `Server-Timing` for a proxied answer.
 
     `app` is the front-end's whole time for the call (the model server's included), so a client
     that subtracts it from what it waited is left with the network's share; `upstream` repeats
-    the model server's own `app` figure when it sent one.
+    the model server's own `app` figure (from `upstream_timings`) when it sent one.
     """
     metrics = [f"app;dur={seconds * 1000:.3f}"]
-    app = upstream_timing(upstream, "app")
+    app = (upstream or {}).get("app")
     if app is not None:
         metrics.append(f"upstream;dur={app * 1000:.3f}")
     return [("X-Served-By", node), ("Server-Timing", ", ".join(metrics))]
 
 
-def upstream_timing(headers: Iterable[tuple[str, str]], metric: str) -> float | None:
-    """Return the seconds of `metric` in the model server's Server-Timing (`name;dur=<ms>`, the first
-    one named so), None when it sent none or a malformed, negative or infinite one."""
+def upstream_timings(headers: Iterable[tuple[str, str]]) -> dict[str, float]:
+    """The model server's Server-Timing metrics in seconds (`name;dur=<ms>`, the first of each name);
+    a metric without a valid, finite, non-negative `dur` is left out."""
+    out: dict[str, float] = {}
+    seen: set[str] = set()
     for name, value in headers:
         if name.lower() != "server-timing":
             continue
         for part in value.split(","):
             fields = [f.strip() for f in part.split(";")]
-            if fields[0] != metric:
+            if fields[0] in seen:
                 continue
+            seen.add(fields[0])
             dur = next((f[4:] for f in fields[1:] if f.startswith("dur=")), None)
             try:
                 ms = float(dur)
             except (TypeError, ValueError):
-                return None
-            return ms / 1000 if math.isfinite(ms) and ms >= 0 else None
-    return None
+                continue
+            if math.isfinite(ms) and ms >= 0:
+                out[fields[0]] = ms / 1000
+    return out

@@ -15,7 +15,7 @@ import time
 from flask import Blueprint, Flask, Response, g, request
 
 from .errors import ApiError, read_body
-from .headers import downstream_headers, timing_headers, upstream_headers, upstream_timing
+from .headers import downstream_headers, timing_headers, upstream_headers, upstream_timings
 from .hints import HintError, parse_hints
 from .observe import note_model_request, update_model_request
 from .predcache import CachedAnswer, PredictionCache
@@ -128,13 +128,13 @@ def forward(model: str, tfs_path: str):
             raise ApiError(502, f"bad answer from {where}: status {upstream.status}")
         headers = downstream_headers(upstream.headers)
         content = upstream.body
-        rt.note_pace(model, chosen.node.name, upstream_timing(upstream.headers, "pace"))
+        timings = upstream_timings(upstream.headers)
+        rt.note_pace(model, chosen.node.name, timings.get("pace"))
         if cache_key is not None and upstream.status == 200:
             cache.put(cache_key, CachedAnswer(status=200, headers=tuple(headers), body=content,
                                               node=chosen.node.name, stored=time.monotonic(),
                                               generation=rt.cache.state.generation.get(model, ())))
-        headers += timing_headers(node=chosen.node.name, seconds=time.perf_counter() - began,
-                                  upstream=upstream.headers)
+        headers += timing_headers(node=chosen.node.name, seconds=time.perf_counter() - began, upstream=timings)
         return Response(content, status=upstream.status, headers=headers)
     assert last_error is not None
     raise last_error

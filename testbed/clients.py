@@ -173,9 +173,10 @@ def parse_server_timing(values: str | Iterable[str] | None) -> dict[str, float |
     return metrics
 
 
-def server_seconds(values: str | Iterable[str] | None) -> float | None:
-    """The server's own processing time: `app` when given, else the largest `dur`, else None."""
-    metrics = parse_server_timing(values)
+def server_seconds(values: str | Iterable[str] | Mapping[str, float | None] | None) -> float | None:
+    """The server's own processing time: `app` when given, else the largest `dur`, else None.
+    `values`: the header value(s), or what parse_server_timing made of them."""
+    metrics = values if isinstance(values, Mapping) else parse_server_timing(values)
     if metrics.get("app") is not None:
         return metrics["app"]
     durations = [d for d in metrics.values() if d is not None]
@@ -492,9 +493,8 @@ def run_clients(frontend_url: str, scenario: Scenario, *, mode: str = "lookup",
                 t2 = time.perf_counter()
                 call_seconds = t2 - t1
             record.status = answer.status
-            timing = answer.headers.getlist("Server-Timing")
-            server = server_seconds(timing)
-            pace = parse_server_timing(timing).get("pace")
+            timing = parse_server_timing(answer.headers.getlist("Server-Timing"))
+            server, pace = server_seconds(timing), timing.get("pace")
             if server is None:
                 with shared.lock:
                     shared.server_timing_missing += 1

@@ -355,8 +355,13 @@ def test_expected_delay_counts_a_node_at_the_pace_it_reported(make_frontend):
                 {"X-Client-Pace": "0.1", "X-Client-RTT-Node": None, "X-Client-RTT": None}):
         answer = lookup(**{k: v for k, v in {**report, **bad}.items() if v is not None})
         assert answer.status_code == 400 and "X-Client-Pace" in answer.json()["error"], (bad, answer.text)
+    # reports about an instance that does not run (a model not on that node, a node not in the
+    # cluster) are accepted but dropped: clients cannot grow the table
     for ignored in ({"X-Client-Pace-Model": "digits_cnn"}, {"X-Client-RTT-Node": "node-z"}):
         assert lookup(**{**report, "X-Client-Pace": "0.001", **ignored}).status_code == 200
+    paces = fe.server.app.extensions["frontend"].paces
+    assert paces.paces(HP2, ["node-a", "node-z"], time.monotonic()) == {"node-a": 2.0}
+    assert paces.paces("digits_cnn", ["node-a"], time.monotonic()) == {}
     time.sleep(1.5)           # node-b's 0.5 s drained; node-a still counted at its 2 s pace
     assert lookup().json()["node"] == "node-b"
 

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from frontend.headers import downstream_headers, timing_headers, upstream_headers
+from frontend.headers import downstream_headers, timing_headers, upstream_headers, upstream_timings
 from frontend.hints import HintError, parse_hints, parse_request_id
 from frontend.metrics import BUCKETS, observe, render
 from frontend.predcache import CachedAnswer, PredictionCache
@@ -113,8 +113,10 @@ def test_prediction_cache_invalidates_on_generation_and_ttl():
 
 
 def test_timing_headers_name_the_node_and_both_times():
-    got = timing_headers(node="n-a", seconds=0.0125, upstream=[("Server-Timing", "db;dur=1, app;dur=2.5;desc=x")])
+    timings = upstream_timings([("Server-Timing", "db;dur=1, app;dur=2.5;desc=x, pace;dur=70, app;dur=9")])
+    assert timings == pytest.approx({"db": 0.001, "app": 0.0025, "pace": 0.070})     # the first app counts
+    got = timing_headers(node="n-a", seconds=0.0125, upstream=timings)
     assert got == [("X-Served-By", "n-a"), ("Server-Timing", "app;dur=12.500, upstream;dur=2.500")]
-    assert timing_headers(node="n", seconds=0.001, upstream=[("Server-Timing", "app;dur=zz")])[1] == \
-        ("Server-Timing", "app;dur=1.000")
+    bad = upstream_timings([("Server-Timing", "app;dur=zz, pace;dur=-1, wait;dur=inf"), ("X-Other", "app;dur=1")])
+    assert bad == {} and timing_headers(node="n", seconds=0.001, upstream=bad)[1] == ("Server-Timing", "app;dur=1.000")
     assert downstream_headers([("Server-Timing", "app;dur=1"), ("X-Served-By", "evil")]) == []

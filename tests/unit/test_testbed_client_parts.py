@@ -29,6 +29,7 @@ def test_repeated_headers_and_the_server_part():
     assert server_seconds("total;dur=30, app;dur=20") == pytest.approx(0.020)      # app wins
     assert server_seconds("proxy;dur=30, model;dur=20") == pytest.approx(0.030)    # else the largest
     assert server_seconds("miss") is None and server_seconds(None) is None
+    assert server_seconds(parse_server_timing("wait;dur=5, app;dur=20, pace;dur=70")) == pytest.approx(0.020)
 
 
 def test_example_bodies_fit_the_shipped_models():
