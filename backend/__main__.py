@@ -131,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--formulation latency: plan each group for the larger of its rate over --window and "
                         "over the last SECONDS (catches a rise in load within SECONDS; 0, the default: "
                         "the window's rate only)")
+    p.add_argument("--pace", choices=("measured", "profile"), default="measured",
+                   help="--formulation latency: service times from the pace the model servers reported "
+                        "(Server-Timing pace, in the front-end's statistics; at least --min-exec-samples "
+                        "answers, the last --rate-window seconds' when they hold that many), else the "
+                        "catalog's profile ('measured', the default); 'profile': the profile only")
     p.add_argument("--time-limit", type=_positive(float, 7 * DAY), default=30.0, metavar="SECONDS",
                    help="seconds the solver may take")
     p.add_argument("--idle-seconds", type=_non_negative(float, 100 * YEAR), default=900.0, metavar="S",
@@ -313,7 +318,7 @@ def config_from_args(args: argparse.Namespace):
                             default_rtt=args.default_rtt, min_exec_samples=args.min_exec_samples,
                             compute=args.compute, rtt_source=args.rtt_source,
                             rtt_half_life=args.rtt_half_life, max_utilisation=args.max_utilisation,
-                            rate_window=args.rate_window),
+                            rate_window=args.rate_window, pace=args.pace == "measured"),
         thresholds=Thresholds(idle_seconds=args.idle_seconds, min_requests=args.min_requests),
         execution=ExecSettings(max_deletions=args.max_deletions, concurrency=args.concurrency,
                                wait_ready=args.wait_ready, ready_timeout=args.ready_timeout,

@@ -64,6 +64,7 @@ if TYPE_CHECKING:
 __all__ = ["BuildSettings", "Built", "build_problem", "group_requests", "rtt_table", "exec_table",
            "group_summary", "rtt_table_from_summary", "exec_table_from_summary", "bins_median",
            "rtt_reports_from_rows", "recency_mean", "recent_peaks", "rtt_table_from_reports", "measured_part",
+           "measured_paces", "steady_dispersion",
            "FORMULATIONS", "COMPUTE_BASES", "RTT_SOURCES"]
 
 FORMULATIONS = ("placement", "thesis", "latency")
@@ -86,6 +87,8 @@ class BuildSettings:
     max_utilisation: float = 0.85       # `latency`: ceiling on each instance's planned utilisation
     rate_window: float = 0.0            # `latency`: > 0 plans each group for the larger of its rates over
                                         # `window` and over the last `rate_window` seconds (0: window only)
+    pace: bool = True                   # `latency`: service times from the model servers' reported pace
+                                        # where measured (False: the catalog's profile only)
 
     def __post_init__(self) -> None:
         if self.mode not in (1, 2):
@@ -392,6 +395,38 @@ def _span(summary: Summary | None, asked: float) -> float:
     return max(asked, summary.until - summary.since)
 
 
+def steady_dispersion(window: Summary, recent: Summary) -> dict[str, float]:
+    """Each model's index of dispersion within the window's two stretches, before the rate window
+    and in it, so that a change of rate between them (the rise the rate window plans for) is not
+    taken for burstiness: a step from 7 to 28 requests/s halfway through a window reads as an index
+    of ~6 over the whole. The window's own figure where the stretches are unknown (a front-end
+    without per-second sums, merged replicas)."""
+    out = dict(window.dispersion)
+    n_recent = recent.arrival_seconds
+    n_before = window.arrival_seconds - n_recent
+    if n_recent < 2 or n_before < 2:
+        return out
+    for model, count in window.arrival_count.items():
+        sumsq = window.arrival_sumsq.get(model)
+        c_recent, s_recent = recent.arrival_count.get(model, 0), recent.arrival_sumsq.get(model, 0)
+        if sumsq is None or not 0 <= c_recent <= count:
+            continue
+        c_before, s_before = count - c_recent, sumsq - s_recent
+        within = max(0.0, s_before - c_before ** 2 / n_before) + max(0.0, s_recent - c_recent ** 2 / n_recent)
+        out[model] = within / count         # the variance about each stretch's mean over the whole mean
+    return out
+
+
+def measured_paces(summary: Summary | None, recent: Summary | None, *,
+                   min_samples: int) -> dict[tuple[str, str], tuple[int, float]]:
+    """(model, node) -> (answers, mean pace): the last rate window's where it holds `min_samples`
+    answers (a rise in load slows the pace at once), else the whole window's."""
+    out = dict(summary.pace) if summary is not None else {}
+    if recent is not None:
+        out.update({key: value for key, value in recent.pace.items() if value[0] >= min_samples})
+    return out
+
+
 def build_problem(*, requests: list[RequestStat], nodes: list[NodeMemory], catalog: Catalog,
                   deployments: list[Deployment], cost_map: CostMap, settings: BuildSettings,
                   summary: Summary | None = None, recent: Summary | None = None) -> Built:
@@ -414,10 +449,14 @@ def build_problem(*, requests: list[RequestStat], nodes: list[NodeMemory], catal
     # than the window asked for; rates are counts over that span (rows: exactly the window).
     observed = _span(summary, settings.window)
     peaks: dict[tuple[str, str], int] = {}
+    steady = dispersion     # the queueing model's burstiness, over the stretch its rates come from
     if settings.formulation == "latency" and settings.rate_window > 0 and recent is not None:
         counts, peaks = recent_peaks(counts, group_summary(recent.groups, known)[0],
                                      scale=observed / _span(recent, settings.rate_window),
                                      dispersion=dispersion)
+        steady = steady_dispersion(summary, recent) if summary is not None else {}
+        # a model planned for its recent rate is as bursty as it was lately
+        steady.update({model: recent.dispersion[model] for model, _ in peaks if model in recent.dispersion})
     keys = sorted(counts)
     zones = sorted({zone for _, zone in keys})
     # RTT: network only (the clients' reports) and execution time once (exec_table), unless the
@@ -437,9 +476,12 @@ def build_problem(*, requests: list[RequestStat], nodes: list[NodeMemory], catal
                                      default_rtt=settings.default_rtt)
         measured = {(_zone(r), r.node) for r in requests if r.latency is not None and r.node is not None}
     if settings.formulation == "latency":
-        # the queueing model adds the waiting itself: it needs the low-load service time (the catalog's
-        # profile, measured by `python -m cluster profile`), not the proxy's times, which hold waiting
-        exec_time, exec_sources = exec_table([], catalog, ready, min_samples=settings.min_exec_samples)
+        # the queueing model adds the waiting itself: it needs the service time without waiting, not
+        # the proxy's times, which hold it: the pace the model servers reported (busy seconds per
+        # answer: the real throughput back to back) where enough answers carried it, else the
+        # catalog's profile (`python -m cluster profile`), which a busy host can leave by 15-45%
+        paces = measured_paces(summary, recent, min_samples=settings.min_exec_samples) if settings.pace else {}
+        exec_time, exec_sources = _exec_from(paces, catalog, ready, min_samples=settings.min_exec_samples)
     elif summary is not None:
         exec_time, exec_sources = exec_table_from_summary(summary.durations, catalog, ready,
                                                           min_samples=settings.min_exec_samples)
@@ -494,8 +536,11 @@ def build_problem(*, requests: list[RequestStat], nodes: list[NodeMemory], catal
             summary["rates_from_recent"] = sorted(f"{model}/{zone}" for model, zone in peaks)
     queueing = None
     if latency:
-        queueing = queueing_inputs(catalog, ready, dispersion=dispersion)
+        queueing = queueing_inputs(catalog, ready, dispersion=steady)
         summary["dispersion"] = {m: round(d, 3) for m, d in sorted(queueing.dispersion.items())}
+        # the measured paces planned with (the rest is the profile's): what the prediction rests on
+        summary["paces"] = {f"{m}/{n}": round(exec_time[m][n], 6) for (m, n), (count, _) in sorted(paces.items())
+                            if count >= settings.min_exec_samples and n in exec_time.get(m, {})}
     return Built(problem=problem, groups=keys, summary=summary, measured_rtt=measured_part(rtt, measured=measured),
                  queueing=queueing)
 

@@ -26,7 +26,8 @@ from common.validation import (Checked, Flag, Number, Text, ValidationError, che
 
 __all__ = [
     "FrontendError", "RequestStat", "InstanceStat", "ModelStat", "NodeMemory", "Observed",
-    "GroupStat", "DurationStat", "RttStat", "Summary", "BUCKET_SECONDS", "MAX_RTT", "FrontendClient", "collect", "parse_requests", "parse_models", "parse_memory",
+    "GroupStat", "DurationStat", "RttStat", "Summary", "BUCKET_SECONDS", "MAX_RTT", "MAX_PACE", "FrontendClient",
+    "collect", "parse_requests", "parse_models", "parse_memory",
     "parse_summary", "index_of_dispersion",
 ]
 
@@ -34,6 +35,7 @@ PAGE = 100_000          # rows asked for per /stats/requests call (the front-end
 MAX_PAGES = 50          # a window bigger than 5 million rows is cut (and said so in the report)
 BUCKET_SECONDS = 10.0   # the front-end's aggregate bucket (rows are bucketed the same way)
 MAX_RTT = 60.0          # seconds: the front-end refuses larger X-Client-RTT reports
+MAX_PACE = 60.0         # seconds per answer: the front-end keeps no larger pace report
 TIERS = ("edge", "cloud")
 
 
@@ -153,6 +155,11 @@ class Summary:
     # (variance / mean: 1 for Poisson arrivals, more for bursts); empty from a front-end without it
     dispersion: dict[str, float] = field(default_factory=dict)
     arrival_count: dict[str, int] = field(default_factory=dict)   # model -> requests in those seconds
+    arrival_sumsq: dict[str, int] = field(default_factory=dict)   # model -> their per-second squares summed
+    arrival_seconds: int = 0                                      # how many whole seconds those are
+    # (model, node) -> (pace reports, their mean seconds per answer): the node's measured pace for the
+    # model, to plan with instead of the profile; empty from a front-end without it
+    pace: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
 
     @property
     def requests(self) -> int:
@@ -293,6 +300,21 @@ class _Arrivals(_Answer):
         return self
 
 
+class _Pace(_Answer):
+    model: Text
+    node: Text
+    count: Count
+    sum: Number()
+
+    @model_validator(mode="after")
+    def _possible(self) -> "_Pace":
+        if self.sum > MAX_PACE * self.count:
+            raise invalid(f"sum {self.sum:g} is more than {MAX_PACE:g} s per report")
+        if self.count and not self.sum:
+            raise invalid(f"sum 0 is impossible for {self.count} reports (each is more than 0 s)")
+        return self
+
+
 class _Histogram(_Answer):
     relative_error: Number() = 0.0
 
@@ -302,6 +324,7 @@ class _SummaryAnswer(_Answer):
     durations: list[_Durations] | None = None
     rtt: list[_Rtt] | None = None              # absent from a front-end that predates the reports
     arrivals: _Arrivals | None = None          # absent from a front-end that predates it
+    pace: list[_Pace] | None = None            # absent from a front-end that predates it
     histogram: _Histogram | None = None
     since: Time = None
     until: Time = None
@@ -394,8 +417,8 @@ def index_of_dispersion(count: int, sumsq: int, seconds: int) -> float | None:
 
 
 def parse_summary(doc: Any) -> Summary:
-    """Return the groups of a /stats/summary answer (and the models' arrival dispersion); a malformed
-    group, bin or arrivals entry is an error."""
+    """Return the groups of a /stats/summary answer (and the models' arrival dispersion, the nodes'
+    measured paces); a malformed group, bin, arrivals or pace entry is an error."""
     answer = _answer(_SummaryAnswer, doc, "/stats/summary", "groups")
     groups = [GroupStat(model=g.model, zone=g.zone, node=g.node, kind=g.kind,
                         count=g.count, ok=g.ok, latency_count=g.latency_count,
@@ -409,11 +432,19 @@ def parse_summary(doc: Any) -> Summary:
     arrivals = answer.arrivals.models if answer.arrivals else []
     seconds = answer.arrivals.seconds if answer.arrivals else 0
     dispersion = {a.model: index_of_dispersion(a.count, a.sumsq, seconds) for a in arrivals}
+    pace: dict[tuple[str, str], list] = {}
+    for p in answer.pace or ():
+        if p.count:
+            acc = pace.setdefault((p.model, p.node), [0, 0.0])      # listed twice: both count
+            acc[0] += p.count
+            acc[1] += p.sum
     return Summary(groups=groups, durations=durations, since=answer.since or 0.0,
                    relative_error=answer.histogram.relative_error if answer.histogram else 0.0, rtt=rtt,
                    until=answer.until, store=answer.store,
                    dispersion={m: d for m, d in dispersion.items() if d is not None},
-                   arrival_count={a.model: a.count for a in arrivals if a.count})
+                   arrival_count={a.model: a.count for a in arrivals if a.count},
+                   arrival_sumsq={a.model: a.sumsq for a in arrivals if a.count}, arrival_seconds=seconds,
+                   pace={key: (n, total / n) for key, (n, total) in pace.items()})
 
 
 def parse_models(doc: Any) -> list[ModelStat]:

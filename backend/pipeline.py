@@ -126,14 +126,16 @@ def _solve(problem, cfg: RunConfig) -> _Solved:
 
 
 def _prediction(built, solved: _Solved) -> dict[str, float | None]:
-    """Mean latency per request (s) the plan should give: `pooled` under expected-delay dispatch,
-    `split` under plan/random dispatch (solver.predict); None where the load would be at or above
-    capacity. (The solver's own M/M/1 figure is its objective over the report's requests.)"""
-    from solver.predict import DISPATCHES, predicted_mean
+    """Mean latency per request (s) the plan should give (solver.predict): `simulated` under
+    expected-delay dispatch (its own choice replayed at the window's rates and burstiness), `pooled`
+    the closed form for it, `split` under plan/random dispatch; None where the load would be at or
+    above capacity. (The solver's own M/M/1 figure is its objective over the report's requests.)"""
+    from solver.predict import DISPATCHES, predicted_mean, simulated_mean
 
     q = built.queueing
     means = {d: predicted_mean(built.problem, solved.assignment, dispatch=d, idle=q.idle, dispersion=q.dispersion,
                                scv=q.scv) for d in DISPATCHES}
+    means["simulated"] = simulated_mean(built.problem, solved.assignment, idle=q.idle, dispersion=q.dispersion)
     return {d: None if mean is None else round(mean, 6) for d, mean in means.items()}
 
 

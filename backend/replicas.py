@@ -10,6 +10,8 @@ pods behind the Service (`KubernetesCluster.frontend_replicas`); this module rea
 - per-model and per-instance counts are summed, last-request times take the latest;
 - each model's index of dispersion of its requests per second is the count-weighted mean of the
   replicas' (see `_merge_dispersion`);
+- each (model, node)'s measured pace is the count-weighted mean of the replicas' (every report
+  counts once, whichever replica heard it);
 - node memory and CPU come from the cluster, identical on every replica: the first answer is used;
 - a replica that cannot be reached (killed, restarting) is left out with a warning: its requests
   not yet read are missing from this run, never counted twice. No replica answering is an error.
@@ -42,6 +44,16 @@ def _merge_dispersion(summaries: list[Summary]) -> tuple[dict[str, float], dict[
             acc[0] += s.arrival_count.get(model, 0)
             acc[1] += s.arrival_count.get(model, 0) * d
     return {m: total / n for m, (n, total) in weighted.items() if n}, counts
+
+
+def _merge_pace(summaries: list[Summary]) -> dict[tuple[str, str], tuple[int, float]]:
+    totals: dict[tuple[str, str], list] = {}
+    for s in summaries:
+        for key, (count, mean) in s.pace.items():
+            acc = totals.setdefault(key, [0, 0.0])
+            acc[0] += count
+            acc[1] += count * mean
+    return {key: (n, total / n) for key, (n, total) in totals.items() if n}
 
 
 def _merge_summaries(summaries: list[Summary]) -> Summary:
@@ -84,7 +96,7 @@ def _merge_summaries(summaries: list[Summary]) -> Summary:
         rtt=[RttStat(zone=z, node=n, buckets=tuple((t, a[0], a[1]) for t, a in sorted(b.items())))
              for (z, n), b in rtt.items()],
         until=max(untils) if untils else None,
-        store=None, dispersion=dispersion, arrival_count=arrival_count)
+        store=None, dispersion=dispersion, arrival_count=arrival_count, pace=_merge_pace(summaries))
 
 
 def _latest(a: float | None, b: float | None) -> float | None:

@@ -3,8 +3,8 @@ every node's queue exactly, replayed on the same seeded trace.
 
 Why: issue 10 asks `ours-cloud` to keep >= 99% of the overload phase within the SLO. Whether that is
 a matter of dispatch or of capacity is answered here: the testbed's arrivals (same scenario, same
-seed, same phase) go through a discrete-event model of its nodes, with information no real
-dispatcher has:
+seed, same phase) go through a discrete-event model of its nodes (solver/replay.py, which the
+back-end's prediction for expected-delay also replays), with information no real dispatcher has:
 
 - each node is one first-come-first-served server (a CPU-limited node serves one request at a time
   at its pace) holding every model, its service times the profile's (build/models.yaml, else
@@ -38,84 +38,22 @@ import argparse
 import json
 import random
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from cluster.catalog import Catalog, CatalogError, load_catalog
+from solver.replay import DISPATCHERS, Result, simulate
 from testbed.scenario import ScenarioError, load_scenario
-from testbed.trace import Arrival, generate_trace
+from testbed.trace import generate_trace
 
 __all__ = ["Result", "simulate", "service_table", "main", "DISPATCHERS"]
 
 REPO = Path(__file__).resolve().parent.parent
-DISPATCHERS = ("earliest-finish", "earliest-finish, hopeless dropped", "expected-delay", "nearest")
-
-
-@dataclass
-class Result:
-    dispatcher: str
-    requests: int
-    within: int          # answered within the SLO
-    dropped: int
-    mean: float          # seconds, over the requests answered
-    busy: dict[str, float]   # node -> busy seconds
-
-    @property
-    def share(self) -> float:
-        return self.within / self.requests if self.requests else 1.0
 
 
 def service_table(catalog: Catalog, node_class: dict[str, str]) -> dict[tuple[str, str], tuple[float, float]]:
     """(model, node) -> (idle, back-to-back) seconds from the catalog's profile of each node's class."""
     return {(spec.name, node): (min(spec.idle_time_on(cls), spec.exec_time_on(cls)), spec.exec_time_on(cls))
             for spec in catalog for node, cls in node_class.items() if cls in spec.exec_time}
-
-
-def simulate(arrivals: list[Arrival], rtt: dict[str, dict[str, float]],
-             service: dict[tuple[str, str], tuple[float, float]], *, slo: float,
-             overhead: float | Sequence[float], dispatcher: str, edge: set[str], drain: float = 0.85) -> Result:
-    """Replay `arrivals` through FCFS nodes under `dispatcher` (one of DISPATCHERS). `overhead`: seconds
-    per request, or one per arrival (in order)."""
-    extra = [overhead] * len(arrivals) if isinstance(overhead, (int, float)) else list(overhead)
-    free: dict[str, float] = {}            # node -> when its queue ends
-    busy: dict[str, float] = {}
-    backlog: dict[str, tuple[float, float]] = {}     # expected-delay's estimate: node -> (seconds, as of)
-    within = dropped = 0
-    total = 0.0
-    for a, overhead in zip(arrivals, extra):
-        options = []
-        for node, cost in rtt[a.zone].items():
-            if (a.model, node) not in service or (dispatcher == "nearest" and node not in edge):
-                continue
-            idle, b2b = service[(a.model, node)]
-            reach = a.offset + overhead + cost / 2
-            start = max(reach, free.get(node, 0.0))
-            work = idle if reach >= free.get(node, 0.0) else b2b      # found the node idle
-            done = start + work
-            options.append((done + cost / 2 - a.offset, cost, node, start, work))
-        if dispatcher == "nearest":
-            latency, _, node, start, work = min(options, key=lambda o: (o[1], o[2]))
-        elif dispatcher == "expected-delay":
-            def guess(o: tuple) -> tuple[float, str]:
-                left, since = backlog.get(o[2], (0.0, a.offset))
-                left = max(0.0, left - drain * (a.offset - since))
-                idle, b2b = service[(a.model, o[2])]
-                return o[1] + left + (idle if left <= 0 else b2b), o[2]
-            latency, _, node, start, work = min(options, key=guess)
-            left, since = backlog.get(node, (0.0, a.offset))
-            backlog[node] = (max(0.0, left - drain * (a.offset - since)) + service[(a.model, node)][1], a.offset)
-        else:
-            latency, _, node, start, work = min(options)
-            if dispatcher.endswith("dropped") and latency > slo:
-                dropped += 1
-                continue
-        free[node] = start + work
-        busy[node] = busy.get(node, 0.0) + work
-        within += latency <= slo
-        total += latency
-    answered = len(arrivals) - dropped
-    return Result(dispatcher, len(arrivals), within, dropped, total / answered if answered else 0.0, busy)
 
 
 def measured_overheads(path: Path, rtt: dict[str, dict[str, float]]) -> dict[int, list[float]]:

@@ -19,10 +19,10 @@ its arguments (randomness and counters are passed in), so the unit tests need no
   it idle gets, else the back-to-back pace (`service`), which is also the work charged. At low load
   that is the nearest fast instance; in a burst, the requests spread over the nodes by their
   backlog instead of by chance (a random split queues a burst unevenly). Where the node has
-  reported its pace lately (frontend/pace.py: busy seconds per answer, measured by the model
-  server), that figure replaces both of the plan's: it is what the node does now, under whatever
-  shares its CPU. Falls back to `plan` when the plan has no service times (a fixed-time
-  formulation's plan).
+  reported its pace lately (frontend/pace.py: busy seconds per answer back to back, measured by
+  the model server), that figure replaces the plan's back-to-back one: it is what the node does
+  now, under whatever shares its CPU. Falls back to `plan` when the plan has no service times (a
+  fixed-time formulation's plan).
 
 Cloud sites (nodes labelled `topology=cloud`) are a fallback: every policy but `plan` and
 `expected-delay` chooses among the edge instances whose node is below OVERLOAD_CPU of its cores,
@@ -178,9 +178,9 @@ def expected_delay(candidates: Sequence[Candidate], model: str, zone: str | None
                    rtt: Mapping[str, Mapping[str, float]], backlog: Mapping[str, float], u: float,
                    paces: Mapping[str, float] | None = None) -> Candidate:
     """Return the candidate that would answer first: rtt from `zone` + the node's `backlog` (seconds
-    of work sent and not yet drained) + its service time: the node's measured pace (`paces`) where
-    it has one, else the plan's (the low-load `idle` one where the node has no backlog and the plan
-    gives it). Candidates without a service time in the plan are left out; with none, the plan's
+    of work sent and not yet drained) + its service time: back to back, the node's measured pace
+    (`paces`) where it has one, else the plan's; where the node has no backlog, the plan's low-load
+    `idle` time if lower. Candidates without a service time in the plan are left out; with none, the plan's
     weights decide (`planned`). An unknown rtt counts as the largest known one (a node nobody
     measured is not assumed near)."""
     service = (plan.service or {}).get(model, {}) if plan else {}
@@ -195,9 +195,8 @@ def expected_delay(candidates: Sequence[Candidate], model: str, zone: str | None
     def answer(cs: tuple[Candidate, float]) -> tuple[float, str]:
         node = cs[0].node.name
         waiting = backlog.get(node, 0.0)
-        pace = measured.get(node)
-        if pace is None:
-            pace = min(idle.get(node, cs[1]), cs[1]) if waiting <= 0 else cs[1]
+        busy = measured.get(node, cs[1])
+        pace = min(idle.get(node, busy), busy) if waiting <= 0 else busy
         return row.get(node, far) + waiting + pace, node
     return min(timed, key=answer)[0]
 

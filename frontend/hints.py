@@ -8,7 +8,7 @@ that call went to). Or `rtt` / `rtt_node` in a JSON body (GET /services). One wi
 refused; the pair comes from the headers when either header is present, else from the body.
 
 The pace report rides on it: `X-Client-Pace: <seconds>` (the `pace` metric of that call's answer,
-`Server-Timing: pace;dur=<ms>`: the node's busy time per answer lately) and `X-Client-Pace-Model:
+`Server-Timing: pace;dur=<ms>`: the node's busy time per answer back to back lately) and `X-Client-Pace-Model:
 <model>` (the model that call was for), or `pace` / `pace_model` in the body; the node is the
 round-trip report's, which must be there too. expected-delay counts the node's work at that pace
 (frontend/pace.py)."""

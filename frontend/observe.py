@@ -13,14 +13,14 @@ import os
 import time
 from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, g, has_app_context, request
 
 from . import metrics
 from .hints import HintError, parse_request_id, parse_rtt_report
 from .runtime import current_runtime
 from .store import Increment, RequestRecord, label_text
 
-__all__ = ["init_app", "note_model_request"]
+__all__ = ["init_app", "note_model_request", "update_model_request", "note_pace_report"]
 
 log = logging.getLogger("frontend")
 # Request ids: a random per-process prefix and a counter (no syscall per request, unlike uuid4).
@@ -58,14 +58,23 @@ def note_model_request(*, model: str, kind: str, zone: str | None, latency: floa
             rtt, rtt_node = None, None
     g.model_request = {"model": model, "kind": kind, "zone": zone, "latency": latency, "node": node,
                        "endpoint": endpoint, "provisioned": provisioned, "cached": cached,
-                       "known_model": known_model, "rtt": rtt, "rtt_node": rtt_node}
+                       "known_model": known_model, "rtt": rtt, "rtt_node": rtt_node, "paces": []}
 
 
 def update_model_request(**fields: Any) -> None:
     """Change fields of the noted model request (e.g. the node once chosen)."""
-    noted = getattr(g, "model_request", None)
+    noted = g.get("model_request") if has_app_context() else None
     if noted is not None:
         noted.update(fields)
+
+
+def note_pace_report(model: str, node: str, seconds: float) -> None:
+    """Attach a validated pace report to the noted model request, whose record carries it to the
+    statistics (a request can carry two: a client's echo and the proxied answer's own). Without a
+    noted request (GET /services listing, no request at all) there is no record to carry it."""
+    noted = g.get("model_request") if has_app_context() else None
+    if noted is not None:
+        noted["paces"].append((model, node, seconds))
 
 
 def init_app(app: Flask) -> None:
@@ -90,7 +99,7 @@ def init_app(app: Flask) -> None:
         noted = g.pop("model_request", None)
         if noted is not None:
             record = RequestRecord(time=time.time(), status=status, duration=duration,
-                                   **{**noted, "cached": bool(noted["cached"])})
+                                   **{**noted, "cached": bool(noted["cached"]), "paces": tuple(noted["paces"])})
             if noted["known_model"]:
                 increments.append(Increment(metrics.MODEL_REQUESTS, _labels(
                     ("kind", noted["kind"]), ("model", noted["model"]), ("status", str(status)))))

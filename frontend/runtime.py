@@ -21,6 +21,7 @@ from .backlog import Backlog, SharedBacklog, backlog_path
 from .config import Settings
 from .dispatch import choose, service_time
 from .errors import ApiError
+from .hints import MAX_PACE
 from .pace import PaceTable
 from .predcache import PredictionCache
 from .provision import Provisioner
@@ -92,13 +93,17 @@ class Runtime:
 
     # -- measured pace ----------------------------------------------------------------------------
     def note_pace(self, model: str | None, node: str | None, seconds: float | None) -> None:
-        """Remember a node's pace for a model (a proxied answer's Server-Timing `pace`, or a
-        client's X-Client-Pace report) when an instance of that model runs there: a report about
-        anything else is dropped, so clients cannot grow the table."""
-        if (model is None or node is None or seconds is None or not self.settings.measured_pace
-                or self.settings.policy != "expected-delay" or model not in self.cache.catalog):
+        """Take a node's pace for a model (a proxied answer's Server-Timing `pace`, or a client's
+        X-Client-Pace report) when an instance of that model runs there: a report about anything
+        else is dropped, so clients cannot grow the tables. A kept one always goes to the statistics
+        (the back-end plans with it), and to dispatch under expected-delay with measured_pace."""
+        if (model is None or node is None or seconds is None or not 0 < seconds <= MAX_PACE
+                or model not in self.cache.catalog
+                or not any(c.node.name == node for c in self.cache.candidates(model))):
             return
-        if any(c.node.name == node for c in self.cache.candidates(model)):
+        from .observe import note_pace_report        # here: observe imports this module
+        note_pace_report(model, node, seconds)
+        if self.settings.measured_pace and self.settings.policy == "expected-delay":
             self.paces.report(model, node, seconds, time.monotonic())
 
     # -- dispatch ---------------------------------------------------------------------------------

@@ -17,7 +17,9 @@ row per (60 s bucket, model, node, kind, duration bin) with the count and sum of
 reported node) with the count, sum and sum of squares of the network round trips clients reported
 (X-Client-RTT / X-Client-RTT-Node: the back-end's RTT table is built from them); `agg_arrivals` one
 row per (whole unix second, catalog model) with the requests of that second (the variance of these
-per-second counts is the arrivals' burstiness the back-end's queueing model needs). The bins are
+per-second counts is the arrivals' burstiness the back-end's queueing model needs); `agg_pace` one row
+per (10 s bucket, model, node) with the count and sum of the paces (seconds of a node's work per
+answer) reported for it, so the back-end plans with the measured pace instead of the profile. The bins are
 fixed and log-spaced (16 per octave from 1 us): a quantile is reported as the mean of the bin
 holding it, within 4.5 % (2**(1/16) - 1) of the exact value. The histogram leaves the client zone
 out (a model server's time does not depend on it) and uses coarser buckets: its row count, not the
@@ -142,6 +144,17 @@ CREATE TABLE agg_arrivals (
 ) WITHOUT ROWID"""
 _ARRIVALS_UPSERT = ("INSERT INTO agg_arrivals (second, model, count) VALUES (?, ?, ?)"
                     " ON CONFLICT (second, model) DO UPDATE SET count = count + excluded.count")
+# Pace reports per (10 s bucket, model, node): GET /stats/summary's `pace`. Created when missing; the
+# rows never held the reports, so there is nothing to fill it from.
+_PACE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS agg_pace (
+    bucket INTEGER NOT NULL, model TEXT NOT NULL, node TEXT NOT NULL,
+    count INTEGER NOT NULL, sum REAL NOT NULL,
+    PRIMARY KEY (bucket, model, node)
+) WITHOUT ROWID"""
+_PACE_UPSERT = ("INSERT INTO agg_pace (bucket, model, node, count, sum) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (bucket, model, node) DO UPDATE SET count = count + excluded.count,"
+                " sum = sum + excluded.sum")
 # Columns added to `requests` after its first release: added to an older database at start-up.
 _ADDED_COLUMNS = (("rtt", "REAL"), ("rtt_node", "TEXT"))
 _AGG_UPSERT = (
@@ -224,6 +237,8 @@ class RequestRecord:
     known_model: bool = True           # counted per model only when in the catalog
     rtt: float | None = None           # the client's X-Client-RTT report (network round trip, s)
     rtt_node: str | None = None        # ... and the node it measured (X-Client-RTT-Node)
+    # (model, node, seconds per answer) pace reports it carried: a client's echo and the proxied answer's
+    paces: tuple[tuple[str, str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -247,7 +262,7 @@ def _off_the_event_loop(fn):
 
 
 def _summary_rows(conn: sqlite3.Connection, first: int, first_hist: int,
-                  seconds: tuple[int, int]) -> tuple[list, list, list, list]:
+                  seconds: tuple[int, int]) -> tuple[list, list, list, list, list]:
     """The aggregate rows of GET /stats/summary from the given first buckets on, and the arrivals
     of the whole seconds in [seconds[0], seconds[1])."""
     return (conn.execute(
@@ -262,21 +277,33 @@ def _summary_rows(conn: sqlite3.Connection, first: int, first_hist: int,
         " ORDER BY zone, node, bucket", (first,)).fetchall(),
         conn.execute(
         "SELECT model, sum(count), sum(count * count) FROM agg_arrivals WHERE second >= ? AND second < ?"
-        " GROUP BY model ORDER BY model", seconds).fetchall())
+        " GROUP BY model ORDER BY model", seconds).fetchall(),
+        conn.execute(
+        "SELECT model, node, sum(count), sum(sum) FROM agg_pace WHERE bucket >= ?"
+        " GROUP BY model, node ORDER BY model, node", (first,)).fetchall())
 
 
 class _Aggregates:
-    """The agg_requests, agg_durations, agg_rtt and agg_arrivals increments of a batch of records."""
+    """The agg_requests, agg_durations, agg_rtt, agg_arrivals and agg_pace increments of a batch of records."""
 
     def __init__(self) -> None:
         self.groups: dict[tuple, list] = {}
         self.bins: dict[tuple, list] = {}
         self.rtts: dict[tuple, list] = {}
         self.arrivals: dict[tuple[int, str], int] = {}
+        self.paces: dict[tuple[int, str, str], list] = {}
 
     def add_arrival(self, t: float, model: str) -> None:
         key = (math.floor(t), model)
         self.arrivals[key] = self.arrivals.get(key, 0) + 1
+
+    def add_pace(self, t: float, model: str, node: str, seconds: float) -> None:
+        key = (math.floor(t / BUCKET_SECONDS), model, node)
+        acc = self.paces.get(key)
+        if acc is None:
+            acc = self.paces[key] = [0, 0.0]
+        acc[0] += 1
+        acc[1] += seconds
 
     def add_rtt(self, t: float, zone: str | None, node: str | None, rtt: float | None) -> None:
         if rtt is None or node is None:
@@ -323,6 +350,8 @@ class _Aggregates:
             conn.executemany(_RTT_UPSERT, [(*key, *agg) for key, agg in self.rtts.items()])
         if self.arrivals:
             conn.executemany(_ARRIVALS_UPSERT, [(*key, count) for key, count in self.arrivals.items()])
+        if self.paces:
+            conn.executemany(_PACE_UPSERT, [(*key, *acc) for key, acc in self.paces.items()])
 
 
 class StatsStore:
@@ -365,6 +394,7 @@ class StatsStore:
             if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'agg_arrivals'").fetchone() is None:
                 conn.execute(_ARRIVALS_SCHEMA)
                 self._backfill_arrivals(conn)
+            conn.execute(_PACE_SCHEMA)
             conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?)", (uuid.uuid4().hex,))
         # Names this database, not the process: the back-end counts two replicas answering from the
         # same file (a shared volume) once.
@@ -505,6 +535,8 @@ class StatsStore:
                              r.duration, int(r.cached), r.rtt, r.rtt_node))
                 aggregates.add(r.time, r.model, r.kind, r.zone, r.latency, r.node, r.status, r.duration, r.cached)
                 aggregates.add_rtt(r.time, r.zone, r.rtt_node, r.rtt)
+                for model, node, seconds in r.paces:
+                    aggregates.add_pace(r.time, model, node, seconds)
                 if r.known_model:
                     aggregates.add_arrival(r.time, r.model)
                     m = models.setdefault(r.model, [0, r.time])
@@ -557,6 +589,7 @@ class StatsStore:
             conn.execute("DELETE FROM agg_durations WHERE bucket < ?", (math.floor(older_than / HISTOGRAM_SECONDS),))
             conn.execute("DELETE FROM agg_rtt WHERE bucket < ?", (math.floor(older_than / BUCKET_SECONDS),))
             conn.execute("DELETE FROM agg_arrivals WHERE second < ?", (math.floor(older_than),))
+            conn.execute("DELETE FROM agg_pace WHERE bucket < ?", (math.floor(older_than / BUCKET_SECONDS),))
             return cur.rowcount
 
     def _backfill_aggregates(self, conn: sqlite3.Connection) -> None:
@@ -623,13 +656,15 @@ class StatsStore:
         `arrivals`: over the n whole seconds in [floor(now - window), floor(now)) (the current second
         is still filling), per catalog model the requests and the sum over those seconds of the
         squared requests per second: the back-end's index of dispersion (variance / mean of the
-        per-second counts) without a row per second in the answer."""
+        per-second counts) without a row per second in the answer. `pace`, per (model, node): the
+        count and sum of seconds of the paces reported for it (proxied answers, clients' echoes), over
+        the same buckets as `groups`."""
         self.flush()
         first = max(0, math.floor((now - window) / BUCKET_SECONDS))
         first_hist = max(0, math.floor((now - window) / HISTOGRAM_SECONDS))
         seconds = (math.floor(now - window), math.floor(now))
 
-        def read() -> tuple[list, list, list, list]:
+        def read() -> tuple[list, list, list, list, list]:
             # A connection of its own, closed after: gevent's pool threads come and go (an idle one
             # exits after 5 s), and a per-thread connection would be left open by each (a
             # 10-minute soak showed the front-end's descriptors growing by ~4 a minute).
@@ -639,7 +674,7 @@ class StatsStore:
             finally:
                 conn.close()
 
-        rows, bins, rtt_rows, arrival_rows = _off_the_event_loop(read)
+        rows, bins, rtt_rows, arrival_rows, pace_rows = _off_the_event_loop(read)
         groups = []
         models: dict[str, dict] = {}
         for model, zone, node, kind, count, ok, lat_n, lat_sum, dur_n, dur_sum, last in rows:
@@ -684,7 +719,8 @@ class StatsStore:
                 "groups": groups, "durations": durations, "models": sorted(models.values(), key=lambda m: m["model"]),
                 "rtt": rtt,
                 "arrivals": {"since": seconds[0], "seconds": seconds[1] - seconds[0],
-                             "models": [{"model": m, "count": c, "sumsq": q} for m, c, q in arrival_rows]}}
+                             "models": [{"model": m, "count": c, "sumsq": q} for m, c, q in arrival_rows]},
+                "pace": [{"model": m, "node": n, "count": c, "sum": total} for m, n, c, total in pace_rows]}
 
     def model_counts(self) -> dict[str, tuple[int, float | None]]:
         """Return model -> (requests ever, last requested time)."""

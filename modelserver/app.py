@@ -150,12 +150,13 @@ class ModelServerApp:
         # The server's own time in the standard header, so a client can tell the network's share of
         # what it waited from the server's (issue 9: RTT measured right): `app` from the moment the
         # request was ready to serve (waiting for a request thread included) to its answer, `wait`
-        # the waiting part; for an inference call `pace`, the busy time per answer lately
-        # (modelserver/pace.py), which the front-end's dispatch counts a node's work in.
+        # the waiting part; for an inference call `pace`, the busy time per answer back to back
+        # lately (modelserver/pace.py), which the front-end's dispatch counts a node's work in.
         done = time.perf_counter()
         timing = f"wait;dur={(started - since) * 1000:.3f}, app;dur={(done - since) * 1000:.3f}"
-        if timed:
-            timing += f", pace;dur={self.pace.finish(done) * 1000:.3f}"
+        pace = self.pace.finish(done) if timed else None
+        if pace is not None:
+            timing += f", pace;dur={pace * 1000:.3f}"
         headers.append(("Server-Timing", timing))
         start_response(f"{status} {_REASONS.get(status, 'Error')}", headers)
         if status >= 400 and log.isEnabledFor(logging.DEBUG):

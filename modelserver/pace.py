@@ -3,11 +3,14 @@
 A profile gives a model's service time on a quiet machine; under load, or on a host whose CPU other
 work shares, the real pace differs (on the testbed a cloud site profiled at 18 ms per request ran
 at 28-90 ms). Dispatch that counts a node's work at its profile then sends it more than it can do.
-The server measures what it actually does: each answer is charged the busy time since the previous
-answer (or since the busy stretch began), so back to back this is the time between answers (the
-node's throughput, however many request threads overlap) and on an idle server the request's own
-time. Idle time between requests is not counted. The smoothed figure goes out with every answer in
-`Server-Timing: pace;dur=<ms>`, for the client to report to the front-end with its next lookup.
+The server measures what it actually does back to back: an answer whose request was already in
+when the previous answer went out is charged the time between the two answers (the node's
+throughput, however many request threads overlap). An answer that began a busy stretch (its request
+found the server idle) is not counted: a CPU-limited node serves it faster, on quota saved while
+idle (the profile's `exec_time_idle`), and mixing the two would understate what a queue costs (on
+the testbed's bursty phase, 59-61 ms against 64-65 ms back to back). The smoothed figure goes out
+with every answer in `Server-Timing: pace;dur=<ms>` once there is one (never, on a server that has
+never queued), for the client to report to the front-end with its next lookup.
 """
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ WEIGHT = 0.2      # each answer's share of the smoothed pace: ~5 answers' memory
 
 
 class PaceMeter:
-    """Busy seconds per answer (exponentially smoothed). Thread-safe; times are perf_counter()."""
+    """Busy seconds per answer back to back (exponentially smoothed). Thread-safe; times are
+    perf_counter()."""
 
     def __init__(self, weight: float = WEIGHT) -> None:
         if not 0 < weight <= 1:
@@ -28,22 +32,27 @@ class PaceMeter:
         self._lock = threading.Lock()
         self._in_flight = 0
         self._mark = 0.0           # start of the busy time not yet charged to an answer
+        self._queued = False       # ... set by an answer with the next request already in
         self._last_done = 0.0
         self.value: float | None = None
 
     def start(self, at: float) -> None:
         """A request became ready to serve at `at` (the wait for a request thread is busy time)."""
         with self._lock:
-            if self._in_flight == 0:
+            if self._in_flight == 0:        # ready before the last answer went out: it queued for a thread
+                self._queued = at < self._last_done
                 self._mark = max(at, self._last_done)
             self._in_flight += 1
 
-    def finish(self, at: float) -> float:
-        """The request started with `start` is answered at `at`: return the smoothed pace (s)."""
+    def finish(self, at: float) -> float | None:
+        """The request started with `start` is answered at `at`: return the smoothed pace (s), None
+        while no answer has come back to back."""
         with self._lock:
             self._in_flight = max(0, self._in_flight - 1)
             gap = max(0.0, at - self._mark)
+            if self._queued:
+                self.value = gap if self.value is None else self.value + self.weight * (gap - self.value)
             self._mark = max(self._mark, at)
+            self._queued = self._in_flight > 0
             self._last_done = max(self._last_done, at)
-            self.value = gap if self.value is None else self.value + self.weight * (gap - self.value)
             return self.value

@@ -41,7 +41,7 @@ observation:
   reported (and counted in the summary as `server_timing_missing`). Not sent while the node is
   unknown (proxy mode without `X-Served-By`);
 - `X-Client-Pace: <seconds>` and `X-Client-Pace-Model: <model>`: the node's pace from that answer's
-  `Server-Timing` (`pace;dur=<ms>`: its busy time per answer lately) and the model the call was
+  `Server-Timing` (`pace;dur=<ms>`: its busy time per answer back to back lately) and the model the call was
   for, beside the RTT report (whose node it is); not sent when the answer had no `pace`;
 - `X-Client-Latency: <seconds>`: the end-to-end time of that previous request (lookup included),
   kept for the front-end's older hint.

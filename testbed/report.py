@@ -5,8 +5,9 @@ results.json:
      "trace": {"requests": N, "counts": {...per phase/zone/model...}},
      "strategies": {NAME: {"latency": {"mean", "p50", "p95", "p99"},      # seconds, every arrival
                            "phases": [{"phase", "latency": {...}, "sent", "ok", "failed", "slo_met",
-                                       "predicted_mean", "objective_mean", "achieved_mean_ok",
-                                       "achieved_call_mean_ok",
+                                       "predicted_mean", "objective_mean", "predictions": {DISPATCH: s},
+                                       "achieved_mean_ok",
+                                       "achieved_call_mean_ok", "achieved_call_mean_after_lag",
                                        "nodes": {NODE: {"rate", "slo_met", "server_p50"}}}, ...],
                            "zones": {ZONE: {"latency": {...}, "sent", "ok", "failed", "slo_met"}},
                            "sent", "ok", "failed", "slo_met", "parts": {"network", "server", "lookup"},
@@ -109,14 +110,20 @@ def _strategy_doc(run, scenario: Scenario) -> dict:
     doc["achieved_mean_ok"] = latency_stats([r.latency for r in ok])["mean"]
     doc["achieved_call_mean_ok"] = _call_mean(ok)
     for phase_doc, phase in zip(doc["phases"], scenario.phases):
+        within = [b for b in run.backend_runs
+                  if b.get("requests") and phase.start + PREDICTION_LAG <= b["t"] < phase.end]
         for key in ("predicted_mean", "objective_mean"):
-            runs = [b for b in run.backend_runs if b.get(key) is not None and b.get("requests")
-                    and phase.start + PREDICTION_LAG <= b["t"] < phase.end]
-            phase_doc[key] = (round(sum(b[key] * b["requests"] for b in runs) / sum(b["requests"] for b in runs), 6)
-                              if runs else None)
+            phase_doc[key] = _weighted([(b.get(key), b["requests"]) for b in within])
+        kinds = sorted({k for b in within for k in b.get("predictions") or {}})
+        phase_doc["predictions"] = {k: _weighted([((b.get("predictions") or {}).get(k), b["requests"])
+                                                  for b in within]) for k in kinds}
         phase_doc["achieved_mean_ok"] = latency_stats([r.latency for r in by_phase.get(phase.index, [])
                                                        if r.ok])["mean"]
         phase_doc["achieved_call_mean_ok"] = _call_mean([r for r in by_phase.get(phase.index, []) if r.ok])
+        # the requests the phase's predictions were made for: from PREDICTION_LAG into it (the first
+        # seconds were planned by runs of the phase before, or, in phase 0, are the system's start)
+        phase_doc["achieved_call_mean_after_lag"] = _call_mean(
+            [r for r in by_phase.get(phase.index, []) if r.ok and r.scheduled >= phase.start + PREDICTION_LAG])
         phase_doc["nodes"] = _nodes(by_phase.get(phase.index, []), phase.duration, slo)
     solve = [b["seconds"] for b in run.backend_runs if b.get("seconds") is not None]
     doc["solve_seconds"] = latency_stats(solve)
@@ -148,6 +155,12 @@ def _ms(value) -> str:
 
 
 
+def _weighted(pairs: list[tuple[float | None, int]]) -> float | None:
+    """The mean of the values (None: left out) weighted by their counts; None when none is left."""
+    kept = [(v, n) for v, n in pairs if v is not None]
+    return round(sum(v * n for v, n in kept) / sum(n for _, n in kept), 6) if kept else None
+
+
 def _call_mean(records) -> float | None:
     """Mean time of the inference call alone (end to end minus the lookup): what the solver predicts."""
     calls = [r.latency - (r.lookup or 0.0) for r in records]
@@ -175,8 +188,10 @@ def markdown(doc: dict) -> str:
                      f"{_ms(s['solve_seconds']['p50'])} |")
     lines += ["", "Per phase (mean / p95 ms; predicted mean of the back-end runs made at least"
               f" {PREDICTION_LAG:g} s into that phase, for the front-end's dispatch (`obj`: the solver's own"
-              " objective per request, where it differs), vs achieved mean of the successful requests, and"
-              " of their inference call alone, without the lookup, which is what the prediction covers):", "",
+              " objective per request, `pooled`: the closed form for expected-delay, where they differ), vs"
+              " achieved mean of the successful requests, and"
+              " of their inference call alone, without the lookup, which is what the prediction covers, over the"
+              f" whole phase and from {PREDICTION_LAG:g} s into it, the requests the predictions were made for):", "",
               "| strategy | " + " | ".join(f"phase {i}" for i in range(len(doc["scenario"]["phases"]))) + " |",
               "| --- |" + " ---: |" * len(doc["scenario"]["phases"])]
     for name, s in strategies.items():
@@ -184,9 +199,12 @@ def markdown(doc: dict) -> str:
         for p in s["phases"]:
             objective = p.get("objective_mean")
             also = f", obj {_ms(objective)}" if objective is not None and objective != p.get("predicted_mean") else ""
+            pooled = (p.get("predictions") or {}).get("pooled")
+            also += f", pooled {_ms(pooled)}" if pooled is not None and pooled != p.get("predicted_mean") else ""
             cells.append(f"{_ms(p['latency']['mean'])} / {_ms(p['latency']['p95'])} "
                          f"(pred {_ms(p.get('predicted_mean'))}{also}, ach {_ms(p.get('achieved_mean_ok'))}, "
-                         f"call {_ms(p.get('achieved_call_mean_ok'))})")
+                         f"call {_ms(p.get('achieved_call_mean_ok'))}, "
+                         f"from {PREDICTION_LAG:g} s {_ms(p.get('achieved_call_mean_after_lag'))})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     zones = list(doc["scenario"]["zones"])
     lines += ["", "Per zone (mean / p95 ms):", "",

@@ -122,16 +122,18 @@ def _read_report(path: Path) -> dict | None:
 
 
 # The back-end's latency prediction that matches a front-end dispatch policy (solver.predict):
-# expected-delay spreads each model's requests over its instances as one pool; plan and random draw
-# each request by weight. Other policies (and the fixed-time formulations) are predicted by the
-# objective itself: rtt + execution time per request.
-PREDICTION_FOR_POLICY = {"expected-delay": "pooled", "plan": "split", "random": "split"}
+# expected-delay's own choice replayed at the window's rates and burstiness (`simulated`; `pooled`,
+# its closed form, is kept beside it in `predictions`); plan and random draw each request by weight.
+# Other policies (and the fixed-time formulations) are predicted by the objective itself: rtt +
+# execution time per request.
+PREDICTION_FOR_POLICY = {"expected-delay": "simulated", "plan": "split", "random": "split"}
 
 
 def _backend_runs(reports: list[dict], started_at: float, *, policy: str | None = None) -> list[dict]:
     """One entry per back-end run report: when, solver status and time, predicted mean latency
     (`predicted_mean`: the prediction for the front-end's `policy` when the report has one, else the
-    objective per request; `objective_mean`: the objective per request)."""
+    objective per request; `objective_mean`: the objective per request; `predictions`: every
+    prediction the report made, by dispatch; `dispersion`, `paces`: what the predictions rested on)."""
     runs = []
     for report in reports:
         solver = report.get("solver") or {}
@@ -147,7 +149,8 @@ def _backend_runs(reports: list[dict], started_at: float, *, policy: str | None 
             "t": round((report.get("started") or started_at) - started_at, 3),
             "status": solver.get("status"), "solver": solver.get("name"), "seconds": solver.get("seconds"),
             "objective": objective, "requests": requests,
-            "predicted_mean": predicted, "objective_mean": objective_mean,
+            "predicted_mean": predicted, "objective_mean": objective_mean, "predictions": dict(prediction or {}),
+            "dispersion": inputs.get("dispersion"), "paces": inputs.get("paces"),
             "provisioned": (report.get("summary") or {}).get("provisioned", 0),
             "deleted": (report.get("summary") or {}).get("deleted", 0),
             "errors": report.get("errors") or [],

@@ -6,6 +6,8 @@ Two edge nodes and one cloud site (node-c, `tier: cloud`). A catalog copy makes 
 zone z-a: the marginal latency of one more request on an edge instance at the 0.85 ceiling (its own
 time plus the waiting it adds to the others, 0.5 x (1 + h'(0.85)) ~ 22 s) stays below that, so the
 cloud must receive traffic exactly when the edge cannot take it, in the plan and in dispatch.
+The back-end plans with that profile (`--pace profile`): the real half_plus_two answers in
+milliseconds, and its measured pace would replace the 0.5 s the scenario is built on.
 """
 from __future__ import annotations
 
@@ -51,7 +53,8 @@ def system(local_cluster_factory, tmp_path: Path):
     server = ServerThread(create_app(config)).start()
     try:
         yield System(cluster=cluster, url=server.url, tmp=tmp_path, alto=alto,
-                     extra=["--catalog", str(catalog), "--formulation", "latency", "--solver", "highs"])
+                     extra=["--catalog", str(catalog), "--formulation", "latency", "--solver", "highs",
+                            "--pace", "profile"])
     finally:
         server.stop()
 
@@ -79,9 +82,12 @@ def test_cloud_takes_exactly_what_the_edge_cannot(system):
     # per-second counts far from Poisson), so it predicts more waiting than M/M/1; a pool queues less
     predicted = report["prediction"]
     objective = report["solver"]["objective"] / report["inputs"]["requests"]
-    assert set(predicted) == {"pooled", "split"}
+    assert set(predicted) == {"pooled", "split", "simulated"}
     assert report["inputs"]["dispersion"][HP2] > 2                 # a Poisson stream's is 1
     assert EDGE_S < predicted["pooled"] <= predicted["split"] and predicted["split"] > objective
+    # expected-delay replayed: a request goes to B only once A's queue exceeds the 78 ms detour, so
+    # the burst queues on A, where the closed form pools A and B as one M/M/2
+    assert EDGE_S < predicted["pooled"] < predicted["simulated"]
 
     # heavy: 130 requests in a 30 s window (30-40 s of buckets): each edge instance takes at most
     # 0.85 x seconds / 0.5 (51 to 67), the cloud the rest

@@ -362,14 +362,18 @@ def test_expected_delay_counts_a_node_at_the_pace_it_reported(make_frontend):
     paces = fe.server.app.extensions["frontend"].paces
     assert paces.paces(HP2, ["node-a", "node-z"], time.monotonic()) == {"node-a": 2.0}
     assert paces.paces("digits_cnn", ["node-a"], time.monotonic()) == {}
+    # the statistics count the same one report, not the refused or dropped ones
+    assert summary_pace(fe) == {(HP2, "node-a"): (1, 2.0)}
     time.sleep(1.5)           # node-b's 0.5 s drained; node-a still counted at its 2 s pace
     assert lookup().json()["node"] == "node-b"
 
     # A proxied call's answer carries the model server's own pace (about a millisecond for this toy
-    # model): node-a is counted at it, so a burst of lookups no longer spreads to node-b.
+    # model): node-a is counted at it, so a burst of lookups no longer spreads to node-b. The pace is
+    # measured back to back: first a queue at node-a's server, straight to it, gives it one.
     fe2 = make_frontend(TWO_NODES, deploy=((HP2, "node-a"), (HP2, "node-b")), policy="expected-delay",
                         rtt={"zone-1": {"node-a": 0.001, "node-b": 0.010}})
     assert requests.put(f"{fe2.url}/plan", json=plan, headers=AUTH, timeout=10).json() == {"ok": True}
+    queue_at(dep_of(fe2.cluster, HP2, "node-a").endpoint)
     answer = requests.post(f"{fe2.url}/services/{HP2}/v1/models/{HP2}:predict", data=predict_body([4.0]),
                            headers={"X-Client-Zone": "zone-1"}, timeout=10)
     assert answer.status_code == 200 and answer.headers["X-Served-By"] == "node-a"
@@ -377,17 +381,82 @@ def test_expected_delay_counts_a_node_at_the_pace_it_reported(make_frontend):
     burst = [requests.get(f"{fe2.url}/services/{HP2}", headers={"X-Client-Zone": "zone-1"},
                           timeout=10).json()["node"] for _ in range(6)]
     assert burst == ["node-a"] * 6, burst
+    ((key, (count, total)),) = summary_pace(fe2).items()
+    assert key == (HP2, "node-a") and count == 1 and 0 < total < 1
 
     # measured_pace: false keeps the plan's figure (the burst spreads as before)
     fe3 = make_frontend(TWO_NODES, deploy=((HP2, "node-a"), (HP2, "node-b")), policy="expected-delay",
                         rtt={"zone-1": {"node-a": 0.001, "node-b": 0.010}}, measured_pace=False)
     assert requests.put(f"{fe3.url}/plan", json=plan, headers=AUTH, timeout=10).json() == {"ok": True}
+    queue_at(dep_of(fe3.cluster, HP2, "node-a").endpoint)
     assert requests.post(f"{fe3.url}/services/{HP2}/v1/models/{HP2}:predict", data=predict_body([4.0]),
                          headers={"X-Client-Zone": "zone-1"}, timeout=10).status_code == 200
     time.sleep(0.7)
     burst = [requests.get(f"{fe3.url}/services/{HP2}", headers={"X-Client-Zone": "zone-1"},
                           timeout=10).json()["node"] for _ in range(4)]
     assert burst.count("node-b") >= 1, burst
+    assert [model for model, _ in summary_pace(fe3)] == [HP2]    # counted for the statistics all the same
+
+
+def queue_at(endpoint: str) -> None:
+    """Calls straight to a model server, several at once, until one answer carries a pace (the
+    server measures it back to back only: calls that overlap)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def call(_: int) -> bool:
+        answer = requests.post(f"http://{endpoint}/v1/models/{HP2}:predict", data=predict_body([1.0]), timeout=10)
+        return "pace;dur=" in answer.headers.get("Server-Timing", "")
+
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(20):
+            if any(pool.map(call, range(32))):
+                return
+    raise AssertionError(f"no answer from {endpoint} came back to back")
+
+
+def summary_pace(fe) -> dict[tuple[str, str], tuple[int, float]]:
+    doc = requests.get(f"{fe.url}/stats/summary", headers=AUTH, timeout=10).json()
+    return {(p["model"], p["node"]): (p["count"], p["sum"]) for p in doc["pace"]}
+
+
+def test_paces_reach_the_statistics_whatever_the_policy(make_frontend):
+    """Every pace report the front-end keeps is counted per (model, node) in /stats/summary's `pace`,
+    for the back-end, also when dispatch does not use it (another policy, or measured_pace off)."""
+    for settings in ({}, {"policy": "expected-delay", "measured_pace": False}):
+        fe = make_frontend(TWO_NODES, deploy=((HP2, "node-a"), ("digits_logreg", "node-b")), **settings)
+        rt = fe.server.app.extensions["frontend"]
+        rt.note_pace(HP2, "node-a", 0.5)             # outside a request: no record to carry it, no crash
+        queue_at(dep_of(fe.cluster, HP2, "node-a").endpoint)     # the server has a pace (back to back)
+        answer = requests.post(f"{fe.url}/services/{HP2}/v1/models/{HP2}:predict", data=predict_body([1.0]),
+                               timeout=10)
+        assert answer.status_code == 200 and answer.headers["X-Served-By"] == "node-a"
+        served = summary_pace(fe)
+        assert list(served) == [(HP2, "node-a")] and served[(HP2, "node-a")][0] == 1, served
+        upstream = served[(HP2, "node-a")][1]
+        assert upstream > 0                          # the model server's own pace of that answer
+
+        def lookup(model: str, node: str, pace_model: str, pace: str = "0.25") -> int:
+            return requests.get(f"{fe.url}/services/{model}", timeout=10, headers={
+                "X-Client-RTT": "0.001", "X-Client-RTT-Node": node, "X-Client-Pace": pace,
+                "X-Client-Pace-Model": pace_model}).status_code
+
+        assert lookup("digits_logreg", "node-a", HP2) == 200             # about another model: counted
+        assert lookup(HP2, "node-b", HP2) == 200                         # HP2 does not run on node-b
+        assert lookup(HP2, "node-a", "digits_logreg") == 200             # nor digits_logreg on node-a
+        assert lookup(HP2, "node-z", HP2) == 200                         # not a node of the cluster
+        assert lookup(HP2, "node-a", "no_such_model") == 200             # not in the catalog
+        assert lookup(HP2, "node-a", HP2, pace="61") == 400              # refused: never counted
+        # a proxied call carrying a client's echo holds two reports: the echo and the answer's own
+        answer = requests.post(f"{fe.url}/services/{HP2}/v1/models/{HP2}:predict", data=predict_body([1.0]),
+                               headers={"X-Client-RTT": "0.001", "X-Client-RTT-Node": "node-b",
+                                        "X-Client-Pace": "0.125", "X-Client-Pace-Model": "digits_logreg"},
+                               timeout=10)
+        assert answer.status_code == 200
+        after = summary_pace(fe)
+        assert set(after) == {(HP2, "node-a"), ("digits_logreg", "node-b")}, (settings, after)
+        assert after[(HP2, "node-a")][0] == 3 and after[(HP2, "node-a")][1] > upstream + 0.25
+        assert after[("digits_logreg", "node-b")] == (1, 0.125)
+        assert rt.paces.paces(HP2, ["node-a"], time.monotonic()) == {}   # dispatch did not take them
 
 
 # ---- failures and on-demand provisioning ---------------------------------------------------------------

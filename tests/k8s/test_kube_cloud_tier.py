@@ -10,7 +10,8 @@ overloaded or NotReady, with no request failing meanwhile.
 
 The numbers: a catalog copy makes half_plus_two take 0.5 s on the edge class (small) and 0.05 s on
 the cloud's (large); the ALTO map puts the cloud 0.3 s from zone z-a, edge a 2 ms and edge b 80 ms.
-The expected placements are the `highs` optimum of those problems (exact; they are small).
+The expected placements are the `highs` optimum of those problems (exact; they are small), planned
+with that profile (`--pace profile`: a measured pace would replace the scenario's 0.5 s).
 """
 from __future__ import annotations
 
@@ -124,7 +125,8 @@ class Site:
                 "--cluster-setting", f"namespace={self.kube.namespace}",
                 "--cluster-setting", f"node_class_label={NODE_CLASS_LABEL}",
                 "--lock", str(self.kube.tmp_path / "backend.lock"), "--alto", str(self.alto),
-                "--report", str(report), "--formulation", "latency", "--solver", "highs", "--wait-ready", *extra]
+                "--report", str(report), "--formulation", "latency", "--solver", "highs", "--pace", "profile",
+                "--wait-ready", *extra]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("BACKEND_", "KUBECONFIG"))}
         env["BACKEND_TOKEN"] = FRONTEND_TOKEN
         proc = subprocess.run(argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)

@@ -72,6 +72,18 @@ def test_models_and_memory():
     (parse_summary, {"groups": [], "arrivals": {"since": 0, "seconds": 10, "models": [
         {"model": "m", "count": 1, "sumsq": 1}, {"model": "m", "count": 1, "sumsq": 1}]}},
      "arrivals: models[1]: model 'm' is listed twice"),
+    (parse_summary, {"groups": [], "pace": [{"model": "m", "count": 1, "sum": 0.02}]}, "pace[0].node: missing"),
+    (parse_summary, {"groups": [], "pace": [{"model": "m", "node": "a", "count": 1.5, "sum": 0.02}]},
+     "pace[0].count: must be an integer"),
+    (parse_summary, {"groups": [], "pace": [{"model": "m", "node": "a", "count": 1, "sum": -0.02}]},
+     "pace[0].sum: must be a non-negative number, got -0.02"),
+    (parse_summary, {"groups": [], "pace": [{"model": "m", "node": "a", "count": 1, "sum": float("inf")}]},
+     "pace[0].sum: must be a finite number"),
+    (parse_summary, {"groups": [], "pace": [{"model": "m", "node": "a", "count": 2, "sum": 121}]},
+     "pace[0]: sum 121 is more than 60 s per report"),
+    (parse_summary, {"groups": [], "pace": [{"model": "m", "node": "a", "count": 2, "sum": 0}]},
+     "pace[0]: sum 0 is impossible for 2 reports"),
+    (parse_summary, {"groups": [], "pace": {"model": "m"}}, "pace: must be a list"),
 ])
 def test_a_malformed_answer_names_its_route_and_field(parse, doc, expect):
     with pytest.raises(FrontendError) as caught:
@@ -93,6 +105,16 @@ def test_arrivals_become_each_models_index_of_dispersion():
     assert parse_summary(one).dispersion == {} and parse_summary(one).arrival_count == {"a": 4}
     older = parse_summary({"groups": [], "since": 990.0})
     assert older.dispersion == {} and older.arrival_count == {} and older.since == 990.0
+
+
+def test_pace_becomes_each_model_and_nodes_count_and_mean():
+    doc = {"groups": [], "pace": [
+        {"model": "m", "node": "a", "count": 4, "sum": 0.2, "future_field": 1},
+        {"model": "m", "node": "b", "count": 1, "sum": 0.03},
+        {"model": "n", "node": "a", "count": 0, "sum": 0}]}            # no report: no entry
+    assert parse_summary(doc).pace == {("m", "a"): (4, pytest.approx(0.05)), ("m", "b"): (1, pytest.approx(0.03))}
+    # a front-end from before the pace reports: none
+    assert parse_summary({"groups": []}).pace == {} and parse_summary({"groups": [], "pace": []}).pace == {}
 
 
 def test_index_of_dispersion_is_none_without_requests_or_two_seconds_and_never_negative():

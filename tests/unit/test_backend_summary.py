@@ -182,6 +182,12 @@ def test_a_rate_window_plans_the_load_aware_problem_for_a_rise_at_once(tmp_path)
     assert [g.count for g in peak.problem.requests] == [101] and peak.problem.window == pytest.approx(39.9)
     assert peak.summary["rates"] == {f"{HP2}/z1": round(101 / 39.9, 6)}
     assert peak.summary["rates_from_recent"] == [f"{HP2}/z1"] and peak.summary["rates_over_seconds"] == 39.9
+    # with a rate window, the queueing model's burstiness is measured over the stretch the rates come
+    # from: the recent one for a group raised to its recent rate, as here (nearly even: 1 then 4/s),
+    # so the step is not taken for bursts (for the others: steady_dispersion, tested below)
+    assert window.arrival_seconds > recent.arrival_seconds >= 2 and window.arrival_sumsq[HP2] > 0
+    assert window.dispersion[HP2] > 1 and peak.queueing.dispersion[HP2] == recent.dispersion[HP2] < 0.5
+    assert plain.queueing.dispersion == window.dispersion            # no rate window: the window's own
     # a fall is followed by the window alone (the recent rate below it changes nothing), and the
     # formulations that plan counts, not rates, never look at it
     calm = build_problem(settings=BuildSettings(formulation="latency", window=30, rate_window=10),
@@ -276,3 +282,73 @@ def test_a_frontend_over_http_gives_poisson_arrivals_a_dispersion_near_1_and_bur
         assert summary.arrival_count[model] == sum(counts)
         assert summary.dispersion[model] == pytest.approx(statistics.pvariance(counts) / statistics.mean(counts))
     assert 0.8 < summary.dispersion[HP2] < 1.2 and summary.dispersion[LOGREG] > 4, summary.dispersion
+
+
+def test_the_load_aware_problem_plans_with_the_pace_the_servers_reported():
+    """--pace measured (the default): the model servers' reported pace replaces the catalog's profile
+    where it has --min-exec-samples answers, the rate window's where that holds enough."""
+    groups = [{"model": HP2, "zone": "z1", "node": "a", "kind": "lookup", "count": 30, "ok": 30,
+               "latency_count": 0, "latency_sum": 0.0, "duration_count": 0, "duration_sum": 0.0, "last": 10_029.0}]
+    window = parse_summary({"groups": groups, "since": 10_000.0, "until": 10_030.0,
+                            "pace": [{"model": HP2, "node": "a", "count": 12, "sum": 12 * 0.5},
+                                     {"model": HP2, "node": "b", "count": 2, "sum": 2 * 0.9},
+                                     {"model": LOGREG, "node": "a", "count": 20, "sum": 20 * 0.2}]})
+    recent = parse_summary({"groups": groups, "since": 10_020.0, "until": 10_030.0,
+                            "pace": [{"model": HP2, "node": "a", "count": 6, "sum": 6 * 0.7},
+                                     {"model": LOGREG, "node": "a", "count": 3, "sum": 3 * 0.1}]})
+    common = dict(requests=[], nodes=NODES, catalog=CATALOG, deployments=[], cost_map=ALTO, summary=window,
+                  recent=recent)
+    built = build_problem(settings=BuildSettings(formulation="latency", window=30, min_exec_samples=5), **common)
+    exec_time = built.problem.exec_time
+    assert exec_time[HP2]["a"] == pytest.approx(0.7)        # the last 10 s: 6 answers, a slower pace at once
+    assert exec_time[LOGREG]["a"] == pytest.approx(0.2)     # 3 recent answers are too few: the window's
+    assert exec_time[HP2]["b"] == CATALOG[HP2].exec_time_on("large")        # 2 answers: the profile
+    assert built.summary["exec_time_sources"] == {"measured": 2, "profile": 2 * len(CATALOG) - 2}
+    assert built.summary["paces"] == {f"{HP2}/a": 0.7, f"{LOGREG}/a": 0.2}     # in the report
+    profile = build_problem(settings=BuildSettings(formulation="latency", window=30, pace=False), **common)
+    assert profile.problem.exec_time[HP2]["a"] == CATALOG[HP2].exec_time_on("small")
+    assert profile.summary["exec_time_sources"]["measured"] == 0
+    # the formulations with fixed times never take the pace (their execution time is the proxy's)
+    placement = build_problem(settings=BuildSettings(formulation="placement", window=30), **common)
+    assert placement.problem.exec_time[HP2]["a"] == CATALOG[HP2].exec_time_on("small")
+
+
+def test_the_pace_flag():
+    from backend.__main__ import build_parser, config_from_args
+
+    parser = build_parser()
+    base = ["--mode", "1", "--frontend", "http://x", "--formulation", "latency"]
+    assert config_from_args(parser.parse_args(base)).build.pace is True
+    assert config_from_args(parser.parse_args(base + ["--pace", "profile"])).build.pace is False
+    with pytest.raises(SystemExit):
+        parser.parse_args(base + ["--pace", "fast"])
+
+
+def test_steady_dispersion_leaves_a_steady_stream_alone_and_takes_the_step_out():
+    from backend.build import steady_dispersion
+    from backend.collect import Summary, index_of_dispersion
+
+    def summary(counts: list[int]) -> Summary:
+        c, ss, n = sum(counts), sum(x * x for x in counts), len(counts)
+        return Summary(groups=[], durations=[], since=0.0, relative_error=0.0,
+                       dispersion={HP2: index_of_dispersion(c, ss, n)}, arrival_count={HP2: c},
+                       arrival_sumsq={HP2: ss}, arrival_seconds=n)
+
+    draw = random.Random(5)
+
+    def poisson(rate: float, seconds: int) -> list[int]:
+        out = []
+        for _ in range(seconds):
+            k, t = 0, draw.expovariate(rate)
+            while t < 1:
+                k, t = k + 1, t + draw.expovariate(rate)
+            out.append(k)
+        return out
+
+    steady = poisson(20, 300)
+    assert steady_dispersion(summary(steady), summary(steady[-100:]))[HP2] == pytest.approx(1.0, abs=0.25)
+    step = poisson(5, 200) + poisson(40, 100)                   # Poisson within each stretch
+    whole = summary(step)
+    assert whole.dispersion[HP2] > 5
+    assert steady_dispersion(whole, summary(step[-100:]))[HP2] == pytest.approx(1.0, abs=0.25)
+    assert steady_dispersion(whole, summary(step[-1:])) == whole.dispersion     # a stretch of 1 s: unknown

@@ -275,10 +275,15 @@ def test_expected_delay_counts_a_node_at_its_measured_pace():
     assert expected_delay(cands, "m", "z1", plan, rtt, {"n-a": 0.07}, 0.0, slow_c).node.name == "n-b"
     assert choose("expected-delay", cands, model="m", zone="z1", plan=plan, rtt=rtt, backlog={"n-a": 0.07},
                   paces=slow_c).node.name == "n-b"
-    # a measured pace replaces the idle one too: n-b idle at 45 ms, but it reported 90
+    # the measured pace is the back-to-back one: on an idle node the plan's low-load time still holds
+    # (n-b idle at 45 ms though it reported 90 back to back), behind a backlog the measured one counts
     fast = dataclasses.replace(plan, idle={"m": {"n-b": 0.045}})
     assert expected_delay(cands, "m", "z1", fast, rtt, {}, 0.0).node.name == "n-b"
-    assert expected_delay(cands, "m", "z1", fast, rtt, {}, 0.0, {"n-b": 0.090}).node.name == "n-a"
+    assert expected_delay(cands, "m", "z1", fast, rtt, {}, 0.0, {"n-b": 0.090}).node.name == "n-b"
+    assert expected_delay(cands, "m", "z1", fast, rtt, {"n-b": 0.001}, 0.0, {"n-b": 0.090}).node.name == "n-a"
+    # ... and an idle node whose measured pace is below the plan's time gets that (25 + 40 < 3 + 70)
+    assert expected_delay(cands, "m", "z1", plan, rtt, {}, 0.0).node.name == "n-a"
+    assert expected_delay(cands, "m", "z1", plan, rtt, {}, 0.0, {"n-b": 0.040}).node.name == "n-b"
     # the charge follows the measured figure; a node the plan does not time gets none
     assert service_time(plan, "m", "n-c", slow_c) == 0.045
     assert service_time(plan, "m", "n-b", slow_c) == 0.070

@@ -1,5 +1,5 @@
 """GET /stats/summary: aggregates kept at write time, the duration histogram, the arrivals per second,
-retention, upgrade of an old database, the route's validation and its OpenAPI schema; /stats/requests
+the pace reports per (model, node), retention, upgrade of an old database, the route's validation and its OpenAPI schema; /stats/requests
 refuses out-of-range numbers with 400."""
 from __future__ import annotations
 
@@ -226,6 +226,47 @@ def test_prune_drops_old_seconds_and_an_old_database_gets_the_arrivals_from_its_
     again.close()
 
 
+def test_pace_reports_sum_per_model_and_node_over_the_windows_buckets_and_are_pruned(tmp_path):
+    store = StatsStore(tmp_path / "fe.db", flush_interval=0.05)
+    # a request may carry two reports (a client's echo and the proxied answer's), about any model
+    store.record(request=replace(rec(1001.0), paces=(("m", "n-a", 0.02), ("m", "n-b", 0.05))), increments=[])
+    store.record(request=replace(rec(1003.0, "other"), paces=(("m", "n-a", 0.04),)), increments=[])
+    store.record(request=replace(rec(1015.0), paces=(("a", "n-b", 0.01),)), increments=[])
+    store.record(request=rec(1016.0), increments=[])                                   # no report
+    doc = store.summary(window=600, now=1020.0)
+    assert doc["pace"] == [{"model": "a", "node": "n-b", "count": 1, "sum": pytest.approx(0.01)},
+                           {"model": "m", "node": "n-a", "count": 2, "sum": pytest.approx(0.06)},
+                           {"model": "m", "node": "n-b", "count": 1, "sum": pytest.approx(0.05)}]
+    # the buckets of `groups`: from the one holding now - window ([1010, 1020) here) on
+    short = store.summary(window=5, now=1019.0)
+    assert short["since"] == 1010.0 and short["pace"] == [{"model": "a", "node": "n-b", "count": 1,
+                                                           "sum": pytest.approx(0.01)}]
+    store.prune(older_than=1010.0)
+    conn = sqlite3.connect(tmp_path / "fe.db")
+    assert conn.execute("SELECT bucket, model, node, count FROM agg_pace").fetchall() == [(101, "a", "n-b", 1)]
+    assert not {"pace", "paces"} & {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
+    conn.close()
+    assert [p["model"] for p in store.summary(window=600, now=1020.0)["pace"]] == ["a"]
+    store.close()
+
+    # A database from before agg_pace gets the table at the first open (the rows held no reports).
+    old = tmp_path / "old.db"
+    store = StatsStore(old)
+    store.record(request=rec(1001.0), increments=[])
+    store.close()
+    conn = sqlite3.connect(old)
+    conn.execute("DROP TABLE agg_pace")
+    conn.commit()
+    conn.close()
+    upgraded = StatsStore(old)
+    assert upgraded.summary(window=600, now=1010.0)["pace"] == []
+    upgraded.record(request=replace(rec(1002.0), paces=(("m", "n-a", 0.03),)), increments=[])
+    doc = upgraded.summary(window=600, now=1010.0)
+    assert doc["pace"] == [{"model": "m", "node": "n-a", "count": 1, "sum": pytest.approx(0.03)}]
+    assert doc["models"][0]["count"] == 2
+    upgraded.close()
+
+
 def test_a_record_after_close_is_written_at_once(tmp_path):
     store = StatsStore(tmp_path / "fe.db", flush_interval=10.0)
     store.record(request=rec(1000.0), increments=[])
@@ -277,7 +318,8 @@ def test_summary_route_answers_the_arrivals_as_its_openapi_schema_says(tmp_path)
     with ServerThread(app) as server:
         first = math.floor(time.time()) - 5
         for t in (first + 0.1, first + 0.6, first + 2.5):
-            app.extensions["frontend"].store.record(request=rec(t), increments=[])
+            app.extensions["frontend"].store.record(request=replace(rec(t), paces=(("m", "n-a", 0.02),)),
+                                                    increments=[])
         answer = requests.get(f"{server.url}/stats/summary?window=60", headers=AUTH, timeout=10)
         asked_until = time.time()
     assert answer.status_code == 200
@@ -286,6 +328,7 @@ def test_summary_route_answers_the_arrivals_as_its_openapi_schema_says(tmp_path)
     arrivals = answer.json()["arrivals"]
     assert arrivals["seconds"] == 60 and first - 55 <= arrivals["since"] <= asked_until - 60
     assert arrivals["models"] == [{"model": "m", "count": 3, "sumsq": 2 ** 2 + 1}]
+    assert answer.json()["pace"] == [{"model": "m", "node": "n-a", "count": 3, "sum": pytest.approx(0.06)}]
 
 
 @pytest.mark.parametrize("query", ["after=9223372036854775808", "after=-1", "after=99999999999999999999999",

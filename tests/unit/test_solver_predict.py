@@ -15,7 +15,8 @@ import random
 import pytest
 
 from solver import Assignment, Problem, solve
-from solver.predict import erlang_c, predicted_mean
+from solver.predict import MAX_CHOICES, erlang_c, predicted_mean, simulated_mean
+from solver.replay import gamma_arrivals
 from tests.unit.test_solver_latency import tiny_latency
 
 
@@ -141,3 +142,63 @@ def test_overload_unknown_window_nothing_assigned_and_a_bad_dispatch():
     assert predicted_mean(problem, [], dispatch="pooled") is None
     with pytest.raises(ValueError, match="dispatch must be one of pooled, split"):
         predicted_mean(problem, assignment, dispatch="random")
+
+
+# -- simulated_mean: expected-delay's own choice replayed (solver.replay) -------------------------------
+
+def test_simulated_one_node_is_m_d_1():
+    problem, assignment = one_model(5_000, 1, window=1_000.0)       # 5 req/s at 0.1 s, deterministic: rho 0.5
+    got = simulated_mean(problem, assignment)
+    assert got == pytest.approx(0.01 + 0.1 + 0.5 * 0.1 / (2 * 0.5), rel=0.05)     # Pollaczek-Khinchine, c_s = 0
+    assert got == simulated_mean(problem, assignment)                # seeded: the same figure every run
+    bursty = simulated_mean(problem, assignment, dispersion={"m": 9.0})
+    # against Lindley's recursion over Gamma gaps of SCV 9: Kingman's (c_a^2 + c_s^2) / 2 = 4.5 times
+    # M/D/1's waiting is 3 times too little for gaps this clumped, which is why the replay exists
+    draw, wait, total, n = random.Random(1), 0.0, 0.0, 200_000
+    for _ in range(n):
+        wait = max(0.0, wait + 0.1 - draw.gammavariate(1 / 9, 9 / 5))
+        total += wait
+    assert bursty - 0.11 == pytest.approx(total / n, rel=0.2)
+    assert bursty - 0.11 > 2 * 4.5 * (got - 0.11)
+
+
+def test_simulated_sends_to_the_far_node_only_when_the_near_queue_is_longer_than_the_detour():
+    problem = Problem.from_dict({
+        "formulation": "latency", "window": 1_000.0,
+        "nodes": [{"name": "near", "memory": 100, "cpu": 8}, {"name": "far", "memory": 100, "cpu": 8}],
+        "models": [{"name": "m", "memory": 10, "cpu": 0.01}],
+        "requests": [{"model": "m", "count": 1_000, "rtt": {"near": 0.001, "far": 0.5}}],
+        "exec_time": {"m": {"near": 0.1, "far": 0.1}}})
+    split = [Assignment(0, "near", 500), Assignment(0, "far", 500)]   # the plan splits; dispatch does not
+    light = simulated_mean(problem, split)                             # 1 req/s: rho 0.1 on the near node alone
+    assert light == pytest.approx(0.001 + 0.1 + 0.1 * 0.1 / (2 * 0.9), rel=0.05)
+    assert predicted_mean(problem, split, dispatch="pooled") > 0.25   # the closed form charges the detour
+    # Mode 1: an instance that stays deployed is a choice too, though the plan routes nothing there
+    near_only = dataclasses.replace(problem, deployed=[("m", "far")])
+    assert simulated_mean(near_only, [Assignment(0, "near", 1_000)]) == pytest.approx(light, rel=0.05)
+
+
+def test_simulated_refuses_overload_an_unknown_window_nothing_and_a_too_large_replay():
+    problem, assignment = one_model(1000, 1)                           # 10 req/s at 0.1 s: rho 1
+    assert simulated_mean(problem, assignment) is None
+    problem, assignment = one_model(100, 2)
+    assert simulated_mean(dataclasses.replace(problem, window=None), assignment) is None
+    assert simulated_mean(problem, []) is None
+    assert simulated_mean(problem, assignment, arrivals=MAX_CHOICES) is None    # 2 choices each: too many
+
+
+def test_gamma_arrivals_have_the_asked_rate_and_dispersion():
+    rates = {("m", "a"): 30.0, ("m", "b"): 10.0, ("q", "a"): 5.0}
+    drawn = gamma_arrivals(rates, {"m": 9.0}, horizon=2_000.0, seed=3)
+    assert drawn == sorted(drawn, key=lambda a: a.offset) and drawn == gamma_arrivals(rates, {"m": 9.0},
+                                                                                       horizon=2_000.0, seed=3)
+    for model, rate, idc in (("m", 40.0, 9.0), ("q", 5.0, 1.0)):
+        per_second = [0] * 2_000
+        for a in drawn:
+            if a.model == model:
+                per_second[int(a.offset)] += 1
+        mean = sum(per_second) / len(per_second)
+        var = sum((c - mean) ** 2 for c in per_second) / len(per_second)
+        assert mean == pytest.approx(rate, rel=0.1) and var / mean == pytest.approx(idc, rel=0.25)
+    zones = [a.zone for a in drawn if a.model == "m"]
+    assert zones.count("a") / len(zones) == pytest.approx(0.75, abs=0.02)

@@ -55,16 +55,18 @@ def test_backend_runs_come_from_the_run_reports(tmp_path):
     assert _read_report(path) == report and _read_report(tmp_path / "missing.json") is None
     runs = _backend_runs([report], started_at=100.0)
     assert runs == [{"t": 5.0, "status": "optimal", "solver": "highs", "seconds": 0.01, "objective": 2.0,
-                     "requests": 40, "predicted_mean": 0.05, "objective_mean": 0.05, "provisioned": 2,
-                     "deleted": 0, "errors": []}]
+                     "requests": 40, "predicted_mean": 0.05, "objective_mean": 0.05, "predictions": {},
+                     "dispersion": None, "paces": None,
+                     "provisioned": 2, "deleted": 0, "errors": []}]
     # a latency run's report carries predictions per dispatch: the one for the front-end's policy is used
-    latency = {**report, "prediction": {"pooled": 0.03, "split": 0.04}}
-    assert _backend_runs([latency], started_at=100.0, policy="expected-delay")[0]["predicted_mean"] == 0.03
+    latency = {**report, "prediction": {"pooled": 0.03, "split": 0.04, "simulated": 0.035}}
+    delay = _backend_runs([latency], started_at=100.0, policy="expected-delay")[0]
+    assert delay["predicted_mean"] == 0.035 and delay["predictions"] == latency["prediction"]
     assert _backend_runs([latency], started_at=100.0, policy="plan")[0]["predicted_mean"] == 0.04
     assert _backend_runs([latency], started_at=100.0, policy="random")[0]["predicted_mean"] == 0.04
     nearest = _backend_runs([latency], started_at=100.0, policy="nearest")[0]
     assert nearest["predicted_mean"] == nearest["objective_mean"] == 0.05
-    overload = {**report, "prediction": {"pooled": None, "split": None}}
+    overload = {**report, "prediction": {"pooled": None, "split": None, "simulated": None}}
     assert _backend_runs([overload], started_at=100.0, policy="expected-delay")[0]["predicted_mean"] is None
 
 
@@ -87,7 +89,8 @@ def test_results_document_has_the_promised_shape(tmp_path):
         runs.append(StrategyRun(name=name, clients=clients, samples=[{"t": 0.0, "instances": 1}],
                                 backend_runs=[{"t": lag - 1, "predicted_mean": 1.0, "requests": 10, "seconds": 0.01},
                                               {"t": lag, "predicted_mean": base, "objective_mean": 2 * base,
-                                               "requests": 10, "seconds": 0.01}]))
+                                               "requests": 10, "seconds": 0.01,
+                                               "predictions": {"simulated": base, "pooled": 0.5 * base}}]))
     doc = write_results(scenario, trace, runs, tmp_path, mode="lookup", every=10.0)
     saved = json.loads((tmp_path / "results.json").read_text())
     for name in ("ours", "kubernetes"):
@@ -105,9 +108,12 @@ def test_results_document_has_the_promised_shape(tmp_path):
     assert ours["predicted_mean"] == pytest.approx((1.0 + 0.01) / 2)           # every run, over the whole trace
     # a phase's prediction: the runs made PREDICTION_LAG s or more into it (the first planned for the phase before)
     assert ours["phases"][0]["predicted_mean"] == 0.01 and ours["phases"][0]["objective_mean"] == 0.02
-    assert "(pred 10.0, obj 20.0, ach" in (tmp_path / "results.md").read_text()
+    assert ours["phases"][0]["predictions"] == {"pooled": 0.005, "simulated": 0.01}   # every kind, beside
+    assert "(pred 10.0, obj 20.0, pooled 5.0, ach" in (tmp_path / "results.md").read_text()
     assert ours["achieved_mean_ok"] == 0.01 and ours["achieved_call_mean_ok"] == 0.008   # the lookup left out
-    assert saved["initial"] == "spread" and "call 8.0" in (tmp_path / "results.md").read_text()
+    assert saved["initial"] == "spread" and "call 8.0, from 10 s 8.0)" in (tmp_path / "results.md").read_text()
+    after = [a for a in trace if a.phase == 0 and a.offset >= scenario.phases[0].start + PREDICTION_LAG and a.index % 10]
+    assert after and ours["phases"][0]["achieved_call_mean_after_lag"] == pytest.approx(0.008)
     # where each phase's requests went: all to the first node here, 1 in 10 failed (outside the SLO)
     node = scenario.node_names[0]
     first = [a for a in trace if a.phase == 0]
