@@ -150,7 +150,7 @@ def test_the_catalog_path_is_a_parameter(tmp_path):
         parse_scenario(data, catalog_path=catalog)
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "smoke.yaml"])
+@pytest.mark.parametrize("name", ["default.yaml", "smoke.yaml", "load.yaml", "steady.yaml"])
 def test_the_shipped_scenarios_load(name):
     s = load_scenario(SCENARIOS_DIR / name)
     assert s.phases and s.zones and s.slo == 0.1
@@ -160,6 +160,12 @@ def test_the_shipped_scenarios_load(name):
         assert all(60 <= p.duration <= 100 for p in s.phases)
         wrong = [(z, n) for z, costs in s.alto.items() for n, c in costs.items() if c != s.rtt(z, n)]
         assert wrong and all(s.alto[z][n] / s.rtt(z, n) in (2.0, 0.5) for z, n in wrong)
+    elif name in ("load.yaml", "steady.yaml"):      # one world: steady.yaml holds load.yaml's levels longer
+        load = load_scenario(SCENARIOS_DIR / "load.yaml")
+        assert (s.nodes, s.zones, s.seed) == (load.nodes, load.zones, load.seed)
+        if name == "steady.yaml":
+            assert all(p.duration == 90 for p in s.phases) and s.strategies == ("ours-load", "ours-cloud")
+            assert [(p.rate, p.burstiness) for p in s.phases] == [(7, 1.0), (28, 1.0), (56, 1.0), (56, 3.0)]
     else:
         assert len(s.phases) == 2 and all(p.duration == 10 for p in s.phases)
         assert len(s.zones) == 2 and len(s.strategies) == 2
