@@ -171,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --rtt-source reports: a report this much older than the newest of its "
                           "(zone, node) weighs half as much (exponential decay by 10 s bucket)")
     net.add_argument("--min-exec-samples", type=_positive(int, 10**9), default=5, metavar="N",
-                     help="measured proxy times needed before they replace the catalog's execution time")
+                     help="measured proxy times (--formulation latency: pace reports) needed before they "
+                          "replace the catalog's execution time")
     net.add_argument("--compute", choices=COMPUTE_BASES, default="average",
                      help="cpu per request: 'average' cores over the window (Little's law) or the "
                           "thesis's literal 'per-request' cores")

@@ -43,7 +43,7 @@ from solver.replay import gamma_arrivals, simulate
 __all__ = ["DISPATCHES", "erlang_c", "predicted_mean", "simulated_mean", "SIMULATED_ARRIVALS", "MAX_CHOICES"]
 
 DISPATCHES = ("pooled", "split")
-SIMULATED_ARRIVALS = 50_000     # arrivals per prediction: ~0.35 s; near capacity at CV 3 seeds differ by ~5%
+SIMULATED_ARRIVALS = 50_000     # per prediction: ~0.35 s; near capacity at CV 3 other seeds differ by up to ~9%
 MAX_CHOICES = 2_000_000         # arrivals x the nodes each may choose: beyond it, no simulation (None)
 WARM_UP = 0.1                   # share of the simulated time whose requests are not counted (empty start)
 
