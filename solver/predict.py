@@ -27,7 +27,7 @@ With idle = exec_time, dispersion = scv = 1 and `split`, this is the objective's
 window's rates, as bursty as the window's (Gamma gaps whose SCV is the measured index of
 dispersion), replayed through the front-end's own choice (round trip + estimated backlog + pace)
 over FCFS nodes (solver.replay). Measured on the testbed, the pooled formula under-predicted the
-bursty phase by 39-55%: it pools a model's instances, but expected-delay sends a request to a far
+bursty phase by 36-62%: it pools a model's instances, but expected-delay sends a request to a far
 node only once the near ones' queues exceed the difference in round trip, and Allen-Cunneen's
 average misses what CV-3 bursts do near capacity. Pure: numbers in, numbers out (seeded).
 """
