@@ -103,10 +103,8 @@ def _strategy_doc(run, scenario: Scenario) -> dict:
     doc["errors"] = dict(errors)
     doc["instances"] = run.samples
     doc["backend_runs"] = run.backend_runs
-    predicted = [(b["predicted_mean"], b["requests"]) for b in run.backend_runs
-                 if b.get("predicted_mean") is not None and b.get("requests")]
-    doc["predicted_mean"] = (round(sum(p * n for p, n in predicted) / sum(n for _, n in predicted), 6)
-                             if predicted else None)
+    doc["predicted_mean"] = _weighted([(b.get("predicted_mean"), b["requests"]) for b in run.backend_runs
+                                       if b.get("requests")])
     doc["achieved_mean_ok"] = latency_stats([r.latency for r in ok])["mean"]
     doc["achieved_call_mean_ok"] = _call_mean(ok)
     for phase_doc, phase in zip(doc["phases"], scenario.phases):
