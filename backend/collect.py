@@ -160,6 +160,9 @@ class Summary:
     # (model, node) -> (pace reports, their mean seconds per answer): the node's measured pace for the
     # model, to plan with instead of the profile; empty from a front-end without it
     pace: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
+    # the same for the service time of answers whose request found the node idle (what the queueing
+    # model charges a request that does not wait, instead of the profile's `exec_time_idle`)
+    pace_idle: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
 
     @property
     def requests(self) -> int:
@@ -325,6 +328,7 @@ class _SummaryAnswer(_Answer):
     rtt: list[_Rtt] | None = None              # absent from a front-end that predates the reports
     arrivals: _Arrivals | None = None          # absent from a front-end that predates it
     pace: list[_Pace] | None = None            # absent from a front-end that predates it
+    pace_idle: list[_Pace] | None = None       # absent from a front-end that predates it
     histogram: _Histogram | None = None
     since: Time = None
     until: Time = None
@@ -418,7 +422,8 @@ def index_of_dispersion(count: int, sumsq: int, seconds: int) -> float | None:
 
 def parse_summary(doc: Any) -> Summary:
     """Return the groups of a /stats/summary answer (and the models' arrival dispersion, the nodes'
-    measured paces); a malformed group, bin, arrivals or pace entry is an error."""
+    measured paces back to back and after idleness); a malformed group, bin, arrivals or pace entry
+    is an error."""
     answer = _answer(_SummaryAnswer, doc, "/stats/summary", "groups")
     groups = [GroupStat(model=g.model, zone=g.zone, node=g.node, kind=g.kind,
                         count=g.count, ok=g.ok, latency_count=g.latency_count,
@@ -432,19 +437,24 @@ def parse_summary(doc: Any) -> Summary:
     arrivals = answer.arrivals.models if answer.arrivals else []
     seconds = answer.arrivals.seconds if answer.arrivals else 0
     dispersion = {a.model: index_of_dispersion(a.count, a.sumsq, seconds) for a in arrivals}
-    pace: dict[tuple[str, str], list] = {}
-    for p in answer.pace or ():
-        if p.count:
-            acc = pace.setdefault((p.model, p.node), [0, 0.0])      # listed twice: both count
-            acc[0] += p.count
-            acc[1] += p.sum
     return Summary(groups=groups, durations=durations, since=answer.since or 0.0,
                    relative_error=answer.histogram.relative_error if answer.histogram else 0.0, rtt=rtt,
                    until=answer.until, store=answer.store,
                    dispersion={m: d for m, d in dispersion.items() if d is not None},
                    arrival_count={a.model: a.count for a in arrivals if a.count},
                    arrival_sumsq={a.model: a.sumsq for a in arrivals if a.count}, arrival_seconds=seconds,
-                   pace={key: (n, total / n) for key, (n, total) in pace.items()})
+                   pace=_pace_means(answer.pace), pace_idle=_pace_means(answer.pace_idle))
+
+
+def _pace_means(entries: list[_Pace] | None) -> dict[tuple[str, str], tuple[int, float]]:
+    """(model, node) -> (reports, mean seconds) of a summary's pace list (an entry listed twice: both count)."""
+    totals: dict[tuple[str, str], list] = {}
+    for p in entries or ():
+        if p.count:
+            acc = totals.setdefault((p.model, p.node), [0, 0.0])
+            acc[0] += p.count
+            acc[1] += p.sum
+    return {key: (n, total / n) for key, (n, total) in totals.items()}
 
 
 def parse_models(doc: Any) -> list[ModelStat]:

@@ -10,8 +10,8 @@ pods behind the Service (`KubernetesCluster.frontend_replicas`); this module rea
 - per-model and per-instance counts are summed, last-request times take the latest;
 - each model's index of dispersion of its requests per second is the count-weighted mean of the
   replicas' (see `_merge_dispersion`);
-- each (model, node)'s measured pace is the count-weighted mean of the replicas' (every report
-  counts once, whichever replica heard it);
+- each (model, node)'s measured paces (back to back, after idleness) are the count-weighted means
+  of the replicas' (every report counts once, whichever replica heard it);
 - node memory and CPU come from the cluster, identical on every replica: the first answer is used;
 - a replica that cannot be reached (killed, restarting) is left out with a warning: its requests
   not yet read are missing from this run, never counted twice. No replica answering is an error.
@@ -46,10 +46,10 @@ def _merge_dispersion(summaries: list[Summary]) -> tuple[dict[str, float], dict[
     return {m: total / n for m, (n, total) in weighted.items() if n}, counts
 
 
-def _merge_pace(summaries: list[Summary]) -> dict[tuple[str, str], tuple[int, float]]:
+def _merge_pace(paces: Iterable[dict[tuple[str, str], tuple[int, float]]]) -> dict[tuple[str, str], tuple[int, float]]:
     totals: dict[tuple[str, str], list] = {}
-    for s in summaries:
-        for key, (count, mean) in s.pace.items():
+    for pace in paces:
+        for key, (count, mean) in pace.items():
             acc = totals.setdefault(key, [0, 0.0])
             acc[0] += count
             acc[1] += count * mean
@@ -96,7 +96,8 @@ def _merge_summaries(summaries: list[Summary]) -> Summary:
         rtt=[RttStat(zone=z, node=n, buckets=tuple((t, a[0], a[1]) for t, a in sorted(b.items())))
              for (z, n), b in rtt.items()],
         until=max(untils) if untils else None,
-        store=None, dispersion=dispersion, arrival_count=arrival_count, pace=_merge_pace(summaries))
+        store=None, dispersion=dispersion, arrival_count=arrival_count, pace=_merge_pace(s.pace for s in summaries),
+        pace_idle=_merge_pace(s.pace_idle for s in summaries))
 
 
 def _latest(a: float | None, b: float | None) -> float | None:

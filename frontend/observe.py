@@ -68,13 +68,14 @@ def update_model_request(**fields: Any) -> None:
         noted.update(fields)
 
 
-def note_pace_report(model: str, node: str, seconds: float) -> None:
-    """Attach a validated pace report to the noted model request, whose record carries it to the
-    statistics (a request can carry two: a client's echo and the proxied answer's own). Without a
-    noted request (GET /services listing, no request at all) there is no record to carry it."""
+def note_pace_report(model: str, node: str, seconds: float, idle: bool = False) -> None:
+    """Attach a validated pace report (`idle`: the node's time for a request that found it idle) to
+    the noted model request, whose record carries it to the statistics (a request can carry several:
+    a client's echoes and the proxied answer's own). Without a noted request (GET /services listing,
+    no request at all) there is no record to carry it."""
     noted = g.get("model_request") if has_app_context() else None
     if noted is not None:
-        noted["paces"].append((model, node, seconds))
+        noted["paces"].append((model, node, seconds, idle))
 
 
 def init_app(app: Flask) -> None:

@@ -18,10 +18,11 @@ reported node) with the count, sum and sum of squares of the network round trips
 (X-Client-RTT / X-Client-RTT-Node: the back-end's RTT table is built from them); `agg_arrivals` one
 row per (whole unix second, catalog model) with the requests of that second (the variance of these
 per-second counts is the arrivals' burstiness the back-end's queueing model needs); `agg_pace` one row
-per (10 s bucket, model, node) with the count and sum of the paces (seconds of a node's work per
-answer) reported for it, so the back-end plans with the measured pace instead of the profile. The bins are
-fixed and log-spaced (16 per octave from 1 us): a quantile is reported as the mean of the bin
-holding it, within 4.5 % (2**(1/16) - 1) of the exact value. The histogram leaves the client zone
+per (10 s bucket, model, node) with the count and sum of the back-to-back paces (seconds of a node's
+work per answer) reported for it and the same of its idle-start ones (the time of a request that found
+the node idle: `idle_count`, `idle_sum`), so the back-end plans with the measured figures instead of
+the profile's. The bins are fixed and log-spaced (16 per octave from 1 us): a quantile is reported
+as the mean of the bin holding it, within 4.5 % (2**(1/16) - 1) of the exact value. The histogram leaves the client zone
 out (a model server's time does not depend on it) and uses coarser buckets: its row count, not the
 request rate, is what a summary costs. Pruning drops whole buckets (and seconds) older than the retention.
 
@@ -144,19 +145,23 @@ CREATE TABLE agg_arrivals (
 ) WITHOUT ROWID"""
 _ARRIVALS_UPSERT = ("INSERT INTO agg_arrivals (second, model, count) VALUES (?, ?, ?)"
                     " ON CONFLICT (second, model) DO UPDATE SET count = count + excluded.count")
-# Pace reports per (10 s bucket, model, node): GET /stats/summary's `pace`. Created when missing; the
-# rows never held the reports, so there is nothing to fill it from.
+# Pace reports per (10 s bucket, model, node): GET /stats/summary's `pace` (back to back: count, sum)
+# and `pace_idle` (idle start: idle_count, idle_sum). Created when missing; the rows never held the
+# reports, so there is nothing to fill it from.
 _PACE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS agg_pace (
     bucket INTEGER NOT NULL, model TEXT NOT NULL, node TEXT NOT NULL,
     count INTEGER NOT NULL, sum REAL NOT NULL,
+    idle_count INTEGER NOT NULL DEFAULT 0, idle_sum REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (bucket, model, node)
 ) WITHOUT ROWID"""
-_PACE_UPSERT = ("INSERT INTO agg_pace (bucket, model, node, count, sum) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (bucket, model, node) DO UPDATE SET count = count + excluded.count,"
-                " sum = sum + excluded.sum")
-# Columns added to `requests` after its first release: added to an older database at start-up.
+_PACE_UPSERT = ("INSERT INTO agg_pace (bucket, model, node, count, sum, idle_count, idle_sum)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (bucket, model, node) DO UPDATE SET"
+                " count = count + excluded.count, sum = sum + excluded.sum,"
+                " idle_count = idle_count + excluded.idle_count, idle_sum = idle_sum + excluded.idle_sum")
+# Columns added to a table after its first release: added to an older database at start-up.
 _ADDED_COLUMNS = (("rtt", "REAL"), ("rtt_node", "TEXT"))
+_ADDED_PACE_COLUMNS = (("idle_count", "INTEGER NOT NULL DEFAULT 0"), ("idle_sum", "REAL NOT NULL DEFAULT 0"))
 _AGG_UPSERT = (
     "INSERT INTO agg_requests (bucket, model, zone, node, kind, count, ok, latency_count, latency_sum,"
     " duration_count, duration_sum, last) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -209,6 +214,14 @@ def bin_quantile(bins: list[tuple[int, int, float]], q: float) -> float | None:
     return sum(values) / len(values)
 
 
+def _add_columns(conn: sqlite3.Connection, table: str, columns: tuple[tuple[str, str], ...]) -> None:
+    """Add to `table` those of `columns` it lacks (a database from before them)."""
+    have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+    for column, kind in columns:
+        if column not in have:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+
 def label_text(labels: dict[str, str] | Iterable[tuple[str, str]]) -> str:
     """Render labels in Prometheus syntax, sorted, values escaped: a stable counter key."""
     items = sorted(labels.items() if isinstance(labels, dict) else labels)
@@ -237,8 +250,9 @@ class RequestRecord:
     known_model: bool = True           # counted per model only when in the catalog
     rtt: float | None = None           # the client's X-Client-RTT report (network round trip, s)
     rtt_node: str | None = None        # ... and the node it measured (X-Client-RTT-Node)
-    # (model, node, seconds per answer) pace reports it carried: a client's echo and the proxied answer's
-    paces: tuple[tuple[str, str, float], ...] = ()
+    # (model, node, seconds per answer, idle start?) pace reports it carried: a client's echoes and the
+    # proxied answer's own (idle: the node's time for a request that found it idle, else back to back)
+    paces: tuple[tuple[str, str, float, bool], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -279,7 +293,7 @@ def _summary_rows(conn: sqlite3.Connection, first: int, first_hist: int,
         "SELECT model, sum(count), sum(count * count) FROM agg_arrivals WHERE second >= ? AND second < ?"
         " GROUP BY model ORDER BY model", seconds).fetchall(),
         conn.execute(
-        "SELECT model, node, sum(count), sum(sum) FROM agg_pace WHERE bucket >= ?"
+        "SELECT model, node, sum(count), sum(sum), sum(idle_count), sum(idle_sum) FROM agg_pace WHERE bucket >= ?"
         " GROUP BY model, node ORDER BY model, node", (first,)).fetchall())
 
 
@@ -297,13 +311,14 @@ class _Aggregates:
         key = (math.floor(t), model)
         self.arrivals[key] = self.arrivals.get(key, 0) + 1
 
-    def add_pace(self, t: float, model: str, node: str, seconds: float) -> None:
+    def add_pace(self, t: float, model: str, node: str, seconds: float, idle: bool) -> None:
         key = (math.floor(t / BUCKET_SECONDS), model, node)
         acc = self.paces.get(key)
         if acc is None:
-            acc = self.paces[key] = [0, 0.0]
-        acc[0] += 1
-        acc[1] += seconds
+            acc = self.paces[key] = [0, 0.0, 0, 0.0]     # count, sum, idle_count, idle_sum
+        at = 2 if idle else 0
+        acc[at] += 1
+        acc[at + 1] += seconds
 
     def add_rtt(self, t: float, zone: str | None, node: str | None, rtt: float | None) -> None:
         if rtt is None or node is None:
@@ -380,10 +395,7 @@ class StatsStore:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
-            have = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
-            for column, kind in _ADDED_COLUMNS:          # a database from before these columns
-                if column not in have:
-                    conn.execute(f"ALTER TABLE requests ADD COLUMN {column} {kind}")
+            _add_columns(conn, "requests", _ADDED_COLUMNS)
             if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'agg_requests'").fetchone() is None:
                 for statement in _AGG_SCHEMA:
                     conn.execute(statement)
@@ -395,6 +407,7 @@ class StatsStore:
                 conn.execute(_ARRIVALS_SCHEMA)
                 self._backfill_arrivals(conn)
             conn.execute(_PACE_SCHEMA)
+            _add_columns(conn, "agg_pace", _ADDED_PACE_COLUMNS)
             conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?)", (uuid.uuid4().hex,))
         # Names this database, not the process: the back-end counts two replicas answering from the
         # same file (a shared volume) once.
@@ -535,8 +548,8 @@ class StatsStore:
                              r.duration, int(r.cached), r.rtt, r.rtt_node))
                 aggregates.add(r.time, r.model, r.kind, r.zone, r.latency, r.node, r.status, r.duration, r.cached)
                 aggregates.add_rtt(r.time, r.zone, r.rtt_node, r.rtt)
-                for model, node, seconds in r.paces:
-                    aggregates.add_pace(r.time, model, node, seconds)
+                for model, node, seconds, idle in r.paces:
+                    aggregates.add_pace(r.time, model, node, seconds, idle)
                 if r.known_model:
                     aggregates.add_arrival(r.time, r.model)
                     m = models.setdefault(r.model, [0, r.time])
@@ -657,8 +670,9 @@ class StatsStore:
         is still filling), per catalog model the requests and the sum over those seconds of the
         squared requests per second: the back-end's index of dispersion (variance / mean of the
         per-second counts) without a row per second in the answer. `pace`, per (model, node): the
-        count and sum of seconds of the paces reported for it (proxied answers, clients' echoes), over
-        the same buckets as `groups`."""
+        count and sum of seconds of the back-to-back paces reported for it (proxied answers, clients'
+        echoes), over the same buckets as `groups`; `pace_idle` the same of its idle-start ones
+        (`pace-idle`, X-Client-Pace-Idle). Each lists only the pairs with a report of its kind."""
         self.flush()
         first = max(0, math.floor((now - window) / BUCKET_SECONDS))
         first_hist = max(0, math.floor((now - window) / HISTOGRAM_SECONDS))
@@ -720,7 +734,10 @@ class StatsStore:
                 "rtt": rtt,
                 "arrivals": {"since": seconds[0], "seconds": seconds[1] - seconds[0],
                              "models": [{"model": m, "count": c, "sumsq": q} for m, c, q in arrival_rows]},
-                "pace": [{"model": m, "node": n, "count": c, "sum": total} for m, n, c, total in pace_rows]}
+                "pace": [{"model": m, "node": n, "count": c, "sum": total}
+                         for m, n, c, total, _, _ in pace_rows if c > 0],
+                "pace_idle": [{"model": m, "node": n, "count": c, "sum": total}
+                              for m, n, _, _, c, total in pace_rows if c > 0]}
 
     def model_counts(self) -> dict[str, tuple[int, float | None]]:
         """Return model -> (requests ever, last requested time)."""

@@ -151,12 +151,17 @@ class ModelServerApp:
         # what it waited from the server's (issue 9: RTT measured right): `app` from the moment the
         # request was ready to serve (waiting for a request thread included) to its answer, `wait`
         # the waiting part; for an inference call `pace`, the busy time per answer back to back
-        # lately (modelserver/pace.py), which the front-end's dispatch counts a node's work in.
+        # lately (modelserver/pace.py), which the front-end's dispatch counts a node's work in, and
+        # `pace-idle`, the time of an answer whose request found the server idle, which the
+        # back-end's queueing model charges such a request (each once there is one, independently).
         done = time.perf_counter()
         timing = f"wait;dur={(started - since) * 1000:.3f}, app;dur={(done - since) * 1000:.3f}"
         pace = self.pace.finish(done) if timed else None
+        idle = self.pace.idle if timed else None
         if pace is not None:
             timing += f", pace;dur={pace * 1000:.3f}"
+        if idle is not None:
+            timing += f", pace-idle;dur={idle * 1000:.3f}"
         headers.append(("Server-Timing", timing))
         start_response(f"{status} {_REASONS.get(status, 'Error')}", headers)
         if status >= 400 and log.isEnabledFor(logging.DEBUG):

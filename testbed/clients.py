@@ -43,6 +43,8 @@ observation:
 - `X-Client-Pace: <seconds>` and `X-Client-Pace-Model: <model>`: the node's pace from that answer's
   `Server-Timing` (`pace;dur=<ms>`: its busy time per answer back to back lately) and the model the call was
   for, beside the RTT report (whose node it is); not sent when the answer had no `pace`;
+- `X-Client-Pace-Idle: <seconds>`: likewise the answer's `pace-idle;dur=<ms>` (its time for a request
+  that found it idle), with the same `X-Client-Pace-Model`, sent whenever either figure is;
 - `X-Client-Latency: <seconds>`: the end-to-end time of that previous request (lookup included),
   kept for the front-end's older hint.
 
@@ -205,6 +207,7 @@ class RequestRecord:
     network: float | None = None     # call to the node minus the server's part (s)
     server: float | None = None      # from Server-Timing (s)
     pace: float | None = None        # the node's Server-Timing `pace` (s per answer), when it sent one
+    pace_idle: float | None = None   # ... and `pace-idle` (s for an answer that found it idle)
     error: str | None = None
 
     def to_json(self) -> str:
@@ -297,6 +300,7 @@ class _Observation:
     node: str | None
     latency: float             # end-to-end of the request (s)
     pace: float | None = None  # the node's Server-Timing `pace` (s per answer)
+    pace_idle: float | None = None  # ... and `pace-idle` (s for an answer that found it idle)
     model: str | None = None   # the model of the call
 
 
@@ -409,6 +413,9 @@ def run_clients(frontend_url: str, scenario: Scenario, *, mode: str = "lookup",
                 headers["X-Client-RTT-Node"] = seen.node
                 if seen.pace:
                     headers["X-Client-Pace"] = f"{min(seen.pace, 60.0):.6f}"
+                if seen.pace_idle:
+                    headers["X-Client-Pace-Idle"] = f"{min(seen.pace_idle, 60.0):.6f}"
+                if seen.pace or seen.pace_idle:
                     headers["X-Client-Pace-Model"] = seen.model
         return headers
 
@@ -494,12 +501,12 @@ def run_clients(frontend_url: str, scenario: Scenario, *, mode: str = "lookup",
                 call_seconds = t2 - t1
             record.status = answer.status
             timing = parse_server_timing(answer.headers.getlist("Server-Timing"))
-            server, pace = server_seconds(timing), timing.get("pace")
+            server, pace, pace_idle = server_seconds(timing), timing.get("pace"), timing.get("pace-idle")
             if server is None:
                 with shared.lock:
                     shared.server_timing_missing += 1
             record.server = server
-            record.pace = pace
+            record.pace, record.pace_idle = pace, pace_idle
             record.network = max(0.0, call_seconds - (server or 0.0))
             record.elapsed = t2 - t0
             if answer.status != 200:
@@ -511,7 +518,7 @@ def run_clients(frontend_url: str, scenario: Scenario, *, mode: str = "lookup",
             with shared.lock:
                 shared.observations[(zone, record.client)] = _Observation(
                     rtt=record.network, node=record.node if record.node in rtts[zone] else None,
-                    latency=record.elapsed, pace=pace, model=record.model)
+                    latency=record.elapsed, pace=pace, pace_idle=pace_idle, model=record.model)
         except _HTTPError as exc:
             record.ok = False
             record.error = exc.reason

@@ -414,9 +414,10 @@ def queue_at(endpoint: str) -> None:
     raise AssertionError(f"no answer from {endpoint} came back to back")
 
 
-def summary_pace(fe) -> dict[tuple[str, str], tuple[int, float]]:
+def summary_pace(fe, part: str = "pace") -> dict[tuple[str, str], tuple[int, float]]:
+    """/stats/summary's `pace` (or `pace_idle`) as {(model, node): (count, sum)}."""
     doc = requests.get(f"{fe.url}/stats/summary", headers=AUTH, timeout=10).json()
-    return {(p["model"], p["node"]): (p["count"], p["sum"]) for p in doc["pace"]}
+    return {(p["model"], p["node"]): (p["count"], p["sum"]) for p in doc[part]}
 
 
 def test_paces_reach_the_statistics_whatever_the_policy(make_frontend):
@@ -457,6 +458,56 @@ def test_paces_reach_the_statistics_whatever_the_policy(make_frontend):
         assert after[(HP2, "node-a")][0] == 3 and after[(HP2, "node-a")][1] > upstream + 0.25
         assert after[("digits_logreg", "node-b")] == (1, 0.125)
         assert rt.paces.paces(HP2, ["node-a"], time.monotonic()) == {}   # dispatch did not take them
+
+
+def test_a_clients_idle_pace_reaches_the_statistics_only(make_frontend):
+    """X-Client-Pace-Idle (body `pace_idle`) about a real instance is counted in /stats/summary's
+    `pace_idle`, not in `pace`, and never reaches dispatch's table, even under expected-delay with
+    measured_pace."""
+    fe = make_frontend(TWO_NODES, deploy=((HP2, "node-a"), ("digits_logreg", "node-b")), policy="expected-delay")
+    rt = fe.server.app.extensions["frontend"]
+    report = {"X-Client-RTT": "0.001", "X-Client-RTT-Node": "node-a", "X-Client-Pace-Model": HP2}
+
+    def lookup(**headers: str | None) -> requests.Response:
+        sent = {k: v for k, v in {**report, **headers}.items() if v is not None}
+        return requests.get(f"{fe.url}/services/{HP2}", headers=sent, timeout=10)
+
+    assert lookup(**{"X-Client-Pace-Idle": "0.0475"}).status_code == 200
+    assert requests.get(f"{fe.url}/services", timeout=10, json={
+        "model": HP2, "rtt": 0.001, "rtt_node": "node-a", "pace_idle": 0.0465, "pace_model": HP2}).status_code == 200
+    assert lookup(**{"X-Client-Pace-Idle": "0.2", "X-Client-RTT-Node": "node-b"}).status_code == 200   # dropped
+    for bad in ({"X-Client-Pace-Idle": "0"}, {"X-Client-Pace-Idle": "61"}, {"X-Client-Pace-Idle": "nan"},
+                {"X-Client-Pace-Idle": "0.05", "X-Client-Pace-Model": None},
+                {"X-Client-Pace-Idle": "0.05", "X-Client-RTT": None, "X-Client-RTT-Node": None}):
+        answer = lookup(**bad)
+        assert answer.status_code == 400 and "X-Client-Pace-Idle" in answer.json()["error"], (bad, answer.text)
+    assert summary_pace(fe) == {}
+    ((key, (count, total)),) = summary_pace(fe, "pace_idle").items()
+    assert key == (HP2, "node-a") and count == 2 and abs(total - 0.094) < 1e-9
+    assert rt.paces.paces(HP2, ["node-a"], time.monotonic()) == {}
+    # beside a back-to-back pace: each goes to its own list, only the back-to-back one to dispatch
+    assert lookup(**{"X-Client-Pace": "0.25", "X-Client-Pace-Idle": "0.05"}).status_code == 200
+    assert summary_pace(fe) == {(HP2, "node-a"): (1, 0.25)}
+    assert summary_pace(fe, "pace_idle")[(HP2, "node-a")][0] == 3
+    assert rt.paces.paces(HP2, ["node-a"], time.monotonic()) == {"node-a": 0.25}
+
+
+def test_a_proxied_answers_idle_pace_is_counted_in_pace_idle(make_frontend):
+    """The front-end reads a proxied answer's Server-Timing `pace-idle` itself (and a client's
+    X-Client-Pace-Idle echo on the same call): both counted in `pace_idle`, neither in `pace`. The
+    model server is the real one: its first answer found it idle, so it says `pace-idle` and no `pace`."""
+    fe = make_frontend(TWO_NODES, deploy=((HP2, "node-a"), ("digits_logreg", "node-b")))
+    answer = requests.post(f"{fe.url}/services/{HP2}/v1/models/{HP2}:predict", data=predict_body([1.0]), timeout=10,
+                           headers={"X-Client-RTT": "0.001", "X-Client-RTT-Node": "node-b",
+                                    "X-Client-Pace-Idle": "0.03", "X-Client-Pace-Model": "digits_logreg"})
+    assert answer.status_code == 200 and answer.headers["X-Served-By"] == "node-a"
+    assert answer.json() == {"predictions": [2.5]}
+    idle = summary_pace(fe, "pace_idle")
+    assert set(idle) == {(HP2, "node-a"), ("digits_logreg", "node-b")}, idle
+    assert idle[("digits_logreg", "node-b")] == (1, 0.03)
+    count, seconds = idle[(HP2, "node-a")]
+    assert count == 1 and 0 < seconds < 10                 # the server's own time of that answer
+    assert summary_pace(fe) == {}
 
 
 # ---- failures and on-demand provisioning ---------------------------------------------------------------

@@ -154,13 +154,39 @@ def test_every_answer_says_the_servers_own_time_in_server_timing(hp2):
     import re
     for response, inference in ((post(hp2, "/v1/models/half_plus_two:predict", {"instances": [1.0]}), True),
                                 (requests.get(f"{hp2.url}/v1/models/nope", timeout=10), False)):
-        match = re.fullmatch(r"wait;dur=([0-9.]+), app;dur=([0-9.]+)(?:, pace;dur=([0-9.]+))?",
-                             response.headers["Server-Timing"])
+        match = re.fullmatch(r"wait;dur=([0-9.]+), app;dur=([0-9.]+)(?:, pace;dur=([0-9.]+))?"
+                             r"(?:, pace-idle;dur=([0-9.]+))?", response.headers["Server-Timing"])
         assert match, response.headers["Server-Timing"]
         wait, app = float(match.group(1)), float(match.group(2))
         assert 0 <= wait <= app and 0 < app < 10_000        # milliseconds, the standard's unit
         if match.group(3) is not None:                      # the pace: inference calls only, once one
             assert inference and 0 < float(match.group(3)) < 10_000     # came back to back
+        # the idle-start time: inference calls only, and on all of them (a stretch's first answer found
+        # the server idle)
+        assert (match.group(4) is not None) == inference, response.headers["Server-Timing"]
+        if inference:
+            assert 0 < float(match.group(4)) < 10_000
+
+
+def test_an_answer_that_found_the_server_idle_says_its_own_time_as_pace_idle(models):
+    """Server-Timing `pace-idle` (modelserver/pace.py): a fresh server's first call found it idle, so
+    its own time (`app`, from ready to answer) is the figure, without a `pace`; a second call alone
+    is smoothed in with the same weight."""
+    from modelserver.pace import WEIGHT
+
+    server = start_server(models, "half_plus_two")
+    try:
+        url = f"{server.url}/v1/models/half_plus_two:predict"
+        assert "pace" not in requests.get(f"{server.url}/v1/models/half_plus_two", timeout=10).headers[
+            "Server-Timing"]                                # a probe is not the node's work
+        first = _timed_predict(url, [1.0, 2.0])
+        assert "pace" not in first and first["pace-idle"] == first["app"], first
+        second = _timed_predict(url, [3.0])
+        assert "pace" not in second, second
+        expected = first["pace-idle"] + WEIGHT * (second["app"] - first["pace-idle"])
+        assert second["pace-idle"] == pytest.approx(expected, abs=2e-6), (first, second)   # 3 decimals of ms
+    finally:
+        server.stop()
 
 
 def test_unknown_model_on_predict_is_404(hp2):
@@ -573,6 +599,7 @@ def test_pace_is_the_busy_time_per_answer_not_the_time_a_request_waited(models):
         with ThreadPoolExecutor(6) as pool:
             queued = list(pool.map(lambda _: call(), range(12)))
         assert max(t["app"] for t in queued) > 2.5 * one, queued     # the queue is real...
+        assert all("pace-idle" in t for t in alone + queued), (alone, queued)     # kept apart, beside it
         last = max(queued, key=lambda t: t["app"])
         assert 0.5 * one < last["pace"] < 2.0 * max(t["app"] - t["wait"] for t in queued), (one, queued)
         after = call()

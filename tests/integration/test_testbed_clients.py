@@ -86,7 +86,8 @@ def test_proxy_mode_against_the_real_frontend(make_frontend):
 class Recorder:
     """GET /services/<m> answers node `far` at this server; POST .../:predict answers with Server-Timing."""
 
-    def __init__(self, server_ms: float = 20.0, node: str = "xavier") -> None:
+    def __init__(self, server_ms: float = 20.0, node: str = "xavier",
+                 paces: str = ", pace;dur=17.5, pace-idle;dur=12.25") -> None:
         self.seen: list[tuple[str, str, dict]] = []
         self.lock = threading.Lock()
         recorder = self
@@ -122,7 +123,7 @@ class Recorder:
                 with recorder.lock:
                     recorder.seen.append(("POST", self.path, dict(self.headers)))
                 time.sleep(server_ms / 1000)
-                extra = {"Server-Timing": f'db;dur=1.5;desc="a, b", app;dur={server_ms}, pace;dur=17.5'}
+                extra = {"Server-Timing": f'db;dur=1.5;desc="a, b", app;dur={server_ms}{paces}'}
                 if self.path.startswith("/services/"):
                     extra["X-Served-By"] = node
                 self._answer(200, {"predictions": [2.5, 3.0, 4.5]}, extra)
@@ -167,7 +168,7 @@ def test_measurement_headers_reach_the_frontend(recorder, tmp_path, mode):
     assert len(front) == 20
     for record in results.records:
         assert record.node == "xavier" and record.server == pytest.approx(0.020)
-        assert record.pace == pytest.approx(0.0175)
+        assert record.pace == pytest.approx(0.0175) and record.pace_idle == pytest.approx(0.01225)
         assert record.latency >= 0.05 + 0.020 and record.network >= 0.05
     assert median(r.network for r in results.records) == pytest.approx(0.05, abs=0.010)
     with_rtt = [h for h in front if "X-Client-RTT" in h]
@@ -179,11 +180,35 @@ def test_measurement_headers_reach_the_frontend(recorder, tmp_path, mode):
         assert float(headers["X-Client-Latency"]) >= 0.07
         # the node's pace from that answer's Server-Timing, and the model it is for
         assert float(headers["X-Client-Pace"]) == pytest.approx(0.0175) and headers["X-Client-Pace-Model"] == HP2
+        assert headers["X-Client-Pace-Idle"] == "0.012250"      # and its idle-start time, in seconds
     # what was reported is what was measured: the network part, not the end-to-end time
     reported = sorted(float(h["X-Client-RTT"]) for h in with_rtt)
     measured = sorted(r.network for r in results.records)
     assert median(reported) == pytest.approx(0.05, abs=0.010)
     assert set(round(x, 6) for x in reported) <= set(round(x, 6) for x in measured)
+
+
+@pytest.mark.parametrize("paces, sent", [
+    (", pace-idle;dur=48.5", {"X-Client-Pace-Idle": "0.048500", "X-Client-Pace-Model": HP2}),
+    (", pace;dur=64.25", {"X-Client-Pace": "0.064250", "X-Client-Pace-Model": HP2}),
+    (", pace;dur=1e6, pace-idle;dur=9e5", {"X-Client-Pace": "60.000000", "X-Client-Pace-Idle": "60.000000",
+                                           "X-Client-Pace-Model": HP2}),          # capped at a minute
+    ("", {}),
+])
+def test_the_pace_figures_are_echoed_apart_with_the_model_for_either(tmp_path, paces, sent):
+    recorder = Recorder(paces=paces)
+    try:
+        results = run_clients(recorder.url, _single_zone_scenario(tmp_path, rate=10, duration=1.0),
+                              clients_per_zone=1)
+    finally:
+        recorder.close()
+    assert results.ok == results.scheduled == 10
+    front = [h for method, path, h in recorder.seen if path.startswith("/services/")]
+    with_rtt = [h for h in front if "X-Client-RTT" in h]
+    assert len(with_rtt) >= 8             # one client: its lookups but the first (or two) report
+    for headers in with_rtt:
+        assert {k: v for k, v in headers.items() if k.startswith("X-Client-Pace")} == sent, headers
+    assert not any(k.startswith("X-Client-Pace") for h in front if "X-Client-RTT" not in h for k in h)
 
 
 def test_overload_and_failures_are_counted(recorder, tmp_path):

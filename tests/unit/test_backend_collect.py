@@ -84,6 +84,10 @@ def test_models_and_memory():
     (parse_summary, {"groups": [], "pace": [{"model": "m", "node": "a", "count": 2, "sum": 0}]},
      "pace[0]: sum 0 is impossible for 2 reports"),
     (parse_summary, {"groups": [], "pace": {"model": "m"}}, "pace: must be a list"),
+    (parse_summary, {"groups": [], "pace_idle": [{"model": "m", "node": "a", "count": 2, "sum": 121}]},
+     "pace_idle[0]: sum 121 is more than 60 s per report"),
+    (parse_summary, {"groups": [], "pace_idle": [{"model": "m", "count": 1, "sum": 0.02}]},
+     "pace_idle[0].node: missing"),
 ])
 def test_a_malformed_answer_names_its_route_and_field(parse, doc, expect):
     with pytest.raises(FrontendError) as caught:

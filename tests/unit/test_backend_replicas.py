@@ -12,8 +12,8 @@ NODES = [NodeMemory(node="n1", ready=True, node_class="small", total=1000, used=
 
 
 def observed(store, *, count, zone="z1", last=100.0, provisioned=50.0, since=10.0, bins=((3, 1, 0.01),),
-             rtt=((0.0, 1, 0.02),), dispersion=None, pace=None):
-    summary = Summary(pace=pace or {},
+             rtt=((0.0, 1, 0.02),), dispersion=None, pace=None, pace_idle=None):
+    summary = Summary(pace=pace or {}, pace_idle=pace_idle or {},
         dispersion={"m": dispersion} if dispersion is not None else {}, arrival_count={"m": count},
         groups=[GroupStat(model="m", zone=zone, node="n1", kind="proxy", count=count, ok=count, latency_count=1,
                           latency_sum=0.1, last_request=last)],
@@ -67,6 +67,11 @@ def test_pace_is_the_count_weighted_mean_of_the_stores():
                              ("http://c", observed("C", count=1))])                                  # none
     assert merged.summary.pace == {("m", "n1"): (4, pytest.approx((0.02 + 3 * 0.06) / 4)), ("m", "n2"): (2, 0.1)}
     assert merge_observed([("http://c", observed("C", count=1))]).summary.pace == {}
+    # the service time after idleness merges the same way, apart from the back-to-back pace
+    idle = merge_observed([("http://a", observed("A", count=1, pace_idle={("m", "n1"): (1, 0.04)})),
+                           ("http://b", observed("B", count=1, pace_idle={("m", "n1"): (3, 0.08)}))])
+    assert idle.summary.pace_idle == {("m", "n1"): (4, pytest.approx((0.04 + 3 * 0.08) / 4))}
+    assert idle.summary.pace == {}
 
 
 def test_no_replica_or_one_without_the_summary_is_an_error():

@@ -317,6 +317,36 @@ def test_the_load_aware_problem_plans_with_the_pace_the_servers_reported():
     assert placement.problem.exec_time[HP2]["a"] == CATALOG[HP2].exec_time_on("small")
 
 
+def test_the_load_aware_prediction_charges_an_idle_node_the_service_time_measured_after_idleness():
+    """A request that finds its node idle is charged the service time the nodes measured for such
+    answers (summary `pace_idle`), the rate window's where it holds --min-exec-samples reports, else
+    the window's; the profile's elsewhere and with --pace profile."""
+    groups = [{"model": HP2, "zone": "z1", "node": "a", "kind": "lookup", "count": 30, "ok": 30,
+               "latency_count": 0, "latency_sum": 0.0, "duration_count": 0, "duration_sum": 0.0, "last": 10_029.0}]
+    window = parse_summary({"groups": groups, "since": 10_000.0, "until": 10_030.0,
+                            "pace": [{"model": HP2, "node": "a", "count": 12, "sum": 12 * 0.5}],
+                            "pace_idle": [{"model": HP2, "node": "a", "count": 8, "sum": 8 * 0.3},
+                                          {"model": HP2, "node": "a", "count": 2, "sum": 2 * 0.4},
+                                          {"model": LOGREG, "node": "a", "count": 9, "sum": 9 * 0.15},
+                                          {"model": HP2, "node": "b", "count": 2, "sum": 2 * 0.1}]})
+    assert window.pace_idle[(HP2, "a")] == (10, pytest.approx(0.32))      # listed twice: both count
+    recent = parse_summary({"groups": groups, "since": 10_020.0, "until": 10_030.0,
+                            "pace_idle": [{"model": HP2, "node": "a", "count": 5, "sum": 5 * 0.25},
+                                          {"model": LOGREG, "node": "a", "count": 2, "sum": 2 * 0.12}]})
+    common = dict(requests=[], nodes=NODES, catalog=CATALOG, deployments=[], cost_map=ALTO, summary=window,
+                  recent=recent)
+    built = build_problem(settings=BuildSettings(formulation="latency", window=30, min_exec_samples=5), **common)
+    idle = built.queueing.idle
+    assert idle[HP2]["a"] == pytest.approx(0.25)          # the last 10 s hold 5 reports: theirs
+    assert idle[LOGREG]["a"] == pytest.approx(0.15)       # 2 recent reports are too few: the window's
+    assert idle[HP2]["b"] == CATALOG[HP2].idle_time_on("large")      # 2 reports: the profile
+    assert built.summary["idle_paces"] == {f"{HP2}/a": 0.25, f"{LOGREG}/a": 0.15}     # in the report
+    assert built.problem.exec_time[HP2]["a"] == pytest.approx(0.5)    # the back-to-back pace is apart
+    profile = build_problem(settings=BuildSettings(formulation="latency", window=30, pace=False), **common)
+    assert profile.queueing.idle[HP2]["a"] == CATALOG[HP2].idle_time_on("small")
+    assert profile.summary["idle_paces"] == {}
+
+
 def test_the_pace_flag():
     from backend.__main__ import build_parser, config_from_args
 

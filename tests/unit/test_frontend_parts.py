@@ -113,8 +113,10 @@ def test_prediction_cache_invalidates_on_generation_and_ttl():
 
 
 def test_timing_headers_name_the_node_and_both_times():
-    timings = upstream_timings([("Server-Timing", "db;dur=1, app;dur=2.5;desc=x, pace;dur=70, app;dur=9")])
-    assert timings == pytest.approx({"db": 0.001, "app": 0.0025, "pace": 0.070})     # the first app counts
+    timings = upstream_timings([("Server-Timing", "db;dur=1, app;dur=2.5;desc=x, pace;dur=70, app;dur=9, "
+                                                  "pace-idle;dur=47.5")])
+    assert timings == pytest.approx({"db": 0.001, "app": 0.0025, "pace": 0.070,       # the first app counts
+                                     "pace-idle": 0.0475})
     got = timing_headers(node="n-a", seconds=0.0125, upstream=timings)
     assert got == [("X-Served-By", "n-a"), ("Server-Timing", "app;dur=12.500, upstream;dur=2.500")]
     bad = upstream_timings([("Server-Timing", "app;dur=zz, pace;dur=-1, wait;dur=inf"), ("X-Other", "app;dur=1")])

@@ -1,5 +1,5 @@
 """GET /stats/summary: aggregates kept at write time, the duration histogram, the arrivals per second,
-the pace reports per (model, node), retention, upgrade of an old database, the route's validation and its OpenAPI schema; /stats/requests
+the pace reports per (model, node) (back to back and idle start), retention, upgrade of an old database, the route's validation and its OpenAPI schema; /stats/requests
 refuses out-of-range numbers with 400."""
 from __future__ import annotations
 
@@ -229,11 +229,13 @@ def test_prune_drops_old_seconds_and_an_old_database_gets_the_arrivals_from_its_
 def test_pace_reports_sum_per_model_and_node_over_the_windows_buckets_and_are_pruned(tmp_path):
     store = StatsStore(tmp_path / "fe.db", flush_interval=0.05)
     # a request may carry two reports (a client's echo and the proxied answer's), about any model
-    store.record(request=replace(rec(1001.0), paces=(("m", "n-a", 0.02), ("m", "n-b", 0.05))), increments=[])
-    store.record(request=replace(rec(1003.0, "other"), paces=(("m", "n-a", 0.04),)), increments=[])
-    store.record(request=replace(rec(1015.0), paces=(("a", "n-b", 0.01),)), increments=[])
+    store.record(request=replace(rec(1001.0), paces=(("m", "n-a", 0.02, False), ("m", "n-b", 0.05, False))),
+                 increments=[])
+    store.record(request=replace(rec(1003.0, "other"), paces=(("m", "n-a", 0.04, False),)), increments=[])
+    store.record(request=replace(rec(1015.0), paces=(("a", "n-b", 0.01, False),)), increments=[])
     store.record(request=rec(1016.0), increments=[])                                   # no report
     doc = store.summary(window=600, now=1020.0)
+    assert doc["pace_idle"] == []
     assert doc["pace"] == [{"model": "a", "node": "n-b", "count": 1, "sum": pytest.approx(0.01)},
                            {"model": "m", "node": "n-a", "count": 2, "sum": pytest.approx(0.06)},
                            {"model": "m", "node": "n-b", "count": 1, "sum": pytest.approx(0.05)}]
@@ -260,11 +262,72 @@ def test_pace_reports_sum_per_model_and_node_over_the_windows_buckets_and_are_pr
     conn.close()
     upgraded = StatsStore(old)
     assert upgraded.summary(window=600, now=1010.0)["pace"] == []
-    upgraded.record(request=replace(rec(1002.0), paces=(("m", "n-a", 0.03),)), increments=[])
+    upgraded.record(request=replace(rec(1002.0), paces=(("m", "n-a", 0.03, False),)), increments=[])
     doc = upgraded.summary(window=600, now=1010.0)
     assert doc["pace"] == [{"model": "m", "node": "n-a", "count": 1, "sum": pytest.approx(0.03)}]
     assert doc["models"][0]["count"] == 2
     upgraded.close()
+
+
+def test_idle_pace_reports_are_summed_apart_from_the_back_to_back_ones(tmp_path):
+    store = StatsStore(tmp_path / "fe.db")
+    store.record(request=replace(rec(1001.0), paces=(("m", "n-a", 0.06, False), ("m", "n-a", 0.047, True))),
+                 increments=[])
+    store.record(request=replace(rec(1002.0), paces=(("m", "n-a", 0.048, True), ("m", "n-b", 0.05, True))),
+                 increments=[])
+    store.record(request=replace(rec(1003.0), paces=(("a", "n-a", 0.02, False),)), increments=[])
+    doc = store.summary(window=600, now=1010.0)
+    # each list holds only the pairs with a report of its kind
+    assert doc["pace"] == [{"model": "a", "node": "n-a", "count": 1, "sum": pytest.approx(0.02)},
+                           {"model": "m", "node": "n-a", "count": 1, "sum": pytest.approx(0.06)}]
+    assert doc["pace_idle"] == [{"model": "m", "node": "n-a", "count": 2, "sum": pytest.approx(0.095)},
+                                {"model": "m", "node": "n-b", "count": 1, "sum": pytest.approx(0.05)}]
+    conn = sqlite3.connect(tmp_path / "fe.db")
+    assert conn.execute("SELECT model, node, count, sum, idle_count, idle_sum FROM agg_pace ORDER BY model, node"
+                        ).fetchall() == [("a", "n-a", 1, pytest.approx(0.02), 0, 0.0),
+                                         ("m", "n-a", 1, pytest.approx(0.06), 2, pytest.approx(0.095)),
+                                         ("m", "n-b", 0, 0.0, 1, pytest.approx(0.05))]
+    conn.close()
+    store.prune(older_than=1010.0)
+    assert store.summary(window=600, now=1010.0)["pace_idle"] == []
+    store.close()
+
+
+def test_an_agg_pace_from_before_the_idle_columns_gets_them_and_keeps_its_rows(tmp_path):
+    old = tmp_path / "old.db"
+    store = StatsStore(old)
+    store.record(request=rec(1001.0), increments=[])
+    store.close()
+    conn = sqlite3.connect(old)
+    conn.executescript("""
+        DROP TABLE agg_pace;
+        CREATE TABLE agg_pace (
+            bucket INTEGER NOT NULL, model TEXT NOT NULL, node TEXT NOT NULL,
+            count INTEGER NOT NULL, sum REAL NOT NULL,
+            PRIMARY KEY (bucket, model, node)
+        ) WITHOUT ROWID;
+        INSERT INTO agg_pace (bucket, model, node, count, sum) VALUES (100, 'm', 'n-a', 3, 0.15);
+    """)
+    conn.close()
+    upgraded = StatsStore(old)
+    conn = sqlite3.connect(old)
+    columns = {row[1]: row for row in conn.execute("PRAGMA table_info(agg_pace)")}
+    assert {"idle_count", "idle_sum"} <= set(columns)
+    assert columns["idle_count"][2:5] == ("INTEGER", 1, "0") and columns["idle_sum"][2:5] == ("REAL", 1, "0")
+    assert conn.execute("SELECT bucket, model, node, count, sum, idle_count, idle_sum FROM agg_pace").fetchall() == [
+        (100, "m", "n-a", 3, 0.15, 0, 0.0)]
+    conn.close()
+    doc = upgraded.summary(window=600, now=1009.0)
+    assert doc["pace"] == [{"model": "m", "node": "n-a", "count": 3, "sum": pytest.approx(0.15)}]
+    assert doc["pace_idle"] == []
+    upgraded.record(request=replace(rec(1002.0), paces=(("m", "n-a", 0.04, True), ("m", "n-a", 0.05, False))),
+                    increments=[])
+    doc = upgraded.summary(window=600, now=1009.0)
+    assert doc["pace"] == [{"model": "m", "node": "n-a", "count": 4, "sum": pytest.approx(0.20)}]
+    assert doc["pace_idle"] == [{"model": "m", "node": "n-a", "count": 1, "sum": pytest.approx(0.04)}]
+    assert doc["models"][0]["count"] == 2                       # the old request rows are still there
+    upgraded.close()
+    StatsStore(old).close()                                     # a second open leaves the columns be
 
 
 def test_a_record_after_close_is_written_at_once(tmp_path):
@@ -318,8 +381,9 @@ def test_summary_route_answers_the_arrivals_as_its_openapi_schema_says(tmp_path)
     with ServerThread(app) as server:
         first = math.floor(time.time()) - 5
         for t in (first + 0.1, first + 0.6, first + 2.5):
-            app.extensions["frontend"].store.record(request=replace(rec(t), paces=(("m", "n-a", 0.02),)),
-                                                    increments=[])
+            app.extensions["frontend"].store.record(
+                request=replace(rec(t), paces=(("m", "n-a", 0.02, False), ("m", "n-b", 0.045, True))),
+                increments=[])
         answer = requests.get(f"{server.url}/stats/summary?window=60", headers=AUTH, timeout=10)
         asked_until = time.time()
     assert answer.status_code == 200
@@ -329,6 +393,7 @@ def test_summary_route_answers_the_arrivals_as_its_openapi_schema_says(tmp_path)
     assert arrivals["seconds"] == 60 and first - 55 <= arrivals["since"] <= asked_until - 60
     assert arrivals["models"] == [{"model": "m", "count": 3, "sumsq": 2 ** 2 + 1}]
     assert answer.json()["pace"] == [{"model": "m", "node": "n-a", "count": 3, "sum": pytest.approx(0.06)}]
+    assert answer.json()["pace_idle"] == [{"model": "m", "node": "n-b", "count": 3, "sum": pytest.approx(0.135)}]
 
 
 @pytest.mark.parametrize("query", ["after=9223372036854775808", "after=-1", "after=99999999999999999999999",

@@ -17,6 +17,7 @@ from testbed.scenario import SCENARIOS_DIR, load_scenario
     ("app;DUR=2", {"app": 0.002}),
     ("app;dur=abc, x;dur=-1, y;dur=nan", {"app": None, "x": None, "y": None}),
     ("app;dur=1, app;dur=2", {"app": 0.001}),          # the first occurrence wins
+    ("app;dur=20, pace;dur=70, pace-idle;dur=48.5", {"app": 0.020, "pace": 0.070, "pace-idle": 0.0485}),
     ("", {}),
     (None, {}),
 ])
