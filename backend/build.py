@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 __all__ = ["BuildSettings", "Built", "build_problem", "group_requests", "rtt_table", "exec_table",
            "group_summary", "rtt_table_from_summary", "exec_table_from_summary", "bins_median",
            "rtt_reports_from_rows", "recency_mean", "recent_peaks", "rtt_table_from_reports", "measured_part",
-           "measured_paces", "steady_dispersion",
+           "measured_paces", "steady_dispersion", "steady_joint",
            "FORMULATIONS", "COMPUTE_BASES", "RTT_SOURCES"]
 
 FORMULATIONS = ("placement", "thesis", "latency")
@@ -403,19 +403,37 @@ def steady_dispersion(window: Summary, recent: Summary) -> dict[str, float]:
     of ~6 over the whole. The window's own figure where the stretches are unknown (a front-end
     without per-second sums, merged replicas)."""
     out = dict(window.dispersion)
-    n_recent = recent.arrival_seconds
-    n_before = window.arrival_seconds - n_recent
-    if n_recent < 2 or n_before < 2:
-        return out
     for model, count in window.arrival_count.items():
         sumsq = window.arrival_sumsq.get(model)
-        c_recent, s_recent = recent.arrival_count.get(model, 0), recent.arrival_sumsq.get(model, 0)
-        if sumsq is None or not 0 <= c_recent <= count:
-            continue
-        c_before, s_before = count - c_recent, sumsq - s_recent
-        within = max(0.0, s_before - c_before ** 2 / n_before) + max(0.0, s_recent - c_recent ** 2 / n_recent)
-        out[model] = within / count         # the variance about each stretch's mean over the whole mean
+        if sumsq is not None:
+            within = _within_stretches(window, recent, (count, sumsq),
+                                       (recent.arrival_count.get(model, 0), recent.arrival_sumsq.get(model, 0)))
+            if within is not None:
+                out[model] = within
     return out
+
+
+def steady_joint(window: Summary, recent: Summary) -> float | None:
+    """The index of all models' requests together within the same two stretches (the window's own
+    figure where they are unknown)."""
+    if window.arrival_total is None or recent.arrival_total is None:
+        return window.joint_dispersion
+    within = _within_stretches(window, recent, window.arrival_total, recent.arrival_total)
+    return window.joint_dispersion if within is None else within
+
+
+def _within_stretches(window: Summary, recent: Summary, whole: tuple[int, int], last: tuple[int, int]
+                      ) -> float | None:
+    """Variance about each stretch's mean over the whole mean, from (count, per-second squares) over
+    the window and over the rate window; None where the stretches are too short or disagree."""
+    n_recent = recent.arrival_seconds
+    n_before = window.arrival_seconds - n_recent
+    (count, sumsq), (c_recent, s_recent) = whole, last
+    if n_recent < 2 or n_before < 2 or not 0 <= c_recent <= count or count <= 0:
+        return None
+    c_before, s_before = count - c_recent, sumsq - s_recent
+    within = max(0.0, s_before - c_before ** 2 / n_before) + max(0.0, s_recent - c_recent ** 2 / n_recent)
+    return within / count
 
 
 def measured_paces(summary: Summary | None, recent: Summary | None, *, min_samples: int,
@@ -454,13 +472,17 @@ def build_problem(*, requests: list[RequestStat], nodes: list[NodeMemory], catal
     observed = _span(summary, settings.window)
     peaks: dict[tuple[str, str], int] = {}
     steady = dispersion     # the queueing model's burstiness, over the stretch its rates come from
+    joint = summary.joint_dispersion if summary is not None else None     # ... of all models together
     if settings.formulation == "latency" and settings.rate_window > 0 and recent is not None:
         counts, peaks = recent_peaks(counts, group_summary(recent.groups, known)[0],
                                      scale=observed / _span(recent, settings.rate_window),
                                      dispersion=dispersion)
         steady = steady_dispersion(summary, recent) if summary is not None else {}
+        joint = steady_joint(summary, recent) if summary is not None else None
         # a model planned for its recent rate is as bursty as it was lately
         steady.update({model: recent.dispersion[model] for model, _ in peaks if model in recent.dispersion})
+        if peaks and recent.joint_dispersion is not None:
+            joint = recent.joint_dispersion
     keys = sorted(counts)
     zones = sorted({zone for _, zone in keys})
     # RTT: network only (the clients' reports) and execution time once (exec_table), unless the
@@ -546,6 +568,9 @@ def build_problem(*, requests: list[RequestStat], nodes: list[NodeMemory], catal
                          if count >= settings.min_exec_samples}
         queueing = queueing_inputs(catalog, ready, dispersion=steady, measured_idle=idle_measured)
         summary["dispersion"] = {m: round(d, 3) for m, d in sorted(queueing.dispersion.items())}
+        # all models' requests together: above the count-weighted mean of `dispersion` when their
+        # bursts coincide, which the prediction's independent streams do not model (yet)
+        summary["joint_dispersion"] = round(joint, 3) if joint is not None else None
         # the measured paces planned with (the rest is the profile's): what the prediction rests on
         summary["paces"] = {f"{m}/{n}": round(exec_time[m][n], 6) for (m, n), (count, _) in sorted(paces.items())
                             if count >= settings.min_exec_samples and n in exec_time.get(m, {})}

@@ -157,6 +157,10 @@ class Summary:
     arrival_count: dict[str, int] = field(default_factory=dict)   # model -> requests in those seconds
     arrival_sumsq: dict[str, int] = field(default_factory=dict)   # model -> their per-second squares summed
     arrival_seconds: int = 0                                      # how many whole seconds those are
+    # all models' requests together in those seconds: (count, per-second squares summed); None from a
+    # front-end without it. Its index exceeds the models' count-weighted mean when their bursts coincide.
+    arrival_total: tuple[int, int] | None = None
+    joint_dispersion: float | None = None      # the index of those together (replicas: merged)
     # (model, node) -> (pace reports, their mean seconds per answer): the node's measured pace for the
     # model, to plan with instead of the profile; empty from a front-end without it
     pace: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
@@ -283,10 +287,16 @@ class _Arrival(_Answer):
     sumsq: Count
 
 
+class _ArrivalTotal(_Answer):
+    count: Count
+    sumsq: Count
+
+
 class _Arrivals(_Answer):
     since: Number(int, minimum=None)
     seconds: Count
     models: list[_Arrival]
+    total: _ArrivalTotal | None = None       # absent from a front-end that predates it
 
     @model_validator(mode="after")
     def _possible(self) -> "_Arrivals":
@@ -300,6 +310,9 @@ class _Arrivals(_Answer):
             if not (a.count <= a.sumsq <= a.count ** 2 and a.count ** 2 <= a.sumsq * self.seconds):
                 raise invalid(f"models[{i}]: sumsq {a.sumsq} is impossible for {a.count} requests "
                               f"in {self.seconds} seconds")
+        t = self.total
+        if t is not None and not (t.count <= t.sumsq <= t.count ** 2 and t.count ** 2 <= t.sumsq * self.seconds):
+            raise invalid(f"total: sumsq {t.sumsq} is impossible for {t.count} requests in {self.seconds} seconds")
         return self
 
 
@@ -437,12 +450,15 @@ def parse_summary(doc: Any) -> Summary:
     arrivals = answer.arrivals.models if answer.arrivals else []
     seconds = answer.arrivals.seconds if answer.arrivals else 0
     dispersion = {a.model: index_of_dispersion(a.count, a.sumsq, seconds) for a in arrivals}
+    together = answer.arrivals.total if answer.arrivals else None
+    total = (together.count, together.sumsq) if together is not None else None
     return Summary(groups=groups, durations=durations, since=answer.since or 0.0,
                    relative_error=answer.histogram.relative_error if answer.histogram else 0.0, rtt=rtt,
                    until=answer.until, store=answer.store,
                    dispersion={m: d for m, d in dispersion.items() if d is not None},
                    arrival_count={a.model: a.count for a in arrivals if a.count},
                    arrival_sumsq={a.model: a.sumsq for a in arrivals if a.count}, arrival_seconds=seconds,
+                   arrival_total=total, joint_dispersion=index_of_dispersion(*total, seconds) if total else None,
                    pace=_pace_means(answer.pace), pace_idle=_pace_means(answer.pace_idle))
 
 

@@ -9,7 +9,7 @@ pods behind the Service (`KubernetesCluster.frontend_replicas`); this module rea
   answering with the same statistics database (`store` id: a shared volume) are counted once;
 - per-model and per-instance counts are summed, last-request times take the latest;
 - each model's index of dispersion of its requests per second is the count-weighted mean of the
-  replicas' (see `_merge_dispersion`);
+  replicas' (see `_merge_dispersion`), and so is that of all models' requests together;
 - each (model, node)'s measured paces (back to back, after idleness) are the count-weighted means
   of the replicas' (every report counts once, whichever replica heard it);
 - node memory and CPU come from the cluster, identical on every replica: the first answer is used;
@@ -44,6 +44,15 @@ def _merge_dispersion(summaries: list[Summary]) -> tuple[dict[str, float], dict[
             acc[0] += s.arrival_count.get(model, 0)
             acc[1] += s.arrival_count.get(model, 0) * d
     return {m: total / n for m, (n, total) in weighted.items() if n}, counts
+
+
+def _merge_joint(summaries: list[Summary]) -> float | None:
+    """The index of all models' requests together over several stores: the count-weighted mean of
+    theirs, as for each model (`_merge_dispersion`)."""
+    known = [(s.arrival_total[0], s.joint_dispersion) for s in summaries
+             if s.joint_dispersion is not None and s.arrival_total]
+    count = sum(n for n, _ in known)
+    return sum(n * d for n, d in known) / count if count else None
 
 
 def _merge_pace(paces: Iterable[dict[tuple[str, str], tuple[int, float]]]) -> dict[tuple[str, str], tuple[int, float]]:
@@ -96,7 +105,7 @@ def _merge_summaries(summaries: list[Summary]) -> Summary:
         rtt=[RttStat(zone=z, node=n, buckets=tuple((t, a[0], a[1]) for t, a in sorted(b.items())))
              for (z, n), b in rtt.items()],
         until=max(untils) if untils else None,
-        store=None, dispersion=dispersion, arrival_count=arrival_count, pace=_merge_pace(s.pace for s in summaries),
+        store=None, dispersion=dispersion, arrival_count=arrival_count, joint_dispersion=_merge_joint(summaries), pace=_merge_pace(s.pace for s in summaries),
         pace_idle=_merge_pace(s.pace_idle for s in summaries))
 
 

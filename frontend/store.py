@@ -276,9 +276,9 @@ def _off_the_event_loop(fn):
 
 
 def _summary_rows(conn: sqlite3.Connection, first: int, first_hist: int,
-                  seconds: tuple[int, int]) -> tuple[list, list, list, list, list]:
+                  seconds: tuple[int, int]) -> tuple[list, list, list, list, tuple, list]:
     """The aggregate rows of GET /stats/summary from the given first buckets on, and the arrivals
-    of the whole seconds in [seconds[0], seconds[1])."""
+    of the whole seconds in [seconds[0], seconds[1]) per model and all together."""
     return (conn.execute(
         "SELECT model, zone, node, kind, sum(count), sum(ok), sum(latency_count), sum(latency_sum),"
         " sum(duration_count), sum(duration_sum), max(last) FROM agg_requests WHERE bucket >= ?"
@@ -292,6 +292,9 @@ def _summary_rows(conn: sqlite3.Connection, first: int, first_hist: int,
         conn.execute(
         "SELECT model, sum(count), sum(count * count) FROM agg_arrivals WHERE second >= ? AND second < ?"
         " GROUP BY model ORDER BY model", seconds).fetchall(),
+        conn.execute(
+        "SELECT sum(c), sum(c * c) FROM (SELECT sum(count) AS c FROM agg_arrivals WHERE second >= ? AND second < ?"
+        " GROUP BY second)", seconds).fetchone(),
         conn.execute(
         "SELECT model, node, sum(count), sum(sum), sum(idle_count), sum(idle_sum) FROM agg_pace WHERE bucket >= ?"
         " GROUP BY model, node ORDER BY model, node", (first,)).fetchall())
@@ -669,7 +672,9 @@ class StatsStore:
         `arrivals`: over the n whole seconds in [floor(now - window), floor(now)) (the current second
         is still filling), per catalog model the requests and the sum over those seconds of the
         squared requests per second: the back-end's index of dispersion (variance / mean of the
-        per-second counts) without a row per second in the answer. `pace`, per (model, node): the
+        per-second counts) without a row per second in the answer; `total` the same of all those
+        models' requests together, whose index exceeds the models' count-weighted mean when their
+        bursts come together (it is their mean when they are independent). `pace`, per (model, node): the
         count and sum of seconds of the back-to-back paces reported for it (proxied answers, clients'
         echoes), over the same buckets as `groups`; `pace_idle` the same of its idle-start ones
         (`pace-idle`, X-Client-Pace-Idle). Each lists only the pairs with a report of its kind."""
@@ -678,7 +683,7 @@ class StatsStore:
         first_hist = max(0, math.floor((now - window) / HISTOGRAM_SECONDS))
         seconds = (math.floor(now - window), math.floor(now))
 
-        def read() -> tuple[list, list, list, list, list]:
+        def read() -> tuple[list, list, list, list, tuple, list]:
             # A connection of its own, closed after: gevent's pool threads come and go (an idle one
             # exits after 5 s), and a per-thread connection would be left open by each (a
             # 10-minute soak showed the front-end's descriptors growing by ~4 a minute).
@@ -688,7 +693,7 @@ class StatsStore:
             finally:
                 conn.close()
 
-        rows, bins, rtt_rows, arrival_rows, pace_rows = _off_the_event_loop(read)
+        rows, bins, rtt_rows, arrival_rows, (together, together_sumsq), pace_rows = _off_the_event_loop(read)
         groups = []
         models: dict[str, dict] = {}
         for model, zone, node, kind, count, ok, lat_n, lat_sum, dur_n, dur_sum, last in rows:
@@ -733,7 +738,8 @@ class StatsStore:
                 "groups": groups, "durations": durations, "models": sorted(models.values(), key=lambda m: m["model"]),
                 "rtt": rtt,
                 "arrivals": {"since": seconds[0], "seconds": seconds[1] - seconds[0],
-                             "models": [{"model": m, "count": c, "sumsq": q} for m, c, q in arrival_rows]},
+                             "models": [{"model": m, "count": c, "sumsq": q} for m, c, q in arrival_rows],
+                             "total": {"count": together or 0, "sumsq": together_sumsq or 0}},
                 "pace": [{"model": m, "node": n, "count": c, "sum": total}
                          for m, n, c, total, _, _ in pace_rows if c > 0],
                 "pace_idle": [{"model": m, "node": n, "count": c, "sum": total}

@@ -151,7 +151,7 @@ def _backend_runs(reports: list[dict], started_at: float, *, policy: str | None 
             "objective": objective, "requests": requests,
             "predicted_mean": predicted, "objective_mean": objective_mean, "predictions": dict(prediction or {}),
             "dispersion": inputs.get("dispersion"), "paces": inputs.get("paces"),
-            "idle_paces": inputs.get("idle_paces"),
+            "idle_paces": inputs.get("idle_paces"), "joint_dispersion": inputs.get("joint_dispersion"),
             "provisioned": (report.get("summary") or {}).get("provisioned", 0),
             "deleted": (report.get("summary") or {}).get("deleted", 0),
             "errors": report.get("errors") or [],

@@ -84,6 +84,9 @@ def test_models_and_memory():
     (parse_summary, {"groups": [], "pace": [{"model": "m", "node": "a", "count": 2, "sum": 0}]},
      "pace[0]: sum 0 is impossible for 2 reports"),
     (parse_summary, {"groups": [], "pace": {"model": "m"}}, "pace: must be a list"),
+    (parse_summary, {"groups": [], "arrivals": {"since": 0, "seconds": 10, "models": [],
+                                                "total": {"count": 10, "sumsq": 5}}},
+     "arrivals: total: sumsq 5 is impossible for 10 requests in 10 seconds"),
     (parse_summary, {"groups": [], "pace_idle": [{"model": "m", "node": "a", "count": 2, "sum": 121}]},
      "pace_idle[0]: sum 121 is more than 60 s per report"),
     (parse_summary, {"groups": [], "pace_idle": [{"model": "m", "count": 1, "sum": 0.02}]},
@@ -109,6 +112,21 @@ def test_arrivals_become_each_models_index_of_dispersion():
     assert parse_summary(one).dispersion == {} and parse_summary(one).arrival_count == {"a": 4}
     older = parse_summary({"groups": [], "since": 990.0})
     assert older.dispersion == {} and older.arrival_count == {} and older.since == 990.0
+
+
+def test_all_models_together_become_the_joint_index_of_dispersion():
+    # a [0, 0, 0, 15, 0, 0, 0, 0, 10, 0] and b [0, 0, 0, 5, 0, 0, 0, 0, 5, 0]: bursts at the same seconds
+    doc = {"groups": [], "arrivals": {"since": 1000, "seconds": 10, "models": [
+        {"model": "a", "count": 25, "sumsq": 325}, {"model": "b", "count": 10, "sumsq": 50}],
+        "total": {"count": 35, "sumsq": 20 ** 2 + 15 ** 2}}}
+    summary = parse_summary(doc)
+    assert summary.arrival_total == (35, 625)
+    assert summary.joint_dispersion == pytest.approx((62.5 - 3.5 ** 2) / 3.5)        # 14.36
+    weighted = sum(summary.dispersion[m] * summary.arrival_count[m] for m in "ab") / 35
+    assert summary.joint_dispersion > weighted            # together burstier than independent streams would be
+    # a front-end without `total`: unknown
+    del doc["arrivals"]["total"]
+    assert parse_summary(doc).joint_dispersion is None and parse_summary(doc).arrival_total is None
 
 
 def test_pace_becomes_each_model_and_nodes_count_and_mean():

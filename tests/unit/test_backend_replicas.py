@@ -12,8 +12,9 @@ NODES = [NodeMemory(node="n1", ready=True, node_class="small", total=1000, used=
 
 
 def observed(store, *, count, zone="z1", last=100.0, provisioned=50.0, since=10.0, bins=((3, 1, 0.01),),
-             rtt=((0.0, 1, 0.02),), dispersion=None, pace=None, pace_idle=None):
+             rtt=((0.0, 1, 0.02),), dispersion=None, pace=None, pace_idle=None, joint=None):
     summary = Summary(pace=pace or {}, pace_idle=pace_idle or {},
+        arrival_total=(joint[0], 0) if joint else None, joint_dispersion=joint[1] if joint else None,
         dispersion={"m": dispersion} if dispersion is not None else {}, arrival_count={"m": count},
         groups=[GroupStat(model="m", zone=zone, node="n1", kind="proxy", count=count, ok=count, latency_count=1,
                           latency_sum=0.1, last_request=last)],
@@ -58,6 +59,13 @@ def test_dispersion_is_the_count_weighted_mean_of_the_stores():
     assert merged.summary.dispersion == {"m": pytest.approx((2.0 * 10 + 5.0 * 30) / 40)}
     assert merged.summary.arrival_count == {"m": 41}
     assert merge_observed([("http://c", observed("C", count=1))]).summary.dispersion == {}
+
+    # all models together merge the same way; a store without the figure is left out of the mean
+    joint = merge_observed([("http://a", observed("A", count=10, joint=(10, 2.0))),
+                            ("http://b", observed("B", count=30, joint=(30, 6.0))),
+                            ("http://c", observed("C", count=5))])
+    assert joint.summary.joint_dispersion == pytest.approx((2.0 * 10 + 6.0 * 30) / 40)
+    assert merge_observed([("http://c", observed("C", count=5))]).summary.joint_dispersion is None
 
 
 def test_pace_is_the_count_weighted_mean_of_the_stores():

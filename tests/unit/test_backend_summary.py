@@ -286,6 +286,13 @@ def test_a_frontend_over_http_gives_poisson_arrivals_a_dispersion_near_1_and_bur
         assert summary.dispersion[model] == pytest.approx(statistics.pvariance(counts) / statistics.mean(counts))
     # a Poisson sample's index over 300 s has a standard deviation of sqrt(2 / 299) = 0.08: 3 of them
     assert 0.75 < summary.dispersion[HP2] < 1.25 and summary.dispersion[LOGREG] > 4, summary.dispersion
+    # both models together, per second: their index, which for independent streams is the models'
+    # count-weighted mean (variances add, and so do means)
+    together = [sum(Counter(math.floor(t) for t in ts)[s] for ts in times.values()) for s in seconds]
+    assert summary.arrival_total == (sum(together), sum(n * n for n in together))
+    assert summary.joint_dispersion == pytest.approx(statistics.pvariance(together) / statistics.mean(together))
+    weighted = sum(summary.dispersion[m] * summary.arrival_count[m] for m in times) / sum(together)
+    assert summary.joint_dispersion == pytest.approx(weighted, rel=0.35)
 
 
 def test_the_load_aware_problem_plans_with_the_pace_the_servers_reported():
@@ -386,3 +393,23 @@ def test_steady_dispersion_leaves_a_steady_stream_alone_and_takes_the_step_out()
     assert whole.dispersion[HP2] > 5
     assert steady_dispersion(whole, summary(step[-100:]))[HP2] == pytest.approx(1.0, abs=0.25)
     assert steady_dispersion(whole, summary(step[-1:])) == whole.dispersion     # a stretch of 1 s: unknown
+
+
+
+def test_steady_joint_takes_the_step_out_of_all_models_together():
+    from backend.build import steady_joint
+    from backend.collect import Summary, index_of_dispersion
+
+    def summary(counts: list[int], total: bool = True) -> Summary:
+        c, ss, n = sum(counts), sum(x * x for x in counts), len(counts)
+        return Summary(groups=[], durations=[], since=0.0, relative_error=0.0, arrival_seconds=n,
+                       arrival_total=(c, ss) if total else None,
+                       joint_dispersion=index_of_dispersion(c, ss, n) if total else None)
+
+    draw = random.Random(7)
+    step = [sum(draw.random() < p for _ in range(60)) for p in [0.1] * 200 + [0.6] * 100]   # binomial: index < 1
+    whole = summary(step)
+    assert whole.joint_dispersion > 5
+    assert steady_joint(whole, summary(step[-100:])) == pytest.approx(0.7, abs=0.3)
+    assert steady_joint(whole, summary(step[-1:])) == whole.joint_dispersion       # a stretch of 1 s: unknown
+    assert steady_joint(whole, summary(step[-100:], total=False)) == whole.joint_dispersion

@@ -171,9 +171,11 @@ def test_arrivals_count_and_square_the_requests_of_each_whole_second(tmp_path):
         store.record(request=rec(t, "even"), increments=[])
     store.record(request=replace(rec(1005.5, "ghost"), known_model=False), increments=[])   # not in the catalog
     doc = store.summary(window=10, now=1010.5)
+    together = [b + e for b, e in zip(BURSTY, EVEN)]          # all models' requests per second
     assert doc["arrivals"] == {"since": 1000, "seconds": 10, "models": [
         {"model": "bursty", "count": 25, "sumsq": 15 ** 2 + 10 ** 2},
-        {"model": "even", "count": 25, "sumsq": 5 * 2 ** 2 + 5 * 3 ** 2}]}
+        {"model": "even", "count": 25, "sumsq": 5 * 2 ** 2 + 5 * 3 ** 2}],
+        "total": {"count": 50, "sumsq": sum(n * n for n in together)}}
     entries = {m["model"]: m for m in doc["arrivals"]["models"]}
     bursty, even = _dispersion(entries["bursty"], 10), _dispersion(entries["even"], 10)
     assert bursty == pytest.approx(statistics.pvariance(BURSTY) / statistics.mean(BURSTY)) == pytest.approx(10.5)
@@ -188,6 +190,9 @@ def test_arrivals_count_and_square_the_requests_of_each_whole_second(tmp_path):
     assert (short["since"], short["seconds"]) == (1007, 2)
     assert short["models"] == [{"model": "bursty", "count": 10, "sumsq": 100}, {"model": "even", "count": 5,
                                                                                  "sumsq": 13}]
+    assert short["total"] == {"count": 15, "sumsq": sum(n * n for n in together[7:9])}
+    empty = store.summary(window=10, now=2000.0)["arrivals"]
+    assert empty["models"] == [] and empty["total"] == {"count": 0, "sumsq": 0}
     store.close()
 
 

@@ -56,7 +56,7 @@ def test_backend_runs_come_from_the_run_reports(tmp_path):
     runs = _backend_runs([report], started_at=100.0)
     assert runs == [{"t": 5.0, "status": "optimal", "solver": "highs", "seconds": 0.01, "objective": 2.0,
                      "requests": 40, "predicted_mean": 0.05, "objective_mean": 0.05, "predictions": {},
-                     "dispersion": None, "paces": None, "idle_paces": None,
+                     "dispersion": None, "paces": None, "idle_paces": None, "joint_dispersion": None,
                      "provisioned": 2, "deleted": 0, "errors": []}]
     # a latency run's report carries predictions per dispatch: the one for the front-end's policy is used
     latency = {**report, "prediction": {"pooled": 0.03, "split": 0.04, "simulated": 0.035}}
