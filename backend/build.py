@@ -131,7 +131,6 @@ class QueueingInputs:
     idle: dict[str, dict[str, float]]
     scv: dict[str, dict[str, float]]
     dispersion: dict[str, float]
-    joint: float | None = None       # the index of all models' requests together (None: unknown)
 
 
 def _zone(row: RequestStat) -> str:
@@ -567,10 +566,10 @@ def build_problem(*, requests: list[RequestStat], nodes: list[NodeMemory], catal
     if latency:
         idle_measured = {key: mean for key, (count, mean) in idle_paces.items()
                          if count >= settings.min_exec_samples}
-        queueing = queueing_inputs(catalog, ready, dispersion=steady, measured_idle=idle_measured, joint=joint)
+        queueing = queueing_inputs(catalog, ready, dispersion=steady, measured_idle=idle_measured)
         summary["dispersion"] = {m: round(d, 3) for m, d in sorted(queueing.dispersion.items())}
         # all models' requests together: above the count-weighted mean of `dispersion` when their
-        # bursts coincide, and the prediction then draws one stream shared out (solver.replay)
+        # bursts coincide, which the prediction's independent streams do not model (yet)
         summary["joint_dispersion"] = round(joint, 3) if joint is not None else None
         # the measured paces planned with (the rest is the profile's): what the prediction rests on
         summary["paces"] = {f"{m}/{n}": round(exec_time[m][n], 6) for (m, n), (count, _) in sorted(paces.items())
@@ -582,8 +581,7 @@ def build_problem(*, requests: list[RequestStat], nodes: list[NodeMemory], catal
 
 
 def queueing_inputs(catalog: Catalog, nodes: list[NodeMemory], *, dispersion: Mapping[str, float],
-                    measured_idle: Mapping[tuple[str, str], float] | None = None,
-                    joint: float | None = None) -> QueueingInputs:
+                    measured_idle: Mapping[tuple[str, str], float] | None = None) -> QueueingInputs:
     """The low-load pace and variability per (model, node) by node class, and `dispersion`. The
     low-load pace is the one the nodes measured (`measured_idle`: (model, node) -> seconds) where
     given, else the catalog's profile: a profile is one moment of a host whose speed drifts (the
@@ -597,4 +595,4 @@ def queueing_inputs(catalog: Catalog, nodes: list[NodeMemory], *, dispersion: Ma
                            for n in nodes}
         measured = {n.node: spec.scv_on(n.node_class or "") for n in nodes}
         scv[spec.name] = {node: v for node, v in measured.items() if v is not None}
-    return QueueingInputs(idle=idle, scv=scv, dispersion=dict(dispersion), joint=joint)
+    return QueueingInputs(idle=idle, scv=scv, dispersion=dict(dispersion))

@@ -25,13 +25,11 @@ With idle = exec_time, dispersion = scv = 1 and `split`, this is the objective's
 
 `simulated_mean` predicts expected-delay dispatch without a closed form: arrivals drawn at the
 window's rates, as bursty as the window's (Gamma gaps whose SCV is the measured index of
-dispersion; one stream shared out when all models' requests together are burstier than
-independent streams would be), replayed through the front-end's own choice (round trip + estimated
-backlog + pace) over one FCFS queue per model server (solver.replay). Measured on the testbed, the
-pooled formula under-predicted the bursty phase by 36-62%: it pools a model's instances, but
-expected-delay sends a request to a far node only once the near ones' queues exceed the difference
-in round trip, and Allen-Cunneen's average misses what CV-3 bursts do near capacity. Pure: numbers
-in, numbers out (seeded).
+dispersion), replayed through the front-end's own choice (round trip + estimated backlog + pace)
+over FCFS nodes (solver.replay). Measured on the testbed, the pooled formula under-predicted the
+bursty phase by 36-62%: it pools a model's instances, but expected-delay sends a request to a far
+node only once the near ones' queues exceed the difference in round trip, and Allen-Cunneen's
+average misses what CV-3 bursts do near capacity. Pure: numbers in, numbers out (seeded).
 """
 from __future__ import annotations
 
@@ -123,8 +121,8 @@ def predicted_mean(problem: Problem, assignment: Iterable[Assignment], *, dispat
 
 def simulated_mean(problem: Problem, assignment: Iterable[Assignment], *,
                    idle: Mapping[str, Mapping[str, float]] | None = None,
-                   dispersion: Mapping[str, float] | None = None, joint: float | None = None,
-                   drain: float = 0.85, arrivals: int = SIMULATED_ARRIVALS, seed: int = 0) -> float | None:
+                   dispersion: Mapping[str, float] | None = None, drain: float = 0.85,
+                   arrivals: int = SIMULATED_ARRIVALS, seed: int = 0) -> float | None:
     """Return the mean latency (s) expected-delay dispatch should give the plan's traffic, by
     simulation (solver.replay); None when nothing is assigned, the window is unknown, a model's
     instances together would be at or above utilisation 1, or the simulation would be too large
@@ -134,9 +132,7 @@ def simulated_mean(problem: Problem, assignment: Iterable[Assignment], *,
     holding an instance of its model after the plan (where the assignment routes that model, and
     the instances the problem says stay deployed), as the front-end's expected-delay does, with
     backlog `drain` (its `backlog_drain`). Service: `problem.exec_time` back to back, `idle` (model ->
-    node; missing: back to back) for a request that finds its model's server idle; each model server
-    its own queue. `joint`: the index of dispersion of all models' requests together (None: the
-    models' streams are independent)."""
+    node; missing: back to back) for a request that finds its node idle."""
     window = problem.window
     if not window:
         return None
@@ -173,8 +169,8 @@ def simulated_mean(problem: Problem, assignment: Iterable[Assignment], *,
     if arrivals * choices > MAX_CHOICES:
         return None
     horizon = arrivals / total
-    drawn = gamma_arrivals(rates, dispersion, horizon=horizon, seed=seed, joint=joint)
+    drawn = gamma_arrivals(rates, dispersion, horizon=horizon, seed=seed)
     result = simulate(drawn, rtt, service, slo=math.inf, overhead=0.0, dispatcher="expected-delay", edge=set(),
-                      drain=drain, keep=True, queues="server")
+                      drain=drain, keep=True)
     counted = [lat for a, lat in zip(drawn, result.latencies or []) if a.offset >= WARM_UP * horizon]
     return sum(counted) / len(counted) if counted else None

@@ -7,15 +7,11 @@ A closed form cannot do the latter near capacity: expected-delay does not pool a
 (a far node only takes a request once the near ones' queues exceed the difference in round trip),
 and bursty arrivals (Gamma, CV 3) fill the queues in ways an M/M/k average misses.
 
-The model: each node is one FCFS server holding every model it has a service time for
-(`queues="node"`), or runs one FCFS server per model (`queues="server"`: what the nodes run, a
-model-server process per model taking its own turns, so a 5 ms model is not held behind another
-model's queue; on the testbed's CV-3 phases a queue per node over-counted by 17-19%). A request
-reaches its queue half a round trip (plus `overhead`) after it is sent, waits for the queue to end,
-is served at the low-load pace `idle` when it finds the queue empty and at the back-to-back pace
-otherwise, and its answer takes the other half round trip. Service is deterministic (the profile's
-variability is a few per cent). expected-delay's estimate stays per node, as the front-end's
-backlog is. Pure: numbers in, numbers out.
+The model: each node is one FCFS server holding every model it has a service time for. A request
+reaches the node half a round trip (plus `overhead`) after it is sent, waits for the node's queue
+to end, is served at the low-load pace `idle` when it finds the node idle and at the back-to-back
+pace otherwise, and its answer takes the other half round trip. Service is deterministic (the
+profile's variability is a few per cent). Pure: numbers in, numbers out.
 """
 from __future__ import annotations
 
@@ -23,10 +19,9 @@ import random
 from dataclasses import dataclass
 from typing import Mapping, NamedTuple, Protocol, Sequence
 
-__all__ = ["DISPATCHERS", "QUEUES", "Arrival", "Result", "gamma_arrivals", "simulate"]
+__all__ = ["DISPATCHERS", "Arrival", "Result", "gamma_arrivals", "simulate"]
 
 DISPATCHERS = ("earliest-finish", "earliest-finish, hopeless dropped", "expected-delay", "nearest")
-QUEUES = ("node", "server")
 
 
 class Request(Protocol):
@@ -59,20 +54,17 @@ class Result:
 def simulate(arrivals: Sequence[Request], rtt: Mapping[str, Mapping[str, float]],
              service: Mapping[tuple[str, str], tuple[float, float]], *, slo: float,
              overhead: float | Sequence[float], dispatcher: str, edge: set[str], drain: float = 0.85,
-             keep: bool = False, queues: str = "node") -> Result:
+             keep: bool = False) -> Result:
     """Replay `arrivals` through FCFS nodes under `dispatcher` (one of DISPATCHERS).
 
     `rtt`: zone -> node -> round trip (s); `service`: (model, node) -> (idle, back-to-back) seconds;
     `overhead`: seconds per request, or one per arrival (in order); `edge`: the nodes `nearest` may
     use; `drain`: expected-delay's backlog drain (the front-end's `backlog_drain`); `keep`: return
-    every answered request's latency too; `queues`: one FCFS queue per node or per (node, model)."""
+    every answered request's latency too."""
     if dispatcher not in DISPATCHERS:
         raise ValueError(f"dispatcher must be one of {', '.join(DISPATCHERS)}, got {dispatcher!r}")
-    if queues not in QUEUES:
-        raise ValueError(f"queues must be one of {', '.join(QUEUES)}, got {queues!r}")
-    per_server = queues == "server"
     extra = [overhead] * len(arrivals) if isinstance(overhead, (int, float)) else list(overhead)
-    free: dict = {}                        # queue (node, or (node, model)) -> when it ends
+    free: dict[str, float] = {}            # node -> when its queue ends
     busy: dict[str, float] = {}
     backlog: dict[str, tuple[float, float]] = {}     # expected-delay's estimate: node -> (seconds, as of)
     within = dropped = 0
@@ -85,9 +77,8 @@ def simulate(arrivals: Sequence[Request], rtt: Mapping[str, Mapping[str, float]]
                 continue
             idle, b2b = service[(a.model, node)]
             reach = a.offset + overhead + cost / 2
-            ends = free.get((node, a.model) if per_server else node, 0.0)
-            start = max(reach, ends)
-            work = idle if reach >= ends else b2b      # found the queue empty
+            start = max(reach, free.get(node, 0.0))
+            work = idle if reach >= free.get(node, 0.0) else b2b      # found the node idle
             done = start + work
             options.append((done + cost / 2 - a.offset, cost, node, start, work))
         if not options:
@@ -108,7 +99,7 @@ def simulate(arrivals: Sequence[Request], rtt: Mapping[str, Mapping[str, float]]
             if dispatcher.endswith("dropped") and latency > slo:
                 dropped += 1
                 continue
-        free[(node, a.model) if per_server else node] = start + work
+        free[node] = start + work
         busy[node] = busy.get(node, 0.0) + work
         within += latency <= slo
         total += latency
@@ -119,53 +110,28 @@ def simulate(arrivals: Sequence[Request], rtt: Mapping[str, Mapping[str, float]]
 
 
 def gamma_arrivals(rates: Mapping[tuple[str, str], float], dispersion: Mapping[str, float], *,
-                   horizon: float, seed: int = 0, joint: float | None = None) -> list[Arrival]:
+                   horizon: float, seed: int = 0) -> list[Arrival]:
     """Arrivals over [0, horizon): each model's stream a renewal process with Gamma gaps whose squared
     coefficient of variation is the model's index of dispersion (1: Poisson; missing: 1), at the sum
     of its rates, each arrival's zone drawn in proportion to them. `rates`: (model, zone) -> per
     second. (For a renewal stream the index of dispersion of long-window counts is the gaps' SCV,
-    which is what the front-end measures per model.)
-
-    `joint`: the index of all models' requests together. Where it exceeds what independent streams
-    give (the models' rate-weighted mean), their bursts coincide: one stream is drawn at the total
-    rate with that SCV and each arrival's (model, zone) drawn in proportion to the rates (a model's
-    share p then has index p joint + 1 - p). Deterministic in `seed`."""
+    which is what the front-end measures per model.) Deterministic in `seed`."""
     draw = random.Random(seed)
     by_model: dict[str, list[tuple[str, float]]] = {}
     for (model, zone), rate in sorted(rates.items()):
         if rate > 0:
             by_model.setdefault(model, []).append((zone, rate))
-    total = sum(rate for zones in by_model.values() for _, rate in zones)
-    independent = sum(dispersion.get(m, 1.0) * sum(r for _, r in zones) for m, zones in by_model.items())
-    if joint is not None and total > 0 and joint > independent / total:
-        keys = [(model, zone) for model, zones in by_model.items() for zone, _ in zones]
-        weights = [rate for zones in by_model.values() for _, rate in zones]
-        return [Arrival(t, zone, model) for t, (model, zone) in
-                zip(_gaps(draw, total, joint, horizon), _draws(draw, keys, weights))]
-    out = []
+    out: list[Arrival] = []
     for model, zones in by_model.items():
+        total = sum(rate for _, rate in zones)
+        scv = min(100.0, max(0.01, dispersion.get(model, 1.0)))
+        shape = 1.0 / scv
+        scale = 1.0 / (total * shape)           # mean gap 1 / total
         names = [zone for zone, _ in zones]
         weights = [rate for _, rate in zones]
-        rate = sum(weights)
-        out.extend(Arrival(t, zone, model) for t, zone in
-                   zip(_gaps(draw, rate, dispersion.get(model, 1.0), horizon), _draws(draw, names, weights)))
+        t = draw.gammavariate(shape, scale)
+        while t < horizon:
+            out.append(Arrival(t, draw.choices(names, weights)[0], model))
+            t += draw.gammavariate(shape, scale)
     out.sort(key=lambda a: a.offset)
     return out
-
-
-def _gaps(draw: random.Random, rate: float, scv: float, horizon: float) -> list[float]:
-    """Arrival times over [0, horizon) of a renewal stream at `rate` with Gamma gaps of SCV `scv`."""
-    shape = 1.0 / min(100.0, max(0.01, scv))
-    scale = 1.0 / (rate * shape)                # mean gap 1 / rate
-    times = []
-    t = draw.gammavariate(shape, scale)
-    while t < horizon:
-        times.append(t)
-        t += draw.gammavariate(shape, scale)
-    return times
-
-
-def _draws(draw: random.Random, names: list, weights: list[float]):
-    """An endless sequence of `names` drawn in proportion to `weights`."""
-    while True:
-        yield draw.choices(names, weights)[0]

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 
 import pytest
@@ -203,68 +202,3 @@ def test_gamma_arrivals_have_the_asked_rate_and_dispersion():
         assert mean == pytest.approx(rate, rel=0.1) and var / mean == pytest.approx(idc, rel=0.25)
     zones = [a.zone for a in drawn if a.model == "m"]
     assert zones.count("a") / len(zones) == pytest.approx(0.75, abs=0.02)
-
-
-def test_joint_burstiness_draws_one_stream_shared_out():
-    """All models' requests together burstier than independent streams: one stream at the total rate
-    with that SCV, each arrival's model drawn by rate, so the models' bursts come at once (as the
-    testbed's one Gamma stream does); otherwise each model its own stream."""
-    rates = {("m", "a"): 40.0, ("q", "a"): 10.0}
-
-    def per_second(drawn, model=None):
-        counts = [0] * 2_000
-        for a in drawn:
-            if model is None or a.model == model:
-                counts[int(a.offset)] += 1
-        return counts
-
-    def index(counts):
-        mean = sum(counts) / len(counts)
-        return sum((c - mean) ** 2 for c in counts) / len(counts) / mean
-
-    def correlation(x, y):
-        mx, my = sum(x) / len(x), sum(y) / len(y)
-        cov = sum((a - mx) * (b - my) for a, b in zip(x, y))
-        return cov / math.sqrt(sum((a - mx) ** 2 for a in x) * sum((b - my) ** 2 for b in y))
-
-    together = gamma_arrivals(rates, {"m": 7.4, "q": 2.6}, horizon=2_000.0, seed=4, joint=9.0)
-    assert index(per_second(together)) == pytest.approx(9.0, rel=0.25)
-    assert index(per_second(together, "m")) == pytest.approx(0.8 * 9 + 0.2, rel=0.25)    # a share p: p D + 1 - p
-    assert correlation(per_second(together, "m"), per_second(together, "q")) > 0.5
-    assert sum(a.model == "m" for a in together) / len(together) == pytest.approx(0.8, abs=0.02)
-    apart = gamma_arrivals(rates, {"m": 7.4, "q": 2.6}, horizon=2_000.0, seed=4, joint=6.0)   # <= independent's
-    assert abs(correlation(per_second(apart, "m"), per_second(apart, "q"))) < 0.1
-    assert apart == gamma_arrivals(rates, {"m": 7.4, "q": 2.6}, horizon=2_000.0, seed=4)
-
-
-def test_simulated_gives_each_model_server_its_own_queue_and_bursts_that_coincide_more_waiting():
-    """A 5 ms model on a node whose 100 ms model is busy is served at once (its own server), and
-    bursts that come together wait longer than independent ones at the same per-model rates."""
-    problem = Problem.from_dict({
-        "formulation": "latency", "window": 1_000.0,
-        "nodes": [{"name": "n", "memory": 100, "cpu": 8}],
-        "models": [{"name": "big", "memory": 10, "cpu": 0.01}, {"name": "small", "memory": 10, "cpu": 0.01}],
-        "requests": [{"model": "big", "count": 7_000, "rtt": {"n": 0.01}},
-                     {"model": "small", "count": 2_000, "rtt": {"n": 0.01}}],
-        "exec_time": {"big": {"n": 0.1}, "small": {"n": 0.005}}})
-    assignment = [Assignment(0, "n", 7_000), Assignment(1, "n", 2_000)]
-    got = simulated_mean(problem, assignment)
-    big = 0.01 + 0.1 + 0.7 * 0.1 / (2 * 0.3)                  # M/D/1 at rho 0.7
-    small = 0.01 + 0.005 + 0.01 * 0.005 / (2 * 0.99)
-    assert got == pytest.approx((7 * big + 2 * small) / 9, rel=0.05)    # each behind its own queue only
-    apart = simulated_mean(problem, assignment, dispersion={"big": 4.0, "small": 4.0})
-    together = simulated_mean(problem, assignment, dispersion={"big": 4.0, "small": 4.0}, joint=6.0)
-    assert together > 1.1 * apart
-
-
-def test_a_queue_per_model_server_against_one_per_node():
-    from solver.replay import Arrival, simulate
-
-    arrivals = [Arrival(0.0, "z", "big"), Arrival(0.001, "z", "small")]
-    rtt = {"z": {"n": 0.0}}
-    service = {("big", "n"): (0.1, 0.1), ("small", "n"): (0.005, 0.005)}
-    common = dict(slo=1.0, overhead=0.0, dispatcher="expected-delay", edge={"n"}, keep=True)
-    assert simulate(arrivals, rtt, service, **common).latencies == pytest.approx([0.1, 0.104])   # behind big
-    assert simulate(arrivals, rtt, service, queues="server", **common).latencies == pytest.approx([0.1, 0.005])
-    with pytest.raises(ValueError, match="queues must be one of node, server"):
-        simulate(arrivals, rtt, service, queues="pool", **common)
