@@ -105,8 +105,8 @@ def _merge_summaries(summaries: list[Summary]) -> Summary:
         rtt=[RttStat(zone=z, node=n, buckets=tuple((t, a[0], a[1]) for t, a in sorted(b.items())))
              for (z, n), b in rtt.items()],
         until=max(untils) if untils else None,
-        store=None, dispersion=dispersion, arrival_count=arrival_count, joint_dispersion=_merge_joint(summaries), pace=_merge_pace(s.pace for s in summaries),
-        pace_idle=_merge_pace(s.pace_idle for s in summaries))
+        store=None, dispersion=dispersion, arrival_count=arrival_count, joint_dispersion=_merge_joint(summaries),
+        pace=_merge_pace(s.pace for s in summaries), pace_idle=_merge_pace(s.pace_idle for s in summaries))
 
 
 def _latest(a: float | None, b: float | None) -> float | None:

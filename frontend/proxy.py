@@ -71,7 +71,7 @@ def forward(model: str, tfs_path: str):
         raise ApiError(400, str(exc)) from None
     known = model in rt.cache.catalog
     note_model_request(model=model, kind="proxy", zone=hints.zone, latency=hints.latency, known_model=known)
-    rt.note_client_paces(hints)
+    rt.note_pace(hints.pace_model, hints.rtt_node, hints.pace, hints.pace_idle)
     rt.spec(model)                                   # 404 at once for an unknown model
 
     cache: PredictionCache = rt.predictions
@@ -129,8 +129,7 @@ def forward(model: str, tfs_path: str):
         headers = downstream_headers(upstream.headers)
         content = upstream.body
         timings = upstream_timings(upstream.headers)
-        rt.note_pace(model, chosen.node.name, timings.get("pace"))
-        rt.note_pace(model, chosen.node.name, timings.get("pace-idle"), idle=True)
+        rt.note_pace(model, chosen.node.name, timings.get("pace"), timings.get("pace-idle"))
         if cache_key is not None and upstream.status == 200:
             cache.put(cache_key, CachedAnswer(status=200, headers=tuple(headers), body=content,
                                               node=chosen.node.name, stored=time.monotonic(),

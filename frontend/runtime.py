@@ -21,7 +21,7 @@ from .backlog import Backlog, SharedBacklog, backlog_path
 from .config import Settings
 from .dispatch import choose, service_time
 from .errors import ApiError
-from .hints import MAX_PACE, ClientHints
+from .hints import MAX_PACE
 from .pace import PaceTable
 from .predcache import PredictionCache
 from .provision import Provisioner
@@ -92,26 +92,26 @@ class Runtime:
         self.paces.forget({(d.model, d.node) for d in new.deployments})
 
     # -- measured pace ----------------------------------------------------------------------------
-    def note_pace(self, model: str | None, node: str | None, seconds: float | None, *, idle: bool = False) -> None:
-        """Take a node's pace for a model (a proxied answer's Server-Timing `pace`, or a client's
-        X-Client-Pace report) when an instance of that model runs there: a report about anything
-        else is dropped, so clients cannot grow the tables. A kept one always goes to the statistics
-        (the back-end plans with it), and to dispatch under expected-delay with measured_pace.
-        `idle`: the node's time for a request that found it idle (`pace-idle`, X-Client-Pace-Idle),
-        for the statistics only: dispatch counts a queue, whose cost is the back-to-back pace."""
-        if (model is None or node is None or seconds is None or not 0 < seconds <= MAX_PACE
-                or model not in self.cache.catalog
+    def note_pace(self, model: str | None, node: str | None, pace: float | None,
+                  idle: float | None = None) -> None:
+        """Take a node's figures for a model (a proxied answer's Server-Timing `pace` / `pace-idle`,
+        or a client's X-Client-Pace / X-Client-Pace-Idle report) when an instance of that model runs
+        there: a report about anything else is dropped, so clients cannot grow the tables. Each
+        figure in (0, MAX_PACE] goes to the statistics (the back-end plans with them); the
+        back-to-back `pace` also to dispatch under expected-delay with measured_pace, while `idle`
+        (the time of a request that found the node idle) does not: dispatch counts a queue."""
+        def kept(seconds: float | None) -> bool:
+            return seconds is not None and 0 < seconds <= MAX_PACE
+        if (not (kept(pace) or kept(idle)) or model is None or node is None or model not in self.cache.catalog
                 or not any(c.node.name == node for c in self.cache.candidates(model))):
             return
         from .observe import note_pace_report        # here: observe imports this module
-        note_pace_report(model, node, seconds, idle)
-        if not idle and self.settings.measured_pace and self.settings.policy == "expected-delay":
-            self.paces.report(model, node, seconds, time.monotonic())
-
-    def note_client_paces(self, hints: ClientHints) -> None:
-        """Take a client's pace report: back to back and/or idle, for the round-trip report's node."""
-        self.note_pace(hints.pace_model, hints.rtt_node, hints.pace)
-        self.note_pace(hints.pace_model, hints.rtt_node, hints.pace_idle, idle=True)
+        if kept(pace):
+            note_pace_report(model, node, pace)
+            if self.settings.measured_pace and self.settings.policy == "expected-delay":
+                self.paces.report(model, node, pace, time.monotonic())
+        if kept(idle):
+            note_pace_report(model, node, idle, True)
 
     # -- dispatch ---------------------------------------------------------------------------------
     def spec(self, model: str) -> ModelSpec:

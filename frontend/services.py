@@ -41,7 +41,7 @@ def _one(model: Any, body: dict[str, Any]) -> dict:
     rt = current_runtime()
     note_model_request(model=model, kind="lookup", zone=hints.zone, latency=hints.latency,
                        rtt=hints.rtt, rtt_node=hints.rtt_node, known_model=model in rt.cache.catalog)
-    rt.note_client_paces(hints)
+    rt.note_pace(hints.pace_model, hints.rtt_node, hints.pace, hints.pace_idle)
     chosen = rt.pick(model, zone=hints.zone)
     update_model_request(node=chosen.node.name, endpoint=chosen.endpoint,
                          provisioned=chosen.deployment.created)
@@ -62,7 +62,7 @@ def list_services():
     except HintError as exc:
         raise ApiError(400, str(exc)) from None
     rt = current_runtime()
-    rt.note_client_paces(hints)
+    rt.note_pace(hints.pace_model, hints.rtt_node, hints.pace, hints.pace_idle)
     return {"services": rt.listing(zone=hints.zone)}
 
 

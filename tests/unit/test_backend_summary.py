@@ -295,20 +295,25 @@ def test_a_frontend_over_http_gives_poisson_arrivals_a_dispersion_near_1_and_bur
     assert summary.joint_dispersion == pytest.approx(weighted, rel=0.35)
 
 
+def _paced_inputs(window_extra: dict, recent_extra: dict) -> dict:
+    """build_problem's inputs for 30 HP2 requests from z1 over a 30 s window (10_000-10_030) and its
+    last 10 s, each summary with the given pace lists."""
+    groups = [{"model": HP2, "zone": "z1", "node": "a", "kind": "lookup", "count": 30, "ok": 30,
+               "latency_count": 0, "latency_sum": 0.0, "duration_count": 0, "duration_sum": 0.0, "last": 10_029.0}]
+    window = parse_summary({"groups": groups, "since": 10_000.0, "until": 10_030.0, **window_extra})
+    recent = parse_summary({"groups": groups, "since": 10_020.0, "until": 10_030.0, **recent_extra})
+    return dict(requests=[], nodes=NODES, catalog=CATALOG, deployments=[], cost_map=ALTO, summary=window,
+                recent=recent)
+
+
 def test_the_load_aware_problem_plans_with_the_pace_the_servers_reported():
     """--pace measured (the default): the model servers' reported pace replaces the catalog's profile
     where it has --min-exec-samples answers, the rate window's where that holds enough."""
-    groups = [{"model": HP2, "zone": "z1", "node": "a", "kind": "lookup", "count": 30, "ok": 30,
-               "latency_count": 0, "latency_sum": 0.0, "duration_count": 0, "duration_sum": 0.0, "last": 10_029.0}]
-    window = parse_summary({"groups": groups, "since": 10_000.0, "until": 10_030.0,
-                            "pace": [{"model": HP2, "node": "a", "count": 12, "sum": 12 * 0.5},
+    common = _paced_inputs({"pace": [{"model": HP2, "node": "a", "count": 12, "sum": 12 * 0.5},
                                      {"model": HP2, "node": "b", "count": 2, "sum": 2 * 0.9},
-                                     {"model": LOGREG, "node": "a", "count": 20, "sum": 20 * 0.2}]})
-    recent = parse_summary({"groups": groups, "since": 10_020.0, "until": 10_030.0,
-                            "pace": [{"model": HP2, "node": "a", "count": 6, "sum": 6 * 0.7},
+                                     {"model": LOGREG, "node": "a", "count": 20, "sum": 20 * 0.2}]},
+                           {"pace": [{"model": HP2, "node": "a", "count": 6, "sum": 6 * 0.7},
                                      {"model": LOGREG, "node": "a", "count": 3, "sum": 3 * 0.1}]})
-    common = dict(requests=[], nodes=NODES, catalog=CATALOG, deployments=[], cost_map=ALTO, summary=window,
-                  recent=recent)
     built = build_problem(settings=BuildSettings(formulation="latency", window=30, min_exec_samples=5), **common)
     exec_time = built.problem.exec_time
     assert exec_time[HP2]["a"] == pytest.approx(0.7)        # the last 10 s: 6 answers, a slower pace at once
@@ -328,20 +333,14 @@ def test_the_load_aware_prediction_charges_an_idle_node_the_service_time_measure
     """A request that finds its node idle is charged the service time the nodes measured for such
     answers (summary `pace_idle`), the rate window's where it holds --min-exec-samples reports, else
     the window's; the profile's elsewhere and with --pace profile."""
-    groups = [{"model": HP2, "zone": "z1", "node": "a", "kind": "lookup", "count": 30, "ok": 30,
-               "latency_count": 0, "latency_sum": 0.0, "duration_count": 0, "duration_sum": 0.0, "last": 10_029.0}]
-    window = parse_summary({"groups": groups, "since": 10_000.0, "until": 10_030.0,
-                            "pace": [{"model": HP2, "node": "a", "count": 12, "sum": 12 * 0.5}],
+    common = _paced_inputs({"pace": [{"model": HP2, "node": "a", "count": 12, "sum": 12 * 0.5}],
                             "pace_idle": [{"model": HP2, "node": "a", "count": 8, "sum": 8 * 0.3},
                                           {"model": HP2, "node": "a", "count": 2, "sum": 2 * 0.4},
                                           {"model": LOGREG, "node": "a", "count": 9, "sum": 9 * 0.15},
-                                          {"model": HP2, "node": "b", "count": 2, "sum": 2 * 0.1}]})
-    assert window.pace_idle[(HP2, "a")] == (10, pytest.approx(0.32))      # listed twice: both count
-    recent = parse_summary({"groups": groups, "since": 10_020.0, "until": 10_030.0,
-                            "pace_idle": [{"model": HP2, "node": "a", "count": 5, "sum": 5 * 0.25},
+                                          {"model": HP2, "node": "b", "count": 2, "sum": 2 * 0.1}]},
+                           {"pace_idle": [{"model": HP2, "node": "a", "count": 5, "sum": 5 * 0.25},
                                           {"model": LOGREG, "node": "a", "count": 2, "sum": 2 * 0.12}]})
-    common = dict(requests=[], nodes=NODES, catalog=CATALOG, deployments=[], cost_map=ALTO, summary=window,
-                  recent=recent)
+    assert common["summary"].pace_idle[(HP2, "a")] == (10, pytest.approx(0.32))      # listed twice: both count
     built = build_problem(settings=BuildSettings(formulation="latency", window=30, min_exec_samples=5), **common)
     idle = built.queueing.idle
     assert idle[HP2]["a"] == pytest.approx(0.25)          # the last 10 s hold 5 reports: theirs
