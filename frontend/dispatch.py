@@ -22,7 +22,8 @@ its arguments (randomness and counters are passed in), so the unit tests need no
   reported its pace lately (frontend/pace.py: busy seconds per answer back to back, measured by
   the model server), that figure replaces the plan's back-to-back one: it is what the node does
   now, under whatever shares its CPU. Falls back to `plan` when the plan has no service times (a
-  fixed-time formulation's plan).
+  fixed-time formulation's plan). Before the back-end's first plan, and for a model the plan does
+  not time, the catalog's profile of each node's class gives the service times (`with_profile`).
 
 Cloud sites (nodes labelled `topology=cloud`) are a fallback: every policy but `plan` and
 `expected-delay` chooses among the edge instances whose node is below OVERLOAD_CPU of its cores,
@@ -33,10 +34,12 @@ beats a 503).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from cluster.catalog import ModelSpec
 from cluster.port import Node, node_tier
 from common.plan_body import PlanBody, plan_problems
 from common.validation import ValidationError
@@ -45,7 +48,7 @@ from .snapshot import Candidate, ClusterState
 
 __all__ = [
     "choose", "lowest_cpu", "round_robin", "uniform", "nearest", "planned", "expected_delay",
-    "service_time", "Plan", "PlanError", "parse_plan",
+    "service_time", "with_profile", "Plan", "PlanError", "parse_plan",
     "rtt_from_alto", "merge_rtt", "Placement", "choose_provision_node", "ZONE_LABELS", "OVERLOAD_CPU", "overloaded",
 ]
 
@@ -199,6 +202,23 @@ def expected_delay(candidates: Sequence[Candidate], model: str, zone: str | None
         pace = min(idle.get(node, busy), busy) if waiting <= 0 else busy
         return row.get(node, far) + waiting + pace, node
     return min(timed, key=answer)[0]
+
+
+def with_profile(plan: Plan | None, spec: ModelSpec, candidates: Sequence[Candidate]) -> Plan | None:
+    """`plan` with service times for `spec`'s model from the catalog's profile of each candidate's
+    node class where there is no plan yet, or the (load-aware) plan times other models but not this
+    one (provisioned on demand since): expected-delay then counts every node's backlog from the
+    first request, instead of falling back to the weights (lowest CPU without a plan), which sent a
+    burst to one node until its CPU reading refreshed. A plan's own times are kept, and a plan
+    without any (a fixed-time formulation's) is returned as it is: its weights decide."""
+    if plan is not None and (plan.service is None or plan.service.get(spec.name)):
+        return plan
+    classes = {c.node.name: c.node.labels.get("node-class", "") for c in candidates}
+    service = {**(plan.service if plan else {}), spec.name: {n: spec.exec_time_on(c) for n, c in classes.items()}}
+    idle = {**((plan.idle or {}) if plan else {}), spec.name: {n: spec.idle_time_on(c) for n, c in classes.items()}}
+    if plan is None:
+        return Plan(created=0.0, mode=0, solver="profile", weights={}, service=service, idle=idle)
+    return dataclasses.replace(plan, service=service, idle=idle)
 
 
 def service_time(plan: Plan | None, model: str, node: str, paces: Mapping[str, float] | None = None

@@ -19,7 +19,7 @@ from cluster.catalog import ModelSpec
 
 from .backlog import Backlog, SharedBacklog, backlog_path
 from .config import Settings
-from .dispatch import choose, service_time
+from .dispatch import choose, service_time, with_profile
 from .errors import ApiError
 from .hints import MAX_PACE
 from .pace import PaceTable
@@ -141,6 +141,7 @@ class Runtime:
             plan = self.cache.plan
             backlog = paces = None
             if policy == "expected-delay":
+                plan = with_profile(plan, spec, candidates)
                 now = time.monotonic()
                 names = [c.node.name for c in candidates]
                 backlog = self._backlog.seconds(names, now)

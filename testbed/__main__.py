@@ -1,8 +1,9 @@
 """`python -m testbed check|trace|run SCENARIO.yaml [--catalog FILE] [--cluster FILE] [--json]`.
 
-`run SCENARIO.yaml --out DIR [--strategies a,b] [--mode lookup|proxy] [--every S] [--initial spread|empty]` runs the
-achieved-latency experiment (testbed.runner): every strategy on a clean system, the same trace,
-results.json / results.md / plots in DIR.
+`run SCENARIO.yaml --out DIR [--strategies a,b] [--mode lookup|proxy] [--every S] [--initial spread|empty]
+[--cpu-scale auto|X]` runs the achieved-latency experiment (testbed.runner): every strategy on a clean system,
+the same trace, results.json / results.md / plots in DIR; on a host faster than the reference one the nodes'
+quotas are scaled down so they serve at the speed the scenario was written for (testbed.calibrate).
 
 `check` prints a summary of a valid scenario (exit 0) or its one-line error (exit 2, no
 traceback); `trace` prints the counts of its seeded trace per phase, zone and model (JSON), and
@@ -45,7 +46,19 @@ def main(argv: list[str] | None = None) -> int:
                           "spread; empty: only kubernetes does, the others provision on demand (cold starts)")
     run.add_argument("--catalog", help="model catalog (default config/models.yaml)")
     run.add_argument("--cluster", help="cluster config used when the scenario has no nodes")
+    run.add_argument("--cpu-scale", default="auto", metavar="auto|X",
+                     help="every node's cpu_quota times X in (0, 1]; auto (default): so that the nodes run "
+                          "at the reference host's speed on a faster host (testbed/calibrate.py)")
     args = parser.parse_args(argv)
+    cpu_scale = None
+    if args.command == "run":
+        from .calibrate import parse_scale
+
+        try:
+            cpu_scale = parse_scale(args.cpu_scale)
+        except ValueError as exc:
+            print(f"testbed: {exc}", file=sys.stderr)
+            return 2
     if args.command == "run" and not (0 < args.every <= 3600):
         print("testbed: --every must be between 0 and 3600 seconds", file=sys.stderr)
         return 2
@@ -72,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         try:
             doc = run_experiment(scenario, out, strategies=names, mode=args.mode, every=args.every,
-                                 initial=args.initial, progress=lambda line: print(line, file=sys.stderr, flush=True))
+                                 initial=args.initial, cpu_scale=cpu_scale,
+                                 progress=lambda line: print(line, file=sys.stderr, flush=True))
         except (RuntimeError, OSError, ValueError) as exc:
             print(f"testbed: {exc}", file=sys.stderr)
             return 1

@@ -164,6 +164,14 @@ def _call_mean(records) -> float | None:
     calls = [r.latency - (r.lookup or 0.0) for r in records]
     return latency_stats(calls)["mean"] if calls else None
 
+def _calibration_lines(calibration: dict | None) -> list[str]:
+    """The nodes' quota scale, where it is not 1."""
+    if not calibration or calibration.get("scale", 1.0) == 1.0:
+        return []
+    return [f"Nodes at {calibration['scale']:.3f}x their cpu_quota, to run at the reference host's speed "
+            f"({calibration['why']}); the systems planned with {calibration['catalog']}, measured at those quotas.", ""]
+
+
 def markdown(doc: dict) -> str:
     strategies = doc["strategies"]
     base = strategies.get("ours")
@@ -172,6 +180,7 @@ def markdown(doc: dict) -> str:
              f"back-end every {doc['every']:g} s, initial deployment {doc.get('initial', 'spread')}, "
              f"SLO {doc['scenario']['slo']} s. Latency in ms over every "
              "arrival (a failed request counts at the client's timeout); ratios are to `ours`.", "",
+             *_calibration_lines(doc.get("calibration")),
              "| strategy | sent | ok | failed | mean | p50 | p95 | p99 | SLO met | mean / ours | p95 / ours |"
              " network | server | predicted mean | solve p50 |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -287,9 +296,12 @@ def plot(doc: dict, runs, out_dir: Path, scenario: Scenario) -> list[Path]:
 
 
 def write_results(scenario: Scenario, trace: list[Arrival], runs, out_dir: Path, *, mode: str,
-                  every: float, initial: str = "spread") -> dict:
-    """Write results.json, results.md and the plots; return the results document."""
+                  every: float, initial: str = "spread", calibration: dict | None = None) -> dict:
+    """Write results.json, results.md and the plots; return the results document. `calibration`:
+    the nodes' quota scale, why, and the catalog the systems ran with (testbed.calibrate)."""
+    calibration = calibration or {"scale": 1.0, "why": "not calibrated", "catalog": str(scenario.catalog_path)}
     doc = {"scenario": _scenario_doc(scenario), "mode": mode, "every": every, "initial": initial,
+           "calibration": calibration,
            "trace": {"requests": len(trace), "counts": summarize(trace)},
            "strategies": {run.name: _strategy_doc(run, scenario) for run in runs}}
     (out_dir / "results.json").write_text(json.dumps(doc, indent=1, allow_nan=False, default=str))

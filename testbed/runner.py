@@ -12,6 +12,7 @@ The results (results.json, results.md, PNG plots) are written by testbed.report.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -28,6 +29,7 @@ from typing import Callable
 
 import yaml
 
+from .calibrate import auto_scale, profile_at
 from .clients import ClientResults, run_clients
 from .scenario import Scenario
 from .strategies import STRATEGIES, Strategy, backend_flags
@@ -89,8 +91,9 @@ def _nodes_for(scenario: Scenario, strategy: Strategy) -> list:
     return [n for n in scenario.nodes if n.tier == "edge" or strategy.cloud]
 
 
-def _cluster_file(scenario: Scenario, path: Path, nodes: list) -> Path:
-    """`nodes` (the scenario's, or the shipped cluster's) on a loopback block of their own."""
+def _cluster_file(scenario: Scenario, path: Path, nodes: list, scale: float = 1.0) -> Path:
+    """`nodes` (the scenario's, or the shipped cluster's) on a loopback block of their own, each
+    node's cpu_quota times `scale` (testbed.calibrate)."""
     shipped = yaml.safe_load(scenario.cluster_path.read_text())
     by_name = {n["name"]: n for n in shipped.get("nodes", [])}
     prefix = f"127.{random.randint(64, 99)}.{random.randint(2, 254)}"
@@ -105,6 +108,8 @@ def _cluster_file(scenario: Scenario, path: Path, nodes: list) -> Path:
             entry["cpu_quota"] = node.cpu_quota
         elif "cpu_quota" not in entry:
             entry["cpu_quota"] = node.cpu
+        if scale != 1.0 and entry["cpu_quota"] is not None:
+            entry["cpu_quota"] = round(entry["cpu_quota"] * scale, 4)
         out.append(entry)
     doc = {k: v for k, v in shipped.items() if k != "nodes"}
     doc["nodes"] = out
@@ -162,13 +167,13 @@ def _backend_runs(reports: list[dict], started_at: float, *, policy: str | None 
 class _System:
     """scripts/run_system.py for one strategy, and the cluster it runs (read for samples)."""
 
-    def __init__(self, scenario: Scenario, strategy: Strategy, workdir: Path, *, every: float):
+    def __init__(self, scenario: Scenario, strategy: Strategy, workdir: Path, *, every: float, cpu_scale: float = 1.0):
         self.workdir = workdir
         self.state = workdir / "state"
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.nodes = _nodes_for(scenario, strategy)
-        self.cluster_config = _cluster_file(scenario, workdir / "cluster.yaml", self.nodes)
+        self.cluster_config = _cluster_file(scenario, workdir / "cluster.yaml", self.nodes, cpu_scale)
         names = {n.name for n in self.nodes}
         alto = scenario.alto_cost_map()
         alto["cost-map"] = {zone: {n: c for n, c in costs.items() if n in names}
@@ -249,15 +254,17 @@ def _catalog_memory(scenario: Scenario) -> dict[str, int]:
 
 
 def run_strategy(scenario: Scenario, strategy: Strategy, trace: list[Arrival], workdir: Path, *,
-                 mode: str, every: float, progress: Callable[[str], None], initial: str = "spread") -> StrategyRun:
+                 mode: str, every: float, progress: Callable[[str], None], initial: str = "spread",
+                 cpu_scale: float = 1.0) -> StrategyRun:
     """Start a clean system configured as `strategy`, replay `trace`, stop it; return what happened.
 
     `initial`: "spread" deploys the requested models the way Kubernetes' scheduler spreads them
     before the trace, for every strategy (the same starting point: the comparison measures re-planning
     and dispatch, not who pays the first model start); "empty" does so only for `kubernetes`, whose
-    deployment it is, and the others start from nothing (on-demand provisioning, cold starts)."""
+    deployment it is, and the others start from nothing (on-demand provisioning, cold starts).
+    `cpu_scale`: every node's quota times this (testbed.calibrate)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    system = _System(scenario, strategy, workdir, every=every)
+    system = _System(scenario, strategy, workdir, every=every, cpu_scale=cpu_scale)
     begun = time.monotonic()
     system.start()
     try:
@@ -310,8 +317,12 @@ def run_strategy(scenario: Scenario, strategy: Strategy, trace: list[Arrival], w
 
 def run_experiment(scenario: Scenario, out_dir: Path, *, strategies: list[str] | None = None,
                    mode: str = "lookup", every: float = 10.0, initial: str = "spread",
-                   progress: Callable[[str], None] = print) -> dict:
-    """Run every strategy on the same trace; write results.json/.md and plots into `out_dir`."""
+                   progress: Callable[[str], None] = print, cpu_scale: float | None = 1.0) -> dict:
+    """Run every strategy on the same trace; write results.json/.md and plots into `out_dir`.
+
+    `cpu_scale`: every node's quota times this, None to derive it from this host's speed
+    (testbed.calibrate); below 1 the catalog is measured again at the scaled quotas into
+    `out_dir`/models.yaml, and the systems run with it."""
     from .report import write_results
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -321,6 +332,7 @@ def run_experiment(scenario: Scenario, out_dir: Path, *, strategies: list[str] |
         raise ValueError(f"initial: expected one of {', '.join(INITIAL_STATES)}, got {initial!r}")
     if unknown:
         raise ValueError(f"strategies: unknown {', '.join(unknown)} (known: {', '.join(STRATEGIES)})")
+    scenario, calibration = _calibrate(scenario, out_dir, cpu_scale, progress)
     trace = generate_trace(scenario)
     write_trace(trace, out_dir / "trace.jsonl")
     progress(f"trace: {len(trace)} requests over {scenario.duration:g} s, seed {scenario.seed}; "
@@ -330,9 +342,31 @@ def run_experiment(scenario: Scenario, out_dir: Path, *, strategies: list[str] |
         began = time.monotonic()
         progress(f"== {name}: {STRATEGIES[name].description}")
         run = run_strategy(scenario, STRATEGIES[name], trace, out_dir / name, mode=mode, every=every,
-                           progress=progress, initial=initial)
+                           progress=progress, initial=initial, cpu_scale=calibration["scale"])
         runs.append(run)
         summary = run.clients.summary()
         progress(f"== {name}: ok {summary['ok']}/{summary['arrivals']}, mean {summary['latency']['mean']} s, "
                  f"p95 {summary['latency']['p95']} s ({time.monotonic() - began:.0f} s)")
-    return write_results(scenario, trace, runs, out_dir, mode=mode, every=every, initial=initial)
+    return write_results(scenario, trace, runs, out_dir, mode=mode, every=every, initial=initial,
+                         calibration=calibration)
+
+
+def _calibrate(scenario: Scenario, out_dir: Path, cpu_scale: float | None,
+               progress: Callable[[str], None]) -> tuple[Scenario, dict]:
+    """The scenario to run (with the catalog measured at the scaled quotas when scale < 1) and
+    what the calibration was: {scale, why, catalog}."""
+    if cpu_scale is None:
+        scale, why = auto_scale(scenario.catalog_path)
+    elif not 0 < cpu_scale <= 1:
+        raise ValueError(f"cpu_scale: expected a number in (0, 1], got {cpu_scale!r}")
+    else:
+        scale, why = cpu_scale, f"given: every node's quota x {cpu_scale:g}"
+    if scale < 1:
+        progress(f"calibration: {why}; measuring the models at the scaled quotas")
+        config = _cluster_file(scenario, out_dir / "cluster.calibrated.yaml", list(scenario.nodes), scale)
+        table = profile_at(config, scenario.catalog_path, out_dir / "models.yaml", REPO_ROOT / "build" / "models")
+        (out_dir / "profile.log").write_text(table)
+        scenario = dataclasses.replace(scenario, catalog_path=out_dir / "models.yaml")
+    else:
+        progress(f"calibration: {why}")
+    return scenario, {"scale": scale, "why": why, "catalog": str(scenario.catalog_path)}

@@ -225,6 +225,40 @@ def test_expected_delay_spreads_a_burst_by_backlog():
     assert max(finish.values()) - min(finish.values()) <= 0.070 + 1e-9    # no node a whole request behind
 
 
+def test_before_any_plan_expected_delay_times_the_nodes_by_the_catalog_profile():
+    from cluster.catalog import ModelSpec
+    from frontend.dispatch import with_profile
+
+    spec = ModelSpec(name="m", image="i", port=1, model_file="m", memory=1, cpu=1.0,
+                     exec_time={"small": 0.070, "large": 0.020}, exec_time_idle={"small": 0.050})
+    nodes = [node("n-a"), node("n-b"), node("n-c", labels={"node-class": "large"})]
+    cands = state(nodes, [dep("m", n.name) for n in nodes]).serving["m"]
+    profiled = with_profile(None, spec, cands)
+    assert profiled.service == {"m": {"n-a": 0.070, "n-b": 0.070, "n-c": 0.020}}
+    assert profiled.idle == {"m": {"n-a": 0.050, "n-b": 0.050, "n-c": 0.020}} and profiled.weights == {}
+    # A burst with no plan: spread by backlog over every node, not all to the one lowest-CPU node.
+    rtt = {"z1": {"n-a": 0.003, "n-b": 0.025, "n-c": 0.060}}
+    backlog, picks = Backlog(), []
+    for _ in range(6):
+        plan = with_profile(None, spec, cands)
+        pick = choose("expected-delay", cands, model="m", zone="z1", plan=plan, rtt=rtt,
+                      backlog=backlog.seconds([c.node.name for c in cands], 100.0))
+        backlog.charge(pick.node.name, service_time(plan, "m", pick.node.name), 100.0)
+        picks.append(pick.node.name)
+    assert picks[:3] == ["n-a", "n-b", "n-c"] and set(picks) == {"n-a", "n-b", "n-c"}   # 53, 75, 80 ms
+    # A plan that times the model is kept as it is; so is a fixed-time plan (its weights decide).
+    cands3, timed, _ = _delay_world()
+    assert with_profile(timed, spec, cands3) is timed
+    fixed = Plan(created=1.0, mode=1, solver="highs", weights={"m": {"z1": {"n-b": 1.0}}})
+    assert with_profile(fixed, spec, cands3) is fixed
+    # A load-aware plan made before the model was provisioned: the profile for it, the rest kept.
+    other = Plan(created=1.0, mode=1, solver="highs", weights={"x": {"z1": {"n-a": 1.0}}},
+                 service={"x": {"n-a": 0.001}}, idle={"x": {"n-a": 0.0009}})
+    added = with_profile(other, spec, cands)
+    assert added.service == {"x": {"n-a": 0.001}, "m": {"n-a": 0.070, "n-b": 0.070, "n-c": 0.020}}
+    assert added.idle["x"] == {"n-a": 0.0009} and added.weights == other.weights and added.created == 1.0
+
+
 def test_expected_delay_counts_the_idle_pace_on_a_node_without_backlog():
     cands, plan, rtt = _delay_world()
     fast = dataclasses.replace(plan, idle={"m": {"n-b": 0.045, "n-c": 0.5}})

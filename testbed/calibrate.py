@@ -1,0 +1,85 @@
+"""Nodes as fast as on the reference host, whatever this host's speed: the testbed's `--cpu-scale`.
+
+Why: a scenario's load levels and its SLO are written against the service times of the shipped
+catalog (config/models.yaml, measured on the reference host: digits_cnn ~70 ms on a Nano-class
+quarter core, so four Nanos serve ~57 of them a second). A node's `cpu_quota` is in cores of
+*this* host, so on a host k times faster the same quarter core serves k times more: a phase
+written as 80% of the edge's capacity runs at 80/k %, the overload phase is no overload, and the
+experiment no longer measures what the scenario says. The runner therefore scales every node's
+quota by `scale` = this host's CPU time per request of the catalog's heaviest model over the
+reference host's (`measured.cpu_time`), and measures the catalog again at the scaled quotas
+(cluster.profile) for the system to plan with. A slower host is left as it is (scale <= 1: a node
+is never given more of the host than its quota says, so the nodes still fit beside the front-end
+and the clients). Where no figure of this host exists (no `make setup` profile), scale is 1.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import yaml
+
+__all__ = ["REFERENCE_CATALOG", "auto_scale", "parse_scale", "profile_at"]
+
+REFERENCE_CATALOG = Path(__file__).resolve().parent.parent / "config" / "models.yaml"
+
+
+def _cpu_times(path: Path) -> dict[str, float]:
+    """model -> its `measured.cpu_time` (seconds of CPU per request on one core) in the catalog."""
+    doc = yaml.safe_load(Path(path).read_text()) or {}
+    out = {}
+    for entry in doc.get("models") or []:
+        measured = entry.get("measured") if isinstance(entry, dict) else None
+        value = measured.get("cpu_time") if isinstance(measured, dict) else None
+        if isinstance(value, (int, float)) and value > 0:
+            out[entry["name"]] = float(value)
+    return out
+
+
+def auto_scale(catalog: Path, reference: Path = REFERENCE_CATALOG) -> tuple[float, str]:
+    """(scale, why) for a system running with `catalog` (this host's measured one) against
+    `reference`: the CPU time ratio of the model that costs the reference host most (the one whose
+    ratio is least blurred by the server's fixed costs), capped at 1."""
+    if Path(catalog).resolve() == Path(reference).resolve():
+        return 1.0, f"no figures of this host ({catalog} is the reference catalog): nodes at their quotas"
+    here, there = _cpu_times(catalog), _cpu_times(reference)
+    common = [m for m in there if m in here]
+    if not common:
+        return 1.0, f"{catalog} and {reference} share no model with a measured cpu_time: nodes at their quotas"
+    model = max(common, key=there.get)
+    ratio = here[model] / there[model]
+    why = (f"{model}: {here[model] * 1000:.2f} ms of CPU per request here ({catalog}), "
+           f"{there[model] * 1000:.2f} ms on the reference host ({reference})")
+    if ratio >= 1:
+        return 1.0, f"{why}: this host is not faster, nodes at their quotas"
+    return ratio, f"{why}: every node's quota x {ratio:.3f}"
+
+
+def parse_scale(text: str) -> float | None:
+    """`--cpu-scale`: "auto" -> None, else a number in (0, 1]; ValueError with a one-line reason."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"--cpu-scale: expected 'auto' or a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise ValueError(f"--cpu-scale: expected 'auto' or a number in (0, 1], got {text!r}")
+    return value
+
+
+def profile_at(cluster_config: Path, catalog: Path, out: Path, models_dir: Path) -> str:
+    """Measure `catalog`'s models at the node classes' quotas in `cluster_config` into `out` (a copy
+    of `catalog`); return the profile's table. RuntimeError when nothing could be measured."""
+    from cluster.port import ClusterError
+    from cluster.profile import run_profile
+
+    text = io.StringIO()
+    try:
+        status = run_profile(catalog_path=catalog, config_path=cluster_config, models_dir=models_dir,
+                             models=None, dry_run=False, as_json=False, out=text, out_path=out)
+    except (ClusterError, OSError) as exc:
+        raise RuntimeError(f"cannot measure the models at the scaled quotas: {' '.join(str(exc).split())}") from None
+    if status != 0 or not out.is_file():
+        raise RuntimeError(f"cannot measure the models at the scaled quotas:\n{text.getvalue()}")
+    return text.getvalue()

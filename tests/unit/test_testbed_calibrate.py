@@ -1,0 +1,91 @@
+"""The testbed's --cpu-scale: this host's speed against the reference catalog's, and scaled quotas."""
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from testbed.calibrate import REFERENCE_CATALOG, auto_scale, parse_scale
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _catalog(path: Path, cpu_times: dict[str, float | None]) -> Path:
+    models = []
+    for name, cpu in cpu_times.items():
+        entry = {"name": name, "memory": 1000, "exec_time": {"small": 0.01}}
+        if cpu is not None:
+            entry["measured"] = {"cpu_time": cpu, "host": "h"}
+        models.append(entry)
+    path.write_text(yaml.safe_dump({"models": models}))
+    return path
+
+
+def test_the_scale_is_the_heaviest_models_cpu_time_ratio_never_above_one(tmp_path):
+    reference = _catalog(tmp_path / "ref.yaml", {"light": 0.0005, "heavy": 0.016, "unmeasured": None})
+    # The light model's ratio (fixed per-request costs) would say 0.8; the heavy one decides.
+    fast = _catalog(tmp_path / "fast.yaml", {"light": 0.0004, "heavy": 0.008, "unmeasured": 0.001})
+    scale, why = auto_scale(fast, reference)
+    assert scale == pytest.approx(0.5) and "heavy" in why and "x 0.500" in why
+    slow = _catalog(tmp_path / "slow.yaml", {"light": 0.001, "heavy": 0.024})
+    scale, why = auto_scale(slow, reference)
+    assert scale == 1.0 and "not faster" in why
+    assert auto_scale(reference, reference)[0] == 1.0                    # no figures of this host
+    none = _catalog(tmp_path / "none.yaml", {"light": None, "heavy": None})
+    scale, why = auto_scale(none, reference)
+    assert scale == 1.0 and "share no model" in why
+
+
+def test_the_shipped_reference_catalog_has_a_heavy_measured_model():
+    scale, why = auto_scale(REFERENCE_CATALOG)
+    assert scale == 1.0 and "reference catalog" in why
+    doc = yaml.safe_load(REFERENCE_CATALOG.read_text())
+    assert max(m.get("measured", {}).get("cpu_time", 0) for m in doc["models"]) >= 0.005
+
+
+@pytest.mark.parametrize("text, value", [("auto", None), ("AUTO", None), ("0.5", 0.5), ("1", 1.0)])
+def test_cpu_scale_values(text, value):
+    assert parse_scale(text) == value
+
+
+@pytest.mark.parametrize("text", ["0", "-0.5", "1.5", "fast", "", "nan"])
+def test_bad_cpu_scale_values_are_refused(text):
+    with pytest.raises(ValueError, match="--cpu-scale: expected 'auto' or a number in"):
+        parse_scale(text)
+
+
+def test_the_cli_refuses_a_bad_scale_before_doing_anything(tmp_path):
+    out = tmp_path / "exp"
+    done = subprocess.run([sys.executable, "-m", "testbed", "run", "testbed/scenarios/smoke.yaml", "--out", str(out),
+                           "--cpu-scale", "2"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == ["testbed: --cpu-scale: expected 'auto' or a number in (0, 1], got '2'"]
+    assert not out.exists()
+
+
+def test_every_node_quota_is_scaled_in_the_cluster_file(tmp_path):
+    from testbed.runner import _cluster_file
+    from testbed.scenario import SCENARIOS_DIR, Node, load_scenario
+
+    scenario = load_scenario(SCENARIOS_DIR / "smoke.yaml")
+    cloud = Node(name="cloud", node_class="large", cpu=16.0, memory=4_000_000, tier="cloud", cpu_quota=1.0)
+    scenario = dataclasses.replace(scenario, nodes=(*scenario.nodes, cloud))
+    plain = yaml.safe_load(_cluster_file(scenario, tmp_path / "a.yaml", list(scenario.nodes)).read_text())
+    scaled = yaml.safe_load(_cluster_file(scenario, tmp_path / "b.yaml", list(scenario.nodes), 0.4).read_text())
+    before = {n["name"]: n for n in plain["nodes"]}
+    after = {n["name"]: n for n in scaled["nodes"]}
+    assert after["cloud"]["cpu_quota"] == pytest.approx(0.4)
+    for name in before:
+        assert after[name]["cpu_quota"] == pytest.approx(0.4 * before[name]["cpu_quota"], abs=1e-4)
+        assert after[name]["memory"] == before[name]["memory"] and after[name]["cpu"] == before[name]["cpu"]
+
+
+def test_run_experiment_refuses_a_scale_out_of_range(tmp_path):
+    from testbed.runner import run_experiment
+    from testbed.scenario import SCENARIOS_DIR, load_scenario
+
+    with pytest.raises(ValueError, match=r"cpu_scale: expected a number in \(0, 1\]"):
+        run_experiment(load_scenario(SCENARIOS_DIR / "smoke.yaml"), tmp_path / "out", cpu_scale=1.5)
+    assert not (tmp_path / "out" / "trace.jsonl").exists()
