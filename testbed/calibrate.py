@@ -8,7 +8,11 @@ written as 80% of the edge's capacity runs at 80/k %, the overload phase is no o
 experiment no longer measures what the scenario says. The runner therefore scales every node's
 quota by `scale` = this host's CPU time per request of the catalog's heaviest model over the
 reference host's (`measured.cpu_time`), and measures the catalog again at the scaled quotas
-(cluster.profile) for the system to plan with. A slower host is left as it is (scale <= 1: a node
+(cluster.profile) for the system to plan with. CPU time is only a first guess: a small quota
+costs more than its share (the server's own work and the CFS periods weigh more; measured: 80 ms
+at 0.112 core where the reference took 70 at 0.25 for the same CPU), so each node class's scale is
+then corrected once by how far that model's measured service time there is from the reference's
+(`corrected`), and the catalog measured again. A slower host is left as it is (scale <= 1: a node
 is never given more of the host than its quota says, so the nodes still fit beside the front-end
 and the clients). Where no figure of this host exists (no `make setup` profile), scale is 1.
 """
@@ -19,21 +23,46 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["REFERENCE_CATALOG", "auto_scale", "parse_scale", "profile_at"]
+__all__ = ["REFERENCE_CATALOG", "TOLERANCE", "auto_scale", "corrected", "parse_scale", "profile_at"]
 
 REFERENCE_CATALOG = Path(__file__).resolve().parent.parent / "config" / "models.yaml"
+TOLERANCE = 0.05        # a class whose service time is this close to the reference's is not corrected
+
+
+def _entries(path: Path) -> dict[str, dict]:
+    doc = yaml.safe_load(Path(path).read_text()) or {}
+    return {e["name"]: e for e in doc.get("models") or [] if isinstance(e, dict) and "name" in e}
 
 
 def _cpu_times(path: Path) -> dict[str, float]:
     """model -> its `measured.cpu_time` (seconds of CPU per request on one core) in the catalog."""
-    doc = yaml.safe_load(Path(path).read_text()) or {}
     out = {}
-    for entry in doc.get("models") or []:
-        measured = entry.get("measured") if isinstance(entry, dict) else None
+    for name, entry in _entries(path).items():
+        measured = entry.get("measured")
         value = measured.get("cpu_time") if isinstance(measured, dict) else None
         if isinstance(value, (int, float)) and value > 0:
-            out[entry["name"]] = float(value)
+            out[name] = float(value)
     return out
+
+
+def corrected(scales: dict[str, float], measured: Path,
+              reference: Path = REFERENCE_CATALOG) -> tuple[dict[str, float], dict[str, float]]:
+    """({class: scale}, {class: measured / reference service time}) after one correction: each
+    class's quota is multiplied by how much slower than the reference the heaviest model (by the
+    reference's CPU time) ran there back to back in `measured` (a catalog profiled at `scales`),
+    never above 1. A class without both figures keeps its scale."""
+    here, there = _entries(measured), _entries(reference)
+    weight = _cpu_times(reference)
+    new, ratios = dict(scales), {}
+    for cls, scale in scales.items():
+        timed = [m for m in weight if m in here
+                 and (here[m].get("exec_time") or {}).get(cls) and (there[m].get("exec_time") or {}).get(cls)]
+        if not timed:
+            continue
+        model = max(timed, key=weight.get)
+        ratios[cls] = here[model]["exec_time"][cls] / there[model]["exec_time"][cls]
+        new[cls] = min(1.0, scale * ratios[cls])
+    return new, ratios
 
 
 def auto_scale(catalog: Path, reference: Path = REFERENCE_CATALOG) -> tuple[float, str]:

@@ -165,11 +165,14 @@ def _call_mean(records) -> float | None:
     return latency_stats(calls)["mean"] if calls else None
 
 def _calibration_lines(calibration: dict | None) -> list[str]:
-    """The nodes' quota scale, where it is not 1."""
-    if not calibration or calibration.get("scale", 1.0) == 1.0:
+    """The nodes' quota scale per class, where one is not 1."""
+    scale = (calibration or {}).get("scale", 1.0)
+    scales = scale if isinstance(scale, dict) else {"every node": scale}
+    if all(s == 1.0 for s in scales.values()):
         return []
-    return [f"Nodes at {calibration['scale']:.3f}x their cpu_quota, to run at the reference host's speed "
-            f"({calibration['why']}); the systems planned with {calibration['catalog']}, measured at those quotas.", ""]
+    return ["Nodes' cpu_quota scaled (" + ", ".join(f"{c} x {s:.3f}" for c, s in scales.items())
+            + f") to run at the reference host's speed ({calibration['why']}); the systems planned with "
+            f"{calibration['catalog']}, measured at those quotas.", ""]
 
 
 def markdown(doc: dict) -> str:
@@ -298,8 +301,9 @@ def plot(doc: dict, runs, out_dir: Path, scenario: Scenario) -> list[Path]:
 def write_results(scenario: Scenario, trace: list[Arrival], runs, out_dir: Path, *, mode: str,
                   every: float, initial: str = "spread", calibration: dict | None = None) -> dict:
     """Write results.json, results.md and the plots; return the results document. `calibration`:
-    the nodes' quota scale, why, and the catalog the systems ran with (testbed.calibrate)."""
-    calibration = calibration or {"scale": 1.0, "why": "not calibrated", "catalog": str(scenario.catalog_path)}
+    the nodes' quota scale per node class, why, and the catalog the systems ran with (testbed.calibrate)."""
+    calibration = calibration or {"scale": {n.node_class: 1.0 for n in scenario.nodes}, "why": "not calibrated",
+                                  "catalog": str(scenario.catalog_path)}
     doc = {"scenario": _scenario_doc(scenario), "mode": mode, "every": every, "initial": initial,
            "calibration": calibration,
            "trace": {"requests": len(trace), "counts": summarize(trace)},

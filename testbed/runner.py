@@ -29,7 +29,7 @@ from typing import Callable
 
 import yaml
 
-from .calibrate import auto_scale, profile_at
+from .calibrate import TOLERANCE, auto_scale, corrected, profile_at
 from .clients import ClientResults, run_clients
 from .scenario import Scenario
 from .strategies import STRATEGIES, Strategy, backend_flags
@@ -91,9 +91,9 @@ def _nodes_for(scenario: Scenario, strategy: Strategy) -> list:
     return [n for n in scenario.nodes if n.tier == "edge" or strategy.cloud]
 
 
-def _cluster_file(scenario: Scenario, path: Path, nodes: list, scale: float = 1.0) -> Path:
+def _cluster_file(scenario: Scenario, path: Path, nodes: list, scale: float | dict[str, float] = 1.0) -> Path:
     """`nodes` (the scenario's, or the shipped cluster's) on a loopback block of their own, each
-    node's cpu_quota times `scale` (testbed.calibrate)."""
+    node's cpu_quota times `scale` (one for all, or per node class; testbed.calibrate)."""
     shipped = yaml.safe_load(scenario.cluster_path.read_text())
     by_name = {n["name"]: n for n in shipped.get("nodes", [])}
     prefix = f"127.{random.randint(64, 99)}.{random.randint(2, 254)}"
@@ -108,8 +108,9 @@ def _cluster_file(scenario: Scenario, path: Path, nodes: list, scale: float = 1.
             entry["cpu_quota"] = node.cpu_quota
         elif "cpu_quota" not in entry:
             entry["cpu_quota"] = node.cpu
-        if scale != 1.0 and entry["cpu_quota"] is not None:
-            entry["cpu_quota"] = round(entry["cpu_quota"] * scale, 4)
+        factor = scale.get(node.node_class, 1.0) if isinstance(scale, dict) else scale
+        if factor != 1.0 and entry["cpu_quota"] is not None:
+            entry["cpu_quota"] = round(entry["cpu_quota"] * factor, 4)
         out.append(entry)
     doc = {k: v for k, v in shipped.items() if k != "nodes"}
     doc["nodes"] = out
@@ -167,7 +168,8 @@ def _backend_runs(reports: list[dict], started_at: float, *, policy: str | None 
 class _System:
     """scripts/run_system.py for one strategy, and the cluster it runs (read for samples)."""
 
-    def __init__(self, scenario: Scenario, strategy: Strategy, workdir: Path, *, every: float, cpu_scale: float = 1.0):
+    def __init__(self, scenario: Scenario, strategy: Strategy, workdir: Path, *, every: float,
+                 cpu_scale: float | dict[str, float] = 1.0):
         self.workdir = workdir
         self.state = workdir / "state"
         self.port = _free_port()
@@ -255,14 +257,14 @@ def _catalog_memory(scenario: Scenario) -> dict[str, int]:
 
 def run_strategy(scenario: Scenario, strategy: Strategy, trace: list[Arrival], workdir: Path, *,
                  mode: str, every: float, progress: Callable[[str], None], initial: str = "spread",
-                 cpu_scale: float = 1.0) -> StrategyRun:
+                 cpu_scale: float | dict[str, float] = 1.0) -> StrategyRun:
     """Start a clean system configured as `strategy`, replay `trace`, stop it; return what happened.
 
     `initial`: "spread" deploys the requested models the way Kubernetes' scheduler spreads them
     before the trace, for every strategy (the same starting point: the comparison measures re-planning
     and dispatch, not who pays the first model start); "empty" does so only for `kubernetes`, whose
     deployment it is, and the others start from nothing (on-demand provisioning, cold starts).
-    `cpu_scale`: every node's quota times this (testbed.calibrate)."""
+    `cpu_scale`: every node's quota times this, or its class's (testbed.calibrate)."""
     workdir.mkdir(parents=True, exist_ok=True)
     system = _System(scenario, strategy, workdir, every=every, cpu_scale=cpu_scale)
     begun = time.monotonic()
@@ -353,20 +355,40 @@ def run_experiment(scenario: Scenario, out_dir: Path, *, strategies: list[str] |
 
 def _calibrate(scenario: Scenario, out_dir: Path, cpu_scale: float | None,
                progress: Callable[[str], None]) -> tuple[Scenario, dict]:
-    """The scenario to run (with the catalog measured at the scaled quotas when scale < 1) and
-    what the calibration was: {scale, why, catalog}."""
+    """The scenario to run (with the catalog measured at the scaled quotas when a scale is < 1) and
+    what the calibration was: {scale: {node class: scale}, why, catalog}. `auto` (None) corrects
+    each class once by its measured service time (testbed.calibrate.corrected)."""
     if cpu_scale is None:
         scale, why = auto_scale(scenario.catalog_path)
     elif not 0 < cpu_scale <= 1:
         raise ValueError(f"cpu_scale: expected a number in (0, 1], got {cpu_scale!r}")
     else:
         scale, why = cpu_scale, f"given: every node's quota x {cpu_scale:g}"
-    if scale < 1:
-        progress(f"calibration: {why}; measuring the models at the scaled quotas")
-        config = _cluster_file(scenario, out_dir / "cluster.calibrated.yaml", list(scenario.nodes), scale)
-        table = profile_at(config, scenario.catalog_path, out_dir / "models.yaml", REPO_ROOT / "build" / "models")
-        (out_dir / "profile.log").write_text(table)
-        scenario = dataclasses.replace(scenario, catalog_path=out_dir / "models.yaml")
-    else:
+    scales = {n.node_class: scale for n in scenario.nodes}
+    if scale >= 1:
         progress(f"calibration: {why}")
-    return scenario, {"scale": scale, "why": why, "catalog": str(scenario.catalog_path)}
+        return scenario, {"scale": scales, "why": why, "catalog": str(scenario.catalog_path)}
+    catalog = out_dir / "models.yaml"
+    for attempt in (1, 2):
+        progress(f"calibration: {why}; measuring the models at the scaled quotas")
+        config = _cluster_file(scenario, out_dir / "cluster.calibrated.yaml", list(scenario.nodes), scales)
+        try:
+            table = profile_at(config, scenario.catalog_path, catalog, REPO_ROOT / "build" / "models")
+        except RuntimeError as exc:
+            if cpu_scale is not None:          # asked for: a scale the catalog cannot follow is an error
+                raise
+            why = f"{why}, but {exc}: nodes at their quotas"
+            progress(f"calibration: {why}")
+            return scenario, {"scale": {c: 1.0 for c in scales}, "why": why, "catalog": str(scenario.catalog_path)}
+        (out_dir / "profile.log").write_text(table)
+        if cpu_scale is not None or attempt == 2:
+            break
+        new, ratios = corrected(scales, catalog)
+        if all(abs(r - 1) <= TOLERANCE for r in ratios.values()):
+            break
+        scales = new
+        why += ("; service time at those quotas / the reference's: "
+                + ", ".join(f"{c} {r:.3f}" for c, r in ratios.items()) + ", so quota x "
+                + ", ".join(f"{c} {s:.3f}" for c, s in scales.items()))
+    return (dataclasses.replace(scenario, catalog_path=catalog),
+            {"scale": scales, "why": why, "catalog": str(catalog)})

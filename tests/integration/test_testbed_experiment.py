@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from testbed.scenario import load_scenario
 from testbed.trace import generate_trace
 
@@ -18,7 +20,8 @@ SMOKE = REPO / "testbed" / "scenarios" / "smoke.yaml"
 def test_two_strategies_on_the_same_trace(tmp_path):
     out = tmp_path / "exp"
     done = subprocess.run([sys.executable, "-m", "testbed", "run", str(SMOKE), "--out", str(out),
-                           "--strategies", "kubernetes,ours", "--every", "5", "--initial", "empty"],
+                           "--strategies", "kubernetes,ours", "--every", "5", "--initial", "empty",
+                           "--cpu-scale", "0.5"],
                           cwd=REPO, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
@@ -44,3 +47,14 @@ def test_two_strategies_on_the_same_trace(tmp_path):
     for plot in ("latency_cdf.png", "p95_over_time.png", "instances_over_time.png"):
         assert (out / plot).stat().st_size > 1000
     assert "| ours |" in (out / "results.md").read_text()
+    # --cpu-scale 0.5: every node at half its quota (the shipped nano-1's 0.25 core, xavier's 1 core),
+    # the catalog measured again at those quotas, and the systems run with it.
+    assert doc["calibration"]["scale"] == {"small": 0.5, "large": 0.5}
+    assert doc["calibration"]["catalog"] == str(out / "models.yaml")
+    assert "Nodes' cpu_quota scaled (small x 0.500, large x 0.500)" in (out / "results.md").read_text()
+    for name in ("kubernetes", "ours"):
+        nodes = yaml.safe_load((out / name / "cluster.yaml").read_text())["nodes"]
+        assert {n["name"]: n["cpu_quota"] for n in nodes} == {"nano-1": 0.125, "xavier": 0.5}
+        assert f"catalog:    {out / 'models.yaml'}" in (out / name / "run_system.log").read_text()
+    measured = {m["name"]: m for m in yaml.safe_load((out / "models.yaml").read_text())["models"]}
+    assert measured["half_plus_two"]["measured"]["cpu_quota"] == {"small": 0.125, "large": 0.5}

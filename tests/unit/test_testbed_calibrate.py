@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from testbed.calibrate import REFERENCE_CATALOG, auto_scale, parse_scale
+from testbed.calibrate import REFERENCE_CATALOG, auto_scale, corrected, parse_scale
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -89,3 +89,83 @@ def test_run_experiment_refuses_a_scale_out_of_range(tmp_path):
     with pytest.raises(ValueError, match=r"cpu_scale: expected a number in \(0, 1\]"):
         run_experiment(load_scenario(SCENARIOS_DIR / "smoke.yaml"), tmp_path / "out", cpu_scale=1.5)
     assert not (tmp_path / "out" / "trace.jsonl").exists()
+
+
+def test_auto_falls_back_to_the_plain_quotas_when_the_catalog_cannot_be_measured(tmp_path, monkeypatch):
+    """Where the models cannot be measured at the scaled quotas (no cgroups: the quotas are not
+    enforced either), `auto` runs the nodes as they are; an asked-for scale is an error."""
+    import testbed.runner as runner
+    from testbed.scenario import SCENARIOS_DIR, load_scenario
+
+    doc = yaml.safe_load(REFERENCE_CATALOG.read_text())
+    for entry in doc["models"]:
+        if "measured" in entry:
+            entry["measured"]["cpu_time"] /= 2                    # a host twice as fast
+    fast = tmp_path / "fast.yaml"
+    fast.write_text(yaml.safe_dump(doc))
+    scenario = load_scenario(SCENARIOS_DIR / "smoke.yaml", catalog_path=fast)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("cannot measure the models at the scaled quotas: profiling needs cgroup limits")
+    monkeypatch.setattr(runner, "profile_at", refuse)
+    said = []
+    kept, calibration = runner._calibrate(scenario, tmp_path, None, said.append)
+    assert calibration["scale"] == {"small": 1.0, "large": 1.0}
+    assert "x 0.500, but cannot measure" in calibration["why"]
+    assert kept.catalog_path == fast and calibration["catalog"] == str(fast) and len(said) == 2
+    with pytest.raises(RuntimeError, match="profiling needs cgroup limits"):
+        runner._calibrate(scenario, tmp_path, 0.5, said.append)
+
+
+def test_each_class_is_corrected_by_its_measured_service_time(tmp_path):
+    reference = tmp_path / "ref.yaml"
+    reference.write_text(yaml.safe_dump({"models": [
+        {"name": "light", "exec_time": {"small": 0.001, "large": 0.001}, "measured": {"cpu_time": 0.0005}},
+        {"name": "heavy", "exec_time": {"small": 0.070, "large": 0.017}, "measured": {"cpu_time": 0.016}}]}))
+    measured = tmp_path / "here.yaml"
+    measured.write_text(yaml.safe_dump({"models": [
+        {"name": "light", "exec_time": {"small": 0.004, "large": 0.001, "tiny": 0.5}},
+        {"name": "heavy", "exec_time": {"small": 0.080, "large": 0.0085}}]}))
+    scales, ratios = corrected({"small": 0.45, "large": 0.45, "tiny": 0.45}, measured, reference)
+    # heavy decides (light's 4x is its fixed costs); slower than the reference -> more quota, capped at 1
+    assert ratios == pytest.approx({"small": 80 / 70, "large": 0.5})
+    assert scales == pytest.approx({"small": 0.45 * 80 / 70, "large": 0.225, "tiny": 0.45})
+    assert corrected({"small": 0.95}, measured, reference)[0] == {"small": 1.0}
+
+
+def test_auto_measures_twice_when_the_first_guess_is_off(tmp_path, monkeypatch):
+    """The correction loop, with a stand-in for the profiler whose service time is the CPU time
+    over the quota plus 10% (what a small quota costs beyond its share)."""
+    import testbed.runner as runner
+    from testbed.scenario import SCENARIOS_DIR, load_scenario
+
+    doc = yaml.safe_load(REFERENCE_CATALOG.read_text())
+    heavy = max((m for m in doc["models"] if "measured" in m), key=lambda m: m["measured"]["cpu_time"])
+    heavy["measured"]["cpu_time"] /= 2                                          # a host twice as fast
+    fast = tmp_path / "fast.yaml"
+    fast.write_text(yaml.safe_dump(doc))
+    scenario = load_scenario(SCENARIOS_DIR / "smoke.yaml", catalog_path=fast)
+    quotas = []
+
+    def profile(config, catalog, out, models_dir):
+        nodes = {n["class"]: n["cpu_quota"] for n in yaml.safe_load(config.read_text())["nodes"]}
+        quotas.append(nodes)
+        mine = yaml.safe_load(catalog.read_text())
+        for m in mine["models"]:
+            if m["name"] == heavy["name"]:
+                m["exec_time"] = {c: 1.1 * heavy["measured"]["cpu_time"] / q for c, q in nodes.items()}
+        out.write_text(yaml.safe_dump(mine))
+        return "table"
+    monkeypatch.setattr(runner, "profile_at", profile)
+    ran, calibration = runner._calibrate(scenario, tmp_path, None, lambda line: None)
+    assert ran.catalog_path == tmp_path / "models.yaml" and calibration["catalog"] == str(tmp_path / "models.yaml")
+    assert quotas[0] == {"small": 0.125, "large": 0.5}                   # 0.25 and 1 core x 0.5 (CPU time)
+    assert len(quotas) == 2 and quotas[1]["small"] > 0.125                  # then corrected once
+    ref = {c: heavy["exec_time"][c] for c in ("small", "large")}
+    ratio = {c: 1.1 * heavy["measured"]["cpu_time"] / quotas[0][c] / ref[c] for c in ref}
+    assert calibration["scale"] == pytest.approx({c: min(1.0, 0.5 * ratio[c]) for c in ref})
+    assert "so quota x small" in calibration["why"]
+    # an asked-for scale is measured once and kept
+    quotas.clear()
+    _, given = runner._calibrate(scenario, tmp_path, 0.5, lambda line: None)
+    assert len(quotas) == 1 and given["scale"] == {"small": 0.5, "large": 0.5}
