@@ -114,9 +114,11 @@ def _descendants(pid: int) -> list[psutil.Process]:
     return found
 
 
-def stop_process(proc: ProcessId, *, grace: float = 5.0) -> None:
+def stop_process(proc: ProcessId, *, grace: float = 5.0, own_session_only: bool = False) -> None:
     """Send SIGTERM to the process, its process group and its descendants, then SIGKILL after
     `grace` seconds. The one process-stop helper (the local cluster, `make run`'s supervisor).
+    `own_session_only`: spare the descendants that run in a session of their own (the model
+    servers a back-end started: they belong to the cluster, not to the process that started them).
 
     A leader that already died (a gunicorn master killed with -9) may leave its workers in its
     group: the group is still stopped. Linux does not reuse a pid while a group of that id exists,
@@ -137,7 +139,17 @@ def stop_process(proc: ProcessId, *, grace: float = 5.0) -> None:
         group = pid if os.getpgid(pid) == pid else None
     except OSError:
         group = None
-    _stop_family([leader] + _descendants(pid), group, grace)
+    family = _descendants(pid)
+    if own_session_only:
+        family = [p for p in family if _session(p.pid) == _session(pid)]
+    _stop_family([leader] + family, group, grace)
+
+
+def _session(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
 
 
 def _reused(proc: ProcessId) -> bool:

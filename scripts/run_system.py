@@ -125,13 +125,14 @@ def _running(proc: psutil.Process) -> bool:
         return False
 
 
-def _stop_tree(proc: psutil.Process, *, grace: float) -> None:
-    """SIGTERM the process, its group and descendants; SIGKILL what stays (cluster.local_proc's stop)."""
+def _stop_tree(proc: psutil.Process, *, grace: float, own_session_only: bool = False) -> None:
+    """SIGTERM the process, its group and descendants; SIGKILL what stays (cluster.local_proc's stop).
+    `own_session_only`: not the descendants in sessions of their own (a back-end's model servers)."""
     try:
         identity = (proc.pid, proc.create_time())
     except psutil.Error:
         return
-    stop_process(identity, grace=grace)
+    stop_process(identity, grace=grace, own_session_only=own_session_only)
 
 
 def _wait_gone(procs: list[psutil.Process], *, timeout: float) -> list[psutil.Process]:
@@ -348,9 +349,11 @@ class System:
         # An old back-end may be half-way through a run (SIGTERM lets it finish, which can take a
         # while): it serves nothing, so it is stopped in the background, SIGKILL after 0.5 s, and
         # waited for only before the new one starts. Its cluster changes are transactions, so
-        # adoption may proceed meanwhile.
+        # adoption may proceed meanwhile. The model servers it started are its children but run in
+        # sessions of their own: they are the cluster's, judged by adopt_servers, not stopped with it.
         if backends:
-            self._stopping = threading.Thread(target=lambda: [_stop_tree(p, grace=0.5) for p in backends],
+            self._stopping = threading.Thread(target=lambda: [_stop_tree(p, grace=0.5, own_session_only=True)
+                                                              for p in backends],
                                               name="stop-old-backend", daemon=True)
             self._stopping.start()
         if stops:

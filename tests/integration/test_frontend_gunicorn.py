@@ -95,10 +95,10 @@ def test_python_m_frontend_refuses_a_bad_config(tmp_path):
 
 @pytest.mark.parametrize("shared", [True, False])
 def test_expected_delay_counts_the_other_workers_dispatches(local_cluster_factory, tmp_path, shared):
-    # Two instances 1 s of work each; node-b is nearer. The first lookup, in one worker, goes to
-    # node-b and leaves it 1 s of backlog: with the shared backlog the other worker sees it and
-    # sends the next request to node-a; with one backlog per worker (backlog_shared: false) it does
-    # not, and node-b gets both.
+    # Two instances of 0.5 s (node-a) and 0.9 s (node-b) of work each; node-b is nearer. The first
+    # lookup, in one worker, goes to node-a (10 + 500 ms against 1 + 900) and leaves it 0.5 s of
+    # backlog: with the shared backlog the other worker sees it and sends the next request to node-b;
+    # with one backlog per worker (backlog_shared: false) it does not, and node-a gets both.
     cluster = local_cluster_factory([{"name": "node-a"}, {"name": "node-b"}])
     cluster.deploy(HP2, "node-a")
     cluster.deploy(HP2, "node-b")
@@ -109,20 +109,21 @@ def test_expected_delay_counts_the_other_workers_dispatches(local_cluster_factor
     server = GunicornServer(settings, workers=2, threads=4, log_path=tmp_path / "gunicorn.log")
     server.start()
     try:
-        plan = {"created": time.time(), "mode": 1, "solver": "highs", "weights": {HP2: {"zone-1": {"node-a": 1.0}}},
-                "service": {HP2: {"node-a": 1.0, "node-b": 1.0}}}
+        plan = {"created": time.time(), "mode": 1, "solver": "highs", "weights": {HP2: {"zone-1": {"node-b": 1.0}}},
+                "service": {HP2: {"node-a": 0.5, "node-b": 0.9}}}
         assert requests.put(f"{server.url}/plan", json=plan, headers=AUTH, timeout=10).json() == {"ok": True}
         zone = {"X-Client-Zone": "zone-1"}
 
         def listed(http) -> str:           # GET /services charges nothing
             services = http.get(f"{server.url}/services", headers=zone, timeout=10).json()["services"]
             return next(s["node"] for s in services if s["model"] == HP2)
-        # every worker has the plan: without it the weights or the lowest cpu would give node-a
-        wait_for(lambda: server.every_worker(lambda http: listed(http) == "node-b"), what="both workers read the plan")
+        # every worker has the plan: without it the catalog's profile times (under a millisecond on
+        # either node) would give the nearer node-b
+        wait_for(lambda: server.every_worker(lambda http: listed(http) == "node-a"), what="both workers read the plan")
         picks = []
         assert server.every_worker(lambda http: picks.append(
             http.get(f"{server.url}/services/{HP2}", headers=zone, timeout=10).json()["node"]) or True)
-        assert picks == (["node-b", "node-a"] if shared else ["node-b", "node-b"])
+        assert picks == (["node-a", "node-b"] if shared else ["node-a", "node-a"])
         assert (tmp_path / "frontend.db-backlog").exists() is shared
     finally:
         server.cleanup()

@@ -1,7 +1,10 @@
 """digits_cnn: deterministic, as accurate as promised, the same interface as digits_logreg, and costly.
 
-The cost check is a lower bound on the model's work (CPU time at one ONNX Runtime thread, with the
-model server's own session options), not an upper bound on the speed of our code.
+The cost checks are lower bounds on the model's work, not upper bounds on the speed of our code, and
+hold on any host: its multiply-accumulates counted in the graph (what took 16.9 ms of CPU per digit
+on the reference host, config/models.yaml, and 6-8 ms on a 2.2x faster one), and its CPU time at
+one ONNX Runtime thread (the model server's session options) against digits_logreg's, measured the
+same way on the same host. An absolute floor in milliseconds held on one machine and not the next.
 """
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ from modelserver.build_models import CNN_ACCURACY_KEY, _build_digits_cnn, build_
 from modelserver.repository import _session_options, load_repository
 
 ACCURACY_FLOOR = 0.93          # measured 0.963 on the 297 held-out digits
-MIN_CPU_SECONDS = 0.010        # measured ~12.3 ms per digit on a 2-core AMD EPYC VM
+MIN_MACS = 500_000_000         # multiply-accumulates per digit: 681.7 M as built
+MIN_CPU_RATIO = 50             # CPU per digit against digits_logreg's: a few hundred times as measured
 
 
 @pytest.fixture(scope="session")
@@ -61,16 +65,40 @@ def test_interface_matches_digits_logreg(models):
         assert cnn[name].class_labels == logreg[name].class_labels
 
 
-def test_one_inference_costs_at_least_10_ms_of_cpu_at_one_thread(session):
-    x = digits_split()[2]
+def _macs(path: Path) -> int:
+    """Multiply-accumulates of one inference: every Conv and Gemm/MatMul, shapes from the graph."""
+    import onnx
+    from onnx import shape_inference
+
+    graph = shape_inference.infer_shapes(onnx.load(str(path))).graph
+    shapes = {v.name: [d.dim_value or 1 for d in v.type.tensor_type.shape.dim]
+              for v in [*graph.value_info, *graph.input, *graph.output]}
+    weights = {w.name: list(w.dims) for w in graph.initializer}
+    total = 0
+    for node in graph.node:
+        if node.op_type == "Conv":
+            total += int(np.prod(shapes[node.output[0]])) * int(np.prod(weights[node.input[1]][1:]))
+        elif node.op_type in ("Gemm", "MatMul"):
+            total += int(np.prod(shapes[node.output[0]])) * shapes[node.input[0]][-1]
+    return total
+
+
+def _cpu_per_call(session: ort.InferenceSession, x: np.ndarray, calls: int = 20) -> float:
     for i in range(3):                                  # warm-up
         session.run(None, {"x": x[i:i + 1]})
-    calls = 20
     started = time.process_time()
     for i in range(calls):
         session.run(None, {"x": x[i:i + 1]})
-    per_call = (time.process_time() - started) / calls
-    assert per_call >= MIN_CPU_SECONDS, f"{per_call * 1000:.1f} ms of CPU per digit"
+    return (time.process_time() - started) / calls
+
+
+def test_one_inference_costs_real_compute(models, session):
+    assert _macs(models / "digits_cnn" / "1" / "model.onnx") >= MIN_MACS
+    logreg = ort.InferenceSession(str(models / "digits_logreg" / "2" / "model.onnx"), sess_options=_session_options(),
+                                  providers=["CPUExecutionProvider"])
+    x = digits_split()[2]
+    cnn, linear = _cpu_per_call(session, x), _cpu_per_call(logreg, x, calls=200)
+    assert cnn >= MIN_CPU_RATIO * linear, f"{cnn * 1000:.2f} ms of CPU per digit, digits_logreg {linear * 1e6:.0f} us"
 
 
 def test_build_output_reports_the_accuracy(models):
