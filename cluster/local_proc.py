@@ -141,7 +141,8 @@ def stop_process(proc: ProcessId, *, grace: float = 5.0, own_session_only: bool 
         group = None
     family = _descendants(pid)
     if own_session_only:
-        family = [p for p in family if _session(p.pid) == _session(pid)]
+        session = _session(pid)
+        family = [p for p in family if _session(p.pid) == session]
     _stop_family([leader] + family, group, grace)
 
 

@@ -166,8 +166,7 @@ def _call_mean(records) -> float | None:
 
 def _calibration_lines(calibration: dict | None) -> list[str]:
     """The nodes' quota scale per class, where one is not 1."""
-    scale = (calibration or {}).get("scale", 1.0)
-    scales = scale if isinstance(scale, dict) else {"every node": scale}
+    scales = (calibration or {}).get("scale") or {}
     if all(s == 1.0 for s in scales.values()):
         return []
     return ["Nodes' cpu_quota scaled (" + ", ".join(f"{c} x {s:.3f}" for c, s in scales.items())
