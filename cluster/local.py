@@ -372,7 +372,9 @@ class LocalCluster(Cluster):
         """Set the node's limits on its group and return `command` wrapped to run inside it. On a
         node with a CPU ceiling the server runs as many inference calls at once as the node has
         whole cores (at least one), the others first come first served: calls sharing a quarter
-        core all finish late. `EDGE_INFERENCE_TURNS=0` lets them all run at once (as before)."""
+        core all finish late. `EDGE_INFERENCE_TURNS=0` lets them all run at once (as before). On
+        cgroup v1 the quota applies to the server's inference threads only (`--inference_cgroup`,
+        cluster/limits.py), so a throttled node does not also stall its HTTP threads."""
         if not self.limits.enabled:
             return command
         limits = self._node_limits(node_spec)
@@ -384,6 +386,9 @@ class LocalCluster(Cluster):
         turns = os.environ.get(TURNS_SWITCH, "").strip().lower() not in ("0", "false", "no", "off")
         if limits.cpu is not None and turns:
             command = [*command, "--max_concurrent_inferences", str(max(1, int(limits.cpu)))]
+        inference = self.limits.inference_dir(node_spec.name)
+        if limits.cpu is not None and inference is not None:
+            command = [*command, "--inference_cgroup", str(inference)]
         return self.limits.wrap(command, node_spec.name, model)
 
     def _failure(self, row: InstanceRow) -> str | None:

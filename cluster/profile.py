@@ -225,7 +225,11 @@ def profiled_server(model: str, model_path: Path, *, limits: CgroupLimits, group
     address = "127.0.0.1"
     port = _free_port(address)
     limits.apply(group, NodeLimits(cpu=1.0, memory=None))
-    command = limits.wrap(python_command(host=address, port=port, model=model, base_path=model_path), group, model)
+    command = python_command(host=address, port=port, model=model, base_path=model_path)
+    inference = limits.inference_dir(group)
+    if inference is not None:            # as the cluster runs it: the quota on inference alone
+        command = [*command, "--inference_cgroup", str(inference)]
+    command = limits.wrap(command, group, model)
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)}
     with open(log_path, "ab") as log:

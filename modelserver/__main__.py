@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="inference calls run at once; the others wait their turn, first come first "
                              "served (default 0: as many as request threads). The local cluster sets it to "
                              "a CPU-limited node's whole cores (at least 1)")
+    parser.add_argument("--inference_cgroup", metavar="DIR", default=None,
+                        help="run inference on threads of its own that join this cgroup (v1 `tasks`, v2 "
+                             "`cgroup.threads`), so that a CPU limit set there applies to inference alone "
+                             "and not to the threads that accept and answer connections; the server does "
+                             "not start when they cannot join. The local cluster sets it on a CPU-limited node")
     parser.add_argument("--max_body_bytes", type=_number(int, 1, MAX_BODY_LIMIT), default=32 * 1024 * 1024,
                         help="largest request body accepted (default 32 MiB, at most 2 GiB)")
     parser.add_argument("--graceful_timeout", type=_number(float, 0, 3600), default=5.0,
@@ -85,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"--rest_api_port must be within 0..65535, got {args.rest_api_port}")
     if args.rest_api_num_threads < 1:
         return fail("--rest_api_num_threads must be at least 1")
+    if args.inference_cgroup:
+        from .inference import cgroup_tasks_file
+
+        if not cgroup_tasks_file(Path(args.inference_cgroup)).is_file():
+            return fail(f"--inference_cgroup {args.inference_cgroup} is not a cgroup (no tasks or cgroup.threads file)")
     from .server import bind_socket
 
     try:
@@ -121,8 +131,17 @@ def main(argv: list[str] | None = None) -> int:
             "event": "loaded", "model": args.model_name, "base_path": str(base_path),
             "versions": sorted(repository.servables), "labels": repository.labels,
             "seconds": round(time.monotonic() - loading, 4)}})
+        inference = None
+        if args.inference_cgroup:
+            from .inference import InferenceThreads
+            try:
+                inference = InferenceThreads(args.max_concurrent_inferences or args.rest_api_num_threads,
+                                             Path(args.inference_cgroup))
+            except OSError as exc:
+                fail(exc.strerror or str(exc))
+                sys.exit(3)
         return ModelServerApp(repository, max_body=args.max_body_bytes,
-                              max_concurrent=args.max_concurrent_inferences or None)
+                              max_concurrent=args.max_concurrent_inferences or None, inference=inference)
 
     def post_worker_init(_worker) -> None:
         log.info("ready", extra={"fields": {

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable
 
 from . import codec, memory
 from .errors import ApiError, BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge
+from .inference import InferenceThreads
 from .pace import PaceMeter
 from .repository import ModelRepository, Servable
 
@@ -94,11 +95,15 @@ class _Turns:
                 self._free += 1
 
 
+def _here(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
+
+
 class ModelServerApp:
     """Serve one model repository with TF Serving's REST API as a WSGI callable."""
 
     def __init__(self, repository: ModelRepository, *, max_body: int = DEFAULT_MAX_BODY,
-                 max_concurrent: int | None = None) -> None:
+                 max_concurrent: int | None = None, inference: InferenceThreads | None = None) -> None:
         self.repository = repository
         self.max_body = max_body
         self.pace = PaceMeter()          # inference calls (POST) only: probes are not the node's work
@@ -107,6 +112,9 @@ class ModelServerApp:
         # sharing); one at a time, the first finishes at full speed and the mean wait is shorter
         # for the same work. It is also the queue the dispatcher's backlog and the solver model.
         self._turns = _Turns(max_concurrent) if max_concurrent else None
+        # Where the graph runs: on the request thread, or on threads of its own that a node's CPU
+        # limit applies to alone (modelserver/inference.py).
+        self._infer = inference.call if inference is not None else _here
 
     # -- WSGI ----------------------------------------------------------------------------------
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
@@ -246,13 +254,13 @@ class ModelServerApp:
 
     def _predict(self, servable: Servable, body: Any) -> dict:
         request = codec.parse_predict(body, signature_of=servable.signature)
-        outputs = servable.run(request.signature, request.feeds)
+        outputs = self._infer(servable.run, request.signature, request.feeds)
         return codec.predict_response(request, outputs)
 
     def _classify(self, servable: Servable, body: Any) -> dict:
         signature, feeds, count = codec.parse_examples(body, method="classify", signature_of=servable.signature)
-        return codec.classify_response(signature, servable.run(signature, feeds), count)
+        return codec.classify_response(signature, self._infer(servable.run, signature, feeds), count)
 
     def _regress(self, servable: Servable, body: Any) -> dict:
         signature, feeds, count = codec.parse_examples(body, method="regress", signature_of=servable.signature)
-        return codec.regress_response(signature, servable.run(signature, feeds), count)
+        return codec.regress_response(signature, self._infer(servable.run, signature, feeds), count)

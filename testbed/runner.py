@@ -29,7 +29,7 @@ from typing import Callable
 
 import yaml
 
-from .calibrate import TOLERANCE, auto_scale, corrected, profile_at
+from .calibrate import CALIBRATION_ROUNDS, TOLERANCE, auto_scale, corrected, profile_at
 from .clients import ClientResults, run_clients
 from .scenario import Scenario
 from .strategies import STRATEGIES, Strategy, backend_flags
@@ -356,8 +356,10 @@ def run_experiment(scenario: Scenario, out_dir: Path, *, strategies: list[str] |
 def _calibrate(scenario: Scenario, out_dir: Path, cpu_scale: float | None,
                progress: Callable[[str], None]) -> tuple[Scenario, dict]:
     """The scenario to run (with the catalog measured at the scaled quotas when a scale is < 1) and
-    what the calibration was: {scale: {node class: scale}, why, catalog}. `auto` (None) corrects
-    each class once by its measured service time (testbed.calibrate.corrected)."""
+    what the calibration was: {scale: {node class: scale}, why, catalog, ratio: {node class: measured /
+    reference service time at the quotas run}}. `auto` (None) corrects each class by its measured
+    service time (testbed.calibrate.corrected) until it is within TOLERANCE, measuring at most
+    CALIBRATION_ROUNDS times."""
     if cpu_scale is None:
         scale, why = auto_scale(scenario.catalog_path)
     elif not 0 < cpu_scale <= 1:
@@ -369,7 +371,8 @@ def _calibrate(scenario: Scenario, out_dir: Path, cpu_scale: float | None,
         progress(f"calibration: {why}")
         return scenario, {"scale": scales, "why": why, "catalog": str(scenario.catalog_path)}
     catalog = out_dir / "models.yaml"
-    for attempt in (1, 2):
+    ratios: dict[str, float] = {}
+    for attempt in range(1, CALIBRATION_ROUNDS + 1):
         progress(f"calibration: {why}; measuring the models at the scaled quotas")
         config = _cluster_file(scenario, out_dir / "cluster.calibrated.yaml", list(scenario.nodes), scales)
         try:
@@ -381,14 +384,16 @@ def _calibrate(scenario: Scenario, out_dir: Path, cpu_scale: float | None,
             progress(f"calibration: {why}")
             return scenario, {"scale": {c: 1.0 for c in scales}, "why": why, "catalog": str(scenario.catalog_path)}
         (out_dir / "profile.log").write_text(table)
-        if cpu_scale is not None or attempt == 2:
-            break
         new, ratios = corrected(scales, catalog)
-        if all(abs(r - 1) <= TOLERANCE for r in ratios.values()):
+        if cpu_scale is not None or attempt == CALIBRATION_ROUNDS or all(
+                abs(r - 1) <= TOLERANCE for r in ratios.values()):
             break
-        scales = new
+        scales = {c: new[c] if abs(ratios.get(c, 1.0) - 1) > TOLERANCE else s for c, s in scales.items()}
         why += ("; service time at those quotas / the reference's: "
                 + ", ".join(f"{c} {r:.3f}" for c, r in ratios.items()) + ", so quota x "
                 + ", ".join(f"{c} {s:.3f}" for c, s in scales.items()))
+    if ratios:
+        why += ("; at the quotas run: " + ", ".join(f"{c} {r:.3f}" for c, r in ratios.items())
+                + " of the reference's service time")
     return (dataclasses.replace(scenario, catalog_path=catalog),
-            {"scale": scales, "why": why, "catalog": str(catalog)})
+            {"scale": scales, "why": why, "catalog": str(catalog), "ratio": ratios})

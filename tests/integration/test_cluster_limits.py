@@ -24,7 +24,7 @@ from cluster import ClusterError
 from cluster.limits import TOP, CgroupLimits
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
-ROWS = 4000              # digits_forest instances per request: ~0.1 s of CPU on one core
+ROWS = 8                 # digits_cnn instances per request: ~60-130 ms of inference on one core
 
 
 @pytest.fixture(autouse=True)
@@ -74,24 +74,45 @@ def post(endpoint: str, model: str, body: bytes) -> float:
         conn.close()
 
 
+def assert_inference_alone_is_limited(cluster, nodes: dict, workers: dict) -> None:
+    """cgroup v1: each node's quota is on its `inference` group, which holds the worker's inference
+    thread and nothing else; the node group has none (v2: the quota stays on the node group)."""
+    for name in nodes:
+        group = cluster.limits.layout.cpu / TOP / cluster.limits.cluster / name
+        inference = cluster.limits.inference_dir(name)
+        if cluster.limits.layout.version == 2:
+            assert inference is None
+            continue
+        assert inference == group / "inference"
+        quota = {"nano": "2500", "xavier": "10000"}[name]
+        assert (inference / "cpu.cfs_quota_us").read_text().strip() == quota
+        assert (group / "cpu.cfs_quota_us").read_text().strip() == "-1"
+        threads = {t.id for t in workers[name].threads()}
+        limited = {int(t) for t in (inference / "tasks").read_text().split()}
+        # one inference at a time on a node of up to one core: one thread, the worker's, not its main one
+        assert len(limited) == 1 and limited <= threads and workers[name].pid not in limited, (limited, threads)
+
+
 def test_a_quarter_core_node_is_about_four_times_slower(local_cluster_factory):
     cluster = local_cluster_factory([
         {"name": "nano", "memory": 250000, "cpu": 4.0, "cpu_quota": 0.25, "class": "small"},
         {"name": "xavier", "memory": 800000, "cpu": 8.0, "cpu_quota": 1.0, "class": "large"},
     ])
-    nodes = {name: cluster.deploy("digits_forest", name) for name in ("nano", "xavier")}
+    # digits_cnn: a model whose cost is its inference, which the quota limits (cluster/limits.py).
+    nodes = {name: cluster.deploy("digits_cnn", name) for name in ("nano", "xavier")}
     workers = {}
     for name in nodes:
-        pids = server_pids(cluster, "digits_forest", name)
+        pids = server_pids(cluster, "digits_cnn", name)
         assert len(pids) >= 2, "a gunicorn master and its worker"
         for pid in pids:       # the master was placed before it forked: its worker inherited
-            assert re.search(rf"/{TOP}/{cluster.limits.cluster}/{name}/digits_forest\.\d+$",
+            assert re.search(rf"/{TOP}/{cluster.limits.cluster}/{name}/digits_cnn\.\d+$",
                              cgroup_of(pid), re.M), cgroup_of(pid)
         workers[name] = psutil.Process(pids[-1])
     body = json.dumps({"instances": [[float((i * 7 + j) % 16) for j in range(64)]
                                      for i in range(ROWS)]}).encode()
+    assert_inference_alone_is_limited(cluster, nodes, workers)
     for endpoint in nodes.values():
-        post(endpoint.endpoint, "digits_forest", body)                 # warm-up
+        post(endpoint.endpoint, "digits_cnn", body)                 # warm-up
     # Interleaved, so both nodes see the same background load; the best of three rounds counts,
     # because another process can take the 1-core node's core but nothing can lift the quarter's.
     rounds = []
@@ -101,7 +122,7 @@ def test_a_quarter_core_node_is_about_four_times_slower(local_cluster_factory):
         for _ in range(4):
             for name, deployment in nodes.items():
                 before = sum(workers[name].cpu_times()[:2])
-                walls[name].append(post(deployment.endpoint, "digits_forest", body))
+                walls[name].append(post(deployment.endpoint, "digits_cnn", body))
                 cores[name].append((sum(workers[name].cpu_times()[:2]) - before) / walls[name][-1])
         ratio = statistics.median(walls["nano"]) / statistics.median(walls["xavier"])
         rounds.append((ratio, {n: round(statistics.median(c), 2) for n, c in cores.items()},
@@ -175,7 +196,7 @@ def test_a_server_over_its_node_memory_is_reported_failed(local_cluster_factory,
 
 def test_limits_status_and_cleanup(local_cluster_factory):
     cluster = local_cluster_factory([{"name": "node-a", "memory": 250000, "cpu": 2.0, "cpu_quota": 0.5}])
-    assert re.fullmatch(r"cgroup v[12], enforced", cluster.limits_status)
+    assert re.fullmatch(r"cgroup v2, enforced|cgroup v1, enforced, CPU on inference", cluster.limits_status)
     version = cluster.limits.layout.version
     cluster.deploy("half_plus_two", "node-a")
     [group] = cluster.limits.node_dirs("node-a")[-1:]
@@ -185,8 +206,11 @@ def test_limits_status_and_cleanup(local_cluster_factory):
     assert command[command.index("--max_concurrent_inferences") + 1] == "1", command
     if version == 1:
         cpu = cluster.limits.layout.cpu / TOP / cluster.limits.cluster / "node-a"
-        assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "5000"
-        assert (cpu / "cpu.cfs_period_us").read_text().strip() == "10000"
+        # the quota on the servers' inference threads (--inference_cgroup), the weight on the node
+        assert command[command.index("--inference_cgroup") + 1] == str(cpu / "inference"), command
+        assert (cpu / "inference" / "cpu.cfs_quota_us").read_text().strip() == "5000"
+        assert (cpu / "inference" / "cpu.cfs_period_us").read_text().strip() == "10000"
+        assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "-1"
         assert (cpu / "cpu.shares").read_text().strip() == "512"     # in proportion to its half core
         assert int((group / "memory.limit_in_bytes").read_text()) == 250000 * 1024
     else:
@@ -198,7 +222,7 @@ def test_limits_status_and_cleanup(local_cluster_factory):
                           "--state", str(cluster.state_path), "status"],
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert f"limits: cgroup v{version}, enforced" in out.stdout.splitlines()
+    assert f"limits: {cluster.limits_status}" in out.stdout.splitlines()
     data = json.loads(subprocess.run([sys.executable, "-m", "cluster", "--config", str(cluster.config_path),
                                       "--state", str(cluster.state_path), "status", "--json"],
                                      cwd=REPO_ROOT, capture_output=True, text=True, timeout=60).stdout)
@@ -337,3 +361,18 @@ def test_profile_out_writes_a_measured_copy_and_leaves_the_catalog(tmp_path, bui
     assert entry["memory"] >= entry["measured"]["charged"] * 1.1 and entry["memory"] % 1000 == 0
     # a model that was not profiled keeps its declared figures in the copy
     assert measured["digits_cnn"].memory == declared["digits_cnn"].memory
+
+
+def test_limit_scope_process_puts_the_quota_on_the_whole_server(local_cluster_factory, monkeypatch):
+    """EDGE_LIMIT_SCOPE=process: as before inference had a group of its own, the node's quota on
+    the node group, which the whole server is in, and no --inference_cgroup."""
+    monkeypatch.setenv("EDGE_LIMIT_SCOPE", "process")
+    cluster = local_cluster_factory([{"name": "node-a", "memory": 250000, "cpu": 2.0, "cpu_quota": 0.5}])
+    assert cluster.limits.inference_dir("node-a") is None
+    cluster.deploy("half_plus_two", "node-a")
+    [pid, *_] = server_pids(cluster, "half_plus_two", "node-a")
+    assert "--inference_cgroup" not in psutil.Process(pid).cmdline()
+    if cluster.limits.layout.version == 1:
+        cpu = cluster.limits.layout.cpu / TOP / cluster.limits.cluster / "node-a"
+        assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "5000"
+        assert not (cpu / "inference").exists()

@@ -606,3 +606,16 @@ def test_pace_is_the_busy_time_per_answer_not_the_time_a_request_waited(models):
         assert "pace" in after and 0.5 * one < after["pace"] < 2.0 * max(t["app"] - t["wait"] for t in queued)
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("where", ["plain", "missing"])
+def test_an_inference_cgroup_that_is_not_a_cgroup_fails_with_one_json_line(tmp_path, models, where):
+    """A folder that is not a cgroup would silently take the thread ids (and leave the inference
+    unlimited on a node meant to be slow): refused before the server binds."""
+    group = tmp_path if where == "plain" else tmp_path / "none"
+    result = _run_cli("--rest_api_port", "0", "--model_name", "half_plus_two",
+                      "--model_base_path", str(models / "half_plus_two"), "--inference_cgroup", str(group))
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is not a cgroup" in json.loads(lines[0])["message"], result.stderr
+    assert not (tmp_path / "tasks").exists()

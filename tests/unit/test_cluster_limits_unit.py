@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.limits import CgroupLimits, cfs_quota, cluster_id, cpu_weight, detect_layout, oom_reason
+from cluster.limits import (CgroupLimits, Layout, cfs_quota, cluster_id, cpu_weight, detect_layout, limit_scope,
+                            oom_reason)
 from cluster.local_config import LocalConfigError, load_local_cluster, parse_local_config
 from cluster.catalog import ModelSpec
 from cluster.profile import Measurement, new_fields, scv, update_catalog_text
@@ -67,6 +68,32 @@ def test_detect_v2_needs_both_controllers(tmp_path):
     assert layout.version == 2 and layout.cpu == layout.memory == root
     (root / "cgroup.controllers").write_text("cpuset io pids\n")
     assert detect_layout(info)[0] is None
+
+
+def test_the_quota_limits_inference_on_v1_only():
+    """v1: the node's quota on `<node>/inference`, which the servers' inference threads join;
+    v2 (a thread cannot share a cpu group with another process's) and EDGE_LIMIT_SCOPE=process:
+    on the node group, for whole servers."""
+    v1 = Layout(1, Path("/cg/cpu,cpuacct"), Path("/cg/memory"))
+    limits = CgroupLimits(v1, "c1")
+    assert limits.scope == "inference" and limits.status == "cgroup v1, enforced, CPU on inference"
+    assert limits.inference_dir("nano") == Path("/cg/cpu,cpuacct/edge-inference/c1/nano/inference")
+    whole = CgroupLimits(v1, "c1", scope="process")
+    assert whole.inference_dir("nano") is None and whole.status == "cgroup v1, enforced"
+    v2 = CgroupLimits(Layout(2, Path("/cg"), Path("/cg")), "c1", scope="inference")
+    assert v2.scope == "process" and v2.inference_dir("nano") is None and v2.status == "cgroup v2, enforced"
+    assert CgroupLimits(None, "c1").inference_dir("nano") is None
+
+
+@pytest.mark.parametrize("value, scope", [(None, "inference"), ("", "inference"), (" Process ", "process"),
+                                          ("inference", "inference")])
+def test_limit_scope_reads_the_switch(value, scope):
+    assert limit_scope(value) == scope
+
+
+def test_a_bad_limit_scope_is_named():
+    with pytest.raises(ValueError, match="EDGE_LIMIT_SCOPE must be 'inference' or 'process', got 'threads'"):
+        limit_scope("threads")
 
 
 def test_switched_off_status(monkeypatch):

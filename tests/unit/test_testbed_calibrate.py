@@ -165,7 +165,46 @@ def test_auto_measures_twice_when_the_first_guess_is_off(tmp_path, monkeypatch):
     ratio = {c: 1.1 * heavy["measured"]["cpu_time"] / quotas[0][c] / ref[c] for c in ref}
     assert calibration["scale"] == pytest.approx({c: min(1.0, 0.5 * ratio[c]) for c in ref})
     assert "so quota x small" in calibration["why"]
+    assert calibration["ratio"] == pytest.approx({"small": 1.0, "large": 1.0}, rel=1e-3)   # then on the reference
+    assert calibration["why"].endswith("at the quotas run: small 1.000, large 1.000 of the reference's service time")
     # an asked-for scale is measured once and kept
     quotas.clear()
     _, given = runner._calibrate(scenario, tmp_path, 0.5, lambda line: None)
     assert len(quotas) == 1 and given["scale"] == {"small": 0.5, "large": 0.5}
+
+
+def test_an_outlier_measurement_is_corrected_by_the_next_round(tmp_path, monkeypatch):
+    """A first profile where the large class took 1.7x its share (a busy moment) sends its quota too
+    high; the next profile measures it too fast and brings it back; a class within 5% is left."""
+    import testbed.runner as runner
+    from testbed.calibrate import CALIBRATION_ROUNDS
+    from testbed.scenario import SCENARIOS_DIR, load_scenario
+
+    doc = yaml.safe_load(REFERENCE_CATALOG.read_text())
+    heavy = max((m for m in doc["models"] if "measured" in m), key=lambda m: m["measured"]["cpu_time"])
+    heavy["measured"]["cpu_time"] /= 2
+    fast = tmp_path / "fast.yaml"
+    fast.write_text(yaml.safe_dump(doc))
+    scenario = load_scenario(SCENARIOS_DIR / "smoke.yaml", catalog_path=fast)
+    ref = {c: heavy["exec_time"][c] for c in ("small", "large")}
+    base = {"small": 0.125, "large": 0.5}          # the first guess, at which the nodes run as the reference
+    quotas = []
+
+    def profile(config, catalog, out, models_dir):
+        nodes = {n["class"]: n["cpu_quota"] for n in yaml.safe_load(config.read_text())["nodes"]}
+        quotas.append(nodes)
+        first = len(quotas) == 1
+        mine = yaml.safe_load(catalog.read_text())
+        for m in mine["models"]:
+            if m["name"] == heavy["name"]:      # on the reference at the first guess, but one outlier
+                m["exec_time"] = {c: ref[c] * (base[c] / q) * (1.7 if first and c == "large" else 1.0)
+                                  for c, q in nodes.items()}
+        out.write_text(yaml.safe_dump(mine))
+        return "table"
+    monkeypatch.setattr(runner, "profile_at", profile)
+    _, calibration = runner._calibrate(scenario, tmp_path, None, lambda line: None)
+    assert quotas[0] == {"small": 0.125, "large": 0.5}
+    assert quotas[1] == {"small": 0.125, "large": pytest.approx(0.85)}   # small within 5%: kept
+    assert len(quotas) == 3 and quotas[2] == {"small": 0.125, "large": pytest.approx(0.5)}
+    assert calibration["ratio"] == pytest.approx({"small": 1.0, "large": 1.0}, rel=1e-3)
+    assert CALIBRATION_ROUNDS == 3
