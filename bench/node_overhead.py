@@ -5,12 +5,13 @@ cluster's default on cgroup v1) and no quota, at the same utilisation.
     sudo .venv/bin/python -m bench.node_overhead [--model digits_cnn] [--quota 0.1] [--util 0.7] [--requests 600]
 
 One real model server per mode, started as the profile starts it (cluster/profile.py
-`profiled_server`, one inference at a time). Its back-to-back service time is measured first (8
-clients for 3 s: seconds per answer), then `--requests` Poisson arrivals at `--util` of that rate
-from an open-loop client. For each answer: the client's time minus the server's `app` time
-(Server-Timing) is the overhead, what the request spent in the server's HTTP threads and in the
-kernel outside the timed inference. Prints per mode the service time, the overhead's p50/p95/p99,
-the mean latency, and the overhead ratios against no quota.
+`profiled_server`), one inference at a time as the local cluster runs it on a small node. Its
+back-to-back service time is measured first (8 clients for 3 s: seconds per answer), then
+`--requests` Poisson arrivals at `--util` of that rate from an open-loop client. For each answer,
+the client's time minus the server's `app` time (Server-Timing) is the overhead: what the request
+spent in the server's HTTP threads and in the kernel outside the timed inference. Prints per mode
+the service time, the overhead's p50/p95/p99, the mean latency, and the overhead's p95 against no
+quota's.
 Why: with the whole server under a tenth of a core, the threads that accept and answer wait for
 the next CFS period whenever the inference has spent this one's quota (docs/cluster.md).
 """
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import random
 import re
 import sys
@@ -83,9 +83,11 @@ def run_mode(mode: str, model: str, quota: float, util: float, requests: int, se
     log_path = REPO_ROOT / "build" / "bench-node-overhead.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     models_dir = REPO_ROOT / "build" / "models"
-    with profiled_server(model, models_dir / model, limits=limits, group=group, log_path=log_path) as (_, port):
+    # One inference at a time, as the local cluster runs a server on a node of less than a core.
+    with profiled_server(model, models_dir / model, limits=limits, group=group, log_path=log_path,
+                         flags=("--max_concurrent_inferences", "1")) as (_, port):
         limits.apply(group, NodeLimits(cpu=None if mode == "none" else quota, memory=None))
-        client = _Client(port, model, json.dumps(_example(model)).encode())
+        client = _Client(port, model, _example(model))
         for _ in range(10):
             client.call()
         deadline = time.perf_counter() + 3.0

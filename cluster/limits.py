@@ -20,11 +20,12 @@ next period: at 70% load that added 17.8 ms at the median and 54 ms at p95 to ea
 the inference, against 0.5 and 4.8 ms without a quota (modelserver/inference.py). A slow device does
 not stall its network stack like that. So on v1, where a thread can be in a cpu group apart from
 its process, the node's quota is set on `<node>/inference`, the server is started with
-`--inference_cgroup` naming it, and its inference threads (only) join it; the node group itself
-keeps the node's weight and no quota. The memory limit stays on the whole node. On v2 the threads of
-two processes cannot share a cpu group while each process keeps a memory leaf of its own (the OOM
-count per server), so there the quota stays on the node group and applies to the whole server.
-`EDGE_LIMIT_SCOPE=process` does the same on v1.
+`--inference_cgroup` naming it, and its inference threads (only) join it, with a weight far above
+the servers' leaves (when the host is short of CPU, the node's inference goes first: its quota is
+the node's speed); the node group itself keeps the node's weight and no quota. The memory limit
+stays on the whole node. On v2 the threads of two processes cannot share a cpu group while each
+process keeps a memory leaf of its own (the OOM count per server), so there the quota stays on the
+node group and applies to the whole server. `EDGE_LIMIT_SCOPE=process` does the same on v1.
 
 The per-server leaf carries no limit of its own; it exists so the kernel's OOM-kill counter tells
 *which* server of the node was killed (v1 `memory.oom_control` counts on the victim's group only,
@@ -68,6 +69,7 @@ log = logging.getLogger("cluster.limits")
 ENV_SWITCH = "EDGE_LOCAL_LIMITS"        # "0" (or "false", "no", "off") turns limits off
 SCOPE_SWITCH = "EDGE_LIMIT_SCOPE"       # "inference" (default) or "process": what a node's CPU quota limits
 INFERENCE = "inference"                 # v1: the node's group holding its servers' inference threads
+INFERENCE_SHARES = 64 * 1024            # v1: its weight beside the node's server leaves (1024 each)
 TOP = "edge-inference"                  # the one directory this module creates under a mount
 PERIOD_US = 10_000                      # CFS period: 10 ms, so a throttled request waits <= ~10 ms
 _MIN_QUOTA_US = 1_000                   # the kernel's smallest CFS quota
@@ -362,6 +364,9 @@ class CgroupLimits:
         if inference is not None:
             inference.mkdir(exist_ok=True)
             groups.append(inference)
+            # Its quota is the node's speed: when the host is short of CPU, the node's inference
+            # goes before its servers' HTTP threads (each leaf has the default 1024).
+            _write(inference / "cpu.shares", str(INFERENCE_SHARES))
         for group in groups:
             _write(group / "cpu.cfs_quota_us", "-1")    # a period change must not meet an old quota
         if limits.cpu is not None:

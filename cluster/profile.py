@@ -43,7 +43,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import psutil
 import yaml
@@ -219,13 +219,14 @@ def _rss(pid: int) -> int:
 
 @contextlib.contextmanager
 def profiled_server(model: str, model_path: Path, *, limits: CgroupLimits, group: str, log_path: Path,
-                    timeout: float = 60.0) -> Iterator[tuple[subprocess.Popen, int]]:
-    """Run one model server in cgroup `group` (at 1 core until the caller changes it); yield (process,
-    port) once it is ready; stop it and release the group after."""
+                    timeout: float = 60.0, flags: Sequence[str] = ()) -> Iterator[tuple[subprocess.Popen, int]]:
+    """Run one model server in cgroup `group` (at 1 core until the caller changes it), with `flags`
+    added to its command line; yield (process, port) once it is ready; stop it and release the group
+    after."""
     address = "127.0.0.1"
     port = _free_port(address)
     limits.apply(group, NodeLimits(cpu=1.0, memory=None))
-    command = python_command(host=address, port=port, model=model, base_path=model_path)
+    command = [*python_command(host=address, port=port, model=model, base_path=model_path), *flags]
     inference = limits.inference_dir(group)
     if inference is not None:            # as the cluster runs it: the quota on inference alone
         command = [*command, "--inference_cgroup", str(inference)]

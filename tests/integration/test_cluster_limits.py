@@ -211,6 +211,7 @@ def test_limits_status_and_cleanup(local_cluster_factory):
         assert (cpu / "inference" / "cpu.cfs_quota_us").read_text().strip() == "5000"
         assert (cpu / "inference" / "cpu.cfs_period_us").read_text().strip() == "10000"
         assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "-1"
+        assert (cpu / "inference" / "cpu.shares").read_text().strip() == "65536"    # before the HTTP threads
         assert (cpu / "cpu.shares").read_text().strip() == "512"     # in proportion to its half core
         assert int((group / "memory.limit_in_bytes").read_text()) == 250000 * 1024
     else:
