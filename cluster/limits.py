@@ -16,8 +16,8 @@ Layout (one tree per cluster, so test clusters running at once never share a gro
 **The CPU quota limits inference, not the whole server (cgroup v1).** Under a quota of a tenth of a
 core, an inference call spends a 10 ms period's quota in its first millisecond, and every other
 thread of the server (the one accepting a connection, the one writing an answer) then waits for the
-next period: at 70% load that added 17.8 ms at the median and 54 ms at p95 to each request, beside
-the inference, against 0.5 and 4.8 ms without a quota (modelserver/inference.py). A slow device does
+next period: at 70% load that added 14.2 ms at the median and 62 ms at p95 to each request, beside
+the inference, against 0.6 and 5.4 ms without a quota (bench/node_overhead.py, bench/RESULTS.md). A slow device does
 not stall its network stack like that. So on v1, where a thread can be in a cpu group apart from
 its process, the node's quota is set on `<node>/inference`, the server is started with
 `--inference_cgroup` naming it, and its inference threads (only) join it, with a weight far above

@@ -4,9 +4,9 @@ Why: the local cluster emulates a slow node with a CFS quota (a Nano: a quarter 
 core, 1.1-2.5 ms of CPU per 10 ms period). When the whole server process is under that quota, an
 inference call spends the period's quota in its first millisecond and every other thread of the
 process, the one that accepts a connection or writes an answer included, then waits for the next
-period: up to ~9 ms per step, several steps per request. Measured on a 0.114-core quota at 70%
-load: 17.8 ms at the median and 54 ms at p95 of the server's own time beside the inference, against
-0.5 and 4.8 ms unthrottled at the same load. A real slow device does not stall like that: its
+period: up to ~9 ms per step, several steps per request. Measured at 0.1 core and 70% load
+(bench/node_overhead.py): 14.2 ms at the median and 62 ms at p95 of the server's own time beside the
+inference; 0.7 and 2.9 ms with the quota on inference alone, 0.6 and 5.4 ms without a quota. A real slow device does not stall like that: its
 network stack runs on another core, or at least between time slices of a few milliseconds. So the
 local cluster limits the inference alone (`--inference_cgroup`): the calls run here, on threads that
 join the node's CPU-limited group when they start, and the request threads stay outside it.

@@ -2,20 +2,20 @@
 
 Why: a scenario's load levels and its SLO are written against the service times of the shipped
 catalog (config/models.yaml, measured on the reference host: digits_cnn ~70 ms on a Nano-class
-quarter core, so four Nanos serve ~57 of them a second). A node's `cpu_quota` is in cores of
-*this* host, so on a host k times faster the same quarter core serves k times more: a phase
-written as 80% of the edge's capacity runs at 80/k %, the overload phase is no overload, and the
-experiment no longer measures what the scenario says. The runner therefore scales every node's
-quota by `scale` = this host's CPU time per request of the catalog's heaviest model over the
-reference host's (`measured.cpu_time`), and measures the catalog again at the scaled quotas
-(cluster.profile) for the system to plan with. CPU time is only a first guess: a small quota
-does not give exactly its share (with the whole server under it, 80 ms at 0.112 core where the
-reference took 70 at 0.25 for the same CPU; with the quota on inference alone, 61 ms at 0.114), so
-each node class's scale is then corrected by how far that model's measured service time there is
-from the reference's (`corrected`) and the catalog measured again, until every class is within
-TOLERANCE or CALIBRATION_ROUNDS profiles were made. A slower host is left as it is (scale <= 1: a node
-is never given more of the host than its quota says, so the nodes still fit beside the front-end
-and the clients). Where no figure of this host exists (no `make setup` profile), scale is 1.
+quarter core, so four Nanos serve ~57 of them a second). A node's `cpu_quota` is in cores of *this*
+host, so on a host k times faster the same quarter core serves k times more: a phase written as 80%
+of the edge's capacity runs at 80/k %, the overload phase is no overload, and the experiment no
+longer measures what the scenario says. The runner therefore scales every node's quota by `scale` =
+this host's CPU time per request of the catalog's heaviest model over the reference host's
+(`measured.cpu_time`), and measures the catalog again at the scaled quotas (cluster.profile) for the
+system to plan with. CPU time is only a first guess: a small quota does not give exactly its share
+(with the whole server under it, 80 ms at 0.112 core where the reference took 70 at 0.25 for the
+same CPU; with the quota on inference alone, 60-70 ms at 0.114 in four profiles), so each node
+class's scale is then corrected by how far that model's measured service time there is from the
+reference's (`corrected`) and the catalog measured again, until every class is within TOLERANCE or
+CALIBRATION_ROUNDS profiles were made. A slower host is left as it is (scale <= 1: a node is never
+given more of the host than its quota says, so the nodes still fit beside the front-end and the
+clients). Where no figure of this host exists (no `make setup` profile), scale is 1.
 """
 from __future__ import annotations
 
