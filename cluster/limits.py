@@ -270,7 +270,8 @@ class CgroupLimits:
 
     @property
     def status(self) -> str:
-        """One line for operators: "cgroup v1, enforced" or "none (why)"."""
+        """One line for operators: "cgroup v1, enforced, CPU on inference", "cgroup v2, enforced" or
+        "none (why)"."""
         if self.layout is None:
             return f"none ({self.reason})"
         return f"cgroup v{self.layout.version}, enforced" + (", CPU on inference" if self.scope == "inference" else "")

@@ -351,7 +351,7 @@ class LocalCluster(Cluster):
 
     @property
     def limits_status(self) -> str:
-        """One line: "cgroup v1, enforced" or "none (why)" (nodes then share the host)."""
+        """One line: "cgroup v1, enforced, CPU on inference" or "none (why)" (nodes then share the host)."""
         return self.limits.status
 
     def _open_limits(self, wanted: bool) -> None:
