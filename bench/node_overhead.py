@@ -20,24 +20,20 @@ from __future__ import annotations
 import argparse
 import http.client
 import random
-import re
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
 from cluster.limits import CgroupLimits, NodeLimits, detect_layout
 from cluster.port import ClusterError
 from cluster.profile import REPO_ROOT, _example, profiled_server
+from testbed.clients import parse_server_timing
 
 MODES = ("process", "inference", "none")
-_APP = re.compile(r"(?:^|,)\s*app;dur=([0-9.]+)")
-
-
-def _quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class _Client:
@@ -59,10 +55,10 @@ class _Client:
         waited = time.perf_counter() - started
         if answer.status != 200:
             raise ClusterError(f"predict answered {answer.status}")
-        match = _APP.search(answer.getheader("Server-Timing") or "")
-        if match is None:
+        app = parse_server_timing(answer.getheader("Server-Timing")).get("app")
+        if app is None:
             raise ClusterError("the answer has no Server-Timing app figure")
-        return waited, float(match.group(1)) / 1000
+        return waited, app
 
     def call(self) -> tuple[float, float]:
         try:
@@ -119,8 +115,8 @@ def run_mode(mode: str, model: str, quota: float, util: float, requests: int, se
                 pool.submit(one)
     extra = [1000 * (waited - app) for waited, app in results]
     latency = [1000 * waited for waited, _ in results]
-    return {"mode": mode, "service_ms": 1000 * service, "n": len(results),
-            "p50": _quantile(extra, 0.5), "p95": _quantile(extra, 0.95), "p99": _quantile(extra, 0.99),
+    p50, p95, p99 = np.percentile(extra, [50, 95, 99])
+    return {"mode": mode, "service_ms": 1000 * service, "n": len(results), "p50": p50, "p95": p95, "p99": p99,
             "mean_ms": sum(latency) / len(latency)}
 
 

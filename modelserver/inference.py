@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable
 
@@ -74,23 +75,17 @@ class InferenceThreads:
             call = self._calls.get()
             if call is None:
                 return
-            fn, args, done, box = call
+            fn, args, future = call
             try:
-                box.append((True, fn(*args)))
+                future.set_result(fn(*args))
             except BaseException as exc:        # handed back to the request thread, raised there
-                box.append((False, exc))
-            done.set()
+                future.set_exception(exc)
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run `fn(*args)` on an inference thread and return its result (or raise its exception)."""
-        done = threading.Event()
-        box: list[tuple[bool, Any]] = []
-        self._calls.put((fn, args, done, box))
-        done.wait()
-        ok, value = box[0]
-        if ok:
-            return value
-        raise value
+        future: Future = Future()
+        self._calls.put((fn, args, future))
+        return future.result()
 
     def close(self) -> None:
         """Let the threads finish the calls queued and stop."""

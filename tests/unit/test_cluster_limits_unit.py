@@ -241,3 +241,21 @@ def test_new_fields_write_the_idle_time_only_for_classes_measured_idle():
 def test_scv_is_the_population_variance_over_the_squared_mean():
     assert scv([0.01] * 7) == 0.0
     assert scv([1.0, 3.0]) == pytest.approx(0.25)        # variance 1, mean 2
+
+
+def test_sweep_removes_an_old_nodes_inference_group_with_it(tmp_path):
+    """Plain folders stand for the tree (a cgroup folder is removed by rmdir once empty, as these):
+    an idle node's `inference` group goes with it; a recent one (a deploy under way) stays."""
+    import os
+    import time
+
+    limits = CgroupLimits(Layout(1, tmp_path / "cpu", tmp_path / "memory"), "c1")
+    old, young = (tmp_path / "cpu" / "edge-inference" / "c0" / n for n in ("nano-1", "nano-2"))
+    for node in (old, young):
+        (node / "inference").mkdir(parents=True)
+    hour_ago = time.time() - 7200
+    for path in (old / "inference", old, young):
+        os.utime(path, (hour_ago, hour_ago))
+    limits.sweep(idle=3600)
+    assert not old.exists()
+    assert (young / "inference").is_dir()
