@@ -135,7 +135,8 @@ def _prediction(built, solved: _Solved) -> dict[str, float | None]:
     q = built.queueing
     means = {d: predicted_mean(built.problem, solved.assignment, dispatch=d, idle=q.idle, dispersion=q.dispersion,
                                scv=q.scv) for d in DISPATCHES}
-    means["simulated"] = simulated_mean(built.problem, solved.assignment, idle=q.idle, dispersion=q.dispersion)
+    means["simulated"] = simulated_mean(built.problem, solved.assignment, idle=q.idle, dispersion=q.dispersion,
+                                        scv=q.scv)
     return {d: None if mean is None else round(mean, 6) for d, mean in means.items()}
 
 

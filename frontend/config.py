@@ -79,6 +79,10 @@ class Settings(Strict):
     # shares its cores with its other requests and its neighbours; 0.85, the load-aware solver's
     # default utilisation ceiling, makes the dispatcher see a node full where the plan does.
     backlog_drain: Number(float, positive=True, maximum=1.0) = 0.85
+    # expected-delay: the quantile of a request's answer time that picks its node (0.5 <= x <= 0.999;
+    # 0.5: the mean). Above the mean, a queue of variable services counts for more than its mean
+    # (the profile's exec_time_scv); an SLO is a tail. Default 0.9.
+    dispatch_quantile: Number(float, minimum=0.5, maximum=0.999) = 0.9
     # expected-delay: true counts every worker's dispatches in one backlog, a file beside the
     # database (`<database>-backlog`; workers and front-ends on one host share it); false keeps
     # one per worker, which sees only its own share of a node's work. Default true.

@@ -12,6 +12,7 @@ import random
 import re
 import threading
 import time
+from statistics import NormalDist
 
 from flask import current_app
 
@@ -19,7 +20,7 @@ from cluster.catalog import ModelSpec
 
 from .backlog import Backlog, SharedBacklog, backlog_path
 from .config import Settings
-from .dispatch import choose, service_time, with_profile
+from .dispatch import choose, service_time, spread_of, with_profile
 from .errors import ApiError
 from .hints import MAX_PACE
 from .pace import PaceTable
@@ -57,6 +58,7 @@ class Runtime:
         self._rng = random.Random()
         self._backlog = _backlog(settings)         # expected-delay: work sent to each node
         self.paces = PaceTable()                   # expected-delay: each node's measured pace
+        self._z = NormalDist().inv_cdf(settings.dispatch_quantile)   # expected-delay's quantile
         self._pools: dict[str, UpstreamPool] = {}
         self._listing: tuple[tuple, list[dict]] | None = None
         self._pools_lock = threading.Lock()
@@ -139,17 +141,18 @@ class Runtime:
         if candidates:
             policy = self.settings.policy
             plan = self.cache.plan
-            backlog = paces = None
+            backlog = paces = spread = None
             if policy == "expected-delay":
                 plan = with_profile(plan, spec, candidates)
                 now = time.monotonic()
                 names = [c.node.name for c in candidates]
                 backlog = self._backlog.seconds(names, now)
                 paces = self.paces.paces(model, names, now) if self.settings.measured_pace else None
+                spread = spread_of(spec, candidates, self._z)
             chosen = choose(policy, candidates, model=model, zone=zone, plan=plan, rtt=self.cache.rtt,
                             counter=self._counter(model) if policy == "round-robin" else 0,
                             u=self._rng.random() if policy in ("plan", "random", "expected-delay") else 0.0,
-                            backlog=backlog, paces=paces)
+                            backlog=backlog, paces=paces, spread=spread)
             if backlog is not None and charge:
                 seconds = service_time(plan, model, chosen.node.name, paces)
                 if seconds is not None:

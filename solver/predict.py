@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from statistics import NormalDist
 from typing import Iterable, Mapping
 
 from solver.problem import Assignment, Problem
@@ -122,6 +123,7 @@ def predicted_mean(problem: Problem, assignment: Iterable[Assignment], *, dispat
 def simulated_mean(problem: Problem, assignment: Iterable[Assignment], *,
                    idle: Mapping[str, Mapping[str, float]] | None = None,
                    dispersion: Mapping[str, float] | None = None, drain: float = 0.85,
+                   scv: Mapping[str, Mapping[str, float]] | None = None, quantile: float = 0.9,
                    arrivals: int = SIMULATED_ARRIVALS, seed: int = 0) -> float | None:
     """Return the mean latency (s) expected-delay dispatch should give the plan's traffic, by
     simulation (solver.replay); None when nothing is assigned, the window is unknown, a model's
@@ -131,8 +133,10 @@ def simulated_mean(problem: Problem, assignment: Iterable[Assignment], *,
     Each request group keeps its rate (count / window) and its round trips; it may go to any node
     holding an instance of its model after the plan (where the assignment routes that model, and
     the instances the problem says stay deployed), as the front-end's expected-delay does, with
-    backlog `drain` (its `backlog_drain`). Service: `problem.exec_time` back to back, `idle` (model ->
-    node; missing: back to back) for a request that finds its node idle."""
+    backlog `drain` (its `backlog_drain`), choosing at `quantile` of the answer time with the
+    service's `scv` (model -> node; its `dispatch_quantile` and the profile's `exec_time_scv`).
+    Service: `problem.exec_time` back to back, `idle` (model -> node; missing: back to back) for a
+    request that finds its node idle; deterministic (the scv only moves the choice)."""
     window = problem.window
     if not window:
         return None
@@ -170,7 +174,10 @@ def simulated_mean(problem: Problem, assignment: Iterable[Assignment], *,
         return None
     horizon = arrivals / total
     drawn = gamma_arrivals(rates, dispersion, horizon=horizon, seed=seed)
+    z = NormalDist().inv_cdf(quantile)
+    spread = {(m, j): z * math.sqrt(v) for m, row in (scv or {}).items() for j, v in row.items()
+              if (m, j) in service and v > 0} if z > 0 else None
     result = simulate(drawn, rtt, service, slo=math.inf, overhead=0.0, dispatcher="expected-delay", edge=set(),
-                      drain=drain, keep=True)
+                      drain=drain, spread=spread, keep=True)
     counted = [lat for a, lat in zip(drawn, result.latencies or []) if a.offset >= WARM_UP * horizon]
     return sum(counted) / len(counted) if counted else None

@@ -10,11 +10,13 @@ and bursty arrivals (Gamma, CV 3) fill the queues in ways an M/M/k average misse
 The model: each node is one FCFS server holding every model it has a service time for. A request
 reaches the node half a round trip (plus `overhead`) after it is sent, waits for the node's queue
 to end, is served at the low-load pace `idle` when it finds the node idle and at the back-to-back
-pace otherwise, and its answer takes the other half round trip. Service is deterministic (the
-profile's variability is a few per cent). Pure: numbers in, numbers out.
+pace otherwise, and its answer takes the other half round trip. Service is deterministic unless
+`variability` is given: then each service is drawn around its mean (the testbed's Nanos at a tenth
+of a core vary by ~20%, the CFS period's phase). Pure: numbers in, numbers out (seeded).
 """
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import Mapping, NamedTuple, Protocol, Sequence
@@ -54,13 +56,20 @@ class Result:
 def simulate(arrivals: Sequence[Request], rtt: Mapping[str, Mapping[str, float]],
              service: Mapping[tuple[str, str], tuple[float, float]], *, slo: float,
              overhead: float | Sequence[float], dispatcher: str, edge: set[str], drain: float = 0.85,
+             spread: Mapping[tuple[str, str], float] | None = None,
+             variability: Mapping[tuple[str, str], float] | None = None, seed: int = 0,
              keep: bool = False) -> Result:
     """Replay `arrivals` through FCFS nodes under `dispatcher` (one of DISPATCHERS).
 
     `rtt`: zone -> node -> round trip (s); `service`: (model, node) -> (idle, back-to-back) seconds;
     `overhead`: seconds per request, or one per arrival (in order); `edge`: the nodes `nearest` may
-    use; `drain`: expected-delay's backlog drain (the front-end's `backlog_drain`); `keep`: return
-    every answered request's latency too."""
+    use; `drain`: expected-delay's backlog drain (the front-end's `backlog_drain`); `spread`: (model,
+    node) -> z * the service's coefficient of variation, expected-delay's quantile margin (the
+    front-end's `dispatch_quantile`, frontend/dispatch.py; missing: the mean); `variability`: (model,
+    node) -> squared coefficient of variation of the real service there (each service drawn from a
+    Gamma law with that mean and scv, seeded by `seed`, once the request is dispatched: no
+    dispatcher knows it beforehand; missing: deterministic); `keep`: return every answered request's
+    latency too."""
     if dispatcher not in DISPATCHERS:
         raise ValueError(f"dispatcher must be one of {', '.join(DISPATCHERS)}, got {dispatcher!r}")
     extra = [overhead] * len(arrivals) if isinstance(overhead, (int, float)) else list(overhead)
@@ -70,6 +79,7 @@ def simulate(arrivals: Sequence[Request], rtt: Mapping[str, Mapping[str, float]]
     within = dropped = 0
     total = 0.0
     latencies: list[float] | None = [] if keep else None
+    draw = random.Random(seed) if variability else None
     for a, overhead in zip(arrivals, extra):
         options = []
         for node, cost in rtt[a.zone].items():
@@ -90,7 +100,9 @@ def simulate(arrivals: Sequence[Request], rtt: Mapping[str, Mapping[str, float]]
                 left, since = backlog.get(o[2], (0.0, a.offset))
                 left = max(0.0, left - drain * (a.offset - since))
                 idle, b2b = service[(a.model, o[2])]
-                return o[1] + left + (idle if left <= 0 else b2b), o[2]
+                pace = idle if left <= 0 else b2b
+                margin = spread.get((a.model, o[2]), 0.0) * math.sqrt(pace * pace + left * b2b) if spread else 0.0
+                return o[1] + left + pace + margin, o[2]
             latency, _, node, start, work = min(options, key=guess)
             left, since = backlog.get(node, (0.0, a.offset))
             backlog[node] = (max(0.0, left - drain * (a.offset - since)) + service[(a.model, node)][1], a.offset)
@@ -99,6 +111,11 @@ def simulate(arrivals: Sequence[Request], rtt: Mapping[str, Mapping[str, float]]
             if dispatcher.endswith("dropped") and latency > slo:
                 dropped += 1
                 continue
+        scv = variability.get((a.model, node), 0.0) if draw is not None and variability else 0.0
+        if scv > 0:
+            real = draw.gammavariate(1.0 / scv, work * scv)
+            latency += real - work
+            work = real
         free[node] = start + work
         busy[node] = busy.get(node, 0.0) + work
         within += latency <= slo

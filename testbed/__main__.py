@@ -1,9 +1,11 @@
 """`python -m testbed check|trace|run SCENARIO.yaml [--catalog FILE] [--cluster FILE] [--json]`.
 
 `run SCENARIO.yaml --out DIR [--strategies a,b] [--mode lookup|proxy] [--every S] [--initial spread|empty]
-[--cpu-scale auto|X]` runs the achieved-latency experiment (testbed.runner): every strategy on a clean system,
-the same trace, results.json / results.md / plots in DIR; on a host faster than the reference one the nodes'
-quotas are scaled down so they serve at the speed the scenario was written for (testbed.calibrate).
+[--cpu-scale auto|X] [--frontend-setting KEY=VALUE ...]` runs the achieved-latency experiment
+(testbed.runner): every strategy on a clean system, the same trace, results.json / results.md / plots in
+DIR; on a host faster than the reference one the nodes' quotas are scaled down so they serve at the
+speed the scenario was written for (testbed.calibrate). `--frontend-setting` gives every strategy's
+front-end a setting beside its policy (an ablation on the same trace, e.g. `dispatch_quantile=0.5`).
 
 `check` prints a summary of a valid scenario (exit 0) or its one-line error (exit 2, no
 traceback); `trace` prints the counts of its seeded trace per phase, zone and model (JSON), and
@@ -15,9 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 
 from .scenario import ScenarioError, describe, load_scenario
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,13 +56,19 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--cpu-scale", default="auto", metavar="auto|X",
                      help="every node's cpu_quota times X in (0, 1]; auto (default): so that the nodes run "
                           "at the reference host's speed on a faster host (testbed/calibrate.py)")
+    run.add_argument("--frontend-setting", action="append", default=[], metavar="KEY=VALUE",
+                     help="a front-end setting for every strategy beside its policy (repeat), "
+                          "e.g. dispatch_quantile=0.5")
     args = parser.parse_args(argv)
     cpu_scale = None
+    settings: dict[str, str] = {}
     if args.command == "run":
         from .calibrate import parse_scale
+        from .runner import frontend_setting
 
         try:
             cpu_scale = parse_scale(args.cpu_scale)
+            settings = dict(frontend_setting(item) for item in args.frontend_setting)
         except ValueError as exc:
             print(f"testbed: {exc}", file=sys.stderr)
             return 2
@@ -83,13 +96,21 @@ def main(argv: list[str] | None = None) -> int:
         if out.exists() and not out.is_dir():
             print(f"testbed: --out {out} is not a folder", file=sys.stderr)
             return 2
+        # SIGTERM (a job's timeout, `kill`) stops the run as Ctrl-C does: through the runner's
+        # finally blocks, which stop the strategy's system (it runs in a session of its own and would
+        # otherwise outlive the run, holding its ports, cgroups and model servers).
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             doc = run_experiment(scenario, out, strategies=names, mode=args.mode, every=args.every,
-                                 initial=args.initial, cpu_scale=cpu_scale,
+                                 initial=args.initial, cpu_scale=cpu_scale, frontend_settings=settings,
                                  progress=lambda line: print(line, file=sys.stderr, flush=True))
         except (RuntimeError, OSError, ValueError) as exc:
             print(f"testbed: {exc}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:
+            print("testbed: interrupted; the running strategy's system was stopped, no results written",
+                  file=sys.stderr)
+            return 130
         print((out / "results.md").read_text())
         print(f"results: {out / 'results.json'}; plots: {', '.join(doc.get('plots', []))}")
         return 0

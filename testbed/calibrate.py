@@ -13,7 +13,10 @@ system to plan with. CPU time is only a first guess: a small quota does not give
 same CPU; with the quota on inference alone, 60-70 ms at 0.114 in four profiles), so each node
 class's scale is then corrected by how far that model's measured service time there is from the
 reference's (`corrected`) and the catalog measured again, until every class is within TOLERANCE or
-CALIBRATION_ROUNDS profiles were made. A slower host is left as it is (scale <= 1: a node is never
+CALIBRATION_ROUNDS profiles were made. One profile can be 15-30% off what the same quota gives the
+next time (a busy moment of the host), so after the last round each class runs at the quota of the
+round that measured it closest to the reference, with that round's figures (`best_rounds`,
+`merge_rounds`): not blindly at the last correction, which nothing measured. A slower host is left as it is (scale <= 1: a node is never
 given more of the host than its quota says, so the nodes still fit beside the front-end and the
 clients). Where no figure of this host exists (no `make setup` profile), scale is 1.
 """
@@ -24,7 +27,8 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["CALIBRATION_ROUNDS", "REFERENCE_CATALOG", "TOLERANCE", "auto_scale", "corrected", "parse_scale", "profile_at"]
+__all__ = ["CALIBRATION_ROUNDS", "REFERENCE_CATALOG", "TOLERANCE", "auto_scale", "best_rounds", "corrected",
+           "merge_rounds", "parse_scale", "profile_at"]
 
 REFERENCE_CATALOG = Path(__file__).resolve().parent.parent / "config" / "models.yaml"
 TOLERANCE = 0.05        # a class whose service time is this close to the reference's is not corrected
@@ -68,6 +72,40 @@ def corrected(scales: dict[str, float], measured: Path,
         ratios[cls] = here[model]["exec_time"][cls] / there[model]["exec_time"][cls]
         new[cls] = min(1.0, scale * ratios[cls])
     return new, ratios
+
+
+def best_rounds(ratios: list[dict[str, float]]) -> dict[str, int]:
+    """class -> the index of the round whose measured service time was closest to the reference's
+    (`ratios`: each round's {class: measured / reference}); a tie goes to the later round."""
+    best: dict[str, int] = {}
+    for i, row in enumerate(ratios):
+        for cls, r in row.items():
+            if cls not in best or abs(r - 1) <= abs(ratios[best[cls]][cls] - 1):
+                best[cls] = i
+    return best
+
+
+_PER_CLASS = ("exec_time", "exec_time_idle", "exec_time_scv")
+
+
+def merge_rounds(out: Path, sources: dict[str, Path]) -> None:
+    """Rewrite the catalog `out` with each class's figures (service times, idle times, scv, the
+    quota measured at) from the catalog `sources[class]` measured for it; the rest stays `out`'s."""
+    doc = yaml.safe_load(Path(out).read_text()) or {}
+    rounds = {cls: _entries(path) for cls, path in sources.items()}
+    for entry in doc.get("models") or []:
+        for cls, theirs in rounds.items():
+            source = theirs.get(entry.get("name"), {})
+            for key in _PER_CLASS:
+                value = (source.get(key) or {}).get(cls)
+                if value is not None:
+                    entry.setdefault(key, {})[cls] = value
+                elif isinstance(entry.get(key), dict):
+                    entry[key].pop(cls, None)
+            quota = ((source.get("measured") or {}).get("cpu_quota") or {}).get(cls)
+            if quota is not None and isinstance((entry.get("measured") or {}).get("cpu_quota"), dict):
+                entry["measured"]["cpu_quota"][cls] = quota
+    Path(out).write_text(yaml.safe_dump(doc, sort_keys=False, width=10_000))
 
 
 def auto_scale(catalog: Path, reference: Path = REFERENCE_CATALOG) -> tuple[float, str]:

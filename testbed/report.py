@@ -174,13 +174,17 @@ def _calibration_lines(calibration: dict | None) -> list[str]:
             f"{calibration['catalog']}, measured at those quotas.", ""]
 
 
+def _settings_text(settings: dict | None) -> str:
+    return (", front-end settings " + ", ".join(f"{k}={v}" for k, v in settings.items())) if settings else ""
+
+
 def markdown(doc: dict) -> str:
     strategies = doc["strategies"]
     base = strategies.get("ours")
     lines = [f"# Testbed results: {doc['scenario'].get('path') or 'scenario'}", "",
              f"{doc['trace']['requests']} requests, seed {doc['scenario']['seed']}, client mode {doc['mode']}, "
              f"back-end every {doc['every']:g} s, initial deployment {doc.get('initial', 'spread')}, "
-             f"SLO {doc['scenario']['slo']} s. Latency in ms over every "
+             f"SLO {doc['scenario']['slo']} s{_settings_text(doc.get('frontend_settings'))}. Latency in ms over every "
              "arrival (a failed request counts at the client's timeout); ratios are to `ours`.", "",
              *_calibration_lines(doc.get("calibration")),
              "| strategy | sent | ok | failed | mean | p50 | p95 | p99 | SLO met | mean / ours | p95 / ours |"
@@ -298,13 +302,15 @@ def plot(doc: dict, runs, out_dir: Path, scenario: Scenario) -> list[Path]:
 
 
 def write_results(scenario: Scenario, trace: list[Arrival], runs, out_dir: Path, *, mode: str,
-                  every: float, initial: str = "spread", calibration: dict | None = None) -> dict:
+                  every: float, initial: str = "spread", calibration: dict | None = None,
+                  frontend_settings: dict[str, str] | None = None) -> dict:
     """Write results.json, results.md and the plots; return the results document. `calibration`:
-    the nodes' quota scale per node class, why, and the catalog the systems ran with (testbed.calibrate)."""
+    the nodes' quota scale per node class, why, and the catalog the systems ran with (testbed.calibrate);
+    `frontend_settings`: the front-end settings given beside each strategy's policy."""
     calibration = calibration or {"scale": {n.node_class: 1.0 for n in scenario.nodes}, "why": "not calibrated",
                                   "catalog": str(scenario.catalog_path)}
     doc = {"scenario": _scenario_doc(scenario), "mode": mode, "every": every, "initial": initial,
-           "calibration": calibration,
+           "frontend_settings": dict(frontend_settings or {}), "calibration": calibration,
            "trace": {"requests": len(trace), "counts": summarize(trace)},
            "strategies": {run.name: _strategy_doc(run, scenario) for run in runs}}
     (out_dir / "results.json").write_text(json.dumps(doc, indent=1, allow_nan=False, default=str))

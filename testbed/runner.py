@@ -29,13 +29,13 @@ from typing import Callable
 
 import yaml
 
-from .calibrate import CALIBRATION_ROUNDS, TOLERANCE, auto_scale, corrected, profile_at
+from .calibrate import CALIBRATION_ROUNDS, TOLERANCE, auto_scale, best_rounds, corrected, merge_rounds, profile_at
 from .clients import ClientResults, run_clients
 from .scenario import Scenario
 from .strategies import STRATEGIES, Strategy, backend_flags
 from .trace import Arrival, generate_trace, write_trace
 
-__all__ = ["run_experiment", "StrategyRun", "spread_placement"]
+__all__ = ["run_experiment", "frontend_setting", "StrategyRun", "spread_placement"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 INITIAL_STATES = ("spread", "empty")   # see run_strategy
@@ -78,6 +78,32 @@ def spread_placement(models: list[str], nodes: list[dict], memory: dict[str, int
             placed.append((model, node))
             progress = True
     return placed
+
+
+# Front-end settings the testbed sets itself: a strategy's policy, and where its system's parts are.
+_OWN_SETTINGS = ("policy", "cluster", "cluster_settings", "catalog", "database", "token", "token_file",
+                 "alto_cost_map")
+
+
+def frontend_setting(item: str) -> tuple[str, str]:
+    """`KEY=VALUE` -> (key, value) for `run_experiment(frontend_settings=...)`, or ValueError saying
+    why: the key must be a front-end setting the testbed does not set itself, and the value valid
+    for it (read as the front-end reads FRONTEND_<KEY>)."""
+    from frontend.config import ConfigError, Settings, load_settings
+
+    key, sep, value = item.partition("=")
+    key = key.strip().replace("-", "_").lower()
+    if not sep or not key:
+        raise ValueError(f"--frontend-setting: expected KEY=VALUE, got {item!r}")
+    if key not in Settings.model_fields:
+        raise ValueError(f"--frontend-setting: {key} is not a front-end setting")
+    if key in _OWN_SETTINGS:
+        raise ValueError(f"--frontend-setting: {key} is set by the testbed (each strategy's own)")
+    try:
+        load_settings({f"FRONTEND_{key.upper()}": value})
+    except ConfigError as exc:
+        raise ValueError(f"--frontend-setting: {' '.join(str(exc).split())}") from None
+    return key, value
 
 
 def _free_port() -> int:
@@ -169,7 +195,7 @@ class _System:
     """scripts/run_system.py for one strategy, and the cluster it runs (read for samples)."""
 
     def __init__(self, scenario: Scenario, strategy: Strategy, workdir: Path, *, every: float,
-                 cpu_scale: float | dict[str, float] = 1.0):
+                 cpu_scale: float | dict[str, float] = 1.0, frontend_settings: dict[str, str] | None = None):
         self.workdir = workdir
         self.state = workdir / "state"
         self.port = _free_port()
@@ -186,6 +212,8 @@ class _System:
                    "--state-dir", str(self.state), "--cluster-config", str(self.cluster_config),
                    "--initial-model", "", "--alto", str(self.alto), "--catalog", str(scenario.catalog_path),
                    "--frontend-setting", f"policy={strategy.policy}"]
+        for key, value in (frontend_settings or {}).items():
+            command += ["--frontend-setting", f"{key}={value}"]
         flags = backend_flags(strategy)
         if flags:
             mode = flags[flags.index("--mode") + 1]
@@ -257,16 +285,19 @@ def _catalog_memory(scenario: Scenario) -> dict[str, int]:
 
 def run_strategy(scenario: Scenario, strategy: Strategy, trace: list[Arrival], workdir: Path, *,
                  mode: str, every: float, progress: Callable[[str], None], initial: str = "spread",
-                 cpu_scale: float | dict[str, float] = 1.0) -> StrategyRun:
+                 cpu_scale: float | dict[str, float] = 1.0,
+                 frontend_settings: dict[str, str] | None = None) -> StrategyRun:
     """Start a clean system configured as `strategy`, replay `trace`, stop it; return what happened.
 
     `initial`: "spread" deploys the requested models the way Kubernetes' scheduler spreads them
     before the trace, for every strategy (the same starting point: the comparison measures re-planning
     and dispatch, not who pays the first model start); "empty" does so only for `kubernetes`, whose
     deployment it is, and the others start from nothing (on-demand provisioning, cold starts).
-    `cpu_scale`: every node's quota times this, or its class's (testbed.calibrate)."""
+    `cpu_scale`: every node's quota times this, or its class's (testbed.calibrate).
+    `frontend_settings`: front-end settings (KEY: text) given beside the strategy's policy."""
     workdir.mkdir(parents=True, exist_ok=True)
-    system = _System(scenario, strategy, workdir, every=every, cpu_scale=cpu_scale)
+    system = _System(scenario, strategy, workdir, every=every, cpu_scale=cpu_scale,
+                     frontend_settings=frontend_settings)
     begun = time.monotonic()
     system.start()
     try:
@@ -319,12 +350,15 @@ def run_strategy(scenario: Scenario, strategy: Strategy, trace: list[Arrival], w
 
 def run_experiment(scenario: Scenario, out_dir: Path, *, strategies: list[str] | None = None,
                    mode: str = "lookup", every: float = 10.0, initial: str = "spread",
-                   progress: Callable[[str], None] = print, cpu_scale: float | None = 1.0) -> dict:
+                   progress: Callable[[str], None] = print, cpu_scale: float | None = 1.0,
+                   frontend_settings: dict[str, str] | None = None) -> dict:
     """Run every strategy on the same trace; write results.json/.md and plots into `out_dir`.
 
     `cpu_scale`: every node's quota times this, None to derive it from this host's speed
     (testbed.calibrate); below 1 the catalog is measured again at the scaled quotas into
-    `out_dir`/models.yaml, and the systems run with it."""
+    `out_dir`/models.yaml, and the systems run with it. `frontend_settings`: front-end settings
+    (KEY: text, checked by `frontend_setting`) every strategy's front-end gets beside its policy:
+    an ablation (e.g. `dispatch_quantile`) on the same trace."""
     from .report import write_results
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -344,13 +378,14 @@ def run_experiment(scenario: Scenario, out_dir: Path, *, strategies: list[str] |
         began = time.monotonic()
         progress(f"== {name}: {STRATEGIES[name].description}")
         run = run_strategy(scenario, STRATEGIES[name], trace, out_dir / name, mode=mode, every=every,
-                           progress=progress, initial=initial, cpu_scale=calibration["scale"])
+                           progress=progress, initial=initial, cpu_scale=calibration["scale"],
+                           frontend_settings=frontend_settings)
         runs.append(run)
         summary = run.clients.summary()
         progress(f"== {name}: ok {summary['ok']}/{summary['arrivals']}, mean {summary['latency']['mean']} s, "
                  f"p95 {summary['latency']['p95']} s ({time.monotonic() - began:.0f} s)")
     return write_results(scenario, trace, runs, out_dir, mode=mode, every=every, initial=initial,
-                         calibration=calibration)
+                         calibration=calibration, frontend_settings=frontend_settings)
 
 
 def _calibrate(scenario: Scenario, out_dir: Path, cpu_scale: float | None,
@@ -359,7 +394,8 @@ def _calibrate(scenario: Scenario, out_dir: Path, cpu_scale: float | None,
     what the calibration was: {scale: {node class: scale}, why, catalog, ratio: {node class: measured /
     reference service time at the quotas run}}. `auto` (None) corrects each class by its measured
     service time (testbed.calibrate.corrected) until it is within TOLERANCE, measuring at most
-    CALIBRATION_ROUNDS times."""
+    CALIBRATION_ROUNDS times, then runs each class at the round measured closest to the reference
+    (`rounds`: every round's scales and ratios; each round's catalog is kept as models.roundN.yaml)."""
     if cpu_scale is None:
         scale, why = auto_scale(scenario.catalog_path)
     elif not 0 < cpu_scale <= 1:
@@ -372,6 +408,7 @@ def _calibrate(scenario: Scenario, out_dir: Path, cpu_scale: float | None,
         return scenario, {"scale": scales, "why": why, "catalog": str(scenario.catalog_path)}
     catalog = out_dir / "models.yaml"
     ratios: dict[str, float] = {}
+    rounds: list[tuple[dict[str, float], dict[str, float], Path]] = []     # (scales, ratios, catalog)
     for attempt in range(1, CALIBRATION_ROUNDS + 1):
         progress(f"calibration: {why}; measuring the models at the scaled quotas")
         config = _cluster_file(scenario, out_dir / "cluster.calibrated.yaml", list(scenario.nodes), scales)
@@ -385,6 +422,9 @@ def _calibrate(scenario: Scenario, out_dir: Path, cpu_scale: float | None,
             return scenario, {"scale": {c: 1.0 for c in scales}, "why": why, "catalog": str(scenario.catalog_path)}
         (out_dir / "profile.log").write_text(table)
         new, ratios = corrected(scales, catalog)
+        kept = out_dir / f"models.round{attempt}.yaml"
+        shutil.copyfile(catalog, kept)
+        rounds.append((dict(scales), dict(ratios), kept))
         if cpu_scale is not None or attempt == CALIBRATION_ROUNDS or all(
                 abs(r - 1) <= TOLERANCE for r in ratios.values()):
             break
@@ -392,8 +432,16 @@ def _calibrate(scenario: Scenario, out_dir: Path, cpu_scale: float | None,
         why += ("; service time at those quotas / the reference's: "
                 + ", ".join(f"{c} {r:.3f}" for c, r in ratios.items()) + ", so quota x "
                 + ", ".join(f"{c} {s:.3f}" for c, s in scales.items()))
+    best = best_rounds([r for _, r, _ in rounds])
+    if any(i != len(rounds) - 1 for i in best.values()):
+        scales = {c: rounds[best[c]][0][c] if c in best else s for c, s in scales.items()}
+        ratios = {c: rounds[best[c]][1][c] for c in best}
+        merge_rounds(catalog, {c: rounds[i][2] for c, i in best.items()})
+        why += ("; run at the round measured closest to the reference: "
+                + ", ".join(f"{c} round {best[c] + 1} (quota x {scales[c]:.3f})" for c in best))
     if ratios:
         why += ("; at the quotas run: " + ", ".join(f"{c} {r:.3f}" for c, r in ratios.items())
                 + " of the reference's service time")
     return (dataclasses.replace(scenario, catalog_path=catalog),
-            {"scale": scales, "why": why, "catalog": str(catalog), "ratio": ratios})
+            {"scale": scales, "why": why, "catalog": str(catalog), "ratio": ratios,
+             "rounds": [{"scale": sc, "ratio": r} for sc, r, _ in rounds]})

@@ -4,8 +4,11 @@
 run` uses), replays the same trace with the client emulator, and writes the results.
 """
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -58,3 +61,73 @@ def test_two_strategies_on_the_same_trace(tmp_path):
         assert f"catalog:    {out / 'models.yaml'}" in (out / name / "run_system.log").read_text()
     measured = {m["name"]: m for m in yaml.safe_load((out / "models.yaml").read_text())["models"]}
     assert measured["half_plus_two"]["measured"]["cpu_quota"] == {"small": 0.125, "large": 0.5}
+
+
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit():
+                stat = (entry / "stat").read_text()
+                ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+                tree.setdefault(ppid, []).append(int(entry.name))
+        except (OSError, ValueError):
+            continue
+    return tree
+
+
+def _descendants(pid: int) -> set[int]:
+    tree, found, todo = _children(), set(), [pid]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            if (Path("/proc") / str(pid) / "stat").read_text().split(") ")[1][0] != "Z":
+                alive.add(pid)
+        except (OSError, IndexError):
+            continue
+    return alive
+
+
+def test_sigterm_stops_the_run_and_its_system(tmp_path):
+    """A run killed by SIGTERM (a job's timeout) stops the strategy's system, which runs in sessions
+    of its own (front-end, back-end, model servers): nothing of it is left running, and the run says
+    it was interrupted."""
+    out = tmp_path / "out"
+    run = subprocess.Popen([sys.executable, "-m", "testbed", "run", str(SMOKE), "--out", str(out),
+                            "--strategies", "ours", "--cpu-scale", "1"],
+                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        system: set[int] = set()
+        # the system is up once a model server runs under it (the spread deployment, before the trace)
+        while run.poll() is None and time.monotonic() < deadline:
+            system = _descendants(run.pid)
+            if any(b"modelserver" in (Path("/proc") / str(p) / "cmdline").read_bytes()
+                   for p in _alive(system)):
+                break
+            time.sleep(0.2)
+        assert run.poll() is None and len(_alive(system)) > 3, "the strategy's system never started"
+        time.sleep(2)
+        system = _descendants(run.pid)
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=90)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("testbed: interrupted"), err[-2000:]
+    assert "Traceback" not in err
+    time.sleep(0.5)
+    assert _alive(system) == set()
+    assert not (out / "results.json").exists()

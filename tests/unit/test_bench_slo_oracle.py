@@ -43,8 +43,39 @@ def test_nearest_never_uses_the_cloud_and_expected_delay_only_guesses():
 def test_the_cli_refuses_bad_input_in_one_line(capsys, tmp_path):
     assert main(["--overhead", "-1"]) == 2
     assert main(["--scenario", str(tmp_path / "none.yaml")]) == 2
+    assert main(["--quantile", "0.4"]) == 2
+    assert main(["--seeds", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line.startswith("slo_oracle: ") for line in err)
+    assert len(err) == 4 and all(line.startswith("slo_oracle: ") for line in err)
+
+
+def test_expected_delay_at_a_quantile_avoids_a_variable_node():
+    # near: 10 ms + 40 ms idle, CV 0.5; far: 50 + 20 ms, deterministic. At the mean a lone request
+    # goes near (50 < 70 ms); at z = 1.28 near counts 50 + 0.64 * 40 = 75.6 ms: far.
+    one = burst(1)
+    mean = simulate(one, RTT, SERVICE, slo=0.1, overhead=0.0, dispatcher="expected-delay", edge={"near"})
+    tail = simulate(one, RTT, SERVICE, slo=0.1, overhead=0.0, dispatcher="expected-delay", edge={"near"},
+                    spread={("m", "near"): 0.64})
+    assert set(mean.busy) == {"near"} and set(tail.busy) == {"far"}
+
+
+def test_variability_draws_each_service_around_its_mean_seeded():
+    arrivals = burst(400, gap=1.0)          # never queued: each request alone on the near node
+    flat = simulate(arrivals, {"z": {"near": 0.010}}, SERVICE, slo=0.1, overhead=0.0, dispatcher="nearest",
+                    edge={"near"}, keep=True)
+    assert flat.latencies == pytest.approx([0.050] * 400)
+    varied = [simulate(arrivals, {"z": {"near": 0.010}}, SERVICE, slo=0.1, overhead=0.0, dispatcher="nearest",
+                       edge={"near"}, variability={("m", "near"): 0.25}, seed=seed, keep=True) for seed in (1, 1, 2)]
+    assert varied[0].latencies == varied[1].latencies != varied[2].latencies      # seeded
+    work = [lat - 0.010 for lat in varied[0].latencies]
+    mean = sum(work) / len(work)
+    cv = (sum((w - mean) ** 2 for w in work) / len(work)) ** 0.5 / mean
+    assert mean == pytest.approx(0.040, rel=0.08) and cv == pytest.approx(0.5, rel=0.15)
+    assert varied[0].busy["near"] == pytest.approx(sum(work))
+    # a model or node without an scv stays deterministic
+    other = simulate(arrivals, {"z": {"near": 0.010}}, SERVICE, slo=0.1, overhead=0.0, dispatcher="nearest",
+                     edge={"near"}, variability={("x", "near"): 0.25}, keep=True)
+    assert other.latencies == flat.latencies
 
 
 def test_overheads_can_be_drawn_per_request_from_a_runs_records(tmp_path):

@@ -24,6 +24,15 @@ def test_mapping_overlays_defaults_and_reports_every_error():
         assert part in text
 
 
+def test_dispatch_quantile_is_a_tail_quantile():
+    assert Settings().dispatch_quantile == 0.9
+    assert settings_from_mapping({"dispatch_quantile": 0.5}).dispatch_quantile == 0.5     # the mean
+    for bad in (0.49, 1.0, "high", None):
+        with pytest.raises(ConfigError, match="dispatch_quantile"):
+            settings_from_mapping({"dispatch_quantile": bad})
+    assert load_settings({"FRONTEND_DISPATCH_QUANTILE": "0.99"}).dispatch_quantile == 0.99
+
+
 def test_catalog_follows_cluster_settings():
     s = settings_from_mapping({"cluster_settings": {"catalog_path": "/tmp/cat.yaml"}})
     assert str(s.catalog_path) == "/tmp/cat.yaml"

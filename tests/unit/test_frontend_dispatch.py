@@ -6,7 +6,7 @@ import pytest
 from cluster.port import Deployment, Node
 from frontend.backlog import Backlog
 from frontend.dispatch import (Plan, PlanError, choose, choose_provision_node, expected_delay, lowest_cpu,
-                               nearest, parse_plan, planned, round_robin, rtt_from_alto, service_time)
+                               nearest, parse_plan, planned, round_robin, rtt_from_alto, service_time, spread_of)
 from frontend.snapshot import ClusterState
 
 
@@ -323,3 +323,37 @@ def test_expected_delay_counts_a_node_at_its_measured_pace():
     assert service_time(plan, "m", "n-b", slow_c) == 0.070
     assert service_time(plan, "m", "n-zz", {"n-zz": 0.1}) is None
     assert service_time(None, "m", "n-c", slow_c) is None
+
+
+def test_expected_delay_at_a_quantile_counts_the_variability_of_the_work_ahead():
+    cands, plan, rtt = _delay_world()
+    # At the mean n-a answers first (3 + 70 ms against n-c's 60 + 20). Its service varying with a
+    # CV of 0.5 at z = 1.28 adds 0.64 * 70 = 45 ms: the deterministic cloud (no spread) is safer.
+    assert expected_delay(cands, "m", "z1", plan, rtt, {}, 0.0).node.name == "n-a"
+    assert expected_delay(cands, "m", "z1", plan, rtt, {}, 0.0, spread={"n-a": 0.64}).node.name == "n-c"
+    assert choose("expected-delay", cands, model="m", zone="z1", plan=plan, rtt=rtt,
+                  spread={"n-a": 0.64, "n-b": 0.64}).node.name == "n-c"
+    # a small spread (3.5 ms) does not outweigh the 7 ms n-a is ahead by
+    assert expected_delay(cands, "m", "z1", plan, rtt, {}, 0.0, spread={"n-a": 0.05}).node.name == "n-a"
+    # The queue's variability counts too: behind 0.3 s of 0.1 s services (CV 1, z 1) n-a answers at
+    # 0.4 s on average and 0.4 + sqrt(0.1^2 + 0.3 * 0.1) = 0.6 s at the quantile; n-b, deterministic,
+    # at 0.55 s. Without the queue's term n-a would be 0.5 s, ahead of n-b.
+    queued = Plan(created=1.0, mode=1, solver="highs", weights={}, service={"m": {"n-a": 0.1, "n-b": 0.55}})
+    flat = {"z1": {"n-a": 0.0, "n-b": 0.0}}
+    two = cands[:2]
+    assert expected_delay(two, "m", "z1", queued, flat, {"n-a": 0.3}, 0.0).node.name == "n-a"
+    assert expected_delay(two, "m", "z1", queued, flat, {"n-a": 0.3}, 0.0, spread={"n-a": 1.0}).node.name == "n-b"
+    assert expected_delay(two, "m", "z1", queued, flat, {"n-a": 0.2}, 0.0, spread={"n-a": 1.0}).node.name == "n-a"
+
+
+def test_spread_comes_from_the_profiled_variability_of_each_candidates_class():
+    from cluster.catalog import ModelSpec
+
+    spec = ModelSpec(name="m", image="i", port=1, model_file="m", memory=1, cpu=1.0,
+                     exec_time={"small": 0.070, "large": 0.020}, exec_time_scv={"small": 0.25, "large": 0.0})
+    nodes = [node("n-a"), node("n-b", labels={"node-class": "tiny"}), node("n-c", labels={"node-class": "large"})]
+    cands = state(nodes, [dep("m", n.name) for n in nodes]).serving["m"]
+    # z * CV where the class has a (non-zero) scv; nothing for a class without one
+    assert spread_of(spec, cands, 1.5) == {"n-a": pytest.approx(0.75)}
+    assert spread_of(spec, cands, 0.0) == {}                  # the median: choose by the mean
+    assert spread_of(dataclasses.replace(spec, exec_time_scv={}), cands, 1.5) == {}

@@ -178,6 +178,24 @@ def test_simulated_sends_to_the_far_node_only_when_the_near_queue_is_longer_than
     assert simulated_mean(near_only, [Assignment(0, "near", 1_000)]) == pytest.approx(light, rel=0.05)
 
 
+def test_simulated_chooses_at_the_front_ends_quantile_with_the_services_variability():
+    problem = Problem.from_dict({
+        "formulation": "latency", "window": 1_000.0,
+        "nodes": [{"name": "near", "memory": 100, "cpu": 8}, {"name": "far", "memory": 100, "cpu": 8}],
+        "models": [{"name": "m", "memory": 10, "cpu": 0.01}],
+        "requests": [{"model": "m", "count": 5_000, "rtt": {"near": 0.001, "far": 0.05}}],
+        "exec_time": {"m": {"near": 0.1, "far": 0.1}}})
+    split = [Assignment(0, "near", 2_500), Assignment(0, "far", 2_500)]
+    plain = simulated_mean(problem, split)
+    # at the mean (quantile 0.5) the variability moves no choice
+    assert simulated_mean(problem, split, scv={"m": {"near": 1.0}}, quantile=0.5) == plain
+    # at 0.9 a near service varying with CV 1 counts 128 ms beyond its mean, more than the 49 ms
+    # detour: the far node takes requests it would not at the mean, and the mean latency grows
+    assert simulated_mean(problem, split, scv={"m": {"near": 1.0}}) > plain + 0.02
+    # equally variable nodes: the margin is the same on both, the choice barely moves
+    assert simulated_mean(problem, split, scv={"m": {"near": 1.0, "far": 1.0}}) == pytest.approx(plain, rel=0.02)
+
+
 def test_simulated_refuses_overload_an_unknown_window_nothing_and_a_too_large_replay():
     problem, assignment = one_model(1000, 1)                           # 10 req/s at 0.1 s: rho 1
     assert simulated_mean(problem, assignment) is None

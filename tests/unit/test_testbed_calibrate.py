@@ -208,3 +208,56 @@ def test_an_outlier_measurement_is_corrected_by_the_next_round(tmp_path, monkeyp
     assert len(quotas) == 3 and quotas[2] == {"small": 0.125, "large": pytest.approx(0.5)}
     assert calibration["ratio"] == pytest.approx({"small": 1.0, "large": 1.0}, rel=1e-3)
     assert CALIBRATION_ROUNDS == 3
+
+
+def test_each_class_runs_at_the_round_measured_closest_to_the_reference(tmp_path, monkeypatch):
+    """Three noisy profiles (the same quota measured 15-30% apart): the run does not take the last
+    correction, which nothing measured, but each class's best measured round, with its figures."""
+    import testbed.runner as runner
+    from testbed.scenario import SCENARIOS_DIR, load_scenario
+
+    doc = yaml.safe_load(REFERENCE_CATALOG.read_text())
+    heavy = max((m for m in doc["models"] if "measured" in m), key=lambda m: m["measured"]["cpu_time"])
+    heavy["measured"]["cpu_time"] /= 2
+    fast = tmp_path / "fast.yaml"
+    fast.write_text(yaml.safe_dump(doc))
+    scenario = load_scenario(SCENARIOS_DIR / "smoke.yaml", catalog_path=fast)
+    ref = {c: heavy["exec_time"][c] for c in ("small", "large")}
+    measured = [{"small": 0.877, "large": 1.2}, {"small": 1.10, "large": 1.03}, {"small": 1.29, "large": 0.90}]
+    quotas = []
+
+    def profile(config, catalog, out, models_dir):
+        nodes = {n["class"]: n["cpu_quota"] for n in yaml.safe_load(config.read_text())["nodes"]}
+        quotas.append(nodes)
+        factor = measured[len(quotas) - 1]
+        mine = yaml.safe_load(catalog.read_text())
+        for m in mine["models"]:
+            if m["name"] == heavy["name"]:
+                m["exec_time"] = {c: ref[c] * factor[c] for c in nodes}
+                m["exec_time_idle"] = {c: 0.8 * ref[c] * factor[c] for c in nodes}
+                m["measured"]["cpu_quota"] = dict(nodes)
+        out.write_text(yaml.safe_dump(mine))
+        return "table"
+    monkeypatch.setattr(runner, "profile_at", profile)
+    ran, calibration = runner._calibrate(scenario, tmp_path, None, lambda line: None)
+    assert len(quotas) == 3 and quotas[2]["large"] == quotas[1]["large"]     # large within 5% in round 2: kept
+    # both classes run at round 2's quotas, the closest measured (small 1.10, large 1.03)
+    assert calibration["scale"] == pytest.approx({c: q / {"small": 0.25, "large": 1.0}[c]
+                                                  for c, q in quotas[1].items()}, rel=1e-3)
+    assert calibration["ratio"] == pytest.approx({"small": 1.10, "large": 1.03})
+    assert [r["ratio"] == pytest.approx(m) for r, m in zip(calibration["rounds"], measured)] == [True] * 3
+    assert "small round 2" in calibration["why"] and "large round 2" in calibration["why"]
+    # the catalog the systems plan with carries round 2's figures for both classes
+    entry = next(m for m in yaml.safe_load(ran.catalog_path.read_text())["models"] if m["name"] == heavy["name"])
+    assert entry["exec_time"] == pytest.approx({c: ref[c] * measured[1][c] for c in ref})
+    assert entry["exec_time_idle"] == pytest.approx({c: 0.8 * ref[c] * measured[1][c] for c in ref})
+    assert entry["measured"]["cpu_quota"] == pytest.approx(quotas[1])
+    assert (tmp_path / "models.round3.yaml").is_file()
+
+
+def test_best_rounds_per_class():
+    from testbed.calibrate import best_rounds
+
+    assert best_rounds([{"a": 0.8, "b": 1.2}, {"a": 1.1, "b": 1.01}, {"a": 0.95}]) == {"a": 2, "b": 1}
+    assert best_rounds([{"a": 0.75}, {"a": 1.25}]) == {"a": 1}          # a tie: the later round
+    assert best_rounds([]) == {}

@@ -94,8 +94,11 @@ def test_results_document_has_the_promised_shape(tmp_path):
                                               {"t": lag, "predicted_mean": base, "objective_mean": 2 * base,
                                                "requests": 10, "seconds": 0.01,
                                                "predictions": {"simulated": base, "pooled": 0.5 * base}}]))
-    doc = write_results(scenario, trace, runs, tmp_path, mode="lookup", every=10.0)
+    doc = write_results(scenario, trace, runs, tmp_path, mode="lookup", every=10.0,
+                        frontend_settings={"dispatch_quantile": "0.5"})
     saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["frontend_settings"] == {"dispatch_quantile": "0.5"}
+    assert "front-end settings dispatch_quantile=0.5." in (tmp_path / "results.md").read_text()
     for name in ("ours", "kubernetes"):
         s = saved["strategies"][name]
         assert set(s["latency"]) >= {"mean", "p50", "p95", "p99"}
@@ -166,3 +169,33 @@ def test_cloud_nodes_only_for_a_strategy_with_a_cloud_tier(tmp_path):
     assert entry["cloud"]["tier"] == "cloud" and entry["cloud"]["cpu_quota"] == 0.5
     assert "tier" not in entry["nano-1"] and entry["nano-1"]["cpu_quota"] > 0
     assert len({n["address"] for n in doc["nodes"]}) == 3
+
+
+def test_a_front_end_setting_reaches_every_strategys_system_and_bad_ones_stop_the_run(tmp_path, capsys):
+    from testbed.__main__ import main
+    from testbed.runner import _System, frontend_setting
+    from testbed.scenario import SCENARIOS_DIR
+
+    assert frontend_setting("dispatch_quantile=0.5") == ("dispatch_quantile", "0.5")
+    assert frontend_setting("Backlog-Shared=false") == ("backlog_shared", "false")
+    for item, why in (("dispatch_quantile", "expected KEY=VALUE"), ("=1", "expected KEY=VALUE"),
+                      ("colour=red", "colour is not a front-end setting"),
+                      ("policy=nearest", "policy is set by the testbed"),
+                      ("database=/tmp/x.db", "database is set by the testbed"),
+                      ("dispatch_quantile=0.2", "dispatch_quantile: must be >= 0.5"),
+                      ("measured_pace=maybe", "must be true or false")):
+        with pytest.raises(ValueError, match=why):
+            frontend_setting(item)
+    scenario = load_scenario(SCENARIOS_DIR / "smoke.yaml")
+    (tmp_path / "sys").mkdir()
+    system = _System(scenario, STRATEGIES["ours-load"], tmp_path / "sys", every=10.0,
+                     frontend_settings={"dispatch_quantile": "0.5"})
+    flags = [system.command[i + 1] for i, f in enumerate(system.command) if f == "--frontend-setting"]
+    assert flags == ["policy=expected-delay", "dispatch_quantile=0.5"]
+    # on the command line: one line, exit 2, nothing run
+    out = tmp_path / "out"
+    assert main(["run", str(SCENARIOS_DIR / "smoke.yaml"), "--out", str(out),
+                 "--frontend-setting", "policy=nearest"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["testbed: --frontend-setting: policy is set by the testbed (each strategy's own)"]
+    assert not out.exists()
