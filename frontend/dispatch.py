@@ -27,9 +27,9 @@ its arguments (randomness and counters are passed in), so the unit tests need no
   coefficient of variation the profile measured for the model on the node's class
   (`exec_time_scv`), so a request counts `z * sqrt(scv * (pace^2 + backlog * back-to-back pace))`
   beyond the mean (z the normal quantile). Why: an SLO is a tail, and with the mean alone a node
-  with a long queue of variable services and one with a short queue look alike; on the testbed's
-  overloaded edge (Nanos at a tenth of a core, service CV ~0.2) a replay of the run with the
-  measured variability kept 98.8% of the requests within the SLO at the mean and 99.2% at 0.84.
+  with a long queue of variable services and one with a short queue look alike. On the testbed's
+  overloaded edge (Nanos at a tenth of a core, service CV ~0.2) it kept more of the requests within
+  the SLO in three of four paired runs (bench/RESULTS.md, issue 10).
   Falls back to `plan` when the plan has no service times (a fixed-time formulation's plan). Before the back-end's first plan, and for a model the plan does
   not time, the catalog's profile of each node's class gives the service times (`with_profile`).
 

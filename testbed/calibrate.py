@@ -13,12 +13,14 @@ system to plan with. CPU time is only a first guess: a small quota does not give
 same CPU; with the quota on inference alone, 60-70 ms at 0.114 in four profiles), so each node
 class's scale is then corrected by how far that model's measured service time there is from the
 reference's (`corrected`) and the catalog measured again, until every class is within TOLERANCE or
-CALIBRATION_ROUNDS profiles were made. One profile can be 15-30% off what the same quota gives the
-next time (a busy moment of the host), so after the last round each class runs at the quota of the
-round that measured it closest to the reference, with that round's figures (`best_rounds`,
-`merge_rounds`): not blindly at the last correction, which nothing measured. A slower host is left as it is (scale <= 1: a node is never
-given more of the host than its quota says, so the nodes still fit beside the front-end and the
-clients). Where no figure of this host exists (no `make setup` profile), scale is 1.
+CALIBRATION_ROUNDS profiles were made. A profile is noisy (the same quota measured 1.027 and then
+1.153 of the reference in one calibration), so after the last round each class runs at the quota
+of the round that measured it closest to the reference, with that round's figures (`best_rounds`,
+`merge_rounds`): not blindly at the last correction, which nothing measured. Where one quota was
+measured twice the closer figure is taken: that drops an outlier (a busy moment only ever slows a
+profile), at the price of a reported ratio that leans towards 1 (every round's is in `rounds`). A
+slower host is left as it is (scale <= 1: a node is never given more of the host than its quota
+says, so the nodes still fit beside the front-end and the clients). Where no figure of this host exists (no `make setup` profile), scale is 1.
 """
 from __future__ import annotations
 
