@@ -46,14 +46,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import sys
 from pathlib import Path
-from statistics import NormalDist
 
 from cluster.catalog import Catalog, CatalogError, load_catalog
-from solver.replay import DISPATCHERS, Result, simulate
+from solver.replay import DISPATCHERS, Result, simulate, spread_at
 from testbed.scenario import ScenarioError, load_scenario
 from testbed.trace import generate_trace
 
@@ -148,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 if dispatcher == "nearest" and label != "edge only":
                     continue
                 for q in quantiles if dispatcher == "expected-delay" else [None]:
-                    z = NormalDist().inv_cdf(q) if q is not None else 0.0
-                    spread = {key: z * math.sqrt(v) for key, v in scv.items() if v > 0} if z > 0 else None
+                    spread = spread_at(q, scv) if q is not None else None
                     runs = [simulate(arrivals, rtt, service, slo=slo, overhead=overhead, dispatcher=dispatcher,
                                      edge=edge, spread=spread, variability=scv if varies else None, seed=seed)
                             for seed in range(args.seeds if varies else 1)]

@@ -29,9 +29,10 @@ its arguments (randomness and counters are passed in), so the unit tests need no
   beyond the mean (z the normal quantile). Why: an SLO is a tail, and with the mean alone a node
   with a long queue of variable services and one with a short queue look alike. On the testbed's
   overloaded edge (Nanos at a tenth of a core, service CV ~0.2) it kept more of the requests within
-  the SLO in three of four paired runs (bench/RESULTS.md, issue 10).
-  Falls back to `plan` when the plan has no service times (a fixed-time formulation's plan). Before the back-end's first plan, and for a model the plan does
-  not time, the catalog's profile of each node's class gives the service times (`with_profile`).
+  the SLO in three of four paired runs (bench/RESULTS.md, issue 10). Falls back to `plan` when
+  the plan has no service times (a fixed-time formulation's plan). Before the back-end's first
+  plan, and for a model the plan does not time, the catalog's profile of each node's class gives
+  the service times (`with_profile`).
 
 Cloud sites (nodes labelled `topology=cloud`) are a fallback: every policy but `plan` and
 `expected-delay` chooses among the edge instances whose node is below OVERLOAD_CPU of its cores,

@@ -35,11 +35,10 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from statistics import NormalDist
 from typing import Iterable, Mapping
 
 from solver.problem import Assignment, Problem
-from solver.replay import gamma_arrivals, simulate
+from solver.replay import gamma_arrivals, simulate, spread_at
 
 __all__ = ["DISPATCHES", "erlang_c", "predicted_mean", "simulated_mean", "SIMULATED_ARRIVALS", "MAX_CHOICES"]
 
@@ -174,9 +173,8 @@ def simulated_mean(problem: Problem, assignment: Iterable[Assignment], *,
         return None
     horizon = arrivals / total
     drawn = gamma_arrivals(rates, dispersion, horizon=horizon, seed=seed)
-    z = NormalDist().inv_cdf(quantile)
-    spread = {(m, j): z * math.sqrt(v) for m, row in (scv or {}).items() for j, v in row.items()
-              if (m, j) in service and v > 0} if z > 0 else None
+    spread = spread_at(quantile, {(m, j): v for m, row in (scv or {}).items() for j, v in row.items()
+                                  if (m, j) in service})
     result = simulate(drawn, rtt, service, slo=math.inf, overhead=0.0, dispatcher="expected-delay", edge=set(),
                       drain=drain, spread=spread, keep=True)
     counted = [lat for a, lat in zip(drawn, result.latencies or []) if a.offset >= WARM_UP * horizon]

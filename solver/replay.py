@@ -19,9 +19,10 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Mapping, NamedTuple, Protocol, Sequence
 
-__all__ = ["DISPATCHERS", "Arrival", "Result", "gamma_arrivals", "simulate"]
+__all__ = ["DISPATCHERS", "Arrival", "Result", "gamma_arrivals", "simulate", "spread_at"]
 
 DISPATCHERS = ("earliest-finish", "earliest-finish, hopeless dropped", "expected-delay", "nearest")
 
@@ -111,7 +112,7 @@ def simulate(arrivals: Sequence[Request], rtt: Mapping[str, Mapping[str, float]]
             if dispatcher.endswith("dropped") and latency > slo:
                 dropped += 1
                 continue
-        scv = variability.get((a.model, node), 0.0) if draw is not None and variability else 0.0
+        scv = variability.get((a.model, node), 0.0) if draw is not None else 0.0
         if scv > 0:
             real = draw.gammavariate(1.0 / scv, work * scv)
             latency += real - work
@@ -124,6 +125,14 @@ def simulate(arrivals: Sequence[Request], rtt: Mapping[str, Mapping[str, float]]
             latencies.append(latency)
     answered = len(arrivals) - dropped
     return Result(dispatcher, len(arrivals), within, dropped, total / answered if answered else 0.0, busy, latencies)
+
+
+def spread_at(quantile: float, scv: Mapping[tuple[str, str], float]) -> dict[tuple[str, str], float] | None:
+    """`simulate`'s `spread` for expected-delay choosing at `quantile` (the front-end's
+    `dispatch_quantile`) with the services' `scv` ((model, node) -> squared CV): z * CV where the
+    scv is positive; None at the median (the choice by the mean)."""
+    z = NormalDist().inv_cdf(quantile)
+    return {key: z * math.sqrt(v) for key, v in scv.items() if v > 0} if z > 0 else None
 
 
 def gamma_arrivals(rates: Mapping[tuple[str, str], float], dispersion: Mapping[str, float], *,

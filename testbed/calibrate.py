@@ -20,7 +20,8 @@ of the round that measured it closest to the reference, with that round's figure
 measured twice the closer figure is taken: that drops an outlier (a busy moment only ever slows a
 profile), at the price of a reported ratio that leans towards 1 (every round's is in `rounds`). A
 slower host is left as it is (scale <= 1: a node is never given more of the host than its quota
-says, so the nodes still fit beside the front-end and the clients). Where no figure of this host exists (no `make setup` profile), scale is 1.
+says, so the nodes still fit beside the front-end and the clients). Where no figure of this host
+exists (no `make setup` profile), scale is 1.
 """
 from __future__ import annotations
 

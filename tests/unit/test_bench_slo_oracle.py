@@ -90,3 +90,11 @@ def test_overheads_can_be_drawn_per_request_from_a_runs_records(tmp_path):
     records.write_text("\n".join(json.dumps(r) for r in rows))
     got = measured_overheads(records, RTT)
     assert sorted(got) == [1, 3] and got[3] == pytest.approx([0.005]) and got[1] == pytest.approx([0.001])
+
+
+def test_spread_at_a_quantile():
+    from solver.replay import spread_at
+
+    assert spread_at(0.5, {("m", "near"): 0.25}) is None                 # the median: choose by the mean
+    got = spread_at(0.9, {("m", "near"): 0.25, ("m", "far"): 0.0})
+    assert got == {("m", "near"): pytest.approx(1.2816 * 0.5, rel=1e-4)}  # z(0.9) * CV; no scv, no margin
