@@ -133,18 +133,25 @@ def test_each_class_is_corrected_by_its_measured_service_time(tmp_path):
     assert corrected({"small": 0.95}, measured, reference)[0] == {"small": 1.0}
 
 
-def test_auto_measures_twice_when_the_first_guess_is_off(tmp_path, monkeypatch):
-    """The correction loop, with a stand-in for the profiler whose service time is the CPU time
-    over the quota plus 10% (what a small quota costs beyond its share)."""
-    import testbed.runner as runner
+def _twice_as_fast(tmp_path):
+    """The smoke scenario with a catalog of this host at half the reference's CPU time for the
+    heaviest model (a host twice as fast), and that model's reference entry."""
     from testbed.scenario import SCENARIOS_DIR, load_scenario
 
     doc = yaml.safe_load(REFERENCE_CATALOG.read_text())
     heavy = max((m for m in doc["models"] if "measured" in m), key=lambda m: m["measured"]["cpu_time"])
-    heavy["measured"]["cpu_time"] /= 2                                          # a host twice as fast
+    heavy["measured"]["cpu_time"] /= 2
     fast = tmp_path / "fast.yaml"
     fast.write_text(yaml.safe_dump(doc))
-    scenario = load_scenario(SCENARIOS_DIR / "smoke.yaml", catalog_path=fast)
+    return load_scenario(SCENARIOS_DIR / "smoke.yaml", catalog_path=fast), heavy
+
+
+def test_auto_measures_twice_when_the_first_guess_is_off(tmp_path, monkeypatch):
+    """The correction loop, with a stand-in for the profiler whose service time is the CPU time
+    over the quota plus 10% (what a small quota costs beyond its share)."""
+    import testbed.runner as runner
+
+    scenario, heavy = _twice_as_fast(tmp_path)
     quotas = []
 
     def profile(config, catalog, out, models_dir):
@@ -178,14 +185,8 @@ def test_an_outlier_measurement_is_corrected_by_the_next_round(tmp_path, monkeyp
     high; the next profile measures it too fast and brings it back; a class within 5% is left."""
     import testbed.runner as runner
     from testbed.calibrate import CALIBRATION_ROUNDS
-    from testbed.scenario import SCENARIOS_DIR, load_scenario
 
-    doc = yaml.safe_load(REFERENCE_CATALOG.read_text())
-    heavy = max((m for m in doc["models"] if "measured" in m), key=lambda m: m["measured"]["cpu_time"])
-    heavy["measured"]["cpu_time"] /= 2
-    fast = tmp_path / "fast.yaml"
-    fast.write_text(yaml.safe_dump(doc))
-    scenario = load_scenario(SCENARIOS_DIR / "smoke.yaml", catalog_path=fast)
+    scenario, heavy = _twice_as_fast(tmp_path)
     ref = {c: heavy["exec_time"][c] for c in ("small", "large")}
     base = {"small": 0.125, "large": 0.5}          # the first guess, at which the nodes run as the reference
     quotas = []
@@ -211,17 +212,12 @@ def test_an_outlier_measurement_is_corrected_by_the_next_round(tmp_path, monkeyp
 
 
 def test_each_class_runs_at_the_round_measured_closest_to_the_reference(tmp_path, monkeypatch):
-    """Three noisy profiles (the same quota measured 15-30% apart): the run does not take the last
-    correction, which nothing measured, but each class's best measured round, with its figures."""
+    """Three noisy profiles (large's second quota measured 1.03 and then 0.90): the run does not take
+    the last correction, which nothing measured, but each class's best measured round, with its
+    figures."""
     import testbed.runner as runner
-    from testbed.scenario import SCENARIOS_DIR, load_scenario
 
-    doc = yaml.safe_load(REFERENCE_CATALOG.read_text())
-    heavy = max((m for m in doc["models"] if "measured" in m), key=lambda m: m["measured"]["cpu_time"])
-    heavy["measured"]["cpu_time"] /= 2
-    fast = tmp_path / "fast.yaml"
-    fast.write_text(yaml.safe_dump(doc))
-    scenario = load_scenario(SCENARIOS_DIR / "smoke.yaml", catalog_path=fast)
+    scenario, heavy = _twice_as_fast(tmp_path)
     ref = {c: heavy["exec_time"][c] for c in ("small", "large")}
     measured = [{"small": 0.877, "large": 1.2}, {"small": 1.10, "large": 1.03}, {"small": 1.29, "large": 0.90}]
     quotas = []
