@@ -4,13 +4,13 @@
 run` uses), replays the same trace with the client emulator, and writes the results.
 """
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import yaml
 
 from testbed.scenario import load_scenario
@@ -65,38 +65,30 @@ def test_two_strategies_on_the_same_trace(tmp_path):
 
 
 
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit():
-                stat = (entry / "stat").read_text()
-                ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-                tree.setdefault(ppid, []).append(int(entry.name))
-        except (OSError, ValueError):
-            continue
-    return tree
-
-
-def _descendants(pid: int) -> set[int]:
-    tree, found, todo = _children(), set(), [pid]
-    while todo:
-        for child in tree.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
 def _alive(pids: set[int]) -> set[int]:
+    """The processes of `pids` still running (a zombie has stopped; its parent is gone)."""
     alive = set()
     for pid in pids:
         try:
-            if (Path("/proc") / str(pid) / "stat").read_text().split(") ")[1][0] != "Z":
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
                 alive.add(pid)
-        except (OSError, IndexError):
+        except psutil.NoSuchProcess:
             continue
     return alive
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return psutil.Process(pid).cmdline()
+    except psutil.Error:
+        return []
+
+
+def _descendants(pid: int) -> set[int]:
+    try:
+        return {p.pid for p in psutil.Process(pid).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return set()
 
 
 def test_sigterm_stops_the_run_and_its_system(tmp_path):
@@ -113,8 +105,7 @@ def test_sigterm_stops_the_run_and_its_system(tmp_path):
         # the system is up once a model server runs under it (the spread deployment, before the trace)
         while run.poll() is None and time.monotonic() < deadline:
             system = _descendants(run.pid)
-            if any(b"modelserver" in (Path("/proc") / str(p) / "cmdline").read_bytes()
-                   for p in _alive(system)):
+            if any("modelserver" in " ".join(_cmdline(p)) for p in _alive(system)):
                 break
             time.sleep(0.2)
         assert run.poll() is None and len(_alive(system)) > 3, "the strategy's system never started"

@@ -162,13 +162,19 @@ def test_simulated_one_node_is_m_d_1():
     assert bursty - 0.11 > 2 * 4.5 * (got - 0.11)
 
 
-def test_simulated_sends_to_the_far_node_only_when_the_near_queue_is_longer_than_the_detour():
-    problem = Problem.from_dict({
+def near_and_far(count: int, far_rtt: float) -> Problem:
+    """One group of `count` requests over a 1,000 s window, 1 ms from `near` and `far_rtt` from
+    `far`, both serving in 0.1 s."""
+    return Problem.from_dict({
         "formulation": "latency", "window": 1_000.0,
         "nodes": [{"name": "near", "memory": 100, "cpu": 8}, {"name": "far", "memory": 100, "cpu": 8}],
         "models": [{"name": "m", "memory": 10, "cpu": 0.01}],
-        "requests": [{"model": "m", "count": 1_000, "rtt": {"near": 0.001, "far": 0.5}}],
+        "requests": [{"model": "m", "count": count, "rtt": {"near": 0.001, "far": far_rtt}}],
         "exec_time": {"m": {"near": 0.1, "far": 0.1}}})
+
+
+def test_simulated_sends_to_the_far_node_only_when_the_near_queue_is_longer_than_the_detour():
+    problem = near_and_far(1_000, 0.5)
     split = [Assignment(0, "near", 500), Assignment(0, "far", 500)]   # the plan splits; dispatch does not
     light = simulated_mean(problem, split)                             # 1 req/s: rho 0.1 on the near node alone
     assert light == pytest.approx(0.001 + 0.1 + 0.1 * 0.1 / (2 * 0.9), rel=0.05)
@@ -179,12 +185,7 @@ def test_simulated_sends_to_the_far_node_only_when_the_near_queue_is_longer_than
 
 
 def test_simulated_chooses_at_the_front_ends_quantile_with_the_services_variability():
-    problem = Problem.from_dict({
-        "formulation": "latency", "window": 1_000.0,
-        "nodes": [{"name": "near", "memory": 100, "cpu": 8}, {"name": "far", "memory": 100, "cpu": 8}],
-        "models": [{"name": "m", "memory": 10, "cpu": 0.01}],
-        "requests": [{"model": "m", "count": 5_000, "rtt": {"near": 0.001, "far": 0.05}}],
-        "exec_time": {"m": {"near": 0.1, "far": 0.1}}})
+    problem = near_and_far(5_000, 0.05)
     split = [Assignment(0, "near", 2_500), Assignment(0, "far", 2_500)]
     plain = simulated_mean(problem, split)
     # at the mean (quantile 0.5) the variability moves no choice
